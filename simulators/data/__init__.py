@@ -1,0 +1,1 @@
+"""Raw data loaders and the ratings-to-reranking-requests pipeline."""
