@@ -1,0 +1,715 @@
+"""From MovieLens ratings to reranking data: splits, logged slates and requests.
+
+The steps, in order (each one documented in ``docs/data.md``):
+
+1. **labels**: click = rating >= ``click_threshold``; like = rating >= ``like_threshold``;
+2. **k-core**: users and items with fewer than ``k_core`` ratings are removed,
+   repeatedly, until every remaining user and item has at least ``k_core``;
+3. **logged slates**: each user's ratings in time order (ties broken by raw item id)
+   are cut into consecutive, non-overlapping slates of ``slate_length`` items. The
+   cut is aligned to the user's *last* rating, so the oldest few ratings (fewer than
+   ``slate_length``) are history only;
+4. **time split**: per user (``split="user"``) the last ``test_fraction`` of the
+   user's slates are test, the ones before them valid, the rest train; users with
+   fewer than 3 slates are train only. With ``split="global"`` two global time
+   cut-offs are used instead, so no training interaction of any user is later than
+   any valid or test slate;
+5. **retriever**: fitted on training-split interactions only;
+6. **requests**: one per logged slate: the user, the history before the slate, and
+   ``num_candidates`` candidates in retriever order (history items excluded). Logged
+   positives the retriever missed are injected (``inject_position`` says where) so
+   that list metrics against logged positives are defined;
+7. **GR2 requests**: for each request with a positive, ``gr2_candidates`` candidates
+   from the retriever containing the first logged positive (the true next item).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from simulators.data.movielens import ML1M_AGE_CODES, MovieLensData
+from simulators.data.retrieval import ImplicitALS, Retriever, make_retriever
+
+SPLITS = ("train", "valid", "test")
+TRAIN, VALID, TEST = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every choice that turns ratings into reranking data.
+
+    Attributes:
+        k_core: Minimum ratings per user and per item (applied until stable).
+        click_threshold: A rating at or above it is a click (positive).
+        like_threshold: A rating at or above it is a like.
+        slate_length: L, items per logged slate.
+        num_candidates: N, candidates per request.
+        split: ``"user"`` (time-ordered split per user) or ``"global"`` (global
+            time cut-offs).
+        valid_fraction: Share of each user's slates (or of all slates, by time, for
+            ``split="global"``) that are validation.
+        test_fraction: Same for test.
+        retriever: ``"mf"`` (implicit ALS), ``"itemknn"`` or ``"pop"``.
+        mf_factors: ALS latent dimension.
+        mf_regularization: ALS L2 weight.
+        mf_alpha: ALS confidence of observed interactions.
+        mf_iterations: ALS sweeps.
+        knn_neighbors: Neighbours kept per item for ``"itemknn"``.
+        inject: Which logged items must be among the candidates: ``"positives"``
+            (default), ``"slate"`` (every logged item) or ``"none"``.
+        inject_position: ``"random"`` puts each injected item at a uniformly random
+            slot (the lowest-scored retrieved items make room), so an item's initial
+            rank does not reveal that it was injected; ``"score"`` keeps strict
+            retriever order, which puts injected items at the bottom (a label leak
+            for position-aware rerankers; for ablations only).
+        gr2_candidates: K, candidates per GR2-protocol request.
+        seed: Seed of the retriever and of injection slots.
+    """
+
+    k_core: int = 5
+    click_threshold: int = 4
+    like_threshold: int = 5
+    slate_length: int = 6
+    num_candidates: int = 50
+    split: Literal["user", "global"] = "user"
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    retriever: Literal["mf", "itemknn", "pop"] = "mf"
+    mf_factors: int = 64
+    mf_regularization: float = 10.0
+    mf_alpha: float = 10.0
+    mf_iterations: int = 10
+    knn_neighbors: int = 100
+    inject: Literal["positives", "slate", "none"] = "positives"
+    inject_position: Literal["random", "score"] = "random"
+    gr2_candidates: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(f"PipelineConfig: {message}")
+
+        need(self.k_core >= 1, f"k_core must be >= 1, got {self.k_core}")
+        need(
+            1 <= self.click_threshold <= 5,
+            f"click_threshold must be a rating 1-5, got {self.click_threshold}",
+        )
+        need(
+            1 <= self.like_threshold <= 5,
+            f"like_threshold must be a rating 1-5, got {self.like_threshold}",
+        )
+        need(self.slate_length >= 1, f"slate_length must be >= 1, got {self.slate_length}")
+        need(
+            self.num_candidates >= self.slate_length,
+            f"num_candidates ({self.num_candidates}) must be >= slate_length "
+            f"({self.slate_length}): a list of L items is chosen among N candidates",
+        )
+        need(
+            self.split in ("user", "global"),
+            f"split must be 'user' or 'global', got {self.split!r}",
+        )
+        need(
+            self.valid_fraction > 0 and self.test_fraction > 0
+            and self.valid_fraction + self.test_fraction < 1,
+            "valid_fraction and test_fraction must be > 0 and sum to < 1, got "
+            f"{self.valid_fraction} and {self.test_fraction}",
+        )  # fmt: skip
+        need(
+            self.retriever in ("mf", "itemknn", "pop"),
+            f"retriever must be 'mf', 'itemknn' or 'pop', got {self.retriever!r}",
+        )
+        need(
+            self.inject in ("positives", "slate", "none"),
+            f"inject must be 'positives', 'slate' or 'none', got {self.inject!r}",
+        )
+        need(
+            self.inject_position in ("random", "score"),
+            f"inject_position must be 'random' or 'score', got {self.inject_position!r}",
+        )
+        need(
+            2 <= self.gr2_candidates <= self.num_candidates,
+            f"gr2_candidates must be in [2, num_candidates], got {self.gr2_candidates}",
+        )
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys), used in cache keys and metadata."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True, eq=False)
+class RerankData:
+    """Processed reranking data of one dataset: features, interactions, requests.
+
+    Users and items are dense indices after k-core filtering; ``user_ids`` and
+    ``item_ids`` map them back to raw dataset ids. Interactions are sorted by user,
+    then time; ``user_offsets[u]:user_offsets[u + 1]`` are user ``u``'s. Request
+    ``r`` is logged slate ``r``: its history is the user's interactions before
+    ``request_seq_pos[r]``.
+
+    Attributes:
+        name: Dataset name, e.g. ``"ml-100k"``.
+        config: The :class:`PipelineConfig` used.
+        user_ids: Raw id of each user, int64 ``[U]``.
+        item_ids: Raw id of each item, int64 ``[I]``.
+        item_titles: str ``[I]``.
+        user_features: float32 ``[U, Du]``: one-hot gender, age group, occupation.
+        user_feature_names: Name of each user-feature column.
+        item_features: float32 ``[I, Di]``: genre flags and standardised release year.
+        item_feature_names: Name of each item-feature column.
+        user_offsets: int64 ``[U + 1]``.
+        interaction_item: int64 ``[M]``; ``interaction_rating`` int8, ``interaction_time``
+            int64 and ``interaction_split`` int8 (0 train, 1 valid, 2 test) alongside.
+        interaction_rating: See ``interaction_item``.
+        interaction_time: See ``interaction_item``.
+        interaction_split: See ``interaction_item``.
+        request_user: int64 ``[R]``.
+        request_seq_pos: Index in the user's sequence where the logged slate starts.
+        request_split: int8 ``[R]``.
+        request_time: Timestamp of the slate's first interaction, int64 ``[R]``.
+        logged_items: int64 ``[R, L]``, the logged slate in time order.
+        logged_ratings: int8 ``[R, L]``.
+        candidates: int64 ``[R, N]``, the initial ranking.
+        candidate_scores: Retriever score of each candidate, float32 ``[R, N]``.
+        candidate_rating: Logged rating of each candidate in this request's slate
+            (0 when it is not in the slate), int8 ``[R, N]``.
+        candidate_injected: Whether the candidate was injected, bool ``[R, N]``.
+        gr2_request: Request index of each GR2 request, int64 ``[Q]``.
+        gr2_candidates: int64 ``[Q, K]``.
+        gr2_target_pos: Position of the true next item among ``gr2_candidates``.
+        gr2_injected: Whether the target had to be injected, bool ``[Q]``.
+        retriever_item_factors: ALS item factors, float32 ``[I, F]`` (``[I, 0]`` for
+            other retrievers), reusable as item embeddings.
+        stats: Summary numbers (see :meth:`summary`).
+    """
+
+    name: str
+    config: PipelineConfig
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    item_titles: np.ndarray
+    user_features: np.ndarray
+    user_feature_names: tuple[str, ...]
+    item_features: np.ndarray
+    item_feature_names: tuple[str, ...]
+    user_offsets: np.ndarray
+    interaction_item: np.ndarray
+    interaction_rating: np.ndarray
+    interaction_time: np.ndarray
+    interaction_split: np.ndarray
+    request_user: np.ndarray
+    request_seq_pos: np.ndarray
+    request_split: np.ndarray
+    request_time: np.ndarray
+    logged_items: np.ndarray
+    logged_ratings: np.ndarray
+    candidates: np.ndarray
+    candidate_scores: np.ndarray
+    candidate_rating: np.ndarray
+    candidate_injected: np.ndarray
+    gr2_request: np.ndarray
+    gr2_candidates: np.ndarray
+    gr2_target_pos: np.ndarray
+    gr2_injected: np.ndarray
+    retriever_item_factors: np.ndarray
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        """Number of users after k-core filtering."""
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        """Number of items after k-core filtering."""
+        return len(self.item_ids)
+
+    @property
+    def n_requests(self) -> int:
+        """Number of requests (one per logged slate)."""
+        return len(self.request_user)
+
+    @property
+    def candidate_positive(self) -> np.ndarray:
+        """Whether each candidate is a logged positive of its request, bool ``[R, N]``."""
+        return self.candidate_rating >= self.config.click_threshold
+
+    @property
+    def logged_clicks(self) -> np.ndarray:
+        """Click labels of the logged slates, bool ``[R, L]``."""
+        return self.logged_ratings >= self.config.click_threshold
+
+    def split_indices(self, split: str) -> np.ndarray:
+        """Return the request indices of ``"train"``, ``"valid"`` or ``"test"``."""
+        return np.flatnonzero(self.request_split == _split_code(split))
+
+    def history(
+        self, requests: np.ndarray | list[int], max_length: int = 50
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return the most recent history items before each request.
+
+        Args:
+            requests: Request indices.
+            max_length: Items kept per history (the most recent ones).
+
+        Returns:
+            ``(items, lengths)``: int64 ``[len(requests), max_length]`` item indices in
+            time order, left-aligned and padded with -1, and the number of valid items.
+        """
+        requests = np.asarray(requests, dtype=np.int64)
+        ends = self.user_offsets[self.request_user[requests]] + self.request_seq_pos[requests]
+        starts = np.maximum(self.user_offsets[self.request_user[requests]], ends - max_length)
+        lengths = ends - starts
+        steps = np.arange(max_length)
+        index = starts[:, None] + steps[None, :]
+        valid = steps[None, :] < lengths[:, None]
+        items = np.where(valid, self.interaction_item[np.where(valid, index, 0)], -1)
+        return items, lengths
+
+    def summary(self) -> str:
+        """Return a human-readable summary table of the processed data."""
+        s = self.stats
+        rows = [
+            ("dataset", self.name),
+            ("users / items", f"{self.n_users} / {self.n_items}"),
+            ("interactions", f"{len(self.interaction_item)}"),
+            (
+                "requests train / valid / test",
+                " / ".join(str(len(self.split_indices(name))) for name in SPLITS),
+            ),
+            ("positive rate (clicks per interaction)", f"{s['positive_rate']:.3f}"),
+            ("positives per test request", f"{s['test_positives_per_request']:.2f}"),
+            (
+                f"retriever ({self.config.retriever}) recall@{self.config.num_candidates}, test",
+                f"{s['test_recall_at_n']:.3f}",
+            ),
+            ("test requests needing an injected positive", f"{s['test_injected_share']:.3f}"),
+            (
+                f"GR2 pre-ranker recall@1 / @5 / NDCG@5, test (K={self.config.gr2_candidates})",
+                f"{s['gr2_test_recall_at_1']:.3f} / {s['gr2_test_recall_at_5']:.3f} / "
+                f"{s['gr2_test_ndcg_at_5']:.3f}",
+            ),
+        ]
+        width = max(len(label) for label, _ in rows)
+        return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)
+
+
+def _split_code(split: str) -> int:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return SPLITS.index(split)
+
+
+def k_core_mask(user: np.ndarray, item: np.ndarray, k: int) -> np.ndarray:
+    """Return the mask of ratings kept by iterative k-core filtering.
+
+    Users and items with fewer than ``k`` kept ratings are removed until every
+    remaining user and item has at least ``k``.
+    """
+    keep = np.ones(len(user), dtype=bool)
+    while True:
+        user_counts = np.bincount(user[keep], minlength=int(user.max()) + 1)
+        item_counts = np.bincount(item[keep], minlength=int(item.max()) + 1)
+        still = keep & (user_counts[user] >= k) & (item_counts[item] >= k)
+        if still.sum() == keep.sum():
+            return keep
+        keep = still
+
+
+def build_rerank_data(
+    ratings: MovieLensData, config: PipelineConfig | None = None, *, progress: bool = True
+) -> RerankData:
+    """Run the whole pipeline (see the module docstring) on loaded MovieLens ratings.
+
+    Args:
+        ratings: Output of :func:`simulators.data.movielens.load_movielens`.
+        config: Pipeline choices; defaults to :class:`PipelineConfig()`.
+        progress: Show a progress bar over the steps.
+    """
+    config = config or PipelineConfig()
+    steps = tqdm(total=5, desc=f"{ratings.name} pipeline", disable=not progress, leave=False)
+
+    # k-core, then dense re-indexing of the survivors.
+    keep = k_core_mask(ratings.user, ratings.item, config.k_core)
+    if not keep.any():
+        raise ValueError(
+            f"k_core={config.k_core} removes every rating of {ratings.name}; lower k_core"
+        )
+    kept_users = np.unique(ratings.user[keep])
+    kept_items = np.unique(ratings.item[keep])
+    user = np.searchsorted(kept_users, ratings.user[keep])
+    item = np.searchsorted(kept_items, ratings.item[keep])
+    rating = ratings.rating[keep]
+    time = ratings.timestamp[keep]
+    raw_item = ratings.item_ids[kept_items]
+    n_users, n_items = len(kept_users), len(kept_items)
+
+    # Sort by user, then time; ties by raw item id so the order never depends on file order.
+    order = np.lexsort((raw_item[item], time, user))
+    user, item, rating, time = user[order], item[order], rating[order], time[order]
+    offsets = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(user, minlength=n_users), out=offsets[1:])
+    steps.update()
+
+    slate_user, slate_pos, slate_split, interaction_split = _slates_and_split(offsets, time, config)
+    steps.update()
+
+    retriever = make_retriever(
+        config.retriever,
+        factors=config.mf_factors,
+        regularization=config.mf_regularization,
+        alpha=config.mf_alpha,
+        iterations=config.mf_iterations,
+        neighbors=config.knn_neighbors,
+        seed=config.seed,
+    )
+    is_train = interaction_split == TRAIN
+    retriever.fit(user[is_train], item[is_train], n_users, n_items)
+    steps.update()
+
+    length = config.slate_length
+    slate_index = offsets[slate_user][:, None] + slate_pos[:, None] + np.arange(length)[None, :]
+    logged_items = item[slate_index]
+    logged_ratings = rating[slate_index]
+    history_ends = offsets[slate_user] + slate_pos
+    histories = _history_matrix(offsets[slate_user], history_ends, item, n_items)
+    rng = np.random.default_rng(config.seed)
+    requests, gr2 = _build_requests(retriever, histories, logged_items, logged_ratings, config, rng)
+    steps.update(2)
+    steps.close()
+
+    user_features, user_names = _user_features(ratings, kept_users)
+    item_features, item_names = _item_features(ratings, kept_items)
+    data = RerankData(
+        name=ratings.name,
+        config=config,
+        user_ids=ratings.user_ids[kept_users],
+        item_ids=raw_item,
+        item_titles=ratings.item_titles[kept_items],
+        user_features=user_features,
+        user_feature_names=user_names,
+        item_features=item_features,
+        item_feature_names=item_names,
+        user_offsets=offsets,
+        interaction_item=item,
+        interaction_rating=rating,
+        interaction_time=time,
+        interaction_split=interaction_split,
+        request_user=slate_user,
+        request_seq_pos=slate_pos,
+        request_split=slate_split,
+        request_time=time[offsets[slate_user] + slate_pos],
+        logged_items=logged_items,
+        logged_ratings=logged_ratings,
+        candidates=requests["candidates"],
+        candidate_scores=requests["scores"],
+        candidate_rating=requests["rating"],
+        candidate_injected=requests["injected"],
+        gr2_request=gr2["request"],
+        gr2_candidates=gr2["candidates"],
+        gr2_target_pos=gr2["target_pos"],
+        gr2_injected=gr2["injected"],
+        retriever_item_factors=(
+            retriever.item_factors
+            if isinstance(retriever, ImplicitALS) and retriever.item_factors is not None
+            else np.zeros((n_items, 0), dtype=np.float32)
+        ),
+    )
+    stats = compute_stats(data, retrieved_positive=requests["retrieved_positive"])
+    return dataclasses.replace(data, stats=stats)
+
+
+def _slates_and_split(
+    offsets: np.ndarray, time: np.ndarray, config: PipelineConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cut each user's sequence into slates and assign every slate a split.
+
+    Returns:
+        ``(slate_user, slate_pos, slate_split, interaction_split)``.
+    """
+    length = config.slate_length
+    n_users = len(offsets) - 1
+    counts = np.diff(offsets)
+    n_slates = counts // length
+    slate_user = np.repeat(np.arange(n_users), n_slates)
+    # Slate j of user u starts at (count - n_slates * L) + j * L: aligned to the last rating.
+    first = counts - n_slates * length
+    rank = np.arange(len(slate_user)) - np.repeat(np.cumsum(n_slates) - n_slates, n_slates)
+    slate_pos = np.repeat(first, n_slates) + rank * length
+
+    if config.split == "user":
+        n_test = np.maximum(1, np.round(config.test_fraction * n_slates)).astype(np.int64)
+        n_valid = np.maximum(1, np.round(config.valid_fraction * n_slates)).astype(np.int64)
+        too_few = n_slates - n_test - n_valid < 1
+        n_test[too_few] = 0
+        n_valid[too_few] = 0
+        from_end = np.repeat(n_slates, n_slates) - 1 - rank  # 0 for the user's last slate
+        slate_split = np.full(len(slate_user), TRAIN, dtype=np.int8)
+        slate_split[from_end < np.repeat(n_test + n_valid, n_slates)] = VALID
+        slate_split[from_end < np.repeat(n_test, n_slates)] = TEST
+        interaction_split = np.full(len(time), TRAIN, dtype=np.int8)
+        starts = offsets[slate_user] + slate_pos
+        for offset in range(length):
+            interaction_split[starts + offset] = slate_split
+    else:
+        slate_end_time = time[offsets[slate_user] + slate_pos + length - 1]
+        cut_valid, cut_test = np.quantile(
+            slate_end_time, [1 - config.valid_fraction - config.test_fraction,
+                             1 - config.test_fraction], method="lower",
+        )  # fmt: skip
+        slate_split = np.where(
+            slate_end_time <= cut_valid, TRAIN, np.where(slate_end_time <= cut_test, VALID, TEST)
+        ).astype(np.int8)
+        # Interactions are train only if no later than the train cut-off, so nothing
+        # after it (from any user) reaches the retriever or any model fitted on train.
+        interaction_split = np.where(
+            time <= cut_valid, TRAIN, np.where(time <= cut_test, VALID, TEST)
+        ).astype(np.int8)
+        starts = offsets[slate_user] + slate_pos
+        for offset in range(length):
+            # A slate that straddles a cut-off belongs to its later split as a whole.
+            interaction_split[starts + offset] = np.maximum(
+                interaction_split[starts + offset], slate_split
+            )
+    return slate_user, slate_pos.astype(np.int64), slate_split, interaction_split
+
+
+def _history_matrix(
+    starts: np.ndarray, ends: np.ndarray, item: np.ndarray, n_items: int
+) -> sp.csr_matrix:
+    """Binary request-by-item matrix of the interactions in ``[starts, ends)``."""
+    lengths = ends - starts
+    indptr = np.zeros(len(starts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    flat = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
+    data = np.ones(indptr[-1], dtype=np.float64)
+    return sp.csr_matrix((data, item[flat], indptr), shape=(len(starts), n_items))
+
+
+def _retrieve(
+    retriever: Retriever,
+    histories: sp.csr_matrix,
+    logged_items: np.ndarray,
+    sizes: tuple[int, ...],
+    chunk: int = 2048,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """Score every item once per request and keep what the requests need.
+
+    History items are excluded (score -inf). Returns, for each size in ``sizes``, the
+    top items best first with their scores (ties broken by item index), and the
+    scores of the logged slate's items.
+    """
+    n = histories.shape[0]
+    tops = [
+        (np.empty((n, size), dtype=np.int64), np.empty((n, size), dtype=np.float32))
+        for size in sizes
+    ]
+    logged_scores = np.empty(logged_items.shape, dtype=np.float32)
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        block = histories[rows]
+        scores = retriever.score(block)
+        logged_scores[rows] = np.take_along_axis(scores, logged_items[rows], axis=1)
+        scores[block.nonzero()] = -np.inf
+        widest = np.argpartition(-scores, max(sizes) - 1, axis=1)[:, : max(sizes)]
+        widest_scores = np.take_along_axis(scores, widest, axis=1)
+        # Sort on (-score, item) so ties never depend on argpartition's order.
+        order = np.lexsort((widest, -widest_scores), axis=1)
+        widest = np.take_along_axis(widest, order, axis=1)
+        widest_scores = np.take_along_axis(widest_scores, order, axis=1)
+        for size, (items, item_scores) in zip(sizes, tops, strict=True):
+            items[rows] = widest[:, :size]
+            item_scores[rows] = widest_scores[:, :size]
+    return tops, logged_scores
+
+
+def _inject(
+    retrieved: np.ndarray,
+    retrieved_scores: np.ndarray,
+    required: np.ndarray,
+    required_scores: np.ndarray,
+    required_mask: np.ndarray,
+    position: str,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Make every request's candidates contain its required items.
+
+    Missing required items (``required[r][required_mask[r]]``) replace the
+    lowest-scored retrieved ones and go either to uniformly random slots
+    (``"random"``) or to their retriever-score rank (``"score"``).
+
+    Returns:
+        ``(candidates, scores, injected)`` with the shape of ``retrieved``.
+    """
+    candidates = retrieved.copy()
+    scores = retrieved_scores.copy()
+    injected = np.zeros(retrieved.shape, dtype=bool)
+    size = retrieved.shape[1]
+    in_retrieved = (required[:, :, None] == retrieved[:, None, :]).any(axis=2)
+    missing = required_mask & ~in_retrieved
+    for r in np.flatnonzero(missing.any(axis=1)):
+        add, add_scores = required[r][missing[r]], required_scores[r][missing[r]]
+        # Make room by dropping the lowest-scored retrieved items that are not required.
+        protected = np.isin(retrieved[r], required[r][required_mask[r]])
+        kept = np.ones(size, dtype=bool)
+        kept[np.flatnonzero(~protected)[-len(add) :]] = False
+        kept_items, kept_scores = retrieved[r, kept], retrieved_scores[r, kept]
+        if position == "random":
+            is_new = np.zeros(size, dtype=bool)
+            is_new[rng.choice(size, size=len(add), replace=False)] = True
+            shuffled = rng.permutation(len(add))
+            candidates[r, is_new] = add[shuffled]
+            scores[r, is_new] = add_scores[shuffled]
+            candidates[r, ~is_new] = kept_items
+            scores[r, ~is_new] = kept_scores
+            injected[r, is_new] = True
+        else:
+            merged = np.concatenate([kept_items, add])
+            merged_scores = np.concatenate([kept_scores, add_scores])
+            flags = np.arange(size) >= len(kept_items)
+            order = np.lexsort((merged, -merged_scores))
+            candidates[r], scores[r], injected[r] = (
+                merged[order],
+                merged_scores[order],
+                flags[order],
+            )
+    return candidates, scores, injected
+
+
+def _build_requests(
+    retriever: Retriever,
+    histories: sp.csr_matrix,
+    logged_items: np.ndarray,
+    logged_ratings: np.ndarray,
+    config: PipelineConfig,
+    rng: np.random.Generator,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Candidates of the main (N) protocol and of the GR2 (K) protocol."""
+    ((retrieved, retrieved_scores), (gr2_retrieved, gr2_scores)), logged_scores = _retrieve(
+        retriever, histories, logged_items, (config.num_candidates, config.gr2_candidates)
+    )
+    positive = logged_ratings >= config.click_threshold
+    if config.inject == "none":
+        must = np.zeros_like(positive)
+    else:
+        must = positive if config.inject == "positives" else np.ones_like(positive)
+    candidates, scores, injected = _inject(
+        retrieved, retrieved_scores, logged_items, logged_scores, must,
+        config.inject_position, rng,
+    )  # fmt: skip
+    match = candidates[:, :, None] == logged_items[:, None, :]
+    rating = (match * logged_ratings[:, None, :]).sum(axis=2).astype(np.int8)
+    main = {
+        "candidates": candidates,
+        "scores": scores,
+        "rating": rating,
+        "injected": injected,
+        # Logged positives the retriever found on its own (for recall@N).
+        "retrieved_positive": positive
+        & (logged_items[:, :, None] == retrieved[:, None, :]).any(axis=2),
+    }
+
+    # GR2: the true next item is the first logged positive, time order.
+    request = np.flatnonzero(positive.any(axis=1))
+    first = positive[request].argmax(axis=1)[:, None]
+    target = np.take_along_axis(logged_items[request], first, axis=1)
+    target_scores = np.take_along_axis(logged_scores[request], first, axis=1)
+    gr2_candidates, _, gr2_injected = _inject(
+        gr2_retrieved[request], gr2_scores[request], target, target_scores,
+        np.ones_like(target, dtype=bool), config.inject_position, rng,
+    )  # fmt: skip
+    gr2 = {
+        "request": request.astype(np.int64),
+        "candidates": gr2_candidates,
+        "target_pos": (gr2_candidates == target).argmax(axis=1).astype(np.int64),
+        "injected": gr2_injected.any(axis=1),
+    }
+    return main, gr2
+
+
+def _user_features(ratings: MovieLensData, users: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """One-hot gender, ML-1M age group and occupation."""
+    age = ratings.user_age[users].astype(np.int64)
+    if ratings.name == "ml-1m":
+        age_group = np.searchsorted(ML1M_AGE_CODES, age)
+    else:  # ML-100K gives ages in years: bucket them into ML-1M's age groups
+        age_group = np.searchsorted(ML1M_AGE_CODES, age, side="right") - 1
+        age_group = np.maximum(age_group, 0)
+    blocks = [
+        np.eye(2, dtype=np.float32)[ratings.user_gender[users]],
+        np.eye(len(ML1M_AGE_CODES), dtype=np.float32)[age_group],
+        np.eye(len(ratings.occupation_names), dtype=np.float32)[ratings.user_occupation[users]],
+    ]
+    names = (
+        ("gender=F", "gender=M")
+        + tuple(f"age>={code}" if code > 1 else "age<18" for code in ML1M_AGE_CODES)
+        + tuple(f"occupation={name}" for name in ratings.occupation_names)
+    )
+    return np.concatenate(blocks, axis=1), names
+
+
+def _item_features(ratings: MovieLensData, items: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Genre flags and the standardised release year (0 where unknown)."""
+    year = ratings.item_year[items].astype(np.float64)
+    known = ~np.isnan(year)
+    standardised = np.zeros_like(year)
+    if known.any():
+        spread = year[known].std() or 1.0
+        standardised[known] = (year[known] - year[known].mean()) / spread
+    features = np.concatenate(
+        [ratings.item_genres[items].astype(np.float32), standardised[:, None].astype(np.float32)],
+        axis=1,
+    )
+    return features, tuple(f"genre={g}" for g in ratings.genre_names) + ("release_year_z",)
+
+
+def compute_stats(data: RerankData, retrieved_positive: np.ndarray) -> dict[str, float]:
+    """Summary numbers of processed data (stored in the cache metadata).
+
+    Args:
+        data: The processed data.
+        retrieved_positive: bool ``[R, L]``: the logged slate's item is a positive
+            that the retriever found on its own (not injected).
+    """
+    cfg = data.config
+    stats: dict[str, float] = {
+        "users": data.n_users,
+        "items": data.n_items,
+        "interactions": len(data.interaction_item),
+        "positive_rate": float((data.interaction_rating >= cfg.click_threshold).mean()),
+        "like_rate": float((data.interaction_rating >= cfg.like_threshold).mean()),
+    }
+    positives = data.logged_clicks.sum(axis=1)
+    injected_positive = (data.candidate_injected & data.candidate_positive).sum(axis=1)
+    for name in SPLITS:
+        index = data.split_indices(name)
+        stats[f"{name}_requests"] = len(index)
+        total = positives[index].sum()
+        stats[f"{name}_positives_per_request"] = (
+            float(positives[index].mean()) if len(index) else 0.0
+        )
+        stats[f"{name}_recall_at_n"] = (
+            float(retrieved_positive[index].sum() / total) if total else float("nan")
+        )
+        stats[f"{name}_injected_share"] = (
+            float((injected_positive[index] > 0).mean()) if len(index) else float("nan")
+        )
+    test_positive = data.candidate_positive[data.split_indices("test")]
+    rank = np.nonzero(test_positive)[1]
+    stats["test_positive_mean_initial_rank"] = float(rank.mean()) if len(rank) else float("nan")
+
+    gr2_test = data.request_split[data.gr2_request] == TEST
+    pos = data.gr2_target_pos[gr2_test]
+    stats["gr2_test_requests"] = int(gr2_test.sum())
+    stats["gr2_test_recall_at_1"] = float((pos < 1).mean())
+    stats["gr2_test_recall_at_5"] = float((pos < 5).mean())
+    stats["gr2_test_ndcg_at_5"] = float(np.where(pos < 5, 1.0 / np.log2(pos + 2.0), 0.0).mean())
+    stats["gr2_test_injected_share"] = float(data.gr2_injected[gr2_test].mean())
+    return stats

@@ -1,0 +1,181 @@
+"""Candidate retrievers: the upstream stage whose top-N a reranker reorders.
+
+A retriever is fitted on the *training split only* and then scores every item for a
+request from the user's history *before the request time*, so it never sees the
+future. Three are provided:
+
+* :class:`ImplicitALS`: matrix factorisation for implicit feedback (Hu, Koren and
+  Volinsky, 2008) fitted by alternating least squares; a request's user vector is
+  folded in from its history with the item factors held fixed, so users' newest
+  interactions count even though the factors were learned on training data.
+* :class:`ItemKNN`: item-item cosine similarity on training co-occurrences, a
+  request's score is the summed similarity of an item to the history.
+* :class:`Popularity`: training interaction counts (a reference point only).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import scipy.sparse as sp
+
+
+class Retriever(Protocol):
+    """What the request builder needs from a retriever."""
+
+    name: str
+
+    def fit(self, user: np.ndarray, item: np.ndarray, n_users: int, n_items: int) -> None:
+        """Fit on training interactions given as parallel user and item index arrays."""
+
+    def score(self, histories: sp.csr_matrix) -> np.ndarray:
+        """Score every item for each row of a binary request-by-item history matrix.
+
+        Returns:
+            float32 ``[requests, items]`` scores, higher is better.
+        """
+
+
+class ImplicitALS:
+    """Implicit-feedback matrix factorisation by alternating least squares.
+
+    Every observed interaction has confidence ``1 + alpha`` and preference 1; all
+    other pairs have confidence 1 and preference 0.
+
+    Args:
+        factors: Latent dimension.
+        regularization: L2 weight on the factors.
+        alpha: Confidence of observed interactions above unobserved ones.
+        iterations: ALS sweeps (users then items).
+        seed: Seed of the factor initialisation.
+    """
+
+    name = "mf"
+
+    def __init__(
+        self,
+        factors: int = 64,
+        regularization: float = 10.0,
+        alpha: float = 10.0,
+        iterations: int = 10,
+        seed: int = 0,
+    ) -> None:
+        self.factors = factors
+        self.regularization = regularization
+        self.alpha = alpha
+        self.iterations = iterations
+        self.seed = seed
+        self.item_factors: np.ndarray | None = None
+
+    def fit(self, user: np.ndarray, item: np.ndarray, n_users: int, n_items: int) -> None:
+        """Fit user and item factors; keeps ``item_factors`` (float32 ``[items, factors]``)."""
+        rng = np.random.default_rng(self.seed)
+        by_user = sp.csr_matrix(
+            (np.ones(len(user), dtype=np.float64), (user, item)), shape=(n_users, n_items)
+        )
+        by_item = by_user.T.tocsr()
+        item_factors = rng.normal(0.0, 0.01, size=(n_items, self.factors))
+        for _ in range(self.iterations):
+            user_factors = self._solve(item_factors, by_user)
+            item_factors = self._solve(user_factors, by_item)
+        self.item_factors = item_factors.astype(np.float32)
+
+    def _solve(self, fixed: np.ndarray, rows: sp.csr_matrix) -> np.ndarray:
+        # Closed-form least squares for every row given the other side's factors.
+        gram = fixed.T @ fixed + self.regularization * np.eye(self.factors)
+        out = np.zeros((rows.shape[0], self.factors))
+        for row in range(rows.shape[0]):
+            cols = rows.indices[rows.indptr[row] : rows.indptr[row + 1]]
+            if len(cols) == 0:
+                continue
+            observed = fixed[cols]
+            lhs = gram + self.alpha * observed.T @ observed
+            out[row] = np.linalg.solve(lhs, (1.0 + self.alpha) * observed.sum(axis=0))
+        return out
+
+    def score(self, histories: sp.csr_matrix) -> np.ndarray:
+        """Fold each history into a user vector and score every item."""
+        if self.item_factors is None:
+            raise RuntimeError("ImplicitALS.score() called before fit()")
+        item_factors = self.item_factors.astype(np.float64)
+        users = self._solve(item_factors, histories)
+        return (users @ item_factors.T).astype(np.float32)
+
+
+class ItemKNN:
+    """Item-item cosine nearest neighbours on training co-occurrences.
+
+    Args:
+        neighbors: Similarities kept per item (the rest are set to zero).
+        shrink: Added to the cosine denominator to damp pairs seen rarely.
+    """
+
+    name = "itemknn"
+
+    def __init__(self, neighbors: int = 100, shrink: float = 10.0) -> None:
+        self.neighbors = neighbors
+        self.shrink = shrink
+        self.similarity: np.ndarray | None = None
+
+    def fit(self, user: np.ndarray, item: np.ndarray, n_users: int, n_items: int) -> None:
+        """Compute the pruned item-item similarity matrix."""
+        matrix = sp.csr_matrix(
+            (np.ones(len(user), dtype=np.float32), (user, item)), shape=(n_users, n_items)
+        )
+        co_counts = (matrix.T @ matrix).toarray()
+        norms = np.sqrt(np.diag(co_counts))
+        similarity = co_counts / (np.outer(norms, norms) + self.shrink)
+        np.fill_diagonal(similarity, 0.0)
+        if self.neighbors < n_items:
+            # Keep each item's top neighbours (column-wise: similarity of j to item i).
+            cutoff = np.partition(similarity, n_items - self.neighbors, axis=0)[
+                n_items - self.neighbors
+            ]
+            similarity[similarity < cutoff[None, :]] = 0.0
+        self.similarity = similarity.astype(np.float32)
+
+    def score(self, histories: sp.csr_matrix) -> np.ndarray:
+        """Sum each item's similarity to the items of every history."""
+        if self.similarity is None:
+            raise RuntimeError("ItemKNN.score() called before fit()")
+        return np.asarray(histories.astype(np.float32) @ self.similarity, dtype=np.float32)
+
+
+class Popularity:
+    """Score items by their number of training interactions (same list for everyone)."""
+
+    name = "pop"
+
+    def __init__(self) -> None:
+        self.counts: np.ndarray | None = None
+
+    def fit(self, user: np.ndarray, item: np.ndarray, n_users: int, n_items: int) -> None:
+        """Count training interactions per item."""
+        self.counts = np.bincount(item, minlength=n_items).astype(np.float32)
+
+    def score(self, histories: sp.csr_matrix) -> np.ndarray:
+        """Return the popularity of every item for every history."""
+        if self.counts is None:
+            raise RuntimeError("Popularity.score() called before fit()")
+        return np.broadcast_to(self.counts, (histories.shape[0], len(self.counts))).copy()
+
+
+def make_retriever(
+    name: str,
+    *,
+    factors: int = 64,
+    regularization: float = 10.0,
+    alpha: float = 10.0,
+    iterations: int = 10,
+    neighbors: int = 100,
+    seed: int = 0,
+) -> Retriever:
+    """Build a retriever by name: ``"mf"``, ``"itemknn"`` or ``"pop"``."""
+    if name == "mf":
+        return ImplicitALS(factors, regularization, alpha, iterations, seed)
+    if name == "itemknn":
+        return ItemKNN(neighbors)
+    if name == "pop":
+        return Popularity()
+    raise ValueError(f"unknown retriever {name!r}; expected 'mf', 'itemknn' or 'pop'")
