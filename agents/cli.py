@@ -1,0 +1,40 @@
+"""The ``rerank-env`` command line.
+
+Subcommands are added by the layer that owns them; this module only dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from simulators.data import cli as data_cli
+from simulators.data.errors import DataError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``rerank-env``."""
+    parser = argparse.ArgumentParser(
+        prog="rerank-env",
+        description="Slate-reranking environments, click simulators and rerankers.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    data_cli.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``rerank-env``; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (DataError, ValueError) as err:
+        # Expected user errors: one clear line, no traceback.
+        print(f"rerank-env {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The ``rerank-env data`` command: build (or load) and summarise processed data."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+import typing
+
+from simulators.data.datasets import MOVIELENS_DATASETS, cache_path, load_rerank_data
+from simulators.data.pipeline import PipelineConfig
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``data`` subcommand; every :class:`PipelineConfig` field is an option."""
+    parser = subparsers.add_parser(
+        "data",
+        help="build and summarise the reranking requests of a MovieLens dataset",
+        description="Build (or load from the cache) the processed reranking data of a "
+        "MovieLens dataset and print a summary: users, items, requests per split, "
+        "positive rate, retriever recall@N on test, GR2 pre-ranker metrics.",
+    )
+    parser.add_argument("--dataset", choices=MOVIELENS_DATASETS, default="ml-100k")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="the dataset folder or a folder holding it (default: $RERANK_ENV_DATA, "
+        "then ../shared/data)",
+    )
+    parser.add_argument("--rebuild", action="store_true", help="ignore and replace the cache")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    parser.add_argument("--json", action="store_true", help="print the summary numbers as JSON")
+    group = parser.add_argument_group("pipeline options (see docs/data.md)")
+    hints = typing.get_type_hints(PipelineConfig)
+    for field in dataclasses.fields(PipelineConfig):
+        kind = hints[field.name]
+        option = "--" + field.name.replace("_", "-")
+        if typing.get_origin(kind) is typing.Literal:
+            group.add_argument(option, choices=typing.get_args(kind), default=field.default)
+        else:
+            group.add_argument(
+                option, type=kind, default=field.default, metavar=kind.__name__.upper()
+            )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``rerank-env data``."""
+    config = PipelineConfig(
+        **{field.name: getattr(args, field.name) for field in dataclasses.fields(PipelineConfig)}
+    )
+    start = time.perf_counter()
+    data = load_rerank_data(
+        args.dataset,
+        args.data_dir,
+        config,
+        use_cache=not args.no_cache,
+        rebuild=args.rebuild,
+        progress=not args.json,
+    )
+    seconds = time.perf_counter() - start
+    if args.json:
+        print(json.dumps({"seconds": seconds, **data.stats}, indent=2))
+        return 0
+    print(data.summary())
+    where = "not cached" if args.no_cache else str(cache_path(args.dataset, args.data_dir, config))
+    print(f"\n{seconds:.2f} s; cache: {where}")
+    return 0

@@ -1,0 +1,84 @@
+"""One call from raw files to processed, cached reranking data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from simulators.data.cache import cache_key, files_checksum, read_cache, write_cache
+from simulators.data.movielens import load_movielens
+from simulators.data.paths import cache_dir, find_dataset_dir
+from simulators.data.pipeline import PipelineConfig, RerankData, build_rerank_data
+
+MOVIELENS_DATASETS = ("ml-100k", "ml-1m")
+_RAW_FILES = {
+    "ml-100k": ("u.data", "u.item", "u.user", "u.occupation"),
+    "ml-1m": ("ratings.dat", "movies.dat", "users.dat"),
+}
+
+
+def cache_path(
+    dataset: str = "ml-100k",
+    data_dir: str | os.PathLike[str] | None = None,
+    config: PipelineConfig | None = None,
+) -> Path:
+    """Return the cache file that :func:`load_rerank_data` reads or writes."""
+    config = config or PipelineConfig()
+    folder = find_dataset_dir(dataset, data_dir)
+    return _cache_file(dataset, config, _checksum(dataset, folder))
+
+
+def load_rerank_data(
+    dataset: str = "ml-100k",
+    data_dir: str | os.PathLike[str] | None = None,
+    config: PipelineConfig | None = None,
+    *,
+    use_cache: bool = True,
+    rebuild: bool = False,
+    progress: bool = True,
+) -> RerankData:
+    """Load processed reranking data, building it from the raw files if needed.
+
+    Args:
+        dataset: ``"ml-100k"`` or ``"ml-1m"``.
+        data_dir: The dataset folder or a data root holding it; ``None`` searches
+            ``$RERANK_ENV_DATA`` and ``../shared/data`` (see ``find_dataset_dir``).
+        config: Pipeline choices (defaults: :class:`PipelineConfig()`).
+        use_cache: Read and write the on-disk cache (``$RERANK_ENV_CACHE``, else the
+            user cache folder).
+        rebuild: Build from the raw files even if a cache file exists, and replace it.
+        progress: Show progress bars.
+
+    Raises:
+        DataNotFoundError: The raw files are not found.
+        DataFormatError: A raw file is malformed.
+        CacheError: The cache file exists but cannot be used (pass ``rebuild=True``).
+    """
+    if dataset not in MOVIELENS_DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {MOVIELENS_DATASETS}")
+    config = config or PipelineConfig()
+    folder = find_dataset_dir(dataset, data_dir)
+    checksum = _checksum(dataset, folder)
+    path = _cache_file(dataset, config, checksum)
+    if use_cache and not rebuild and path.exists():
+        data, _ = read_cache(path)
+        return data
+    with tqdm(total=1, desc=f"reading {dataset}", disable=not progress, leave=False) as bar:
+        ratings = load_movielens(dataset, folder)
+        bar.update()
+    data = build_rerank_data(ratings, config, progress=progress)
+    if use_cache:
+        write_cache(path, data, checksum)
+    return data
+
+
+def _checksum(dataset: str, folder: Path) -> str:
+    return files_checksum(
+        folder / name for name in _RAW_FILES[dataset] if (folder / name).is_file()
+    )
+
+
+def _cache_file(dataset: str, config: PipelineConfig, checksum: str) -> Path:
+    return cache_dir() / "processed" / f"{dataset}-{cache_key(dataset, config, checksum)[:20]}.npz"
