@@ -308,13 +308,13 @@ BROKEN: dict[str, tuple[Edit, str, int, str]] = {
         lambda: (_lines(HEADER, _replace_row(ROWS, 2, 12, "high")), ITEMS_OK),
         "all.csv",
         4,
-        "'user-item_affinity_2' must be a number",
+        "'user-item_affinity_2' must be a finite number",
     ),
     "infinite affinity": (
         lambda: (_lines(HEADER, _replace_row(ROWS, 3, 10, "inf")), ITEMS_OK),
         "all.csv",
         5,
-        "user-item_affinity_0 must be finite",
+        "'user-item_affinity_0' must be a finite number",
     ),
     "truncated last line": (
         lambda: (CAMPAIGN_OK[:-1], ITEMS_OK),
@@ -375,7 +375,7 @@ BROKEN: dict[str, tuple[Edit, str, int, str]] = {
         lambda: (CAMPAIGN_OK, _lines(ITEM_HEADER, [ITEMS[0], "1,1,big,h1,h4,h3", ITEMS[2]])),
         "item_context.csv",
         3,
-        "'item_feature_0' must be a number",
+        "'item_feature_0' must be a finite number",
     ),
     "item_context truncated": (
         lambda: (CAMPAIGN_OK, ITEMS_OK[:-1]),

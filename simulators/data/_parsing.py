@@ -8,6 +8,8 @@ published GroupLens and Open Bandit files end every line with one.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -15,6 +17,9 @@ from simulators.data.errors import DataFormatError, DataNotFoundError
 
 # Separators users most often confuse; used only to word a helpful error.
 _COMMON_SEPARATORS = {"\t": "tab", "|": "'|'", "::": "'::'", ",": "','", ";": "';'", " ": "space"}
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def describe_separator(sep: str) -> str:
@@ -102,41 +107,50 @@ def split_fields(
             continue
         hint = ""
         if len(fields) < expected:
-            other = [
+            # Suggest a separator only if it splits this line into the expected fields.
+            fitting = [
                 name
                 for candidate, name in _COMMON_SEPARATORS.items()
-                if candidate != sep and candidate in line and candidate != " "
+                if candidate != sep and len(line.split(candidate)) == expected
             ]
-            if other and len(fields) == 1:
-                hint = f" The line contains {', '.join(other)}: is the separator wrong?"
+            if fitting:
+                hint = f" The line splits on {fitting[0]} instead: is the separator wrong?"
             else:
                 hint = " The line may be truncated."
+        names = ", ".join(field_names)
+        if len(field_names) > 8:
+            names = f"{', '.join(field_names[:6])}, ..., {field_names[-1]}"
         raise DataFormatError(
             path,
             lineno,
             f"expected {expected} {describe_separator(sep)}-separated fields "
-            f"({', '.join(field_names)}), found {len(fields)}: {_preview(line)}.{hint}",
+            f"({names}), found {len(fields)}: {_preview(line)}.{hint}",
         )
 
 
 def parse_int(path: Path, lineno: int, name: str, value: str) -> int:
-    """Parse an integer field or raise a :class:`DataFormatError` naming it."""
-    try:
-        return int(value)
-    except ValueError:
+    """Parse an ASCII decimal integer field or raise a :class:`DataFormatError` naming it.
+
+    Stricter than ``int()``: no underscores, surrounding spaces or non-ASCII digits.
+    """
+    if not _INTEGER.fullmatch(value):
         raise DataFormatError(
             path, lineno, f"field {name!r} must be an integer, found {_preview(value)}"
-        ) from None
+        )
+    return int(value)
 
 
 def parse_float(path: Path, lineno: int, name: str, value: str) -> float:
-    """Parse a float field or raise a :class:`DataFormatError` naming it."""
+    """Parse a finite number field or raise a :class:`DataFormatError` naming it."""
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or "_" in value or not value.isascii():
         raise DataFormatError(
-            path, lineno, f"field {name!r} must be a number, found {_preview(value)}"
-        ) from None
+            path, lineno, f"field {name!r} must be a finite number, found {_preview(value)}"
+        )
+    return number
 
 
 def _preview(text: str, limit: int = 60) -> str:

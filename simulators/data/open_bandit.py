@@ -14,7 +14,6 @@ raises a :class:`~simulators.data.errors.DataFormatError` naming the file and li
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -277,10 +276,7 @@ def _read_item_context(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[tuple[
                 f"whose ids must be 0..{n_items - 1}",
             )
         first_line[item_id] = lineno
-        value = parse_float(path, lineno, "item_feature_0", fields[2])
-        if not math.isfinite(value):
-            raise DataFormatError(path, lineno, f"item_feature_0 must be finite, found {value}")
-        numeric[item_id] = value
+        numeric[item_id] = parse_float(path, lineno, "item_feature_0", fields[2])
         categories[item_id] = fields[3:]
     codes, vocab = _encode_categories(categories, N_ITEM_CATEGORIES)
     return numeric, codes, vocab
@@ -361,10 +357,7 @@ def _parse_affinity(path: Path, rows: list[list[str]], n_items: int) -> np.ndarr
     if values is None or not np.isfinite(values).all():
         for row, fields in enumerate(rows):
             for i, text in enumerate(fields):
-                name = f"{_AFFINITY_PREFIX}{i}"
-                value = parse_float(path, row + 2, name, text)
-                if not math.isfinite(value):
-                    raise DataFormatError(path, row + 2, f"{name} must be finite, found {text!r}")
+                parse_float(path, row + 2, f"{_AFFINITY_PREFIX}{i}", text)  # raises
         raise AssertionError(
             "unreachable: a bad affinity value was not located"
         )  # pragma: no cover
