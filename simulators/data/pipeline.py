@@ -6,9 +6,10 @@ The steps, in order (each one documented in ``docs/data.md``):
 2. **k-core**: users and items with fewer than ``k_core`` ratings are removed,
    repeatedly, until every remaining user and item has at least ``k_core``;
 3. **logged slates**: each user's ratings in time order (ties broken by raw item id)
-   are cut into consecutive, non-overlapping slates of ``slate_length`` items. The
-   cut is aligned to the user's *last* rating, so the oldest few ratings (fewer than
-   ``slate_length``) are history only;
+   are cut into consecutive, non-overlapping slates of ``slate_length`` items from
+   the user's first rating on, so where a slate starts never depends on later
+   ratings; the last few ratings (fewer than ``slate_length``) form no slate and
+   belong to the user's last split;
 4. **time split**: per user (``split="user"``) the last ``test_fraction`` of the
    user's slates are test, the ones before them valid, the rest train; users with
    fewer than 3 slates are train only. With ``split="global"`` two global time
@@ -82,9 +83,9 @@ class PipelineConfig:
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     retriever: Literal["mf", "itemknn", "pop"] = "mf"
-    mf_factors: int = 64
+    mf_factors: int = 32
     mf_regularization: float = 10.0
-    mf_alpha: float = 10.0
+    mf_alpha: float = 2.0
     mf_iterations: int = 10
     knn_neighbors: int = 100
     inject: Literal["positives", "slate", "none"] = "positives"
@@ -380,8 +381,13 @@ def build_rerank_data(
     logged_ratings = rating[slate_index]
     history_ends = offsets[slate_user] + slate_pos
     histories = _history_matrix(offsets[slate_user], history_ends, item, n_items)
-    rng = np.random.default_rng(config.seed)
-    requests, gr2 = _build_requests(retriever, histories, logged_items, logged_ratings, config, rng)
+    # One random stream per request, keyed by (seed, raw user id, slate start).
+    stream_keys = np.column_stack(
+        [np.full(len(slate_user), config.seed), ratings.user_ids[kept_users][slate_user], slate_pos]
+    )
+    requests, gr2 = _build_requests(
+        retriever, histories, logged_items, logged_ratings, config, stream_keys
+    )
     steps.update(2)
     steps.close()
 
@@ -439,10 +445,9 @@ def _slates_and_split(
     counts = np.diff(offsets)
     n_slates = counts // length
     slate_user = np.repeat(np.arange(n_users), n_slates)
-    # Slate j of user u starts at (count - n_slates * L) + j * L: aligned to the last rating.
-    first = counts - n_slates * length
+    # Slate j of a user starts at j * L: the cut never depends on later ratings.
     rank = np.arange(len(slate_user)) - np.repeat(np.cumsum(n_slates) - n_slates, n_slates)
-    slate_pos = np.repeat(first, n_slates) + rank * length
+    slate_pos = rank * length
 
     if config.split == "user":
         n_test = np.maximum(1, np.round(config.test_fraction * n_slates)).astype(np.int64)
@@ -454,7 +459,9 @@ def _slates_and_split(
         slate_split = np.full(len(slate_user), TRAIN, dtype=np.int8)
         slate_split[from_end < np.repeat(n_test + n_valid, n_slates)] = VALID
         slate_split[from_end < np.repeat(n_test, n_slates)] = TEST
-        interaction_split = np.full(len(time), TRAIN, dtype=np.int8)
+        # Ratings after a user's last slate belong to the user's last split.
+        last_split = np.where(n_test > 0, TEST, TRAIN).astype(np.int8)
+        interaction_split = np.repeat(last_split, counts)
         starts = offsets[slate_user] + slate_pos
         for offset in range(length):
             interaction_split[starts + offset] = slate_split
@@ -537,13 +544,15 @@ def _inject(
     required_scores: np.ndarray,
     required_mask: np.ndarray,
     position: str,
-    rng: np.random.Generator,
+    stream_keys: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Make every request's candidates contain its required items.
 
     Missing required items (``required[r][required_mask[r]]``) replace the
     lowest-scored retrieved ones and go either to uniformly random slots
-    (``"random"``) or to their retriever-score rank (``"score"``).
+    (``"random"``) or to their retriever-score rank (``"score"``). Row ``r`` draws
+    its slots from its own generator seeded by ``stream_keys[r]``, so one request's
+    candidates never depend on another request (of another split, say).
 
     Returns:
         ``(candidates, scores, injected)`` with the shape of ``retrieved``.
@@ -562,6 +571,7 @@ def _inject(
         kept[np.flatnonzero(~protected)[-len(add) :]] = False
         kept_items, kept_scores = retrieved[r, kept], retrieved_scores[r, kept]
         if position == "random":
+            rng = np.random.default_rng(stream_keys[r].tolist())
             is_new = np.zeros(size, dtype=bool)
             is_new[rng.choice(size, size=len(add), replace=False)] = True
             shuffled = rng.permutation(len(add))
@@ -589,7 +599,7 @@ def _build_requests(
     logged_items: np.ndarray,
     logged_ratings: np.ndarray,
     config: PipelineConfig,
-    rng: np.random.Generator,
+    stream_keys: np.ndarray,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Candidates of the main (N) protocol and of the GR2 (K) protocol."""
     ((retrieved, retrieved_scores), (gr2_retrieved, gr2_scores)), logged_scores = _retrieve(
@@ -602,7 +612,7 @@ def _build_requests(
         must = positive if config.inject == "positives" else np.ones_like(positive)
     candidates, scores, injected = _inject(
         retrieved, retrieved_scores, logged_items, logged_scores, must,
-        config.inject_position, rng,
+        config.inject_position, np.column_stack([stream_keys, np.zeros_like(stream_keys[:, 0])]),
     )  # fmt: skip
     match = candidates[:, :, None] == logged_items[:, None, :]
     rating = (match * logged_ratings[:, None, :]).sum(axis=2).astype(np.int8)
@@ -623,7 +633,8 @@ def _build_requests(
     target_scores = np.take_along_axis(logged_scores[request], first, axis=1)
     gr2_candidates, _, gr2_injected = _inject(
         gr2_retrieved[request], gr2_scores[request], target, target_scores,
-        np.ones_like(target, dtype=bool), config.inject_position, rng,
+        np.ones_like(target, dtype=bool), config.inject_position,
+        np.column_stack([stream_keys[request], np.ones_like(request)]),
     )  # fmt: skip
     gr2 = {
         "request": request.astype(np.int64),

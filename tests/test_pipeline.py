@@ -1,0 +1,311 @@
+"""The ratings-to-requests pipeline: splits, slates, histories, candidates, leaks."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simulators.data.datasets import load_rerank_data
+from simulators.data.movielens import load_ml1m, load_movielens
+from simulators.data.pipeline import (
+    TEST,
+    TRAIN,
+    VALID,
+    PipelineConfig,
+    RerankData,
+    build_rerank_data,
+    k_core_mask,
+)
+
+
+@pytest.fixture(scope="module")
+def ml100k_ratings(data_root: Path):
+    return load_movielens("ml-100k", data_root)
+
+
+@pytest.fixture(scope="module")
+def data(ml100k_ratings) -> RerankData:
+    return build_rerank_data(ml100k_ratings, PipelineConfig(), progress=False)
+
+
+def _user_sequences(data: RerankData):
+    for u in range(data.n_users):
+        yield u, slice(data.user_offsets[u], data.user_offsets[u + 1])
+
+
+# ---------------------------------------------------------------- k-core and labels
+
+
+def test_k_core_mask_cascades_until_stable() -> None:
+    # Item 2 has one rating -> removed; then user 1 is left with one rating -> removed.
+    # Item 1 keeps two ratings (users 0 and 2), so the cascade stops there.
+    user = np.array([0, 0, 1, 1, 2, 2, 0, 2])
+    item = np.array([0, 3, 1, 2, 0, 3, 1, 1])
+    keep = k_core_mask(user, item, k=2)
+    assert keep.tolist() == [True, True, False, False, True, True, True, True]
+    # With k = 3 item 0 and item 3 (two ratings each) go, which takes everyone down.
+    assert not k_core_mask(user, item, k=3).any()
+
+
+def test_every_user_and_item_meets_k_core(data: RerankData) -> None:
+    k = data.config.k_core
+    assert np.diff(data.user_offsets).min() >= k
+    assert np.bincount(data.interaction_item, minlength=data.n_items).min() >= k
+    assert data.n_users == 943 and data.n_items < 1682  # ML-100K users are all 20-core
+
+
+def test_labels_follow_thresholds(data: RerankData) -> None:
+    assert (data.logged_clicks == (data.logged_ratings >= 4)).all()
+    assert data.stats["positive_rate"] == pytest.approx((data.interaction_rating >= 4).mean())
+
+
+# ---------------------------------------------------------------- time order and split
+
+
+def test_interactions_are_time_ordered_and_splits_never_go_back_in_time(data: RerankData) -> None:
+    for _, seq in _user_sequences(data):
+        assert (np.diff(data.interaction_time[seq]) >= 0).all()
+        split = data.interaction_split[seq]
+        assert (np.diff(split) >= 0).all(), "a train interaction comes after a valid/test one"
+
+
+def test_slates_are_consecutive_windows_from_the_first_rating(data: RerankData) -> None:
+    length = data.config.slate_length
+    start = data.user_offsets[data.request_user] + data.request_seq_pos
+    for offset in range(length):
+        assert (data.logged_items[:, offset] == data.interaction_item[start + offset]).all()
+        assert (data.interaction_split[start + offset] == data.request_split).all()
+    assert (data.request_time == data.interaction_time[start]).all()
+    # Each user's slates tile the sequence from its start; fewer than L ratings remain.
+    for u, seq in _user_sequences(data):
+        pos = np.sort(data.request_seq_pos[data.request_user == u])
+        n = seq.stop - seq.start
+        assert pos.tolist() == list(range(0, n - length + 1, length))
+
+
+def test_each_user_with_three_slates_has_valid_and_test_as_the_latest(data: RerankData) -> None:
+    for u in range(data.n_users):
+        mine = np.flatnonzero(data.request_user == u)
+        split = data.request_split[mine[np.argsort(data.request_seq_pos[mine])]]
+        if len(mine) >= 3:
+            assert split[-1] == TEST and VALID in split and split[0] == TRAIN
+        else:
+            assert (split == TRAIN).all()
+    assert len(data.split_indices("test")) > 1000
+
+
+def test_global_split_keeps_all_training_data_before_every_later_slate(ml100k_ratings) -> None:
+    data = build_rerank_data(ml100k_ratings, PipelineConfig(split="global"), progress=False)
+    train_time = data.interaction_time[data.interaction_split == TRAIN]
+    later = data.request_split != TRAIN
+    end = data.user_offsets[data.request_user] + data.request_seq_pos + data.config.slate_length - 1
+    assert train_time.max() < data.interaction_time[end[later]].min()
+    assert len(data.split_indices("test")) > 0 and len(data.split_indices("valid")) > 0
+
+
+# ---------------------------------------------------------------- histories and candidates
+
+
+def test_history_is_the_past_only(data: RerankData) -> None:
+    requests = np.arange(0, data.n_requests, 7)
+    items, lengths = data.history(requests, max_length=20)
+    assert items.shape == (len(requests), 20)
+    for row, r in enumerate(requests):
+        seq_start = data.user_offsets[data.request_user[r]]
+        expected = data.interaction_item[seq_start : seq_start + data.request_seq_pos[r]][-20:]
+        assert lengths[row] == len(expected)
+        assert items[row, : lengths[row]].tolist() == expected.tolist()
+        assert (items[row, lengths[row] :] == -1).all()
+        assert not set(expected) & set(data.logged_items[r])
+
+
+def test_candidates_are_distinct_exclude_history_and_contain_logged_positives(
+    data: RerankData,
+) -> None:
+    n = data.config.num_candidates
+    assert data.candidates.shape == (data.n_requests, n)
+    ordered = np.sort(data.candidates, axis=1)
+    assert (np.diff(ordered, axis=1) > 0).all(), "a candidate appears twice in a request"
+    assert (data.candidate_positive.sum(axis=1) == data.logged_clicks.sum(axis=1)).all()
+    for r in range(0, data.n_requests, 13):
+        seq_start = data.user_offsets[data.request_user[r]]
+        history = data.interaction_item[seq_start : seq_start + data.request_seq_pos[r]]
+        assert not np.isin(data.candidates[r], history).any()
+        logged = dict(
+            zip(data.logged_items[r].tolist(), data.logged_ratings[r].tolist(), strict=True)
+        )
+        for c, rating in zip(
+            data.candidates[r].tolist(), data.candidate_rating[r].tolist(), strict=True
+        ):
+            assert rating == logged.get(c, 0)
+
+
+def test_retrieved_candidates_are_in_retriever_order(data: RerankData) -> None:
+    retrieved = ~data.candidate_injected
+    for r in range(0, data.n_requests, 11):
+        scores = data.candidate_scores[r][retrieved[r]]
+        assert (np.diff(scores) <= 0).all()
+
+
+def test_random_injection_hides_injected_items_among_all_slots(data: RerankData) -> None:
+    slots = np.nonzero(data.candidate_injected)[1]
+    n = data.config.num_candidates
+    assert len(slots) > 1000
+    # Uniform slots: mean (N - 1) / 2 with a standard error of about 0.3 here.
+    assert abs(slots.mean() - (n - 1) / 2) < 2.0
+    assert (data.candidate_positive & data.candidate_injected).sum() == (
+        data.candidate_injected.sum()
+    )
+
+
+def test_score_injection_puts_injected_items_at_their_score_rank(ml100k_ratings) -> None:
+    data = build_rerank_data(
+        ml100k_ratings, PipelineConfig(inject_position="score"), progress=False
+    )
+    assert (np.diff(data.candidate_scores, axis=1) <= 0).all()
+    slots = np.nonzero(data.candidate_injected)[1]
+    assert slots.mean() > 0.8 * data.config.num_candidates
+
+
+def test_inject_none_keeps_pure_retrieval(ml100k_ratings) -> None:
+    data = build_rerank_data(
+        ml100k_ratings, PipelineConfig(inject="none", retriever="pop"), progress=False
+    )
+    assert not data.candidate_injected.any()
+    # Popularity gives every request the same ranking apart from history items.
+    assert (np.diff(data.candidate_scores, axis=1) <= 0).all()
+    assert data.candidate_positive.sum() < data.logged_clicks.sum()
+
+
+def test_gr2_requests_hold_the_true_next_item(data: RerankData) -> None:
+    k = data.config.gr2_candidates
+    assert data.gr2_candidates.shape == (len(data.gr2_request), k)
+    assert (np.diff(np.sort(data.gr2_candidates, axis=1), axis=1) > 0).all()
+    clicks = data.logged_clicks[data.gr2_request]
+    first_positive = data.logged_items[data.gr2_request, clicks.argmax(axis=1)]
+    chosen = data.gr2_candidates[np.arange(len(data.gr2_request)), data.gr2_target_pos]
+    assert (chosen == first_positive).all()
+    # Every request with a positive has a GR2 request, and only those.
+    assert (np.flatnonzero(data.logged_clicks.any(axis=1)) == data.gr2_request).all()
+
+
+def test_summary_reports_recall_and_injection(data: RerankData) -> None:
+    text = data.summary()
+    assert "recall@50, test" in text and "injected positive" in text
+    assert 0.0 < data.stats["test_recall_at_n"] < 1.0
+    assert 0.0 < data.stats["test_injected_share"] < 1.0
+
+
+# ---------------------------------------------------------------- leaks and determinism
+
+
+def test_nothing_from_valid_or_test_reaches_the_retriever(ml100k_ratings) -> None:
+    """Rewrite every later-than-training interaction; training outputs must not move."""
+    config = PipelineConfig(k_core=1, mf_iterations=3)
+    base = build_rerank_data(ml100k_ratings, config, progress=False)
+    raw = ml100k_ratings
+    # Per user, the last training timestamp; interactions strictly after it are rewritten
+    # (a tie with a training interaction is neither past nor future, so it is left alone).
+    train = base.interaction_split == TRAIN
+    owner = np.repeat(np.arange(base.n_users), np.diff(base.user_offsets))
+    last_train = np.full(base.n_users, -1, dtype=np.int64)
+    np.maximum.at(last_train, owner[train], base.interaction_time[train])
+    raw_user = np.searchsorted(base.user_ids, raw.user_ids[raw.user])
+    later = raw.timestamp > last_train[raw_user]
+    assert later.sum() > 10_000
+    rng = np.random.default_rng(0)
+    item = raw.item.copy()
+    for u in np.unique(raw.user[later]):
+        mine = raw.user == u
+        unrated = np.setdiff1d(np.arange(raw.n_items), raw.item[mine])
+        rows = np.flatnonzero(mine & later)
+        item[rows] = rng.choice(unrated, size=len(rows), replace=False)
+    changed = build_rerank_data(dataclasses.replace(raw, item=item), config, progress=False)
+    assert changed.n_items == base.n_items  # k_core=1 and the catalogue is u.item
+    np.testing.assert_array_equal(changed.retriever_item_factors, base.retriever_item_factors)
+    train_requests = base.split_indices("train")
+    np.testing.assert_array_equal(
+        changed.candidates[train_requests], base.candidates[train_requests]
+    )
+    test_requests = base.split_indices("test")
+    assert not np.array_equal(changed.logged_items[test_requests], base.logged_items[test_requests])
+
+
+def test_same_config_gives_identical_data_and_seed_changes_injection(ml100k_ratings) -> None:
+    config = PipelineConfig(retriever="itemknn")
+    first = build_rerank_data(ml100k_ratings, config, progress=False)
+    second = build_rerank_data(ml100k_ratings, config, progress=False)
+    for field in dataclasses.fields(RerankData):
+        value = getattr(first, field.name)
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, getattr(second, field.name), err_msg=field.name)
+    other = build_rerank_data(ml100k_ratings, dataclasses.replace(config, seed=1), progress=False)
+    assert not np.array_equal(first.candidates, other.candidates)
+    assert np.array_equal(np.sort(first.candidates, 1), np.sort(other.candidates, 1))
+
+
+# ---------------------------------------------------------------- configuration errors
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "text"),
+    [
+        ({"num_candidates": 4}, "num_candidates (4) must be >= slate_length (6)"),
+        ({"k_core": 0}, "k_core must be >= 1, got 0"),
+        ({"valid_fraction": 0.5, "test_fraction": 0.5}, "sum to < 1"),
+        ({"retriever": "bm25"}, "retriever must be 'mf', 'itemknn' or 'pop', got 'bm25'"),
+        ({"click_threshold": 6}, "click_threshold must be a rating 1-5, got 6"),
+        ({"gr2_candidates": 60}, "gr2_candidates must be in [2, num_candidates], got 60"),
+    ],
+)
+def test_invalid_config_names_the_value(kwargs, text) -> None:
+    with pytest.raises(ValueError) as err:
+        PipelineConfig(**kwargs)
+    assert text in str(err.value)
+
+
+def test_k_core_that_removes_everything_is_an_error(ml100k_ratings) -> None:
+    with pytest.raises(ValueError, match="k_core=10000 removes every rating"):
+        build_rerank_data(ml100k_ratings, PipelineConfig(k_core=10000), progress=False)
+
+
+# ---------------------------------------------------------------- ML-1M format end to end
+
+
+def _write_ml1m_world(folder: Path, n_users: int = 40, n_items: int = 60) -> Path:
+    rng = np.random.default_rng(3)
+    folder.mkdir(parents=True)
+    genres = ["Action", "Comedy", "Drama", "Sci-Fi"]
+    movies = [
+        f"{i + 1}::Movie {i} ({1980 + i % 20})::{genres[i % 4]}|{genres[(i + 1) % 4]}"
+        for i in range(n_items)
+    ]
+    users = [
+        f"{u + 1}::{'MF'[u % 2]}::{(1, 18, 25, 35, 45, 50, 56)[u % 7]}::{u % 21}::0000{u}"
+        for u in range(n_users)
+    ]
+    ratings = []
+    for u in range(n_users):
+        for t, i in enumerate(rng.choice(n_items, size=30, replace=False)):
+            ratings.append(f"{u + 1}::{i + 1}::{rng.integers(1, 6)}::{978300000 + 100 * t + u}")
+    for name, lines in (("movies.dat", movies), ("users.dat", users), ("ratings.dat", ratings)):
+        (folder / name).write_text("\n".join(lines) + "\n", encoding="latin-1")
+    return folder
+
+
+def test_ml1m_format_runs_through_the_pipeline_and_cache(tmp_path: Path) -> None:
+    folder = _write_ml1m_world(tmp_path / "ml-1m")
+    config = PipelineConfig(num_candidates=20, gr2_candidates=5, mf_factors=8)
+    data = load_rerank_data("ml-1m", tmp_path, config, progress=False)
+    raw = load_ml1m(folder)
+    assert data.n_users == 40 and data.n_requests == 40 * 5
+    assert data.user_features.shape == (40, 2 + 7 + 21)
+    # Age-group one-hot matches the ML-1M code of each user.
+    age_columns = data.user_features[:, 2:9].argmax(axis=1)
+    assert (np.array((1, 18, 25, 35, 45, 50, 56))[age_columns] == raw.user_age).all()
+    assert data.item_features.shape[1] == len(raw.genre_names) + 1
+    again = load_rerank_data("ml-1m", folder, config, progress=False)
+    np.testing.assert_array_equal(again.candidates, data.candidates)
