@@ -180,7 +180,7 @@ def test_inject_none_keeps_pure_retrieval(ml100k_ratings) -> None:
     assert data.candidate_positive.sum() < data.logged_clicks.sum()
 
 
-def test_gr2_requests_hold_the_true_next_item(data: RerankData) -> None:
+def _check_gr2(data: RerankData) -> None:
     k = data.config.gr2_candidates
     assert data.gr2_candidates.shape == (len(data.gr2_request), k)
     assert (np.diff(np.sort(data.gr2_candidates, axis=1), axis=1) > 0).all()
@@ -188,8 +188,28 @@ def test_gr2_requests_hold_the_true_next_item(data: RerankData) -> None:
     first_positive = data.logged_items[data.gr2_request, clicks.argmax(axis=1)]
     chosen = data.gr2_candidates[np.arange(len(data.gr2_request)), data.gr2_target_pos]
     assert (chosen == first_positive).all()
-    # Every request with a positive has a GR2 request, and only those.
+
+
+def test_gr2_filter_mode_keeps_pre_ranked_lists_that_hold_the_next_item(data: RerankData) -> None:
+    _check_gr2(data)
+    assert data.config.gr2_mode == "filter" and not data.gr2_injected.any()
+    # Exactly the retriever's top K: its own order (the N list starts with the same items
+    # wherever nothing was injected).
+    plain = ~data.candidate_injected[data.gr2_request, :10].any(axis=1)
+    assert plain.sum() > 100
+    np.testing.assert_array_equal(
+        data.gr2_candidates[plain], data.candidates[data.gr2_request[plain], :10]
+    )
+    assert 100 < data.stats["gr2_test_requests"] < len(data.split_indices("test"))
+
+
+def test_gr2_inject_mode_covers_every_request_with_a_positive(ml100k_ratings) -> None:
+    data = build_rerank_data(
+        ml100k_ratings, PipelineConfig(gr2_mode="inject", retriever="pop"), progress=False
+    )
+    _check_gr2(data)
     assert (np.flatnonzero(data.logged_clicks.any(axis=1)) == data.gr2_request).all()
+    assert data.gr2_injected.mean() > 0.5
 
 
 def test_summary_reports_recall_and_injection(data: RerankData) -> None:

@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     config = PipelineConfig(
         **{field.name: getattr(args, field.name) for field in dataclasses.fields(PipelineConfig)}
     )
+    path = None if args.no_cache else cache_path(args.dataset, args.data_dir, config)
+    cached = path is not None and path.exists() and not args.rebuild
     start = time.perf_counter()
     data = load_rerank_data(
         args.dataset,
@@ -61,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
     )
     seconds = time.perf_counter() - start
     if args.json:
-        print(json.dumps({"seconds": seconds, **data.stats}, indent=2))
+        print(json.dumps({"seconds": seconds, "from_cache": cached, **data.stats}, indent=2))
         return 0
     print(data.summary())
-    where = "not cached" if args.no_cache else str(cache_path(args.dataset, args.data_dir, config))
-    print(f"\n{seconds:.2f} s; cache: {where}")
+    how = "read from the cache" if cached else "built from the raw files"
+    print(f"\n{how} in {seconds:.2f} s; cache file: {path or 'none (--no-cache)'}")
     return 0

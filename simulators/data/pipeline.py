@@ -20,8 +20,9 @@ The steps, in order (each one documented in ``docs/data.md``):
    ``num_candidates`` candidates in retriever order (history items excluded). Logged
    positives the retriever missed are injected (``inject_position`` says where) so
    that list metrics against logged positives are defined;
-7. **GR2 requests**: for each request with a positive, ``gr2_candidates`` candidates
-   from the retriever containing the first logged positive (the true next item).
+7. **GR2 requests**: ``gr2_candidates`` pre-ranked candidates containing the first
+   logged positive of the slate (the true next item); by default only requests whose
+   retriever top K holds it (``gr2_mode``).
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ class PipelineConfig:
             retriever order, which puts injected items at the bottom (a label leak
             for position-aware rerankers; for ablations only).
         gr2_candidates: K, candidates per GR2-protocol request.
+        gr2_mode: ``"filter"`` keeps only requests whose retriever top K already
+            holds the true next item (the K candidates are exactly the pre-ranker's
+            list, so its order carries real signal); ``"inject"`` keeps every request
+            with a positive and injects a missing true item per ``inject_position``
+            (many more requests, but with ``"random"`` the initial order is then
+            uninformative for most of them).
         seed: Seed of the retriever and of injection slots.
     """
 
@@ -91,6 +98,7 @@ class PipelineConfig:
     inject: Literal["positives", "slate", "none"] = "positives"
     inject_position: Literal["random", "score"] = "random"
     gr2_candidates: int = 10
+    gr2_mode: Literal["filter", "inject"] = "filter"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -134,6 +142,10 @@ class PipelineConfig:
         need(
             self.inject_position in ("random", "score"),
             f"inject_position must be 'random' or 'score', got {self.inject_position!r}",
+        )
+        need(
+            self.gr2_mode in ("filter", "inject"),
+            f"gr2_mode must be 'filter' or 'inject', got {self.gr2_mode!r}",
         )
         need(
             2 <= self.gr2_candidates <= self.num_candidates,
@@ -293,7 +305,11 @@ class RerankData:
             ),
             ("test requests needing an injected positive", f"{s['test_injected_share']:.3f}"),
             (
-                f"GR2 pre-ranker recall@1 / @5 / NDCG@5, test (K={self.config.gr2_candidates})",
+                f"GR2 requests, test (K={self.config.gr2_candidates}, {self.config.gr2_mode})",
+                f"{s['gr2_test_requests']}",
+            ),
+            (
+                "GR2 pre-ranker recall@1 / @5 / NDCG@5, test",
                 f"{s['gr2_test_recall_at_1']:.3f} / {s['gr2_test_recall_at_5']:.3f} / "
                 f"{s['gr2_test_ndcg_at_5']:.3f}",
             ),
@@ -630,6 +646,10 @@ def _build_requests(
     request = np.flatnonzero(positive.any(axis=1))
     first = positive[request].argmax(axis=1)[:, None]
     target = np.take_along_axis(logged_items[request], first, axis=1)
+    if config.gr2_mode == "filter":
+        # Only requests whose pre-ranked top K already holds the true next item.
+        holds = (gr2_retrieved[request] == target).any(axis=1)
+        request, first, target = request[holds], first[holds], target[holds]
     target_scores = np.take_along_axis(logged_scores[request], first, axis=1)
     gr2_candidates, _, gr2_injected = _inject(
         gr2_retrieved[request], gr2_scores[request], target, target_scores,
