@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from simulators.data import cli as data_cli
-from simulators.data.errors import DataError
+from simulators.data.errors import ConfigError, DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
-    except (DataError, ValueError) as err:
+    except (DataError, ConfigError) as err:
         # Expected user errors: one clear line, no traceback.
         print(f"rerank-env {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -11,7 +11,13 @@ Typical use::
 """
 
 from simulators.data.datasets import cache_path, load_rerank_data
-from simulators.data.errors import CacheError, DataError, DataFormatError, DataNotFoundError
+from simulators.data.errors import (
+    CacheError,
+    ConfigError,
+    DataError,
+    DataFormatError,
+    DataNotFoundError,
+)
 from simulators.data.movielens import MovieLensData, load_ml1m, load_ml100k, load_movielens
 from simulators.data.open_bandit import OpenBanditData, load_open_bandit
 from simulators.data.paths import cache_dir, find_dataset_dir
@@ -19,6 +25,7 @@ from simulators.data.pipeline import PipelineConfig, RerankData, build_rerank_da
 
 __all__ = [
     "CacheError",
+    "ConfigError",
     "DataError",
     "DataFormatError",
     "DataNotFoundError",

@@ -8,6 +8,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from simulators.data.cache import cache_key, files_checksum, read_cache, write_cache
+from simulators.data.errors import ConfigError
 from simulators.data.movielens import load_movielens
 from simulators.data.paths import cache_dir, find_dataset_dir
 from simulators.data.pipeline import PipelineConfig, RerankData, build_rerank_data
@@ -57,7 +58,7 @@ def load_rerank_data(
         CacheError: The cache file exists but cannot be used (pass ``rebuild=True``).
     """
     if dataset not in MOVIELENS_DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {MOVIELENS_DATASETS}")
+        raise ConfigError(f"unknown dataset {dataset!r}; expected one of {MOVIELENS_DATASETS}")
     config = config or PipelineConfig()
     folder = find_dataset_dir(dataset, data_dir)
     checksum = _checksum(dataset, folder)

@@ -34,3 +34,7 @@ class DataFormatError(DataError, ValueError):
 
 class CacheError(DataError):
     """A cached processed dataset cannot be used (other format version, corrupt file)."""
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid (the message names it and the valid range)."""

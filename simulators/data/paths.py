@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from simulators.data.errors import DataNotFoundError
+from simulators.data.errors import ConfigError, DataNotFoundError
 
 DATA_ENV_VAR = "RERANK_ENV_DATA"
 CACHE_ENV_VAR = "RERANK_ENV_CACHE"
@@ -51,7 +51,7 @@ def find_dataset_dir(dataset: str, data_dir: str | os.PathLike[str] | None = Non
         DataNotFoundError: No folder found; the message lists every place searched.
     """
     if dataset not in DATASET_FOLDERS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASET_FOLDERS)}")
+        raise ConfigError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASET_FOLDERS)}")
     folder = DATASET_FOLDERS[dataset]
     if data_dir is not None:
         root = Path(data_dir).expanduser()

@@ -36,6 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from simulators.data.errors import ConfigError
 from simulators.data.movielens import ML1M_AGE_CODES, MovieLensData
 from simulators.data.retrieval import ImplicitALS, Retriever, make_retriever
 
@@ -104,7 +105,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
             if not ok:
-                raise ValueError(f"PipelineConfig: {message}")
+                raise ConfigError(f"PipelineConfig: {message}")
 
         need(self.k_core >= 1, f"k_core must be >= 1, got {self.k_core}")
         need(
@@ -356,7 +357,7 @@ def build_rerank_data(
     # k-core, then dense re-indexing of the survivors.
     keep = k_core_mask(ratings.user, ratings.item, config.k_core)
     if not keep.any():
-        raise ValueError(
+        raise ConfigError(
             f"k_core={config.k_core} removes every rating of {ratings.name}; lower k_core"
         )
     kept_users = np.unique(ratings.user[keep])
