@@ -124,3 +124,14 @@ def test_cli_rejects_unknown_choices() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["data", "--retriever", "bm25"])
     assert exit_info.value.code == 2
+
+
+def test_data_env_var_is_the_only_place_searched_when_set(tmp_path, monkeypatch) -> None:
+    from simulators.data.errors import DataNotFoundError
+    from simulators.data.paths import find_dataset_dir
+
+    monkeypatch.setenv("RERANK_ENV_DATA", str(tmp_path))
+    with pytest.raises(DataNotFoundError) as err:
+        find_dataset_dir("ml-100k")
+    assert str(tmp_path / "ml-100k") in str(err.value)
+    assert "shared" not in str(err.value)

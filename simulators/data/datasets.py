@@ -66,7 +66,9 @@ def load_rerank_data(
     if use_cache and not rebuild and path.exists():
         data, _ = read_cache(path)
         return data
-    with tqdm(total=1, desc=f"reading {dataset}", disable=not progress, leave=False) as bar:
+    with tqdm(
+        total=1, desc=f"reading {dataset}", disable=None if progress else True, leave=False
+    ) as bar:
         ratings = load_movielens(dataset, folder)
         bar.update()
     data = build_rerank_data(ratings, config, progress=progress)

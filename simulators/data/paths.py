@@ -22,12 +22,13 @@ def _source_checkout_root() -> Path:
 def data_root_candidates() -> list[Path]:
     """Return the data roots searched, in order, when no folder is given.
 
-    ``$RERANK_ENV_DATA`` first, then ``../shared/data`` beside the working directory
-    and beside a source checkout of this project.
+    ``$RERANK_ENV_DATA`` alone when it is set (an explicit choice is never silently
+    replaced by another folder); otherwise ``../shared/data`` beside the working
+    directory and beside a source checkout of this project.
     """
-    candidates = []
     if os.environ.get(DATA_ENV_VAR):
-        candidates.append(Path(os.environ[DATA_ENV_VAR]).expanduser())
+        return [Path(os.environ[DATA_ENV_VAR]).expanduser()]
+    candidates = []
     candidates.append(Path.cwd().parent / "shared" / "data")
     candidates.append(_source_checkout_root().parent / "shared" / "data")
     unique: list[Path] = []

@@ -352,7 +352,9 @@ def build_rerank_data(
         progress: Show a progress bar over the steps.
     """
     config = config or PipelineConfig()
-    steps = tqdm(total=5, desc=f"{ratings.name} pipeline", disable=not progress, leave=False)
+    steps = tqdm(
+        total=5, desc=f"{ratings.name} pipeline", disable=None if progress else True, leave=False
+    )
 
     # k-core, then dense re-indexing of the survivors.
     keep = k_core_mask(ratings.user, ratings.item, config.k_core)
