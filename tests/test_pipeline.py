@@ -11,6 +11,7 @@ import pytest
 from simulators.data.datasets import load_rerank_data
 from simulators.data.movielens import load_ml1m, load_movielens
 from simulators.data.pipeline import (
+    PIPELINE_VERSION,
     TEST,
     TRAIN,
     VALID,
@@ -18,7 +19,10 @@ from simulators.data.pipeline import (
     RerankData,
     build_rerank_data,
     k_core_mask,
+    top_items,
 )
+
+GOLDEN_DIGEST = "26e54271d34707fb"
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +33,12 @@ def ml100k_ratings(data_root: Path):
 @pytest.fixture(scope="module")
 def data(ml100k_ratings) -> RerankData:
     return build_rerank_data(ml100k_ratings, PipelineConfig(), progress=False)
+
+
+@pytest.fixture(scope="module")
+def injected(ml100k_ratings) -> RerankData:
+    """Missed logged positives injected at random slots (an opt-in mode)."""
+    return build_rerank_data(ml100k_ratings, PipelineConfig(inject="positives"), progress=False)
 
 
 def _user_sequences(data: RerankData):
@@ -80,10 +90,16 @@ def test_slates_are_consecutive_windows_from_the_first_rating(data: RerankData) 
         assert (data.interaction_split[start + offset] == data.request_split).all()
     assert (data.request_time == data.interaction_time[start]).all()
     # Each user's slates tile the sequence from its start; fewer than L ratings remain.
+    # Only slates at the very start of the log (too few items rated by anyone yet to
+    # offer N candidates) are dropped, so what is kept is a suffix of the tiling.
+    dropped = 0
     for u, seq in _user_sequences(data):
         pos = np.sort(data.request_seq_pos[data.request_user == u])
-        n = seq.stop - seq.start
-        assert pos.tolist() == list(range(0, n - length + 1, length))
+        tiling = list(range(0, seq.stop - seq.start - length + 1, length))
+        assert pos.tolist() == tiling[len(tiling) - len(pos) :]
+        dropped += len(tiling) - len(pos)
+    assert dropped == data.stats["dropped_requests_too_few_items"]
+    assert dropped < 0.01 * data.n_requests
 
 
 def test_each_user_with_three_slates_has_valid_and_test_as_the_latest(data: RerankData) -> None:
@@ -122,14 +138,12 @@ def test_history_is_the_past_only(data: RerankData) -> None:
         assert not set(expected) & set(data.logged_items[r])
 
 
-def test_candidates_are_distinct_exclude_history_and_contain_logged_positives(
-    data: RerankData,
-) -> None:
+def _check_candidates(data: RerankData) -> None:
     n = data.config.num_candidates
     assert data.candidates.shape == (data.n_requests, n)
     ordered = np.sort(data.candidates, axis=1)
     assert (np.diff(ordered, axis=1) > 0).all(), "a candidate appears twice in a request"
-    assert (data.candidate_positive.sum(axis=1) == data.logged_clicks.sum(axis=1)).all()
+    assert np.isfinite(data.candidate_scores).all()
     for r in range(0, data.n_requests, 13):
         seq_start = data.user_offsets[data.request_user[r]]
         history = data.interaction_item[seq_start : seq_start + data.request_seq_pos[r]]
@@ -143,41 +157,101 @@ def test_candidates_are_distinct_exclude_history_and_contain_logged_positives(
             assert rating == logged.get(c, 0)
 
 
-def test_retrieved_candidates_are_in_retriever_order(data: RerankData) -> None:
-    retrieved = ~data.candidate_injected
-    for r in range(0, data.n_requests, 11):
-        scores = data.candidate_scores[r][retrieved[r]]
-        assert (np.diff(scores) <= 0).all()
+def test_candidates_are_distinct_retrievable_and_outside_the_history(data: RerankData) -> None:
+    _check_candidates(data)
+    assert not data.candidate_injected.any()
+    assert (data.candidate_positive.sum(axis=1) <= data.logged_clicks.sum(axis=1)).all()
+    # Every candidate had a training rating at or before the request time.
+    train = data.interaction_split == TRAIN
+    first = np.full(data.n_items, np.iinfo(np.int64).max)
+    np.minimum.at(first, data.interaction_item[train], data.interaction_time[train])
+    assert (first[data.candidates] <= data.request_time[:, None]).all()
 
 
-def test_random_injection_hides_injected_items_among_all_slots(data: RerankData) -> None:
-    slots = np.nonzero(data.candidate_injected)[1]
-    n = data.config.num_candidates
+def test_injection_puts_every_logged_positive_among_the_candidates(injected: RerankData) -> None:
+    _check_candidates(injected)
+    assert (injected.candidate_positive.sum(axis=1) == injected.logged_clicks.sum(axis=1)).all()
+
+
+def test_candidates_follow_retriever_order_with_ties_by_item_index(data: RerankData) -> None:
+    scores, items = data.candidate_scores, data.candidates
+    assert (np.diff(scores, axis=1) <= 0).all()
+    tied = np.diff(scores, axis=1) == 0
+    assert tied.any()  # popularity fallback rows have ties
+    assert (np.diff(items, axis=1)[tied] > 0).all()
+
+
+def test_top_items_is_a_total_order() -> None:
+    scores = np.zeros((2, 9), dtype=np.float32)
+    scores[1, [2, 5, 7]] = 1.0
+    assert top_items(scores, 4).tolist() == [[0, 1, 2, 3], [2, 5, 7, 0]]
+
+
+def test_first_slates_fall_back_to_training_popularity(data: RerankData) -> None:
+    first = np.flatnonzero(data.request_seq_pos == 0)
+    assert len(first) > 100
+    train = data.interaction_split == TRAIN
+    popularity = np.bincount(data.interaction_item[train], minlength=data.n_items)
+    np.testing.assert_array_equal(data.candidate_scores[first], popularity[data.candidates[first]])
+
+
+def _ndcg_at(relevance: np.ndarray, order: np.ndarray, k: int) -> float:
+    """Mean NDCG@k of binary relevance [R, N] when each row is shown in ``order``."""
+    gains = np.take_along_axis(relevance, order, axis=1)[:, :k]
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = np.sort(relevance, axis=1)[:, ::-1][:, :k]
+    return float(((gains * discount).sum(1) / (ideal * discount).sum(1)).mean())
+
+
+def _leak_probes(data: RerankData) -> dict[str, float]:
+    test = data.split_indices("test")
+    test = test[data.candidate_positive[test].any(axis=1)]
+    relevance = data.candidate_positive[test].astype(float)
+    train = data.interaction_split == TRAIN
+    popularity = np.bincount(data.interaction_item[train], minlength=data.n_items)
+    initial = np.tile(np.arange(data.config.num_candidates), (len(test), 1))
+    least_popular = np.argsort(popularity[data.candidates[test]], axis=1, kind="stable")
+    lowest_score = np.argsort(data.candidate_scores[test], axis=1, kind="stable")
+    return {
+        "initial": _ndcg_at(relevance, initial, 6),
+        "least_popular": _ndcg_at(relevance, least_popular, 6),
+        "lowest_score": _ndcg_at(relevance, lowest_score, 6),
+    }
+
+
+def test_default_candidates_carry_no_injection_leak(data: RerankData) -> None:
+    probes = _leak_probes(data)
+    # Knowing nothing of the user, "least popular" or "lowest retriever score first"
+    # must not find logged positives better than the retriever's own order.
+    assert probes["least_popular"] < probes["initial"]
+    assert probes["lowest_score"] < probes["initial"]
+
+
+def test_injection_leak_is_real_and_documented(injected: RerankData) -> None:
+    # Why inject="none" is the default: with injection, a model-free "lowest retriever
+    # score first" order beats the retriever's own order by a wide margin.
+    probes = _leak_probes(injected)
+    assert probes["lowest_score"] > 2 * probes["initial"]
+
+
+def test_random_injection_hides_injected_items_among_all_slots(injected: RerankData) -> None:
+    slots = np.nonzero(injected.candidate_injected)[1]
+    n = injected.config.num_candidates
     assert len(slots) > 1000
     # Uniform slots: mean (N - 1) / 2 with a standard error of about 0.3 here.
     assert abs(slots.mean() - (n - 1) / 2) < 2.0
-    assert (data.candidate_positive & data.candidate_injected).sum() == (
-        data.candidate_injected.sum()
-    )
+    assert (injected.candidate_positive[injected.candidate_injected]).all()
 
 
 def test_score_injection_puts_injected_items_at_their_score_rank(ml100k_ratings) -> None:
     data = build_rerank_data(
-        ml100k_ratings, PipelineConfig(inject_position="score"), progress=False
+        ml100k_ratings,
+        PipelineConfig(inject="positives", inject_position="score"),
+        progress=False,
     )
     assert (np.diff(data.candidate_scores, axis=1) <= 0).all()
     slots = np.nonzero(data.candidate_injected)[1]
     assert slots.mean() > 0.8 * data.config.num_candidates
-
-
-def test_inject_none_keeps_pure_retrieval(ml100k_ratings) -> None:
-    data = build_rerank_data(
-        ml100k_ratings, PipelineConfig(inject="none", retriever="pop"), progress=False
-    )
-    assert not data.candidate_injected.any()
-    # Popularity gives every request the same ranking apart from history items.
-    assert (np.diff(data.candidate_scores, axis=1) <= 0).all()
-    assert data.candidate_positive.sum() < data.logged_clicks.sum()
 
 
 def _check_gr2(data: RerankData) -> None:
@@ -212,11 +286,17 @@ def test_gr2_inject_mode_covers_every_request_with_a_positive(ml100k_ratings) ->
     assert data.gr2_injected.mean() > 0.5
 
 
-def test_summary_reports_recall_and_injection(data: RerankData) -> None:
+def test_summary_reports_recall_and_missed_positives(data: RerankData) -> None:
     text = data.summary()
-    assert "recall@50, test" in text and "injected positive" in text
-    assert 0.0 < data.stats["test_recall_at_n"] < 1.0
-    assert 0.0 < data.stats["test_injected_share"] < 1.0
+    assert "recall@50, test" in text and "a positive the retriever missed" in text
+    s = data.stats
+    assert 0.0 < s["test_recall_at_n"] < 1.0
+    assert 0.0 < s["test_missed_positive_share"] < 1.0
+    # Without injection, a request has a candidate positive only if one was retrieved.
+    test = data.split_indices("test")
+    assert s["test_with_candidate_positive_share"] == pytest.approx(
+        data.candidate_positive[test].any(axis=1).mean()
+    )
 
 
 # ---------------------------------------------------------------- leaks and determinism
@@ -254,8 +334,8 @@ def test_nothing_from_valid_or_test_reaches_the_retriever(ml100k_ratings) -> Non
     assert not np.array_equal(changed.logged_items[test_requests], base.logged_items[test_requests])
 
 
-def test_same_config_gives_identical_data_and_seed_changes_injection(ml100k_ratings) -> None:
-    config = PipelineConfig(retriever="itemknn")
+def test_same_config_gives_identical_data_and_seed_changes_randomness(ml100k_ratings) -> None:
+    config = PipelineConfig(inject="positives")
     first = build_rerank_data(ml100k_ratings, config, progress=False)
     second = build_rerank_data(ml100k_ratings, config, progress=False)
     for field in dataclasses.fields(RerankData):
@@ -263,8 +343,39 @@ def test_same_config_gives_identical_data_and_seed_changes_injection(ml100k_rati
         if isinstance(value, np.ndarray):
             np.testing.assert_array_equal(value, getattr(second, field.name), err_msg=field.name)
     other = build_rerank_data(ml100k_ratings, dataclasses.replace(config, seed=1), progress=False)
+    # The seed orders same-second ratings and picks injection slots.
+    assert not np.array_equal(first.interaction_item, other.interaction_item)
     assert not np.array_equal(first.candidates, other.candidates)
-    assert np.array_equal(np.sort(first.candidates, 1), np.sort(other.candidates, 1))
+
+
+def test_same_second_ratings_are_not_ordered_by_item_id(data: RerankData) -> None:
+    same_second = np.diff(data.interaction_time) == 0
+    same_user = np.diff(np.repeat(np.arange(data.n_users), np.diff(data.user_offsets))) == 0
+    pairs = same_second & same_user
+    rising = np.diff(data.item_ids[data.interaction_item]) > 0
+    # With item-id tie-breaks this share would be 1; with a hash it is about one half.
+    assert 0.4 < rising[pairs].mean() < 0.6
+
+
+def test_pipeline_output_is_pinned_to_its_version(tmp_path: Path) -> None:
+    """Fails when the pipeline's output changes: then bump PIPELINE_VERSION and the digest."""
+    import hashlib
+
+    folder = _write_ml1m_world(tmp_path / "ml-1m")
+    config = PipelineConfig(
+        num_candidates=20, gr2_candidates=5, retriever="pop", inject="positives"
+    )
+    data = build_rerank_data(load_ml1m(folder), config, progress=False)
+    digest = hashlib.sha256()
+    arrays = ("interaction_item", "interaction_split", "request_seq_pos", "candidates",
+              "candidate_rating", "candidate_injected", "gr2_request",
+              "gr2_candidates")  # fmt: skip
+    for name in arrays:
+        digest.update(np.ascontiguousarray(getattr(data, name)).astype(np.int64).tobytes())
+    assert (PIPELINE_VERSION, digest.hexdigest()[:16]) == (PIPELINE_VERSION, GOLDEN_DIGEST), (
+        "the pipeline's output changed: bump PIPELINE_VERSION in simulators/data/pipeline.py "
+        f"and set GOLDEN_DIGEST = {digest.hexdigest()[:16]!r}"
+    )
 
 
 # ---------------------------------------------------------------- configuration errors
@@ -276,7 +387,11 @@ def test_same_config_gives_identical_data_and_seed_changes_injection(ml100k_rati
         ({"num_candidates": 4}, "num_candidates (4) must be >= slate_length (6)"),
         ({"k_core": 0}, "k_core must be >= 1, got 0"),
         ({"valid_fraction": 0.5, "test_fraction": 0.5}, "sum to < 1"),
-        ({"retriever": "bm25"}, "retriever must be 'mf', 'itemknn' or 'pop', got 'bm25'"),
+        ({"retriever": "bm25"}, "retriever must be one of ('mf', 'itemknn', 'pop'), got 'bm25'"),
+        ({"k_core": 2.5}, "k_core must be an integer, got 2.5"),
+        ({"like_threshold": 3}, "like_threshold must be a rating from click_threshold (4) to 5"),
+        ({"seed": -1}, "seed must be >= 0, got -1"),
+        ({"mf_factors": 0}, "mf_factors must be >= 1, got 0"),
         ({"click_threshold": 6}, "click_threshold must be a rating 1-5, got 6"),
         ({"gr2_candidates": 60}, "gr2_candidates must be in [2, num_candidates], got 60"),
     ],
@@ -321,11 +436,13 @@ def test_ml1m_format_runs_through_the_pipeline_and_cache(tmp_path: Path) -> None
     config = PipelineConfig(num_candidates=20, gr2_candidates=5, mf_factors=8)
     data = load_rerank_data("ml-1m", tmp_path, config, progress=False)
     raw = load_ml1m(folder)
-    assert data.n_users == 40 and data.n_requests == 40 * 5
+    assert data.n_users == 40
+    assert data.n_requests + data.stats["dropped_requests_too_few_items"] == 40 * 5
     assert data.user_features.shape == (40, 2 + 7 + 21)
     # Age-group one-hot matches the ML-1M code of each user.
     age_columns = data.user_features[:, 2:9].argmax(axis=1)
     assert (np.array((1, 18, 25, 35, 45, 50, 56))[age_columns] == raw.user_age).all()
     assert data.item_features.shape[1] == len(raw.genre_names) + 1
+    _check_candidates(data)
     again = load_rerank_data("ml-1m", folder, config, progress=False)
     np.testing.assert_array_equal(again.candidates, data.candidates)

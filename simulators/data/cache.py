@@ -4,9 +4,11 @@ A cache file is an ``.npz`` archive (no pickled objects) of every array of a
 :class:`~simulators.data.pipeline.RerankData` plus a JSON metadata record: the
 format version, the dataset, the pipeline config, a SHA-256 checksum of the raw
 input files, the summary metrics, and when and by which version it was made. Its
-name is keyed by a hash of the format version, input checksum and config, so a
-change to any of them builds anew. Files are written atomically (temporary file in
-the same folder, then rename), so an interrupted build never leaves a half file.
+name is keyed by a hash of the format version, the pipeline version
+(``PIPELINE_VERSION``, bumped whenever the pipeline's output changes), the
+input checksum and the config, so a change to any of them builds anew. Files are
+written atomically (temporary file in the same folder, then rename), so an
+interrupted build never leaves a half file.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from simulators.data.errors import CacheError
-from simulators.data.pipeline import PipelineConfig, RerankData
+from simulators.data.pipeline import PIPELINE_VERSION, PipelineConfig, RerankData
 
 CACHE_FORMAT_VERSION = 1
 _METADATA_KEY = "__metadata__"
@@ -50,6 +52,7 @@ def cache_key(dataset: str, config: PipelineConfig, data_checksum: str) -> str:
     payload = json.dumps(
         {
             "format_version": CACHE_FORMAT_VERSION,
+            "pipeline_version": PIPELINE_VERSION,
             "dataset": dataset,
             "config": json.loads(config.to_json()),
             "data_checksum": data_checksum,
@@ -63,6 +66,7 @@ def write_cache(path: Path, data: RerankData, data_checksum: str) -> None:
     """Write ``data`` to ``path`` atomically, with its metadata record."""
     metadata = {
         "format_version": CACHE_FORMAT_VERSION,
+        "pipeline_version": PIPELINE_VERSION,
         "dataset": data.name,
         "config": json.loads(data.config.to_json()),
         "data_checksum": data_checksum,
@@ -126,12 +130,15 @@ def read_cache(path: Path) -> tuple[RerankData, dict[str, Any]]:
             f"{path} lacks arrays {sorted(expected - set(arrays))} or has unexpected "
             f"{sorted(set(arrays) - expected)}; {fix}"
         )
-    data = RerankData(
-        name=metadata["dataset"],
-        config=PipelineConfig(**metadata["config"]),
-        stats=metadata["stats"],
-        user_feature_names=tuple(metadata["user_feature_names"]),
-        item_feature_names=tuple(metadata["item_feature_names"]),
-        **arrays,
-    )
+    try:
+        data = RerankData(
+            name=metadata["dataset"],
+            config=PipelineConfig(**metadata["config"]),
+            stats=metadata["stats"],
+            user_feature_names=tuple(metadata["user_feature_names"]),
+            item_feature_names=tuple(metadata["item_feature_names"]),
+            **arrays,
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise CacheError(f"{path} has incomplete or invalid metadata ({err!r}); {fix}") from err
     return data, metadata

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from simulators.data.cache import cache_key, files_checksum, read_cache, write_cache
 from simulators.data.errors import ConfigError

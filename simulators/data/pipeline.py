@@ -29,16 +29,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from simulators.data.errors import ConfigError
 from simulators.data.movielens import ML1M_AGE_CODES, MovieLensData
 from simulators.data.retrieval import ImplicitALS, Retriever, make_retriever
+
+# Bump whenever a change to this module or to retrieval.py changes its output for an
+# unchanged config: the cache key includes it, so old cache files are not reused.
+# tests/test_pipeline.py holds a golden digest that fails until it is bumped.
+PIPELINE_VERSION = 2
 
 SPLITS = ("train", "valid", "test")
 TRAIN, VALID, TEST = 0, 1, 2
@@ -65,13 +71,16 @@ class PipelineConfig:
         mf_alpha: ALS confidence of observed interactions.
         mf_iterations: ALS sweeps.
         knn_neighbors: Neighbours kept per item for ``"itemknn"``.
-        inject: Which logged items must be among the candidates: ``"positives"``
-            (default), ``"slate"`` (every logged item) or ``"none"``.
-        inject_position: ``"random"`` puts each injected item at a uniformly random
-            slot (the lowest-scored retrieved items make room), so an item's initial
-            rank does not reveal that it was injected; ``"score"`` keeps strict
-            retriever order, which puts injected items at the bottom (a label leak
-            for position-aware rerankers; for ablations only).
+        inject: Which logged items are forced into the candidates. ``"none"``
+            (default): pure retrieval; logged positives count only where the
+            retriever found them. ``"positives"`` / ``"slate"`` inject missed logged
+            positives / all logged items: every metric against logged positives is
+            then defined for every request, but it opens a label leak (an injected
+            item is one the retriever ranked low, so "low retriever score" or "less
+            popular" predicts "positive"; docs/data.md gives the measured size).
+        inject_position: Where injected items go: ``"random"`` (a uniformly random
+            slot; the lowest-scored retrieved items that are not required make room)
+            or ``"score"`` (their retriever rank, which is almost always the bottom).
         gr2_candidates: K, candidates per GR2-protocol request.
         gr2_mode: ``"filter"`` keeps only requests whose retriever top K already
             holds the true next item (the K candidates are exactly the pre-ranker's
@@ -96,7 +105,7 @@ class PipelineConfig:
     mf_alpha: float = 2.0
     mf_iterations: int = 10
     knn_neighbors: int = 100
-    inject: Literal["positives", "slate", "none"] = "positives"
+    inject: Literal["none", "positives", "slate"] = "none"
     inject_position: Literal["random", "score"] = "random"
     gr2_candidates: int = 10
     gr2_mode: Literal["filter", "inject"] = "filter"
@@ -107,24 +116,38 @@ class PipelineConfig:
             if not ok:
                 raise ConfigError(f"PipelineConfig: {message}")
 
-        need(self.k_core >= 1, f"k_core must be >= 1, got {self.k_core}")
+        hints = typing.get_type_hints(PipelineConfig)
+        for item in dataclasses.fields(self):
+            value, kind = getattr(self, item.name), hints[item.name]
+            if typing.get_origin(kind) is typing.Literal:
+                options = typing.get_args(kind)
+                need(value in options, f"{item.name} must be one of {options}, got {value!r}")
+            elif kind is int:
+                need(
+                    isinstance(value, (int, np.integer)) and not isinstance(value, bool),
+                    f"{item.name} must be an integer, got {value!r}",
+                )
+            elif kind is float:
+                need(
+                    isinstance(value, (int, float, np.number)) and not isinstance(value, bool),
+                    f"{item.name} must be a number, got {value!r}",
+                )
+        for name in ("k_core", "slate_length", "mf_factors", "mf_iterations", "knn_neighbors"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         need(
             1 <= self.click_threshold <= 5,
             f"click_threshold must be a rating 1-5, got {self.click_threshold}",
         )
         need(
-            1 <= self.like_threshold <= 5,
-            f"like_threshold must be a rating 1-5, got {self.like_threshold}",
+            self.click_threshold <= self.like_threshold <= 5,
+            f"like_threshold must be a rating from click_threshold ({self.click_threshold}) "
+            f"to 5, got {self.like_threshold}",
         )
-        need(self.slate_length >= 1, f"slate_length must be >= 1, got {self.slate_length}")
         need(
             self.num_candidates >= self.slate_length,
             f"num_candidates ({self.num_candidates}) must be >= slate_length "
             f"({self.slate_length}): a list of L items is chosen among N candidates",
-        )
-        need(
-            self.split in ("user", "global"),
-            f"split must be 'user' or 'global', got {self.split!r}",
         )
         need(
             self.valid_fraction > 0 and self.test_fraction > 0
@@ -133,21 +156,10 @@ class PipelineConfig:
             f"{self.valid_fraction} and {self.test_fraction}",
         )  # fmt: skip
         need(
-            self.retriever in ("mf", "itemknn", "pop"),
-            f"retriever must be 'mf', 'itemknn' or 'pop', got {self.retriever!r}",
+            self.mf_regularization > 0,
+            f"mf_regularization must be > 0, got {self.mf_regularization}",
         )
-        need(
-            self.inject in ("positives", "slate", "none"),
-            f"inject must be 'positives', 'slate' or 'none', got {self.inject!r}",
-        )
-        need(
-            self.inject_position in ("random", "score"),
-            f"inject_position must be 'random' or 'score', got {self.inject_position!r}",
-        )
-        need(
-            self.gr2_mode in ("filter", "inject"),
-            f"gr2_mode must be 'filter' or 'inject', got {self.gr2_mode!r}",
-        )
+        need(self.mf_alpha >= 0, f"mf_alpha must be >= 0, got {self.mf_alpha}")
         need(
             2 <= self.gr2_candidates <= self.num_candidates,
             f"gr2_candidates must be in [2, num_candidates], got {self.gr2_candidates}",
@@ -304,7 +316,14 @@ class RerankData:
                 f"retriever ({self.config.retriever}) recall@{self.config.num_candidates}, test",
                 f"{s['test_recall_at_n']:.3f}",
             ),
-            ("test requests needing an injected positive", f"{s['test_injected_share']:.3f}"),
+            (
+                "test requests with a positive the retriever missed",
+                f"{s['test_missed_positive_share']:.3f}",
+            ),
+            (
+                f"test requests with a positive among candidates (inject={self.config.inject})",
+                f"{s['test_with_candidate_positive_share']:.3f}",
+            ),
             (
                 f"GR2 requests, test (K={self.config.gr2_candidates}, {self.config.gr2_mode})",
                 f"{s['gr2_test_requests']}",
@@ -371,8 +390,11 @@ def build_rerank_data(
     raw_item = ratings.item_ids[kept_items]
     n_users, n_items = len(kept_users), len(kept_items)
 
-    # Sort by user, then time; ties by raw item id so the order never depends on file order.
-    order = np.lexsort((raw_item[item], time, user))
+    # Sort by user, then time. Ratings in the same second are simultaneous: order them
+    # by a seeded hash of (user, item), so neither the file's line order nor the item
+    # id decides positions, history boundaries or the GR2 target.
+    tie_break = _mix_hash(ratings.user_ids[kept_users][user], raw_item[item], config.seed)
+    order = np.lexsort((tie_break, time, user))
     user, item, rating, time = user[order], item[order], rating[order], time[order]
     offsets = np.zeros(n_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(user, minlength=n_users), out=offsets[1:])
@@ -394,19 +416,44 @@ def build_rerank_data(
     retriever.fit(user[is_train], item[is_train], n_users, n_items)
     steps.update()
 
+    # An item can be retrieved once it has a training rating at or before the request
+    # time (training data only: valid/test ratings must not shape training requests).
+    # A request needs N retrievable items outside its history; only requests at the
+    # very start of the log, when a handful of items exist, lack them and are dropped.
+    first_rated = np.full(n_items, np.iinfo(np.int64).max)
+    np.minimum.at(first_rated, item[is_train], time[is_train])
+    history_starts = offsets[slate_user]
+    history_ends = history_starts + slate_pos
+    request_time = time[history_ends]
+    histories = _history_matrix(history_starts, history_ends, item, n_items)
+    row = np.repeat(np.arange(len(slate_user)), np.diff(histories.indptr))
+    in_history_and_available = first_rated[histories.indices] <= request_time[row]
+    history_available = np.bincount(row[in_history_and_available], minlength=len(slate_user))
+    available = np.searchsorted(np.sort(first_rated), request_time, side="right")
+    enough = available - history_available >= config.num_candidates
+    if not enough.any():
+        raise ConfigError(
+            f"no request has num_candidates={config.num_candidates} items outside its "
+            f"history ({n_items} items after k-core, {len(slate_user)} slates); lower "
+            "num_candidates or slate_length"
+        )
+    slate_user, slate_pos, slate_split = slate_user[enough], slate_pos[enough], slate_split[enough]
+    history_starts, history_ends = history_starts[enough], history_ends[enough]
+    request_time, histories = request_time[enough], histories[enough]
+
     length = config.slate_length
-    slate_index = offsets[slate_user][:, None] + slate_pos[:, None] + np.arange(length)[None, :]
+    slate_index = history_ends[:, None] + np.arange(length)[None, :]
     logged_items = item[slate_index]
     logged_ratings = rating[slate_index]
-    history_ends = offsets[slate_user] + slate_pos
-    histories = _history_matrix(offsets[slate_user], history_ends, item, n_items)
+    popularity = np.bincount(item[is_train], minlength=n_items).astype(np.float32)
     # One random stream per request, keyed by (seed, raw user id, slate start).
     stream_keys = np.column_stack(
         [np.full(len(slate_user), config.seed), ratings.user_ids[kept_users][slate_user], slate_pos]
     )
     requests, gr2 = _build_requests(
-        retriever, histories, logged_items, logged_ratings, config, stream_keys
-    )
+        _Scorer(retriever, popularity, first_rated, request_time),
+        histories, logged_items, logged_ratings, config, stream_keys,
+    )  # fmt: skip
     steps.update(2)
     steps.close()
 
@@ -430,7 +477,7 @@ def build_rerank_data(
         request_user=slate_user,
         request_seq_pos=slate_pos,
         request_split=slate_split,
-        request_time=time[offsets[slate_user] + slate_pos],
+        request_time=request_time,
         logged_items=logged_items,
         logged_ratings=logged_ratings,
         candidates=requests["candidates"],
@@ -448,7 +495,17 @@ def build_rerank_data(
         ),
     )
     stats = compute_stats(data, retrieved_positive=requests["retrieved_positive"])
+    stats["dropped_requests_too_few_items"] = int((~enough).sum())
     return dataclasses.replace(data, stats=stats)
+
+
+def _mix_hash(user: np.ndarray, item: np.ndarray, seed: int) -> np.ndarray:
+    """Deterministic pseudo-random uint64 per (user, item, seed) (splitmix64 finaliser)."""
+    x = user.astype(np.uint64) * np.uint64(0x100000001B3) ^ item.astype(np.uint64)
+    x = x + np.uint64(((seed + 1) * 0x9E3779B97F4A7C15) % 2**64)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def _slates_and_split(
@@ -463,6 +520,15 @@ def _slates_and_split(
     n_users = len(offsets) - 1
     counts = np.diff(offsets)
     n_slates = counts // length
+    if n_slates.sum() == 0:
+        raise ConfigError(
+            f"no user has slate_length={length} ratings (after k-core); lower slate_length"
+        )
+    if config.split == "user" and (n_slates >= 3).sum() == 0:
+        raise ConfigError(
+            f"no user has the 3 slates of slate_length={length} that a train/valid/test "
+            "split per user needs; lower slate_length or use split='global'"
+        )
     slate_user = np.repeat(np.arange(n_users), n_slates)
     # Slate j of a user starts at j * L: the cut never depends on later ratings.
     rank = np.arange(len(slate_user)) - np.repeat(np.cumsum(n_slates) - n_slates, n_slates)
@@ -519,8 +585,42 @@ def _history_matrix(
     return sp.csr_matrix((data, item[flat], indptr), shape=(len(starts), n_items))
 
 
+@dataclass(frozen=True)
+class _Scorer:
+    """The retriever as the request builder uses it.
+
+    Rows with an empty history (a user's first slate) fall back to training
+    popularity, since ALS fold-in and item-kNN give them all-equal scores. Items
+    without a training rating by the request time are never retrieved.
+    """
+
+    retriever: Retriever
+    popularity: np.ndarray
+    first_rated: np.ndarray
+    request_time: np.ndarray
+
+    def __call__(self, rows: slice, histories: sp.csr_matrix) -> np.ndarray:
+        """Scores of every item for requests ``rows`` (their ``histories``)."""
+        scores = self.retriever.score(histories)
+        scores[np.diff(histories.indptr) == 0] = self.popularity
+        return scores
+
+    def unavailable(self, rows: slice) -> np.ndarray:
+        """Items without a training rating by each request's time, bool ``[rows, items]``."""
+        return self.first_rated[None, :] > self.request_time[rows, None]
+
+
+def top_items(scores: np.ndarray, size: int) -> np.ndarray:
+    """Indices of the ``size`` best items per row, best first; ties by lower index.
+
+    A total order (stable sort), so the result never depends on the CPU's partition
+    code path.
+    """
+    return np.argsort(-scores, axis=1, kind="stable")[:, :size]
+
+
 def _retrieve(
-    retriever: Retriever,
+    scorer: _Scorer,
     histories: sp.csr_matrix,
     logged_items: np.ndarray,
     sizes: tuple[int, ...],
@@ -528,9 +628,9 @@ def _retrieve(
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
     """Score every item once per request and keep what the requests need.
 
-    History items are excluded (score -inf). Returns, for each size in ``sizes``, the
-    top items best first with their scores (ties broken by item index), and the
-    scores of the logged slate's items.
+    History items and items not yet rated by anyone are excluded (score -inf).
+    Returns, for each size in ``sizes``, the top items best first with their scores
+    (ties broken by item index), and the scores of the logged slate's items.
     """
     n = histories.shape[0]
     tops = [
@@ -541,15 +641,12 @@ def _retrieve(
     for start in range(0, n, chunk):
         rows = slice(start, start + chunk)
         block = histories[rows]
-        scores = retriever.score(block)
+        scores = scorer(rows, block)
         logged_scores[rows] = np.take_along_axis(scores, logged_items[rows], axis=1)
+        scores[scorer.unavailable(rows)] = -np.inf
         scores[block.nonzero()] = -np.inf
-        widest = np.argpartition(-scores, max(sizes) - 1, axis=1)[:, : max(sizes)]
+        widest = top_items(scores, max(sizes))
         widest_scores = np.take_along_axis(scores, widest, axis=1)
-        # Sort on (-score, item) so ties never depend on argpartition's order.
-        order = np.lexsort((widest, -widest_scores), axis=1)
-        widest = np.take_along_axis(widest, order, axis=1)
-        widest_scores = np.take_along_axis(widest_scores, order, axis=1)
         for size, (items, item_scores) in zip(sizes, tops, strict=True):
             items[rows] = widest[:, :size]
             item_scores[rows] = widest_scores[:, :size]
@@ -613,7 +710,7 @@ def _inject(
 
 
 def _build_requests(
-    retriever: Retriever,
+    scorer: _Scorer,
     histories: sp.csr_matrix,
     logged_items: np.ndarray,
     logged_ratings: np.ndarray,
@@ -622,7 +719,7 @@ def _build_requests(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Candidates of the main (N) protocol and of the GR2 (K) protocol."""
     ((retrieved, retrieved_scores), (gr2_retrieved, gr2_scores)), logged_scores = _retrieve(
-        retriever, histories, logged_items, (config.num_candidates, config.gr2_candidates)
+        scorer, histories, logged_items, (config.num_candidates, config.gr2_candidates)
     )
     positive = logged_ratings >= config.click_threshold
     if config.inject == "none":
@@ -720,20 +817,26 @@ def compute_stats(data: RerankData, retrieved_positive: np.ndarray) -> dict[str,
         "positive_rate": float((data.interaction_rating >= cfg.click_threshold).mean()),
         "like_rate": float((data.interaction_rating >= cfg.like_threshold).mean()),
     }
-    positives = data.logged_clicks.sum(axis=1)
-    injected_positive = (data.candidate_injected & data.candidate_positive).sum(axis=1)
+    clicks = data.logged_clicks
+    missed = clicks & ~retrieved_positive
+    has_candidate_positive = data.candidate_positive.any(axis=1)
     for name in SPLITS:
         index = data.split_indices(name)
         stats[f"{name}_requests"] = len(index)
-        total = positives[index].sum()
+        total = clicks[index].sum()
+        with_positive = index[clicks[index].any(axis=1)]
         stats[f"{name}_positives_per_request"] = (
-            float(positives[index].mean()) if len(index) else 0.0
+            float(clicks[index].sum(axis=1).mean()) if len(index) else float("nan")
         )
         stats[f"{name}_recall_at_n"] = (
             float(retrieved_positive[index].sum() / total) if total else float("nan")
         )
-        stats[f"{name}_injected_share"] = (
-            float((injected_positive[index] > 0).mean()) if len(index) else float("nan")
+        # Share of requests (with a positive) where a positive would have to be injected.
+        stats[f"{name}_missed_positive_share"] = (
+            float(missed[with_positive].any(axis=1).mean()) if len(with_positive) else float("nan")
+        )
+        stats[f"{name}_with_candidate_positive_share"] = (
+            float(has_candidate_positive[index].mean()) if len(index) else float("nan")
         )
     test_positive = data.candidate_positive[data.split_indices("test")]
     rank = np.nonzero(test_positive)[1]
