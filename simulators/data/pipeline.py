@@ -100,9 +100,9 @@ class PipelineConfig:
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     retriever: Literal["mf", "itemknn", "pop"] = "mf"
-    mf_factors: int = 32
-    mf_regularization: float = 10.0
-    mf_alpha: float = 2.0
+    mf_factors: int = 64
+    mf_regularization: float = 50.0
+    mf_alpha: float = 10.0
     mf_iterations: int = 10
     knn_neighbors: int = 100
     inject: Literal["none", "positives", "slate"] = "none"

@@ -56,7 +56,7 @@ class ImplicitALS:
     def __init__(
         self,
         factors: int = 64,
-        regularization: float = 10.0,
+        regularization: float = 50.0,
         alpha: float = 10.0,
         iterations: int = 10,
         seed: int = 0,
@@ -165,7 +165,7 @@ def make_retriever(
     name: str,
     *,
     factors: int = 64,
-    regularization: float = 10.0,
+    regularization: float = 50.0,
     alpha: float = 10.0,
     iterations: int = 10,
     neighbors: int = 100,
