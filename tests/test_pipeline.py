@@ -302,9 +302,12 @@ def test_summary_reports_recall_and_missed_positives(data: RerankData) -> None:
 # ---------------------------------------------------------------- leaks and determinism
 
 
-def test_nothing_from_valid_or_test_reaches_the_retriever(ml100k_ratings) -> None:
+@pytest.mark.parametrize(
+    ("split", "retriever"), [("user", "mf"), ("global", "itemknn")], ids=["user-mf", "global-knn"]
+)
+def test_nothing_from_valid_or_test_reaches_the_retriever(ml100k_ratings, split, retriever) -> None:
     """Rewrite every later-than-training interaction; training outputs must not move."""
-    config = PipelineConfig(k_core=1, mf_iterations=3)
+    config = PipelineConfig(k_core=1, mf_iterations=3, split=split, retriever=retriever)
     base = build_rerank_data(ml100k_ratings, config, progress=False)
     raw = ml100k_ratings
     # Per user, the last training timestamp; interactions strictly after it are rewritten
@@ -326,6 +329,7 @@ def test_nothing_from_valid_or_test_reaches_the_retriever(ml100k_ratings) -> Non
     changed = build_rerank_data(dataclasses.replace(raw, item=item), config, progress=False)
     assert changed.n_items == base.n_items  # k_core=1 and the catalogue is u.item
     np.testing.assert_array_equal(changed.retriever_item_factors, base.retriever_item_factors)
+    np.testing.assert_array_equal(changed.request_split, base.request_split)
     train_requests = base.split_indices("train")
     np.testing.assert_array_equal(
         changed.candidates[train_requests], base.candidates[train_requests]
