@@ -839,14 +839,18 @@ def compute_stats(data: RerankData, retrieved_positive: np.ndarray) -> dict[str,
             float(has_candidate_positive[index].mean()) if len(index) else float("nan")
         )
     test_positive = data.candidate_positive[data.split_indices("test")]
-    rank = np.nonzero(test_positive)[1]
-    stats["test_positive_mean_initial_rank"] = float(rank.mean()) if len(rank) else float("nan")
+    stats["test_positive_mean_initial_rank"] = _mean(np.nonzero(test_positive)[1])
 
     gr2_test = data.request_split[data.gr2_request] == TEST
     pos = data.gr2_target_pos[gr2_test]
     stats["gr2_test_requests"] = int(gr2_test.sum())
-    stats["gr2_test_recall_at_1"] = float((pos < 1).mean())
-    stats["gr2_test_recall_at_5"] = float((pos < 5).mean())
-    stats["gr2_test_ndcg_at_5"] = float(np.where(pos < 5, 1.0 / np.log2(pos + 2.0), 0.0).mean())
-    stats["gr2_test_injected_share"] = float(data.gr2_injected[gr2_test].mean())
+    stats["gr2_test_recall_at_1"] = _mean(pos < 1)
+    stats["gr2_test_recall_at_5"] = _mean(pos < 5)
+    stats["gr2_test_ndcg_at_5"] = _mean(np.where(pos < 5, 1.0 / np.log2(pos + 2.0), 0.0))
+    stats["gr2_test_injected_share"] = _mean(data.gr2_injected[gr2_test])
     return stats
+
+
+def _mean(values: np.ndarray) -> float:
+    """Mean as a float, NaN (without a warning) for no values."""
+    return float(values.mean()) if values.size else float("nan")
