@@ -1,0 +1,160 @@
+"""The one interface every click simulator implements.
+
+A simulator scores *ordered* lists for a batch of requests. Position ``k`` of a list
+is judged top-down: its click probability may depend on the user, the user's
+history, and the items at positions ``<= k``, never on items below it. That is what
+makes every prefix of a list have an exact value (the sum of its click
+probabilities), so dense per-step rewards exist and sum to the list reward.
+
+Inputs are torch tensors on the simulator's device; lists and histories use item
+indices of the simulator's catalogue, padded with ``-1``. A padded list position
+gets click probability 0.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+PAD = -1
+
+
+@dataclass(frozen=True)
+class SlateBatch:
+    """A batch of requests with one ordered (possibly partial) list each.
+
+    Attributes:
+        users: User indices, long ``[B]``.
+        items: Listed item indices in display order, long ``[B, K]``; ``-1`` pads the
+            end of a partial list (a prefix).
+        histories: Items the user interacted with before the request, most recent
+            last, long ``[B, H]`` padded with ``-1`` (``H`` may be 0).
+    """
+
+    users: torch.Tensor
+    items: torch.Tensor
+    histories: torch.Tensor
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """Which list positions hold an item, bool ``[B, K]``."""
+        return self.items != PAD
+
+    def to(self, device: torch.device | str) -> SlateBatch:
+        """Move every tensor to ``device``."""
+        return SlateBatch(self.users.to(device), self.items.to(device), self.histories.to(device))
+
+
+def check_batch(batch: SlateBatch, n_users: int, n_items: int) -> None:
+    """Raise a ``ValueError`` naming the tensor when ``batch`` is malformed.
+
+    Checks dtypes, shapes (``users [B]``, ``items [B, K]``, ``histories [B, H]``),
+    index ranges, that padding only ends a list, and that no item repeats in a list.
+    """
+    users, items, histories = batch.users, batch.items, batch.histories
+    for name, tensor, ndim in (
+        ("users", users, 1),
+        ("items", items, 2),
+        ("histories", histories, 2),
+    ):
+        if tensor.dtype != torch.long:
+            raise ValueError(f"SlateBatch.{name} must be a torch.long tensor, got {tensor.dtype}")
+        if tensor.dim() != ndim:
+            raise ValueError(
+                f"SlateBatch.{name} must have {ndim} dimension(s), got shape {tuple(tensor.shape)}"
+            )
+    if not (len(users) == items.shape[0] == histories.shape[0]):
+        raise ValueError(
+            "SlateBatch tensors disagree on the batch size: users "
+            f"{tuple(users.shape)}, items {tuple(items.shape)}, histories {tuple(histories.shape)}"
+        )
+    if len(users) and (users.min() < 0 or users.max() >= n_users):
+        raise ValueError(
+            f"SlateBatch.users must be in [0, {n_users}), got {users.min()}..{users.max()}"
+        )
+    for name, tensor in (("items", items), ("histories", histories)):
+        if tensor.numel() and (tensor.min() < PAD or tensor.max() >= n_items):
+            raise ValueError(
+                f"SlateBatch.{name} must be item indices in [0, {n_items}) or -1 (padding), "
+                f"got {tensor.min()}..{tensor.max()}"
+            )
+    filled = items != PAD
+    if items.shape[1] > 1 and (filled[:, 1:] & ~filled[:, :-1]).any():
+        row = int((filled[:, 1:] & ~filled[:, :-1]).any(dim=1).nonzero()[0])
+        raise ValueError(
+            f"SlateBatch.items row {row} has an item after padding: {items[row].tolist()}; "
+            "-1 may only end a list"
+        )
+    ordered = items.sort(dim=1).values
+    repeated = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] != PAD)
+    if repeated.any():
+        row = int(repeated.any(dim=1).nonzero()[0])
+        raise ValueError(f"SlateBatch.items row {row} lists an item twice: {items[row].tolist()}")
+
+
+class ClickSimulator(nn.Module, ABC):
+    """Base class of click simulators: top-down, batched, torch.
+
+    Subclasses implement :meth:`position_click_probs`; everything else (validation,
+    expected reward, prefix values, sampling) is shared.
+
+    Attributes:
+        n_users: Users the simulator knows.
+        n_items: Items of its catalogue.
+    """
+
+    def __init__(self, n_users: int, n_items: int) -> None:
+        super().__init__()
+        self.n_users = n_users
+        self.n_items = n_items
+
+    @abstractmethod
+    def position_click_probs(self, batch: SlateBatch) -> torch.Tensor:
+        """Click probability of every list position, float ``[B, K]``.
+
+        Must be causal (position ``k`` ignores items below it) and must not read the
+        items at padded positions; the result at padded positions is ignored.
+        """
+
+    def click_probs(self, batch: SlateBatch, *, validate: bool = True) -> torch.Tensor:
+        """Per-position click probabilities, 0 at padded positions, ``[B, K]``.
+
+        Args:
+            batch: Requests and their (partial) lists.
+            validate: Check the batch first (:func:`check_batch`); hot loops that
+                built the batch themselves may pass ``False``.
+        """
+        if validate:
+            check_batch(batch, self.n_users, self.n_items)
+        probs = self.position_click_probs(batch)
+        if validate and not torch.isfinite(probs).all():
+            raise ValueError(f"{type(self).__name__} produced non-finite click probabilities")
+        return torch.where(batch.mask, probs, torch.zeros_like(probs))
+
+    def expected_reward(self, batch: SlateBatch, *, validate: bool = True) -> torch.Tensor:
+        """Expected clicks of each (partial) list, float ``[B]``."""
+        return self.click_probs(batch, validate=validate).sum(dim=1)
+
+    def prefix_values(self, batch: SlateBatch, *, validate: bool = True) -> torch.Tensor:
+        """Expected clicks of every prefix ``items[:, :k + 1]``, float ``[B, K]``.
+
+        Exact because the simulator is top-down: adding an item below a prefix does
+        not change the prefix's click probabilities. The step-wise differences are the
+        dense rewards; they sum to :meth:`expected_reward`.
+        """
+        return self.click_probs(batch, validate=validate).cumsum(dim=1)
+
+    def sample_clicks(
+        self, batch: SlateBatch, generator: torch.Generator, *, validate: bool = True
+    ) -> torch.Tensor:
+        """Clicks drawn from the per-position marginals with ``generator``, bool ``[B, K]``.
+
+        Positions are drawn independently given the list (the marginals are exact;
+        joint click patterns of cascade-type models are not reproduced).
+        """
+        probs = self.click_probs(batch, validate=validate)
+        draws = torch.rand(probs.shape, generator=generator, device=probs.device)
+        return draws < probs

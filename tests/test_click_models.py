@@ -1,0 +1,201 @@
+"""Click simulators: the shared interface, click-model likelihoods, fitting."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from simulators.base import SlateBatch, check_batch
+from simulators.click_models import (
+    Attractiveness,
+    DependentClickModel,
+    PointwiseModel,
+    PositionBasedModel,
+    cascade_model,
+)
+from simulators.training import (
+    evaluate_simulator,
+    expected_calibration_error,
+    fit_simulator,
+    roc_auc,
+)
+
+N_USERS, N_ITEMS, K = 5, 12, 4
+
+
+def _attractiveness(seed: int = 0) -> Attractiveness:
+    generator = torch.Generator().manual_seed(seed)
+    features = (
+        torch.rand(N_USERS, 3, generator=generator),
+        torch.rand(N_ITEMS, 4, generator=generator),
+    )
+    return Attractiveness(*features, dim=4, init_std=0.5, seed=seed)
+
+
+def _models():
+    dcm = DependentClickModel(_attractiveness(), max_positions=K)
+    with torch.no_grad():
+        dcm.continuation_logit.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
+    pbm = PositionBasedModel(_attractiveness(), max_positions=K)
+    with torch.no_grad():
+        pbm.examination_logit.copy_(torch.tensor([2.0, 1.0, 0.0, -1.0]))
+    return {
+        "pointwise": PointwiseModel(_attractiveness(), max_positions=K),
+        "pbm": pbm,
+        "dcm": dcm,
+        "cascade": cascade_model(_attractiveness(), max_positions=K),
+    }
+
+
+MODELS = list(_models())
+
+
+def _batch(rows: int = 6, length: int = K) -> SlateBatch:
+    rng = np.random.default_rng(0)
+    items = np.stack([rng.permutation(N_ITEMS)[:length] for _ in range(rows)])
+    return SlateBatch(
+        users=torch.as_tensor(rng.integers(0, N_USERS, rows)),
+        items=torch.as_tensor(items),
+        histories=torch.full((rows, 2), -1, dtype=torch.long),
+    )
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_likelihood_is_a_distribution_whose_marginals_are_the_click_probs(name) -> None:
+    model = _models()[name]
+    batch = _batch()
+    patterns = torch.tensor(list(itertools.product([False, True], repeat=K)))
+    with torch.no_grad():
+        total = torch.zeros(len(batch.users))
+        marginal = torch.zeros(len(batch.users), K)
+        for pattern in patterns:
+            clicks = pattern.expand(len(batch.users), K)
+            p = model.log_likelihood(batch, clicks).exp()
+            total += p
+            marginal += p[:, None] * pattern
+        probs = model.click_probs(batch)
+    torch.testing.assert_close(total, torch.ones_like(total), atol=2e-5, rtol=0)
+    torch.testing.assert_close(marginal, probs, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_prefixes_have_exact_values_and_dense_rewards_sum_to_the_list(name) -> None:
+    model = _models()[name]
+    batch = _batch()
+    with torch.no_grad():
+        full = model.prefix_values(batch)
+        for k in range(1, K + 1):
+            prefix = batch.items.clone()
+            prefix[:, k:] = -1
+            value = model.expected_reward(SlateBatch(batch.users, prefix, batch.histories))
+            torch.testing.assert_close(value, full[:, k - 1])
+        dense = torch.diff(full, dim=1, prepend=torch.zeros(len(batch.users), 1))
+        torch.testing.assert_close(dense.sum(1), model.expected_reward(batch))
+    assert (model.click_probs(batch) >= 0).all() and (model.click_probs(batch) <= 1).all()
+
+
+def test_cascade_allows_one_click_only() -> None:
+    model = _models()["cascade"]
+    batch = _batch()
+    two = torch.tensor([True, True, False, False]).expand(len(batch.users), K)
+    one = torch.tensor([False, True, False, False]).expand(len(batch.users), K)
+    with torch.no_grad():
+        assert (model.log_likelihood(batch, two).exp() < 1e-5).all()
+        assert (model.log_likelihood(batch, one).exp() > 1e-3).all()
+
+
+def test_pbm_examination_scales_attractiveness() -> None:
+    model = _models()["pbm"]
+    batch = _batch()
+    with torch.no_grad():
+        ratio = model.click_probs(batch) / model.attract_probs(batch)
+    torch.testing.assert_close(ratio, model.examination.expand_as(ratio))
+    with pytest.raises(ValueError, match="examination_prior must be 4 probabilities"):
+        PositionBasedModel(_attractiveness(), max_positions=4, examination_prior=torch.ones(3))
+
+
+def test_sampled_clicks_follow_the_marginals_and_the_generator() -> None:
+    model = _models()["pbm"]
+    batch = _batch(rows=2)
+    big = SlateBatch(
+        batch.users.repeat(4000), batch.items.repeat(4000, 1), batch.histories.repeat(4000, 1)
+    )
+    first = model.sample_clicks(big, torch.Generator().manual_seed(1))
+    again = model.sample_clicks(big, torch.Generator().manual_seed(1))
+    assert torch.equal(first, again)
+    with torch.no_grad():
+        expected = model.click_probs(batch)
+    observed = first.float().reshape(4000, 2, K).mean(0)
+    torch.testing.assert_close(observed, expected, atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda b: SlateBatch(b.users.float(), b.items, b.histories), "users must be a torch.long"),
+        (lambda b: SlateBatch(b.users[:2], b.items, b.histories), "disagree on the batch size"),
+        (lambda b: SlateBatch(b.users, b.items[0], b.histories), "items must have 2 dimension"),
+        (lambda b: SlateBatch(b.users + 100, b.items, b.histories), r"users must be in \[0, 5\)"),
+        (lambda b: SlateBatch(b.users, b.items + 100, b.histories), r"items must be item indices"),
+        (
+            lambda b: SlateBatch(
+                b.users, torch.tensor([[1, -1, 2, 3]] * len(b.users)), b.histories
+            ),
+            "has an item after padding",
+        ),
+        (
+            lambda b: SlateBatch(b.users, torch.tensor([[1, 1, 2, 3]] * len(b.users)), b.histories),
+            "lists an item twice",
+        ),
+    ],
+)
+def test_malformed_batches_are_refused_by_name(change, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_batch(change(_batch()), N_USERS, N_ITEMS)
+
+
+def test_lists_longer_than_the_model_knows_are_refused() -> None:
+    with pytest.raises(ValueError, match="knows 4 positions, got lists of 5"):
+        _models()["pbm"].click_probs(_batch(length=5))
+
+
+def test_metrics_on_known_cases() -> None:
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+    assert roc_auc(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+    labels = np.array([1, 0] * 50, dtype=bool)
+    assert expected_calibration_error(labels, np.full(100, 0.5)) == pytest.approx(0.0)
+    assert expected_calibration_error(labels, np.full(100, 0.9)) == pytest.approx(0.4)
+
+
+@pytest.fixture(scope="module")
+def ml100k(data_root):
+    from simulators.data import PipelineConfig, load_rerank_data
+
+    return load_rerank_data("ml-100k", data_root, PipelineConfig(retriever="pop"), progress=False)
+
+
+@pytest.mark.parametrize(("name", "min_auc"), [("pointwise", 0.7), ("dcm", 0.6)])
+def test_short_fit_beats_the_untrained_model_on_ml100k(ml100k, name, min_auc) -> None:
+    features = torch.as_tensor(ml100k.user_features), torch.as_tensor(ml100k.item_features)
+    attract = Attractiveness(*features, dim=16)
+    model = PointwiseModel(attract) if name == "pointwise" else DependentClickModel(attract)
+    before = evaluate_simulator(model, ml100k, "valid")
+    result = fit_simulator(model, ml100k, epochs=2, progress=False)
+    after = evaluate_simulator(model, ml100k, "valid")
+    assert after["nll_per_list"] < before["nll_per_list"] - 0.1
+    assert after["auc"] > min_auc > before["auc"]
+    assert result.valid_nll[result.best_epoch] == min(result.valid_nll)
+
+
+def test_fitting_is_seeded(ml100k) -> None:
+    def run():
+        features = torch.as_tensor(ml100k.user_features), torch.as_tensor(ml100k.item_features)
+        model = PositionBasedModel(Attractiveness(*features, dim=8, seed=3))
+        fit_simulator(model, ml100k, epochs=1, seed=5, progress=False)
+        return model.state_dict()
+
+    first, second = run(), run()
+    assert all(torch.equal(first[name], second[name]) for name in first)
