@@ -14,12 +14,27 @@ gets click probability 0.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 PAD = -1
+
+
+@contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Build torch modules with initial weights drawn from ``seed`` alone.
+
+    torch's layer constructors draw from the global generator and accept no other;
+    inside this block that generator is seeded, and on exit its previous state is
+    restored, so building a simulator neither depends on nor changes global state.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simulators.base import PAD, ClickSimulator, SlateBatch
+from simulators.base import PAD, ClickSimulator, SlateBatch, seeded_init
 
 
 class Attractiveness(nn.Module):
@@ -41,7 +41,7 @@ class Attractiveness(nn.Module):
         init_std: Standard deviation of the embedding initialisation; small values
             keep the initial logits near the global bias (a badly scaled start cost
             several AUC points in quick checks).
-        seed: Seed of the initialisation (a private generator; no global state).
+        seed: Seed of the initialisation (global torch state is left untouched).
     """
 
     def __init__(
@@ -53,26 +53,26 @@ class Attractiveness(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        generator = torch.Generator().manual_seed(seed)
         n_users, n_items = len(user_features), len(item_features)
         self.register_buffer("user_features", user_features.float())
         self.register_buffer("item_features", item_features.float())
         self.bias = nn.Parameter(torch.zeros(()))
-        self.user_bias = nn.Embedding(n_users, 1)
-        self.item_bias = nn.Embedding(n_items, 1)
-        self.user_embedding = nn.Embedding(n_users, dim)
-        self.item_embedding = nn.Embedding(n_items, dim)
-        self.user_projection = nn.Linear(user_features.shape[1], dim, bias=False)
-        self.item_projection = nn.Linear(item_features.shape[1], dim, bias=False)
-        for table in (self.user_bias, self.item_bias):
-            nn.init.zeros_(table.weight)
-        for layer in (
-            self.user_embedding,
-            self.item_embedding,
-            self.user_projection,
-            self.item_projection,
-        ):
-            nn.init.normal_(layer.weight, std=init_std, generator=generator)
+        with seeded_init(seed):
+            self.user_bias = nn.Embedding(n_users, 1)
+            self.item_bias = nn.Embedding(n_items, 1)
+            self.user_embedding = nn.Embedding(n_users, dim)
+            self.item_embedding = nn.Embedding(n_items, dim)
+            self.user_projection = nn.Linear(user_features.shape[1], dim, bias=False)
+            self.item_projection = nn.Linear(item_features.shape[1], dim, bias=False)
+            for table in (self.user_bias, self.item_bias):
+                nn.init.zeros_(table.weight)
+            for layer in (
+                self.user_embedding,
+                self.item_embedding,
+                self.user_projection,
+                self.item_projection,
+            ):
+                nn.init.normal_(layer.weight, std=init_std)
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         """``p_u`` for each user, ``[..., dim]``."""

@@ -1,0 +1,89 @@
+"""A context-aware click simulator: a causal Transformer over the list.
+
+Position ``k`` sees the user, a summary of the user's history, and the items at
+positions ``<= k`` (top-down browsing), never the items below it, so every prefix of
+a list has an exact value and dense per-step rewards exist. The click logit of
+position ``k`` is the shared user-item attractiveness logit plus a correction read
+from the Transformer's state at ``k``: the correction is where order and the other
+items in the list come in.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from simulators.base import PAD, ClickSimulator, SlateBatch, seeded_init
+from simulators.click_models import Attractiveness
+
+
+class ContextAwareSimulator(ClickSimulator):
+    """Causal Transformer over ``[context, item_1, ..., item_K]``.
+
+    Args:
+        attractiveness: User-item model whose logits the Transformer corrects (its
+            item vectors are also the item tokens).
+        max_positions: Longest list the position embedding knows.
+        layers: Transformer layers.
+        heads: Attention heads.
+        dropout: Dropout inside the Transformer (training only).
+        seed: Seed of the Transformer's initialisation.
+    """
+
+    def __init__(
+        self,
+        attractiveness: Attractiveness,
+        max_positions: int = 6,
+        layers: int = 2,
+        heads: int = 2,
+        dropout: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            attractiveness.user_bias.num_embeddings, attractiveness.item_bias.num_embeddings
+        )
+        self.attractiveness = attractiveness
+        self.max_positions = max_positions
+        dim = attractiveness.user_embedding.embedding_dim
+        with seeded_init(seed):
+            self.position_embedding = nn.Embedding(max_positions + 1, dim)
+            layer = nn.TransformerEncoderLayer(
+                dim, heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True
+            )
+            self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+            self.head = nn.Linear(dim, 1)
+            nn.init.zeros_(self.head.weight)  # start as the attractiveness model
+            nn.init.zeros_(self.head.bias)
+        causal = torch.triu(torch.ones(max_positions + 1, max_positions + 1, dtype=torch.bool), 1)
+        self.register_buffer("causal_mask", causal)
+
+    def _context(self, batch: SlateBatch) -> torch.Tensor:
+        """User vector plus the mean vector of the user's history, ``[B, dim]``."""
+        user = self.attractiveness.user_vectors(batch.users)
+        if batch.histories.shape[1] == 0:
+            return user
+        known = batch.histories != PAD
+        vectors = self.attractiveness.item_vectors(batch.histories.clamp(min=0))
+        summed = (vectors * known[..., None]).sum(dim=1)
+        return user + summed / known.sum(dim=1, keepdim=True).clamp(min=1)
+
+    def position_click_probs(self, batch: SlateBatch) -> torch.Tensor:
+        """Attractiveness logit plus the causal Transformer's correction."""
+        k = batch.items.shape[1]
+        if k > self.max_positions:
+            raise ValueError(
+                f"ContextAwareSimulator knows {self.max_positions} positions, got lists of {k}"
+            )
+        items = self.attractiveness.item_vectors(batch.items.clamp(min=0))
+        tokens = torch.cat([self._context(batch)[:, None, :], items], dim=1)
+        tokens = tokens + self.position_embedding.weight[: k + 1]
+        states = self.encoder(tokens, mask=self.causal_mask[: k + 1, : k + 1], is_causal=True)
+        correction = self.head(states[:, 1:, :]).squeeze(-1)
+        logits = self.attractiveness(batch.users, batch.items) + correction
+        return torch.sigmoid(logits)
+
+    def log_likelihood(self, batch: SlateBatch, clicks: torch.Tensor) -> torch.Tensor:
+        """Bernoulli log-likelihood of the clicks given the list, per list ``[B]``."""
+        probs = self.click_probs(batch, validate=False).clamp(1e-6, 1 - 1e-6)
+        per_position = torch.where(clicks, probs.log(), (1 - probs).log())
+        return (per_position * batch.mask).sum(dim=1)
