@@ -9,6 +9,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from simulators import cli as simulator_cli
+from simulators.checkpoint import CheckpointError
 from simulators.data import cli as data_cli
 from simulators.data.errors import ConfigError, DataError
 
@@ -21,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     data_cli.add_parser(subparsers)
+    simulator_cli.add_parser(subparsers)
     return parser
 
 
@@ -30,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
-    except (DataError, ConfigError) as err:
+    except (DataError, ConfigError, CheckpointError) as err:
         # Expected user errors: one clear line, no traceback.
         print(f"rerank-env {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -18,8 +18,6 @@ import datetime as dt
 import hashlib
 import importlib.metadata
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from simulators._io import atomic_write
 from simulators.data.errors import CacheError
 from simulators.data.pipeline import PIPELINE_VERSION, PipelineConfig, RerankData
 
@@ -82,17 +81,7 @@ def write_cache(path: Path, data: RerankData, data_checksum: str) -> None:
         if f.name not in _NON_ARRAY_FIELDS
     }
     arrays[_METADATA_KEY] = np.asarray(json.dumps(metadata))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, **arrays)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda out: np.savez(out, **arrays))
 
 
 def _package_version() -> str:

@@ -31,6 +31,11 @@ def cache_path(
     return _cache_file(dataset, config, _checksum(dataset, folder))
 
 
+def data_checksum(dataset: str = "ml-100k", data_dir: str | os.PathLike[str] | None = None) -> str:
+    """SHA-256 of the raw files of ``dataset`` (recorded in caches and checkpoints)."""
+    return _checksum(dataset, find_dataset_dir(dataset, data_dir))
+
+
 def load_rerank_data(
     dataset: str = "ml-100k",
     data_dir: str | os.PathLike[str] | None = None,

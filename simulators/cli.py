@@ -1,0 +1,139 @@
+"""The ``rerank-env simulator`` commands: train and evaluate click simulators."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from simulators.checkpoint import CheckpointError, load_simulator, save_simulator
+from simulators.data.datasets import MOVIELENS_DATASETS, data_checksum, load_rerank_data
+from simulators.data.paths import cache_dir
+from simulators.factory import MODEL_KINDS, SimulatorSpec, build_simulator
+from simulators.training import evaluate_simulator, fit_simulator
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``simulator train`` and ``simulator evaluate``."""
+    parser = subparsers.add_parser("simulator", help="train and evaluate click simulators")
+    commands = parser.add_subparsers(dest="simulator_command", metavar="ACTION", required=True)
+
+    train = commands.add_parser(
+        "train",
+        help="fit a simulator on logged slates and save a checkpoint",
+        description="Fit a click simulator on the training slates (early stopping on "
+        "validation likelihood), report AUC, logloss and ECE on valid and test, and save "
+        "a versioned checkpoint.",
+    )
+    train.add_argument("--dataset", choices=MOVIELENS_DATASETS, default="ml-100k")
+    train.add_argument("--data-dir", default=None)
+    train.add_argument("--model", choices=MODEL_KINDS, default="transformer")
+    train.add_argument("--dim", type=int, default=32)
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--batch-size", type=int, default=256)
+    train.add_argument("--learning-rate", type=float, default=5e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--compose",
+        action="store_true",
+        help="wrap the model with the examination prior and diminishing returns",
+    )
+    train.add_argument("--position-bias", type=float, default=1.0)
+    train.add_argument("--diversity-strength", type=float, default=2.0)
+    train.add_argument(
+        "--out", type=Path, default=None, help="checkpoint path (default: the user cache)"
+    )
+    train.set_defaults(handler=run_train)
+
+    evaluate = commands.add_parser("evaluate", help="report a checkpoint's metrics on a split")
+    evaluate.add_argument("checkpoint", type=Path)
+    evaluate.add_argument("--data-dir", default=None)
+    evaluate.add_argument("--split", choices=("train", "valid", "test"), default="test")
+    evaluate.set_defaults(handler=run_evaluate)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run ``rerank-env simulator train``."""
+    data = load_rerank_data(args.dataset, args.data_dir)
+    genres = data.item_features[:, :-1]  # genre flags; the last column is the year
+    spec = SimulatorSpec(
+        kind=args.model,
+        n_users=data.n_users,
+        n_items=data.n_items,
+        user_feature_dim=data.user_features.shape[1],
+        item_feature_dim=data.item_features.shape[1],
+        dim=args.dim,
+        max_positions=data.config.slate_length,
+        seed=args.seed,
+        composed=args.compose,
+        position_bias=args.position_bias,
+        diversity_strength=args.diversity_strength,
+        similarity_dim=genres.shape[1] if args.compose else 0,
+    )
+    model = build_simulator(
+        spec,
+        torch.as_tensor(data.user_features),
+        torch.as_tensor(data.item_features),
+        torch.as_tensor(genres) if args.compose else None,
+    )
+    learned = model.base if args.compose else model
+    start = time.perf_counter()
+    result = fit_simulator(
+        learned,
+        data,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+    )
+    seconds = time.perf_counter() - start
+    metrics = {split: evaluate_simulator(learned, data, split) for split in ("valid", "test")}
+    training = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "seed": args.seed,
+        "best_epoch": result.best_epoch,
+        "fit_seconds": seconds,
+    }
+    metadata = {
+        "dataset": args.dataset,
+        "data_config": json.loads(data.config.to_json()),
+        "data_checksum": data_checksum(args.dataset, args.data_dir),
+        "training": training,
+        "metrics": metrics,
+    }
+    out = args.out or _default_path(args.dataset, spec, data.config.to_json())
+    save_simulator(out, model, spec, metadata)
+    print(f"{args.model} fitted in {seconds:.1f} s (best epoch {result.best_epoch})")
+    for split, values in metrics.items():
+        print(f"  {split:5s} " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    print(f"checkpoint: {out}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run ``rerank-env simulator evaluate``."""
+    model, spec, metadata = load_simulator(args.checkpoint)
+    data = load_rerank_data(metadata["dataset"], args.data_dir)
+    if data.n_items != spec.n_items or data.n_users != spec.n_users:
+        raise CheckpointError(
+            f"{args.checkpoint} was trained on {spec.n_users} users / {spec.n_items} items, the "
+            f"data has {data.n_users} / {data.n_items}: use the data config it was trained on"
+        )
+    learned = model.base if spec.composed else model
+    values = evaluate_simulator(learned, data, args.split)
+    print(f"{spec.kind} on {args.split}: " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    return 0
+
+
+def _default_path(dataset: str, spec: SimulatorSpec, data_config: str) -> Path:
+    key = hashlib.sha256(
+        (json.dumps(dataclasses.asdict(spec), sort_keys=True) + data_config).encode()
+    ).hexdigest()[:16]
+    return cache_dir() / "simulators" / f"{dataset}-{spec.kind}-{key}.pt"
