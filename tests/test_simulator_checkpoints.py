@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,24 @@ def test_cli_trains_saves_and_evaluates(
     broken.write_text("not a checkpoint")
     assert main(["simulator", "evaluate", str(broken)]) == 2
     assert "damaged or not a rerank-env checkpoint" in capsys.readouterr().err
+
+
+def test_cli_report_writes_markdown_csv_and_plots(
+    data_root: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("RERANK_ENV_DATA", str(data_root))
+    out = tmp_path / "report"
+    code = main(["simulator", "report", "--epochs", "1", "--dim", "8", "--requests", "20",
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0
+    for name in ("report.md", "metrics.csv", "reliability.png", "headroom.png"):
+        assert (out / name).stat().st_size > 100, name
+    with open(out / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6
+    values = {row["simulator"]: row for row in rows}
+    composed = next(name for name in values if name.startswith("transformer+composed"))
+    # Order and composition matter under the composed simulator, not under pointwise.
+    assert float(values[composed]["headroom"]) > 0.01 > float(values["pointwise"]["headroom"])
+    assert 0.6 < float(values["pointwise"]["auc"]) < 1
+    assert "| pointwise |" in (out / "report.md").read_text()
