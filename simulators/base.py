@@ -25,12 +25,13 @@ PAD = -1
 
 
 @contextmanager
-def seeded_init(seed: int) -> Iterator[None]:
-    """Build torch modules with initial weights drawn from ``seed`` alone.
+def isolated_torch_rng(seed: int) -> Iterator[None]:
+    """Run a block on torch's global generator seeded with ``seed``, then restore it.
 
-    torch's layer constructors draw from the global generator and accept no other;
-    inside this block that generator is seeded, and on exit its previous state is
-    restored, so building a simulator neither depends on nor changes global state.
+    torch's layer constructors and dropout draw from the global generator and accept
+    no other. Inside this block that generator is seeded; on exit its previous state
+    is restored. So building or training a simulator neither depends on nor changes
+    global state, and seeded runs are identical.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

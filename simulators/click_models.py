@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simulators.base import PAD, ClickSimulator, SlateBatch, seeded_init
+from simulators.base import PAD, ClickSimulator, SlateBatch, isolated_torch_rng
 
 
 class Attractiveness(nn.Module):
@@ -57,7 +57,7 @@ class Attractiveness(nn.Module):
         self.register_buffer("user_features", user_features.float())
         self.register_buffer("item_features", item_features.float())
         self.bias = nn.Parameter(torch.zeros(()))
-        with seeded_init(seed):
+        with isolated_torch_rng(seed):
             self.user_bias = nn.Embedding(n_users, 1)
             self.item_bias = nn.Embedding(n_items, 1)
             self.user_embedding = nn.Embedding(n_users, dim)

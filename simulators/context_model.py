@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from simulators.base import PAD, ClickSimulator, SlateBatch, seeded_init
+from simulators.base import PAD, ClickSimulator, SlateBatch, isolated_torch_rng
 from simulators.click_models import Attractiveness
 
 
@@ -45,7 +45,7 @@ class ContextAwareSimulator(ClickSimulator):
         self.attractiveness = attractiveness
         self.max_positions = max_positions
         dim = attractiveness.user_embedding.embedding_dim
-        with seeded_init(seed):
+        with isolated_torch_rng(seed):
             self.position_embedding = nn.Embedding(max_positions + 1, dim)
             layer = nn.TransformerEncoderLayer(
                 dim, heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True

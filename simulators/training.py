@@ -11,7 +11,7 @@ import torch
 from scipy.stats import rankdata
 from tqdm import tqdm
 
-from simulators.base import ClickSimulator, SlateBatch
+from simulators.base import ClickSimulator, SlateBatch, isolated_torch_rng
 from simulators.data.pipeline import RerankData
 
 
@@ -82,6 +82,25 @@ def fit_simulator(
         progress: Show a progress bar over epochs (on terminals).
         device: Where to train.
     """
+    with isolated_torch_rng(seed):  # dropout draws from torch's global generator
+        return _fit(
+            model, data, epochs, batch_size, learning_rate, weight_decay, patience, seed,
+            progress, device,
+        )  # fmt: skip
+
+
+def _fit(
+    model: ClickSimulator,
+    data: RerankData,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float,
+    patience: int,
+    seed: int,
+    progress: bool,
+    device: str | torch.device,
+) -> FitResult:
     model.to(device)
     train, train_clicks = logged_slates(data, "train", device=device)
     valid, valid_clicks = logged_slates(data, "valid", device=device)

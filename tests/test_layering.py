@@ -38,7 +38,7 @@ def test_library_code_uses_no_global_random_state() -> None:
     pattern_calls = ("np.random.seed(", "np.random.rand(", "np.random.randint(",
                      "np.random.choice(", "np.random.normal(", "torch.manual_seed(",
                      "random.random(", "random.seed(")  # fmt: skip
-    # simulators/base.py: seeded_init seeds torch inside fork_rng (state restored).
+    # simulators/base.py: isolated_torch_rng seeds torch inside fork_rng (state restored).
     allowed = {("base.py", "torch.manual_seed(")}
     offenders = []
     for package in ("simulators", "rerank_env", "agents"):
