@@ -14,8 +14,8 @@ import torch
 from simulators.checkpoint import CheckpointError, load_simulator, save_simulator
 from simulators.data.datasets import MOVIELENS_DATASETS, data_checksum, load_rerank_data
 from simulators.data.paths import cache_dir
-from simulators.factory import MODEL_KINDS, SimulatorSpec, build_simulator
-from simulators.training import evaluate_simulator, fit_simulator
+from simulators.factory import MODEL_KINDS, SimulatorSpec, build_simulator, learned_members
+from simulators.training import bootstrap_users, evaluate_simulator, fit_simulator
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +38,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--batch-size", type=int, default=256)
     train.add_argument("--learning-rate", type=float, default=5e-3)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--members",
+        type=int,
+        default=1,
+        help="ensemble members, each fitted on a bootstrap resample of training users "
+        "(>= 2 gives a held-out evaluation member)",
+    )
     train.add_argument(
         "--compose",
         action="store_true",
@@ -93,6 +100,7 @@ def run_train(args: argparse.Namespace) -> int:
         position_bias=args.position_bias,
         diversity_strength=args.diversity_strength,
         similarity_dim=genres.shape[1] if args.compose else 0,
+        ensemble_size=args.members,
     )
     model = build_simulator(
         spec,
@@ -102,14 +110,16 @@ def run_train(args: argparse.Namespace) -> int:
     )
     learned = model.base if args.compose else model
     start = time.perf_counter()
-    result = fit_simulator(
-        learned,
-        data,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
-    )
+    for k, member in enumerate(learned_members(model)):
+        result = fit_simulator(
+            member,
+            data,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            seed=args.seed + k,
+            train_rows=bootstrap_users(data, args.seed + k) if args.members > 1 else None,
+        )
     seconds = time.perf_counter() - start
     metrics = {split: evaluate_simulator(learned, data, split) for split in ("valid", "test")}
     training = {
@@ -117,7 +127,8 @@ def run_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "seed": args.seed,
-        "best_epoch": result.best_epoch,
+        "members": args.members,
+        "best_epoch_of_last_member": result.best_epoch,
         "fit_seconds": seconds,
     }
     metadata = {
@@ -129,7 +140,7 @@ def run_train(args: argparse.Namespace) -> int:
     }
     out = args.out or _default_path(args.dataset, spec, data.config.to_json())
     save_simulator(out, model, spec, metadata)
-    print(f"{args.model} fitted in {seconds:.1f} s (best epoch {result.best_epoch})")
+    print(f"{args.model} x{args.members} fitted in {seconds:.1f} s")
     for split, values in metrics.items():
         print(f"  {split:5s} " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
     print(f"checkpoint: {out}")

@@ -76,6 +76,16 @@ class ComposedSimulator(ClickSimulator):
         self.diversity_strength = diversity_strength
         self.max_positions = max_positions
 
+    def with_base(self, base: ClickSimulator) -> ComposedSimulator:
+        """The same composition effects over another base simulator."""
+        return ComposedSimulator(
+            base,
+            self.unit_vectors,
+            examination=self.examination,
+            diversity_strength=self.diversity_strength,
+            max_positions=self.max_positions,
+        )
+
     def redundancy(self, items: torch.Tensor) -> torch.Tensor:
         """Max similarity of each position's item to the items above it, ``[B, K]``."""
         vectors = self.unit_vectors[items.clamp(min=0)] * (items != PAD)[..., None]

@@ -18,6 +18,7 @@ from simulators.click_models import (
 )
 from simulators.composed import ComposedSimulator
 from simulators.context_model import ContextAwareSimulator
+from simulators.ensemble import SimulatorEnsemble
 
 ModelKind = Literal["pointwise", "pbm", "dcm", "cascade", "transformer"]
 MODEL_KINDS: tuple[str, ...] = ("pointwise", "pbm", "dcm", "cascade", "transformer")
@@ -44,6 +45,8 @@ class SimulatorSpec:
         position_bias: DCG examination exponent (``composed`` only).
         diversity_strength: Diminishing-returns strength (``composed`` only).
         similarity_dim: Columns of the item vectors used for similarity (``composed``).
+        ensemble_size: Members of a :class:`SimulatorEnsemble` (1 = a single model);
+            member ``k`` is initialised with ``seed + k``.
     """
 
     kind: ModelKind
@@ -61,12 +64,15 @@ class SimulatorSpec:
     position_bias: float = 1.0
     diversity_strength: float = 2.0
     similarity_dim: int = 0
+    ensemble_size: int = 1
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"SimulatorSpec.kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         if self.composed and self.similarity_dim < 1:
             raise ValueError("SimulatorSpec: composed=True needs similarity_dim >= 1")
+        if self.ensemble_size < 1:
+            raise ValueError(f"SimulatorSpec.ensemble_size must be >= 1, got {self.ensemble_size}")
 
     def to_dict(self) -> dict:
         """Plain-JSON form (for checkpoint metadata)."""
@@ -95,26 +101,11 @@ def build_simulator(
     for name, (tensor, shape) in expected.items():
         if tuple(tensor.shape) != shape:
             raise ValueError(f"{name} has shape {tuple(tensor.shape)}, the spec says {shape}")
-    attract = Attractiveness(user_features, item_features, dim=spec.dim, seed=spec.seed)
-    positions = spec.max_positions
-    model: ClickSimulator
-    if spec.kind == "pointwise":
-        model = PointwiseModel(attract, max_positions=positions)
-    elif spec.kind == "pbm":
-        model = PositionBasedModel(attract, max_positions=positions)
-    elif spec.kind == "dcm":
-        model = DependentClickModel(attract, max_positions=positions)
-    elif spec.kind == "cascade":
-        model = cascade_model(attract, max_positions=positions)
-    else:
-        model = ContextAwareSimulator(
-            attract,
-            max_positions=positions,
-            layers=spec.layers,
-            heads=spec.heads,
-            dropout=spec.dropout,
-            seed=spec.seed,
-        )
+    members = [
+        _learned(spec, user_features, item_features, spec.seed + k)
+        for k in range(spec.ensemble_size)
+    ]
+    model = members[0] if spec.ensemble_size == 1 else SimulatorEnsemble(members)
     if not spec.composed:
         return model
     if similarity_vectors is None:
@@ -124,5 +115,55 @@ def build_simulator(
         similarity_vectors,
         position_bias=spec.position_bias,
         diversity_strength=spec.diversity_strength,
-        max_positions=positions,
+        max_positions=spec.max_positions,
     )
+
+
+def _learned(
+    spec: SimulatorSpec, user_features: torch.Tensor, item_features: torch.Tensor, seed: int
+) -> ClickSimulator:
+    """One learned (unfitted) model of ``spec.kind``."""
+    attract = Attractiveness(user_features, item_features, dim=spec.dim, seed=seed)
+    positions = spec.max_positions
+    if spec.kind == "pointwise":
+        return PointwiseModel(attract, max_positions=positions)
+    if spec.kind == "pbm":
+        return PositionBasedModel(attract, max_positions=positions)
+    if spec.kind == "dcm":
+        return DependentClickModel(attract, max_positions=positions)
+    if spec.kind == "cascade":
+        return cascade_model(attract, max_positions=positions)
+    return ContextAwareSimulator(
+        attract,
+        max_positions=positions,
+        layers=spec.layers,
+        heads=spec.heads,
+        dropout=spec.dropout,
+        seed=seed,
+    )
+
+
+def learned_members(model: ClickSimulator) -> list[ClickSimulator]:
+    """The fitted learned models inside ``model`` (unwrapping composition and ensembles)."""
+    learned = model.base if isinstance(model, ComposedSimulator) else model
+    if isinstance(learned, SimulatorEnsemble):
+        return list(learned.members)
+    return [learned]
+
+
+def evaluation_split(
+    model: ClickSimulator, index: int = -1
+) -> tuple[ClickSimulator, ClickSimulator]:
+    """``(training reward, held-out evaluation reward)`` from an ensemble simulator.
+
+    Works on a :class:`SimulatorEnsemble` or a :class:`ComposedSimulator` over one;
+    both halves keep the same composition effects.
+    """
+    if isinstance(model, ComposedSimulator):
+        if not isinstance(model.base, SimulatorEnsemble):
+            raise ValueError("evaluation_split needs an ensemble (ensemble_size >= 2)")
+        train, held_out = model.base.split_evaluation_member(index)
+        return model.with_base(train), model.with_base(held_out)
+    if not isinstance(model, SimulatorEnsemble):
+        raise ValueError("evaluation_split needs an ensemble (ensemble_size >= 2)")
+    return model.split_evaluation_member(index)

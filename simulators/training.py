@@ -64,6 +64,7 @@ def fit_simulator(
     seed: int = 0,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    train_rows: np.ndarray | None = None,
 ) -> FitResult:
     """Maximise the model's log-likelihood of the training slates (Adam).
 
@@ -81,11 +82,13 @@ def fit_simulator(
         seed: Seed of the shuffling generator.
         progress: Show a progress bar over epochs (on terminals).
         device: Where to train.
+        train_rows: Rows of the training slates to fit on, with repeats allowed (a
+            bootstrap resample); ``None`` uses all of them.
     """
     with isolated_torch_rng(seed):  # dropout draws from torch's global generator
         return _fit(
             model, data, epochs, batch_size, learning_rate, weight_decay, patience, seed,
-            progress, device,
+            progress, device, train_rows,
         )  # fmt: skip
 
 
@@ -100,9 +103,13 @@ def _fit(
     seed: int,
     progress: bool,
     device: str | torch.device,
+    train_rows: np.ndarray | None,
 ) -> FitResult:
     model.to(device)
     train, train_clicks = logged_slates(data, "train", device=device)
+    if train_rows is not None:
+        rows = torch.as_tensor(train_rows, dtype=torch.long, device=device)
+        train, train_clicks = _rows(train, rows), train_clicks[rows]
     valid, valid_clicks = logged_slates(data, "valid", device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
@@ -164,6 +171,20 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
         if chosen.any():
             gap += chosen.mean() * abs(probs[chosen].mean() - labels[chosen].mean())
     return float(gap)
+
+
+def bootstrap_users(data: RerankData, seed: int) -> np.ndarray:
+    """Rows of the training slates for a resample of training users (with replacement).
+
+    Users, not slates, are resampled, so an ensemble's members disagree where users
+    are few or unusual.
+    """
+    rng = np.random.default_rng(seed)
+    train_users = data.request_user[data.split_indices("train")]
+    users = np.unique(train_users)
+    drawn = rng.choice(users, size=len(users), replace=True)
+    rows_of = {u: np.flatnonzero(train_users == u) for u in users}
+    return np.concatenate([rows_of[u] for u in drawn])
 
 
 @torch.no_grad()

@@ -1,0 +1,65 @@
+"""Ensembles of simulators: uncertainty, and a held-out member for evaluation.
+
+An agent trained against a simulator learns its quirks. To tell real gains from
+exploitation, evaluate with a simulator that the agent never trained against:
+:meth:`SimulatorEnsemble.split_evaluation_member` gives the mean of all members but
+one (the training reward) and the remaining member (the evaluation reward).
+Members differ in seed and, by default, in a bootstrap resample of training users.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from simulators.base import ClickSimulator, SlateBatch
+
+
+class SimulatorEnsemble(ClickSimulator):
+    """Mean click probabilities of several simulators (still top-down).
+
+    Args:
+        members: Simulators over the same users and items.
+    """
+
+    def __init__(self, members: list[ClickSimulator]) -> None:
+        if not members:
+            raise ValueError("SimulatorEnsemble needs at least one member")
+        first = members[0]
+        if any((m.n_users, m.n_items) != (first.n_users, first.n_items) for m in members):
+            raise ValueError("ensemble members must share users and items")
+        super().__init__(first.n_users, first.n_items)
+        self.members = nn.ModuleList(members)
+
+    def member_click_probs(self, batch: SlateBatch) -> torch.Tensor:
+        """Every member's click probabilities, ``[M, B, K]``."""
+        return torch.stack([m.click_probs(batch, validate=False) for m in self.members])
+
+    def position_click_probs(self, batch: SlateBatch) -> torch.Tensor:
+        """Mean over members."""
+        return self.member_click_probs(batch).mean(dim=0)
+
+    def log_likelihood(self, batch: SlateBatch, clicks: torch.Tensor) -> torch.Tensor:
+        """Bernoulli log-likelihood of ``clicks`` under the mean marginals, ``[B]``."""
+        probs = self.click_probs(batch, validate=False).clamp(1e-6, 1 - 1e-6)
+        per_position = torch.where(clicks, probs.log(), (1 - probs).log())
+        return (per_position * batch.mask).sum(dim=1)
+
+    def disagreement(self, batch: SlateBatch) -> torch.Tensor:
+        """Standard deviation of the members' expected clicks per list, ``[B]``."""
+        rewards = (self.member_click_probs(batch) * batch.mask).sum(dim=2)
+        return rewards.std(dim=0, unbiased=len(self.members) > 1)
+
+    def split_evaluation_member(self, index: int = -1) -> tuple[ClickSimulator, ClickSimulator]:
+        """``(training simulator, evaluation simulator)``: all members but one, and that one.
+
+        Raises:
+            ValueError: Fewer than 2 members.
+        """
+        if len(self.members) < 2:
+            raise ValueError(
+                f"a held-out evaluation member needs an ensemble of >= 2, got {len(self.members)}"
+            )
+        index = index % len(self.members)
+        rest = [m for k, m in enumerate(self.members) if k != index]
+        return SimulatorEnsemble(rest), self.members[index]
