@@ -8,7 +8,7 @@ import json
 import time
 import typing
 
-from simulators.data.datasets import MOVIELENS_DATASETS, cache_path, load_rerank_data
+from simulators.data.datasets import DATASETS, cache_path, load_rerank_data
 from simulators.data.pipeline import PipelineConfig
 
 
@@ -16,12 +16,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``data`` subcommand; every :class:`PipelineConfig` field is an option."""
     parser = subparsers.add_parser(
         "data",
-        help="build and summarise the reranking requests of a MovieLens dataset",
+        help="build and summarise the reranking requests of a dataset",
         description="Build (or load from the cache) the processed reranking data of a "
-        "MovieLens dataset and print a summary: users, items, requests per split, "
-        "positive rate, retriever recall@N on test, GR2 pre-ranker metrics.",
+        "MovieLens dataset, or of the synthetic world (generated, no files needed), and "
+        "print a summary: users, items, requests per split, positive rate, retriever "
+        "recall@N on test, GR2 pre-ranker metrics.",
     )
-    parser.add_argument("--dataset", choices=MOVIELENS_DATASETS, default="ml-100k")
+    parser.add_argument("--dataset", choices=DATASETS, default="ml-100k")
     parser.add_argument(
         "--data-dir",
         default=None,

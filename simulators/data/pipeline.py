@@ -768,7 +768,7 @@ def _build_requests(
 def _user_features(ratings: MovieLensData, users: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
     """One-hot gender, ML-1M age group and occupation."""
     age = ratings.user_age[users].astype(np.int64)
-    if ratings.name == "ml-1m":
+    if ratings.name != "ml-100k":  # ML-1M and the synthetic world use ML-1M's age codes
         age_group = np.searchsorted(ML1M_AGE_CODES, age)
     else:  # ML-100K gives ages in years: bucket them into ML-1M's age groups
         age_group = np.searchsorted(ML1M_AGE_CODES, age, side="right") - 1

@@ -1,0 +1,68 @@
+"""Configuration of the synthetic world (kept free of torch so data code can use it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from simulators.data.movielens import ML1M_GENRES
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The synthetic world and its logging policy.
+
+    Attributes:
+        n_users: Users.
+        n_items: Items.
+        n_categories: Item categories (at most 18: they are written as ML-1M genres).
+        dim: Latent dimension of tastes.
+        sessions_per_user: Logged sessions (slates) per user.
+        slate_length: Items shown per session.
+        pool_size: Items the logging policy chooses from per session (a random
+            popularity-weighted pool).
+        position_bias: Exponent of the DCG examination curve.
+        satiation: Logit penalty per same-category item above.
+        complementarity: Logit bonus per complementary item above.
+        base_logit: Global click logit offset.
+        policy_noise: Std of the noise on the logging policy's taste estimate.
+        policy_temperature: Softmax temperature of the logging policy.
+        seed: Seed of everything.
+    """
+
+    n_users: int = 600
+    n_items: int = 500
+    n_categories: int = 12
+    dim: int = 8
+    sessions_per_user: int = 25
+    slate_length: int = 6
+    pool_size: int = 30
+    position_bias: float = 1.0
+    satiation: float = 1.0
+    complementarity: float = 0.6
+    base_logit: float = 0.0
+    policy_noise: float = 0.5
+    policy_temperature: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_categories <= len(ML1M_GENRES):
+            raise ValueError(
+                f"n_categories must be in [1, {len(ML1M_GENRES)}], got {self.n_categories}"
+            )
+        if self.pool_size < self.slate_length or self.pool_size > self.n_items:
+            raise ValueError(f"pool_size must be in [slate_length, n_items], got {self.pool_size}")
+
+        if self.sessions_per_user * self.slate_length > self.n_items - self.pool_size:
+            raise ValueError(
+                "sessions_per_user * slate_length must leave pool_size items unseen (a user "
+                f"meets an item once): {self.sessions_per_user} * {self.slate_length} > "
+                f"{self.n_items} - {self.pool_size}"
+            )
+
+    def key(self) -> str:
+        """Short hash identifying this world."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
