@@ -54,14 +54,7 @@ def main() -> None:
     print("| simulator | Spearman rho vs true list reward | test AUC | fit (s) |")
     print("|---|---|---|---|")
     for kind in MODEL_KINDS:
-        spec = SimulatorSpec(
-            kind=kind,
-            n_users=data.n_users,
-            n_items=data.n_items,
-            user_feature_dim=users.shape[1],
-            item_feature_dim=items.shape[1],
-            dim=args.dim,
-        )
+        spec = SimulatorSpec.for_data(data, kind, dim=args.dim)
         model = build_simulator(spec, users, items)
         start = time.perf_counter()
         fit_simulator(

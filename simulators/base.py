@@ -163,6 +163,17 @@ class ClickSimulator(nn.Module, ABC):
         """
         return self.click_probs(batch, validate=validate).cumsum(dim=1)
 
+    def log_likelihood(self, batch: SlateBatch, clicks: torch.Tensor) -> torch.Tensor:
+        """Log-likelihood of observed ``clicks`` (bool ``[B, K]``) per list, ``[B]``.
+
+        The default treats positions as independent Bernoulli variables with the
+        model's marginals (exact for pointwise and PBM models; models with a joint
+        click structure, like the DCM, override it).
+        """
+        probs = self.click_probs(batch, validate=False).clamp(1e-6, 1 - 1e-6)
+        per_position = torch.where(clicks, probs.log(), (1 - probs).log())
+        return (per_position * batch.mask).sum(dim=1)
+
     def sample_clicks(
         self, batch: SlateBatch, generator: torch.Generator, *, validate: bool = True
     ) -> torch.Tensor:

@@ -87,14 +87,10 @@ def run_train(args: argparse.Namespace) -> int:
     """Run ``rerank-env simulator train``."""
     data = load_rerank_data(args.dataset, args.data_dir)
     genres = data.item_features[:, :-1]  # genre flags; the last column is the year
-    spec = SimulatorSpec(
-        kind=args.model,
-        n_users=data.n_users,
-        n_items=data.n_items,
-        user_feature_dim=data.user_features.shape[1],
-        item_feature_dim=data.item_features.shape[1],
+    spec = SimulatorSpec.for_data(
+        data,
+        args.model,
         dim=args.dim,
-        max_positions=data.config.slate_length,
         seed=args.seed,
         composed=args.compose,
         position_bias=args.position_bias,
@@ -156,16 +152,7 @@ def run_report(args: argparse.Namespace) -> int:
     users, items = torch.as_tensor(data.user_features), torch.as_tensor(data.item_features)
     models, extra = {}, {}
     for kind in MODEL_KINDS:
-        spec = SimulatorSpec(
-            kind=kind,
-            n_users=data.n_users,
-            n_items=data.n_items,
-            user_feature_dim=users.shape[1],
-            item_feature_dim=items.shape[1],
-            dim=args.dim,
-            max_positions=data.config.slate_length,
-            seed=args.seed,
-        )
+        spec = SimulatorSpec.for_data(data, kind, dim=args.dim, seed=args.seed)
         model = build_simulator(spec, users, items)
         start = time.perf_counter()
         fit_simulator(model, data, epochs=args.epochs, seed=args.seed)

@@ -116,16 +116,6 @@ class _AttractivenessSimulator(ClickSimulator):
                 f"{batch.items.shape[1]}; refit with max_positions >= {batch.items.shape[1]}"
             )
 
-    def log_likelihood(self, batch: SlateBatch, clicks: torch.Tensor) -> torch.Tensor:
-        """Log-likelihood of observed ``clicks`` (bool ``[B, K]``) per list, ``[B]``.
-
-        The default treats positions as independent Bernoulli variables with the
-        model's marginals (exact for pointwise and PBM models).
-        """
-        probs = self.click_probs(batch, validate=False).clamp(1e-6, 1 - 1e-6)
-        per_position = torch.where(clicks, probs.log(), (1 - probs).log())
-        return (per_position * batch.mask).sum(dim=1)
-
 
 class PointwiseModel(_AttractivenessSimulator):
     """Position-blind: ``P(click_k) = attract(u, i_k)``."""

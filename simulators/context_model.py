@@ -81,9 +81,3 @@ class ContextAwareSimulator(ClickSimulator):
         correction = self.head(states[:, 1:, :]).squeeze(-1)
         logits = self.attractiveness(batch.users, batch.items) + correction
         return torch.sigmoid(logits)
-
-    def log_likelihood(self, batch: SlateBatch, clicks: torch.Tensor) -> torch.Tensor:
-        """Bernoulli log-likelihood of the clicks given the list, per list ``[B]``."""
-        probs = self.click_probs(batch, validate=False).clamp(1e-6, 1 - 1e-6)
-        per_position = torch.where(clicks, probs.log(), (1 - probs).log())
-        return (per_position * batch.mask).sum(dim=1)

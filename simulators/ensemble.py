@@ -39,12 +39,6 @@ class SimulatorEnsemble(ClickSimulator):
         """Mean over members."""
         return self.member_click_probs(batch).mean(dim=0)
 
-    def log_likelihood(self, batch: SlateBatch, clicks: torch.Tensor) -> torch.Tensor:
-        """Bernoulli log-likelihood of ``clicks`` under the mean marginals, ``[B]``."""
-        probs = self.click_probs(batch, validate=False).clamp(1e-6, 1 - 1e-6)
-        per_position = torch.where(clicks, probs.log(), (1 - probs).log())
-        return (per_position * batch.mask).sum(dim=1)
-
     def disagreement(self, batch: SlateBatch) -> torch.Tensor:
         """Standard deviation of the members' expected clicks per list, ``[B]``."""
         rewards = (self.member_click_probs(batch) * batch.mask).sum(dim=2)

@@ -18,6 +18,8 @@ from simulators.click_models import (
 )
 from simulators.composed import ComposedSimulator
 from simulators.context_model import ContextAwareSimulator
+from simulators.data.errors import ConfigError
+from simulators.data.pipeline import RerankData
 from simulators.ensemble import SimulatorEnsemble
 
 ModelKind = Literal["pointwise", "pbm", "dcm", "cascade", "transformer"]
@@ -68,11 +70,24 @@ class SimulatorSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
-            raise ValueError(f"SimulatorSpec.kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+            raise ConfigError(f"SimulatorSpec.kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         if self.composed and self.similarity_dim < 1:
-            raise ValueError("SimulatorSpec: composed=True needs similarity_dim >= 1")
+            raise ConfigError("SimulatorSpec: composed=True needs similarity_dim >= 1")
         if self.ensemble_size < 1:
-            raise ValueError(f"SimulatorSpec.ensemble_size must be >= 1, got {self.ensemble_size}")
+            raise ConfigError(f"SimulatorSpec.ensemble_size must be >= 1, got {self.ensemble_size}")
+
+    @classmethod
+    def for_data(cls, data: RerankData, kind: str, **settings) -> SimulatorSpec:
+        """A spec sized for processed ``data`` (users, items, features, list length)."""
+        settings.setdefault("max_positions", data.config.slate_length)
+        return cls(
+            kind=kind,
+            n_users=data.n_users,
+            n_items=data.n_items,
+            user_feature_dim=data.user_features.shape[1],
+            item_feature_dim=data.item_features.shape[1],
+            **settings,
+        )
 
     def to_dict(self) -> dict:
         """Plain-JSON form (for checkpoint metadata)."""

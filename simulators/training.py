@@ -201,11 +201,7 @@ def evaluate_simulator(
     batch, clicks = logged_slates(data, split, device=device)
     probs = model.click_probs(batch).cpu().numpy().ravel()
     labels = clicks.cpu().numpy().ravel()
-    nll = (
-        float(-model.log_likelihood(batch, clicks).mean())
-        if hasattr(model, "log_likelihood")
-        else float("nan")
-    )
+    nll = float(-model.log_likelihood(batch, clicks).mean())
     return {
         "auc": roc_auc(labels, probs),
         "logloss": log_loss(labels, probs),

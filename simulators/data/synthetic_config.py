@@ -7,6 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from simulators.data.errors import ConfigError
 from simulators.data.movielens import ML1M_GENRES
 
 
@@ -49,14 +50,14 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_categories <= len(ML1M_GENRES):
-            raise ValueError(
+            raise ConfigError(
                 f"n_categories must be in [1, {len(ML1M_GENRES)}], got {self.n_categories}"
             )
         if self.pool_size < self.slate_length or self.pool_size > self.n_items:
-            raise ValueError(f"pool_size must be in [slate_length, n_items], got {self.pool_size}")
+            raise ConfigError(f"pool_size must be in [slate_length, n_items], got {self.pool_size}")
 
         if self.sessions_per_user * self.slate_length > self.n_items - self.pool_size:
-            raise ValueError(
+            raise ConfigError(
                 "sessions_per_user * slate_length must leave pool_size items unseen (a user "
                 f"meets an item once): {self.sessions_per_user} * {self.slate_length} > "
                 f"{self.n_items} - {self.pool_size}"
