@@ -21,8 +21,9 @@ from scipy.stats import spearmanr
 
 from simulators.base import SlateBatch
 from simulators.data import load_rerank_data
+from simulators.data.synthetic_config import SyntheticConfig
 from simulators.factory import MODEL_KINDS, SimulatorSpec, build_simulator
-from simulators.synthetic import true_simulator_for
+from simulators.synthetic import SyntheticWorld, TrueClickModel, true_simulator_for
 from simulators.training import evaluate_simulator, fit_simulator, logged_slates, roc_auc
 
 
@@ -45,12 +46,22 @@ def main() -> None:
         torch.gather(candidates, 1, slots),
         torch.as_tensor(data.history(test, 50)[0]),
     )
+    blind = TrueClickModel(
+        SyntheticWorld(SyntheticConfig(satiation=0.0, complementarity=0.0)),
+        user_index=data.user_ids - 1,
+        item_index=data.item_ids - 1,
+    )
     with torch.no_grad():
         true_reward = truth.expected_reward(batch).numpy()
+        blind_rho = spearmanr(blind.expected_reward(batch).numpy(), true_reward).statistic
         logged, clicks = logged_slates(data, "test")
         ceiling = roc_auc(clicks.numpy().ravel(), truth.click_probs(logged).numpy().ravel())
     users, items = torch.as_tensor(data.user_features), torch.as_tensor(data.item_features)
-    print(f"true model: test AUC {ceiling:.4f} (the ceiling)\n")
+    print(f"true model: test AUC {ceiling:.4f} (the ceiling)")
+    print(
+        f"true model without satiation and complementarity: rho {blind_rho:.3f} (the "
+        "ceiling of a composition-blind model)\n"
+    )
     print("| simulator | Spearman rho vs true list reward | test AUC | fit (s) |")
     print("|---|---|---|---|")
     for kind in MODEL_KINDS:

@@ -29,7 +29,9 @@ class SyntheticConfig:
         complementarity: Logit bonus per complementary item above.
         base_logit: Global click logit offset.
         policy_noise: Std of the noise on the logging policy's taste estimate.
-        policy_temperature: Softmax temperature of the logging policy.
+        policy_temperature: Softmax temperature of the logging policy. A fairly
+            exploratory default (5): with a greedy policy (0.5) learned simulators
+            ranked random lists far worse (Spearman rho 0.39 vs 0.63 for PBM).
         seed: Seed of everything.
     """
 
@@ -44,8 +46,8 @@ class SyntheticConfig:
     satiation: float = 1.0
     complementarity: float = 0.6
     base_logit: float = 0.0
-    policy_noise: float = 0.5
-    policy_temperature: float = 0.5
+    policy_noise: float = 1.0
+    policy_temperature: float = 5.0
     seed: int = 0
 
     def __post_init__(self) -> None:
