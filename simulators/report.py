@@ -24,10 +24,9 @@ from simulators.base import ClickSimulator, SlateBatch  # noqa: E402
 from simulators.data.pipeline import RerankData  # noqa: E402
 from simulators.search import beam_search, order_sensitivity  # noqa: E402
 from simulators.training import (  # noqa: E402
-    expected_calibration_error,
-    log_loss,
+    calibration_bins,
     logged_slates,
-    roc_auc,
+    prediction_metrics,
 )
 
 
@@ -58,46 +57,54 @@ def simulator_diagnostics(
         ``auc``, ``logloss``, ``ece``, ``sort_reward``, ``beam_reward``, ``headroom``
         (relative gain of beam over sort), ``order_sensitivity`` (mean over lists).
     """
-    model.eval()
     batch, clicks = logged_slates(data, split)
-    probs = model.click_probs(batch).numpy().ravel()
-    labels = clicks.numpy().ravel()
+    labels, probs = _logged_probs(model, batch, clicks)
+    return {
+        **prediction_metrics(labels, probs),
+        **_order_diagnostics(model, data, split, requests, beam_width, permutations, seed),
+    }
+
+
+@torch.no_grad()
+def _logged_probs(
+    model: ClickSimulator, batch: SlateBatch, clicks: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat click labels and the model's probabilities on logged slates."""
+    model.eval()
+    return clicks.numpy().ravel(), model.click_probs(batch).numpy().ravel()
+
+
+@torch.no_grad()
+def _order_diagnostics(
+    model: ClickSimulator,
+    data: RerankData,
+    split: str,
+    requests: int,
+    beam_width: int,
+    permutations: int,
+    seed: int,
+) -> dict[str, float]:
+    """Headroom of beam search over the attractiveness sort, and order sensitivity."""
+    model.eval()
     index = data.split_indices(split)[:requests]
     users = torch.as_tensor(data.request_user[index])
     histories = torch.as_tensor(data.history(index, 50)[0])
     candidates = torch.as_tensor(data.candidates[index])
     length = data.config.slate_length
-    sorted_lists = _attractiveness_sort(model, users, candidates, length)
-    sort_reward = model.expected_reward(SlateBatch(users, sorted_lists, histories)).mean()
+    sorted_batch = SlateBatch(
+        users, _attractiveness_sort(model, users, candidates, length), histories
+    )
+    sort_reward = model.expected_reward(sorted_batch).mean()
     _, beam_values = beam_search(model, users, histories, candidates, length, width=beam_width)
     sensitivity = order_sensitivity(
-        model,
-        SlateBatch(users, sorted_lists, histories),
-        permutations,
-        torch.Generator().manual_seed(seed),
+        model, sorted_batch, permutations, torch.Generator().manual_seed(seed)
     )
     return {
-        "auc": roc_auc(labels, probs),
-        "logloss": log_loss(labels, probs),
-        "ece": expected_calibration_error(labels, probs),
         "sort_reward": float(sort_reward),
         "beam_reward": float(beam_values.mean()),
         "headroom": float(beam_values.mean() / sort_reward - 1),
         "order_sensitivity": float(sensitivity.mean()),
     }
-
-
-def _reliability(model: ClickSimulator, data: RerankData, split: str, bins: int = 15):
-    batch, clicks = logged_slates(data, split)
-    with torch.no_grad():
-        probs = model.click_probs(batch).numpy().ravel()
-    labels = clicks.numpy().ravel()
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
-    filled = [b for b in range(bins) if (which == b).any()]
-    predicted = [probs[which == b].mean() for b in filled]
-    observed = [labels[which == b].mean() for b in filled]
-    return predicted, observed
 
 
 def write_report(
@@ -129,13 +136,16 @@ def write_report(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = {
-        name: {
-            **simulator_diagnostics(model, data, split=split, requests=requests, seed=seed),
+    batch, clicks = logged_slates(data, split)  # shared by every model
+    results, curves = {}, {}
+    for name, model in models.items():
+        labels, probs = _logged_probs(model, batch, clicks)
+        curves[name] = calibration_bins(labels, probs)[:2]
+        results[name] = {
+            **prediction_metrics(labels, probs),
+            **_order_diagnostics(model, data, split, requests, 16, 20, seed),
             **((extra or {}).get(name, {})),
         }
-        for name, model in models.items()
-    }
     columns = list(next(iter(results.values())))
     with open(out / "metrics.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -145,8 +155,7 @@ def write_report(
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
-    for name, model in models.items():
-        predicted, observed = _reliability(model, data, split)
+    for name, (predicted, observed) in curves.items():
         ax.plot(predicted, observed, marker="o", label=name)
     ax.set_xlabel("predicted click probability")
     ax.set_ylabel(f"observed click rate ({split} slates)")

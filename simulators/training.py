@@ -161,16 +161,35 @@ def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
     return float(-np.mean(np.where(labels, np.log(p), np.log(1 - p))))
 
 
-def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
-    """ECE: bin-size-weighted mean gap between predicted and observed click rates."""
+def calibration_bins(
+    labels: np.ndarray, probs: np.ndarray, bins: int = 15
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Equal-width probability bins: mean prediction, observed rate, share of samples.
+
+    Only non-empty bins are returned (the points of a reliability plot).
+    """
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
-    gap = 0.0
-    for b in range(bins):
-        chosen = which == b
-        if chosen.any():
-            gap += chosen.mean() * abs(probs[chosen].mean() - labels[chosen].mean())
-    return float(gap)
+    filled = [b for b in range(bins) if (which == b).any()]
+    predicted = np.array([probs[which == b].mean() for b in filled])
+    observed = np.array([labels[which == b].mean() for b in filled])
+    share = np.array([(which == b).mean() for b in filled])
+    return predicted, observed, share
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """ECE: bin-size-weighted mean gap between predicted and observed click rates."""
+    predicted, observed, share = calibration_bins(labels, probs, bins)
+    return float((share * np.abs(predicted - observed)).sum())
+
+
+def prediction_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """``auc``, ``logloss`` and ``ece`` of click probabilities against click labels."""
+    return {
+        "auc": roc_auc(labels, probs),
+        "logloss": log_loss(labels, probs),
+        "ece": expected_calibration_error(labels, probs),
+    }
 
 
 def bootstrap_users(data: RerankData, seed: int) -> np.ndarray:
@@ -202,9 +221,4 @@ def evaluate_simulator(
     probs = model.click_probs(batch).cpu().numpy().ravel()
     labels = clicks.cpu().numpy().ravel()
     nll = float(-model.log_likelihood(batch, clicks).mean())
-    return {
-        "auc": roc_auc(labels, probs),
-        "logloss": log_loss(labels, probs),
-        "ece": expected_calibration_error(labels, probs),
-        "nll_per_list": nll,
-    }
+    return {**prediction_metrics(labels, probs), "nll_per_list": nll}
