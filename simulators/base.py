@@ -120,12 +120,22 @@ class ClickSimulator(nn.Module, ABC):
     Attributes:
         n_users: Users the simulator knows.
         n_items: Items of its catalogue.
+        max_positions: Longest list it can score (``None``: any length).
     """
 
-    def __init__(self, n_users: int, n_items: int) -> None:
+    def __init__(self, n_users: int, n_items: int, max_positions: int | None = None) -> None:
         super().__init__()
         self.n_users = n_users
         self.n_items = n_items
+        self.max_positions = max_positions
+
+    def _check_length(self, batch: SlateBatch) -> None:
+        length = batch.items.shape[1]
+        if self.max_positions is not None and length > self.max_positions:
+            raise ValueError(
+                f"{type(self).__name__} knows {self.max_positions} positions, got lists of "
+                f"{length}; refit with max_positions >= {length}"
+            )
 
     @abstractmethod
     def position_click_probs(self, batch: SlateBatch) -> torch.Tensor:
@@ -145,6 +155,7 @@ class ClickSimulator(nn.Module, ABC):
         """
         if validate:
             check_batch(batch, self.n_users, self.n_items)
+        self._check_length(batch)
         probs = self.position_click_probs(batch)
         if validate and not torch.isfinite(probs).all():
             raise ValueError(f"{type(self).__name__} produced non-finite click probabilities")

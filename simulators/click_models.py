@@ -100,21 +100,15 @@ class _AttractivenessSimulator(ClickSimulator):
 
     def __init__(self, attractiveness: Attractiveness, max_positions: int) -> None:
         super().__init__(
-            attractiveness.user_bias.num_embeddings, attractiveness.item_bias.num_embeddings
+            attractiveness.user_bias.num_embeddings,
+            attractiveness.item_bias.num_embeddings,
+            max_positions,
         )
         self.attractiveness = attractiveness
-        self.max_positions = max_positions
 
     def attract_probs(self, batch: SlateBatch) -> torch.Tensor:
         """``P(user likes item)`` at every position, ``[B, K]``."""
         return torch.sigmoid(self.attractiveness(batch.users, batch.items))
-
-    def _check_length(self, batch: SlateBatch) -> None:
-        if batch.items.shape[1] > self.max_positions:
-            raise ValueError(
-                f"{type(self).__name__} knows {self.max_positions} positions, got lists of "
-                f"{batch.items.shape[1]}; refit with max_positions >= {batch.items.shape[1]}"
-            )
 
 
 class PointwiseModel(_AttractivenessSimulator):
@@ -164,7 +158,6 @@ class PositionBasedModel(_AttractivenessSimulator):
 
     def position_click_probs(self, batch: SlateBatch) -> torch.Tensor:
         """Examination times attractiveness."""
-        self._check_length(batch)
         k = batch.items.shape[1]
         return self.examination[:k] * self.attract_probs(batch)
 
@@ -200,7 +193,6 @@ class DependentClickModel(_AttractivenessSimulator):
 
     def position_click_probs(self, batch: SlateBatch) -> torch.Tensor:
         """Forward recursion over positions (padded positions do not stop the scan)."""
-        self._check_length(batch)
         attract = self.attract_probs(batch)
         go_on = 1 - attract + attract * self.continuation[: attract.shape[1]]
         # exam_k = prod_{j<k} go_on_j: an exclusive cumulative product.

@@ -53,7 +53,7 @@ class ComposedSimulator(ClickSimulator):
         diversity_strength: float = 2.0,
         max_positions: int = 6,
     ) -> None:
-        super().__init__(base.n_users, base.n_items)
+        super().__init__(base.n_users, base.n_items, max_positions)
         if item_vectors.shape[0] != base.n_items:
             raise ValueError(
                 f"item_vectors has {item_vectors.shape[0]} rows, the base simulator "
@@ -74,7 +74,6 @@ class ComposedSimulator(ClickSimulator):
         self.register_buffer("examination", exam)
         self.register_buffer("unit_vectors", F.normalize(item_vectors.float(), dim=1))
         self.diversity_strength = diversity_strength
-        self.max_positions = max_positions
 
     def with_base(self, base: ClickSimulator) -> ComposedSimulator:
         """The same composition effects over another base simulator."""
@@ -96,10 +95,6 @@ class ComposedSimulator(ClickSimulator):
     def position_click_probs(self, batch: SlateBatch) -> torch.Tensor:
         """``exam_k * sigmoid(base logit - strength * redundancy)``."""
         k = batch.items.shape[1]
-        if k > self.max_positions:
-            raise ValueError(
-                f"ComposedSimulator knows {self.max_positions} positions, got lists of {k}"
-            )
         base = self.base.click_probs(batch, validate=False).clamp(1e-6, 1 - 1e-6)
         logits = torch.logit(base) - self.diversity_strength * self.redundancy(batch.items)
         return self.examination[:k] * torch.sigmoid(logits)

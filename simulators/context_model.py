@@ -40,10 +40,11 @@ class ContextAwareSimulator(ClickSimulator):
         seed: int = 0,
     ) -> None:
         super().__init__(
-            attractiveness.user_bias.num_embeddings, attractiveness.item_bias.num_embeddings
+            attractiveness.user_bias.num_embeddings,
+            attractiveness.item_bias.num_embeddings,
+            max_positions,
         )
         self.attractiveness = attractiveness
-        self.max_positions = max_positions
         dim = attractiveness.user_embedding.embedding_dim
         with isolated_torch_rng(seed):
             self.position_embedding = nn.Embedding(max_positions + 1, dim)
@@ -70,10 +71,6 @@ class ContextAwareSimulator(ClickSimulator):
     def position_click_probs(self, batch: SlateBatch) -> torch.Tensor:
         """Attractiveness logit plus the causal Transformer's correction."""
         k = batch.items.shape[1]
-        if k > self.max_positions:
-            raise ValueError(
-                f"ContextAwareSimulator knows {self.max_positions} positions, got lists of {k}"
-            )
         items = self.attractiveness.item_vectors(batch.items.clamp(min=0))
         tokens = torch.cat([self._context(batch)[:, None, :], items], dim=1)
         tokens = tokens + self.position_embedding.weight[: k + 1]
