@@ -143,7 +143,9 @@ def write_report(
         curves[name] = calibration_bins(labels, probs)[:2]
         results[name] = {
             **prediction_metrics(labels, probs),
-            **_order_diagnostics(model, data, split, requests, 16, 20, seed),
+            **_order_diagnostics(
+                model, data, split, requests, beam_width=16, permutations=20, seed=seed
+            ),
             **((extra or {}).get(name, {})),
         }
     columns = list(next(iter(results.values())))

@@ -85,31 +85,11 @@ def fit_simulator(
         train_rows: Rows of the training slates to fit on, with repeats allowed (a
             bootstrap resample); ``None`` uses all of them.
     """
-    with isolated_torch_rng(seed):  # dropout draws from torch's global generator
-        return _fit(
-            model, data, epochs, batch_size, learning_rate, weight_decay, patience, seed,
-            progress, device, train_rows,
-        )  # fmt: skip
-
-
-def _fit(
-    model: ClickSimulator,
-    data: RerankData,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
-    weight_decay: float,
-    patience: int,
-    seed: int,
-    progress: bool,
-    device: str | torch.device,
-    train_rows: np.ndarray | None,
-) -> FitResult:
     model.to(device)
     train, train_clicks = logged_slates(data, "train", device=device)
     if train_rows is not None:
-        rows = torch.as_tensor(train_rows, dtype=torch.long, device=device)
-        train, train_clicks = _rows(train, rows), train_clicks[rows]
+        picked = torch.as_tensor(train_rows, dtype=torch.long, device=device)
+        train, train_clicks = _rows(train, picked), train_clicks[picked]
     valid, valid_clicks = logged_slates(data, "valid", device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
@@ -118,28 +98,29 @@ def _fit(
     bar = tqdm(
         range(epochs), desc=f"fit {type(model).__name__}", disable=None if progress else True
     )
-    for epoch in bar:
-        model.train()
-        order = torch.randperm(len(train.users), generator=generator).to(device)
-        total = 0.0
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            loss = -model.log_likelihood(_rows(train, rows), train_clicks[rows]).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(rows)
-        result.train_nll.append(total / len(order))
-        model.eval()
-        with torch.no_grad():
-            valid_nll = float(-model.log_likelihood(valid, valid_clicks).mean())
-        result.valid_nll.append(valid_nll)
-        bar.set_postfix(valid_nll=f"{valid_nll:.4f}")
-        if valid_nll < best - 1e-5:
-            best, result.best_epoch = valid_nll, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        elif epoch - result.best_epoch >= patience:
-            break
+    with isolated_torch_rng(seed):  # dropout draws from torch's global generator
+        for epoch in bar:
+            model.train()
+            order = torch.randperm(len(train.users), generator=generator).to(device)
+            total = 0.0
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                loss = -model.log_likelihood(_rows(train, rows), train_clicks[rows]).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(rows)
+            result.train_nll.append(total / len(order))
+            model.eval()
+            with torch.no_grad():
+                valid_nll = float(-model.log_likelihood(valid, valid_clicks).mean())
+            result.valid_nll.append(valid_nll)
+            bar.set_postfix(valid_nll=f"{valid_nll:.4f}")
+            if valid_nll < best - 1e-5:
+                best, result.best_epoch = valid_nll, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            elif epoch - result.best_epoch >= patience:
+                break
     model.load_state_dict(best_state)
     model.eval()
     return result
