@@ -12,14 +12,25 @@ from pathlib import Path
 import torch
 
 from simulators.checkpoint import CheckpointError, load_simulator, save_simulator
-from simulators.data.datasets import MOVIELENS_DATASETS, data_checksum, load_rerank_data
+from simulators.data.datasets import DATASETS, data_checksum, load_rerank_data
 from simulators.data.paths import cache_dir
 from simulators.factory import MODEL_KINDS, SimulatorSpec, build_simulator, learned_members
 from simulators.training import bootstrap_users, evaluate_simulator, fit_simulator
 
 
+def _add_fit_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and ``report``: data, fitting, composition."""
+    parser.add_argument("--dataset", choices=DATASETS, default="ml-100k")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--position-bias", type=float, default=1.0)
+    parser.add_argument("--diversity-strength", type=float, default=2.0)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``simulator train`` and ``simulator evaluate``."""
+    """Register ``simulator train``, ``report`` and ``evaluate``."""
     parser = subparsers.add_parser("simulator", help="train and evaluate click simulators")
     commands = parser.add_subparsers(dest="simulator_command", metavar="ACTION", required=True)
 
@@ -30,14 +41,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "validation likelihood), report AUC, logloss and ECE on valid and test, and save "
         "a versioned checkpoint.",
     )
-    train.add_argument("--dataset", choices=MOVIELENS_DATASETS, default="ml-100k")
-    train.add_argument("--data-dir", default=None)
+    _add_fit_options(train)
     train.add_argument("--model", choices=MODEL_KINDS, default="transformer")
-    train.add_argument("--dim", type=int, default=32)
-    train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--batch-size", type=int, default=256)
     train.add_argument("--learning-rate", type=float, default=5e-3)
-    train.add_argument("--seed", type=int, default=0)
     train.add_argument(
         "--members",
         type=int,
@@ -50,8 +57,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="wrap the model with the examination prior and diminishing returns",
     )
-    train.add_argument("--position-bias", type=float, default=1.0)
-    train.add_argument("--diversity-strength", type=float, default=2.0)
     train.add_argument(
         "--out", type=Path, default=None, help="checkpoint path (default: the user cache)"
     )
@@ -65,14 +70,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "write a side-by-side report: AUC, logloss, ECE, reliability plot, headroom and "
         "order sensitivity.",
     )
-    report.add_argument("--dataset", choices=MOVIELENS_DATASETS, default="ml-100k")
-    report.add_argument("--data-dir", default=None)
-    report.add_argument("--epochs", type=int, default=20)
-    report.add_argument("--dim", type=int, default=32)
+    _add_fit_options(report)
     report.add_argument("--requests", type=int, default=200)
-    report.add_argument("--seed", type=int, default=0)
-    report.add_argument("--position-bias", type=float, default=1.0)
-    report.add_argument("--diversity-strength", type=float, default=2.0)
     report.add_argument("--out", type=Path, default=Path("runs/simulator-report"))
     report.set_defaults(handler=run_report)
 
