@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/bench_sim_to_real.py [--requests 500] [--weight-decay 1e-3]
+    python benchmarks/bench_sim_to_real.py [--requests 500] [--weight-decay 1e-3] \
+        [--world sessions_per_user=75,n_users=2000]
 
 Fits every learned simulator on the synthetic world's logs (the same pipeline as
 real data) and prints, for random 6-item lists of test requests' candidates, the
@@ -14,6 +15,7 @@ Issue 3's target: Spearman rho >= 0.9.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -27,14 +29,31 @@ from simulators.synthetic import SyntheticWorld, TrueClickModel, true_simulator_
 from simulators.training import evaluate_simulator, fit_simulator, logged_slates, roc_auc
 
 
+def _world(overrides: str) -> SyntheticConfig:
+    """``SyntheticConfig`` with ``key=value,...`` overrides (values parsed as numbers)."""
+    fields = {field.name: field.type for field in dataclasses.fields(SyntheticConfig)}
+    changes = {}
+    for item in filter(None, overrides.split(",")):
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise SystemExit(f"--world: unknown field {key!r}; fields: {', '.join(fields)}")
+        changes[key] = float(value) if "." in value or "e" in value else int(value)
+    return dataclasses.replace(SyntheticConfig(), **changes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--weight-decay", type=float, default=1e-3)
+    parser.add_argument(
+        "--world", default="", help="SyntheticConfig overrides, e.g. sessions_per_user=75"
+    )
     args = parser.parse_args()
-    data = load_rerank_data("synthetic", progress=False)
-    truth = true_simulator_for(data).eval()
+    world = _world(args.world)
+    print(f"world: {world}")
+    data = load_rerank_data("synthetic", synthetic=world, progress=False)
+    truth = true_simulator_for(data, world).eval()
     test = data.split_indices("test")[: args.requests]
     generator = torch.Generator().manual_seed(0)
     candidates = torch.as_tensor(data.candidates[test])
@@ -47,7 +66,7 @@ def main() -> None:
         torch.as_tensor(data.history(test, 50)[0]),
     )
     blind = TrueClickModel(
-        SyntheticWorld(SyntheticConfig(satiation=0.0, complementarity=0.0)),
+        SyntheticWorld(dataclasses.replace(world, satiation=0.0, complementarity=0.0)),
         user_index=data.user_ids - 1,
         item_index=data.item_ids - 1,
     )

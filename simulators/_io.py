@@ -14,7 +14,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
     The content goes to a temporary file in the same folder, is flushed to disk, then
     renamed over ``path``: readers see the old file or the complete new one, and an
-    interrupted write leaves no partial file behind.
+    interrupted write leaves no partial file behind. The file is readable by all
+    (mode 0644, as a plain ``open`` would make it), not mkstemp's private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,6 +25,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             write(out)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(temp_name, 0o644)
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

@@ -8,7 +8,8 @@ documented, adjustable effects, both top-down:
 
 * **examination**: ``P(click_k) = exam_k * ...``, how likely slot ``k`` is looked
   at. Default prior ``exam_k = (1 / log2(k + 2)) ** position_bias`` (the DCG
-  discount); estimate it from randomised logs where they identify it.
+  discount), or estimated from the logs of a uniformly random policy where they
+  identify it (:func:`examination_from_randomised_logs`).
 * **diminishing returns**: an item similar to one shown above it is less
   attractive: its logit drops by ``diversity_strength * max_{j<k} sim(i_k, i_j)``
   with ``sim`` the cosine similarity of item vectors (clipped at 0).
@@ -19,6 +20,7 @@ With ``position_bias = 0`` and ``diversity_strength = 0`` it is the base simulat
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +31,42 @@ def dcg_examination(positions: int, position_bias: float = 1.0) -> torch.Tensor:
     """``(1 / log2(k + 2)) ** position_bias`` for ``k = 0 .. positions - 1``."""
     k = torch.arange(positions, dtype=torch.float32)
     return (1.0 / torch.log2(k + 2.0)) ** position_bias
+
+
+def examination_from_randomised_logs(
+    clicks: np.ndarray, impressions: np.ndarray, *, min_clicks: int = 100
+) -> torch.Tensor:
+    """Relative examination per position from logs of a uniformly random policy.
+
+    Under a policy that puts every item at every position with equal probability,
+    the click rate at position ``k`` is ``exam_k`` times the same mean
+    attractiveness, so ``ctr_k / ctr_0`` estimates ``exam_k / exam_0``. The result is
+    scaled so the most examined position has 1 (the absolute scale is not
+    identified; the attractiveness model absorbs it).
+
+    Args:
+        clicks: Clicks per position, ``[K]`` (e.g. ``OpenBanditData.position_ctr()``).
+        impressions: Impressions per position, ``[K]``.
+        min_clicks: Fewest clicks any position may have: below it the ratio is noise
+            (with 10 clicks the 95% interval of a rate spans about -50% to +80%).
+
+    Raises:
+        ValueError: Shapes differ, or a position has fewer than ``min_clicks`` clicks.
+    """
+    clicks, impressions = np.asarray(clicks), np.asarray(impressions)
+    if clicks.shape != impressions.shape or clicks.ndim != 1:
+        raise ValueError(
+            f"clicks and impressions must be 1-D of the same length, got shapes "
+            f"{clicks.shape} and {impressions.shape}"
+        )
+    if (clicks < min_clicks).any():
+        raise ValueError(
+            f"too few clicks to identify examination: {clicks.tolist()} per position, "
+            f"need >= {min_clicks} at each (min_clicks). Use more randomised logs, or "
+            "the DCG prior (dcg_examination)"
+        )
+    rate = clicks / impressions
+    return torch.as_tensor(rate / rate.max(), dtype=torch.float32)
 
 
 class ComposedSimulator(ClickSimulator):

@@ -173,18 +173,16 @@ def prediction_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float
     }
 
 
-def bootstrap_users(data: RerankData, seed: int) -> np.ndarray:
-    """Rows of the training slates for a resample of training users (with replacement).
+def bootstrap_slates(data: RerankData, seed: int) -> np.ndarray:
+    """Rows of the training slates resampled with replacement (a bootstrap).
 
-    Users, not slates, are resampled, so an ensemble's members disagree where users
-    are few or unusual.
+    Slates, not users, are resampled, so most users keep some slates (a user with
+    ``k`` slates loses all with probability about ``e^-k``). Resampling whole users
+    left a third of them untrained in each member.
     """
     rng = np.random.default_rng(seed)
-    train_users = data.request_user[data.split_indices("train")]
-    users = np.unique(train_users)
-    drawn = rng.choice(users, size=len(users), replace=True)
-    rows_of = {u: np.flatnonzero(train_users == u) for u in users}
-    return np.concatenate([rows_of[u] for u in drawn])
+    count = len(data.split_indices("train"))
+    return np.sort(rng.integers(0, count, size=count))
 
 
 @torch.no_grad()

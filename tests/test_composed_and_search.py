@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,3 +118,26 @@ def test_order_sensitivity_is_zero_without_position_or_context_effects() -> None
     torch.testing.assert_close(flat, torch.zeros_like(flat), atol=1e-6, rtol=0)
     sensitive = order_sensitivity(_composed(), batch, 10, torch.Generator().manual_seed(0))
     assert (sensitive > 0.01).all()
+
+
+def test_examination_from_randomised_logs_recovers_relative_examination() -> None:
+    from simulators.composed import examination_from_randomised_logs
+
+    true_exam = np.array([1.0, 0.6, 0.3])
+    rng = np.random.default_rng(0)
+    shown = np.full(3, 200_000)
+    clicks = rng.binomial(shown, 0.05 * true_exam)
+    exam = examination_from_randomised_logs(clicks, shown).numpy()
+    np.testing.assert_allclose(exam, true_exam, rtol=0.05)
+    assert exam.max() == 1.0
+
+
+def test_examination_from_randomised_logs_refuses_too_few_clicks(data_root) -> None:
+    from simulators.composed import examination_from_randomised_logs
+    from simulators.data import load_open_bandit
+
+    clicks, shown = load_open_bandit(data_root / "open-bandit").position_ctr()
+    with pytest.raises(ValueError, match=r"too few clicks .*\[13, 14, 11\] per position"):
+        examination_from_randomised_logs(clicks, shown)
+    with pytest.raises(ValueError, match="same length"):
+        examination_from_randomised_logs(np.ones(3), np.ones(4))

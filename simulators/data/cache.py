@@ -73,7 +73,7 @@ def write_cache(path: Path, data: RerankData, data_checksum: str) -> None:
         "user_feature_names": list(data.user_feature_names),
         "item_feature_names": list(data.item_feature_names),
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "package_version": _package_version(),
+        "package_version": package_version(),
     }
     arrays = {
         f.name: getattr(data, f.name)
@@ -84,7 +84,8 @@ def write_cache(path: Path, data: RerankData, data_checksum: str) -> None:
     atomic_write(path, lambda out: np.savez(out, **arrays))
 
 
-def _package_version() -> str:
+def package_version() -> str:
+    """Installed version of rerank-env (recorded in caches and bundles)."""
     # From the installed distribution: simulators must not import rerank_env.
     try:
         return importlib.metadata.version("rerank-env")

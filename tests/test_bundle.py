@@ -1,0 +1,192 @@
+"""The embedded simulator bundle: offline loading, integrity, and reproducibility."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from simulators.base import SlateBatch
+from simulators.bundle import (
+    DEFAULT_BUNDLE_DIR,
+    BundleConfig,
+    RequestPool,
+    build_bundle,
+    load_bundle,
+)
+from simulators.checkpoint import CheckpointError
+from simulators.data import PipelineConfig, load_rerank_data
+from simulators.data.datasets import data_checksum
+from simulators.data.errors import ConfigError
+from simulators.training import evaluate_simulator
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle()
+
+
+@pytest.fixture(scope="module")
+def raw_data(data_root):
+    manifest = json.loads((DEFAULT_BUNDLE_DIR / "manifest.json").read_text())
+    config = PipelineConfig(**manifest["data_config"])
+    return load_rerank_data("ml-100k", data_root, config, progress=False)
+
+
+def test_embedded_bundle_loads_without_raw_data(bundle, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("RERANK_ENV_DATA", str(tmp_path / "nothing-here"))
+    loaded = load_bundle()
+    pool = loaded.pool
+    assert sorted(loaded.kinds) == ["cascade", "dcm", "pbm", "transformer"]
+    assert pool.dataset == "ml-100k"
+    facts = loaded.manifest["pool"]
+    assert (pool.n_requests, pool.n_users, pool.n_items) == (
+        facts["requests"],
+        facts["users"],
+        facts["items"],
+    )
+    assert (pool.num_candidates, pool.slate_length) == (50, 6)
+    # A request never offers an item twice, and never one of the user's history.
+    ordered = np.sort(pool.candidates, axis=1)
+    assert (np.diff(ordered, axis=1) > 0).all()
+    history_hits = (pool.candidates[:, :, None] == pool.histories[:, None, :]).any(axis=(1, 2))
+    assert not history_hits.any()
+    assert {s: len(pool.split_indices(s)) for s in ("train", "valid", "test")} == facts[
+        "split_sizes"
+    ]
+
+
+def test_shipped_weights_reproduce_the_manifest_metrics(bundle) -> None:
+    for kind in bundle.kinds:
+        train, held_out = bundle.simulators(kind, composed=False)
+        recorded = bundle.manifest["simulators"][kind]["metrics"]
+        for role, model in (("train", train), ("held_out", held_out)):
+            measured = evaluate_simulator(model, bundle.pool, "test")
+            for name in ("auc", "logloss", "ece"):
+                assert measured[name] == pytest.approx(recorded[role]["test"][name], abs=1e-5)
+
+
+def test_training_and_held_out_simulators_differ_but_agree_on_average(bundle) -> None:
+    train, held_out = bundle.simulators()
+    test = bundle.pool.split_indices("test")[:300]
+    batch = SlateBatch(
+        torch.as_tensor(bundle.pool.request_user[test]),
+        torch.as_tensor(bundle.pool.candidates[test, :6]),
+        torch.as_tensor(bundle.pool.history(test)[0]),
+    )
+    with torch.no_grad():
+        a, b = train.expected_reward(batch), held_out.expected_reward(batch)
+    assert not torch.allclose(a, b)
+    assert np.corrcoef(a.numpy(), b.numpy())[0, 1] > 0.8
+    # The composition defaults come from the manifest; overriding them changes rewards.
+    flat, _ = bundle.simulators(position_bias=0.0, diversity_strength=0.0)
+    with torch.no_grad():
+        assert (flat.expected_reward(batch) > a).all()
+    users, items = bundle.representations()
+    assert users.shape == (bundle.pool.n_users, 32) and items.shape == (bundle.pool.n_items, 32)
+
+
+def test_default_simulator_has_the_target_headroom(bundle) -> None:
+    diagnostics = bundle.manifest["default_simulator"]["test_diagnostics"]
+    assert diagnostics["headroom"] >= 0.05
+    assert bundle.manifest["default_simulator"]["kind"] == "transformer"
+
+
+def test_pool_matches_one_rebuilt_from_the_raw_files(bundle, raw_data, data_root) -> None:
+    assert bundle.manifest["data_checksum"] == data_checksum("ml-100k", data_root)
+    rebuilt = RequestPool.from_data(raw_data, bundle.manifest["bundle_config"]["history_length"])
+    for name, value in rebuilt.arrays().items():
+        np.testing.assert_array_equal(getattr(bundle.pool, name), value, err_msg=name)
+    # The pool's history is RerankData's history, for every length it can serve.
+    rows = np.arange(0, raw_data.n_requests, 97)
+    for length in (1, 10, 50):
+        ours, theirs = bundle.pool.history(rows, length), raw_data.history(rows, length)
+        np.testing.assert_array_equal(ours[0], theirs[0])
+        np.testing.assert_array_equal(ours[1], theirs[1])
+
+
+def test_retrained_small_bundle_matches_the_manifest(bundle, raw_data, data_root, tmp_path) -> None:
+    shipped = bundle.manifest
+    config = dataclasses.replace(
+        BundleConfig(**{**shipped["bundle_config"], "kinds": ("transformer", "pbm")}),
+        headroom_requests=shipped["bundle_config"]["headroom_requests"],
+    )
+    out = build_bundle(
+        raw_data,
+        tmp_path / "bundle",
+        config,
+        data_checksum=data_checksum("ml-100k", data_root),
+        progress=False,
+    )
+    retrained = load_bundle(out)
+    assert retrained.manifest["data_checksum"] == shipped["data_checksum"]
+    assert retrained.manifest["data_config"] == shipped["data_config"]
+    for kind in ("transformer", "pbm"):
+        for role in ("train", "held_out"):
+            ours = retrained.manifest["simulators"][kind]["metrics"][role]["test"]
+            theirs = shipped["simulators"][kind]["metrics"][role]["test"]
+            assert ours["auc"] == pytest.approx(theirs["auc"], abs=5e-3), (kind, role)
+            assert ours["logloss"] == pytest.approx(theirs["logloss"], abs=5e-3), (kind, role)
+    ours = retrained.manifest["default_simulator"]["test_diagnostics"]["headroom"]
+    theirs = shipped["default_simulator"]["test_diagnostics"]["headroom"]
+    assert ours == pytest.approx(theirs, abs=0.01)
+    assert not list(tmp_path.glob(".bundle.*")), "staging folders must be cleaned up"
+
+
+def _copy_bundle(tmp_path: Path) -> Path:
+    return Path(shutil.copytree(DEFAULT_BUNDLE_DIR, tmp_path / "copy"))
+
+
+def test_damaged_file_is_refused(tmp_path) -> None:
+    folder = _copy_bundle(tmp_path)
+    data = bytearray((folder / "pbm.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / "pbm.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"pbm\.pt does not match the SHA-256"):
+        load_bundle(folder)
+
+
+def test_other_format_version_is_refused(tmp_path) -> None:
+    folder = _copy_bundle(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="format version 99; this rerank-env reads version 1"):
+        load_bundle(folder)
+
+
+def test_missing_bundle_and_missing_file_are_explained(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="no simulator bundle at .*simulator bundle --out"):
+        load_bundle(tmp_path / "absent")
+    folder = _copy_bundle(tmp_path)
+    (folder / "dcm.pt").unlink()
+    with pytest.raises(CheckpointError, match="missing dcm.pt"):
+        load_bundle(folder)
+
+
+def test_interrupted_build_leaves_nothing_behind(raw_data, tmp_path, monkeypatch) -> None:
+    import simulators.training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(simulators.training, "fit_simulator", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_bundle(raw_data, tmp_path / "bundle", BundleConfig(kinds=("pbm",)), data_checksum="x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_config_and_requests_are_refused(bundle) -> None:
+    with pytest.raises(ConfigError, match="members must be >= 2"):
+        BundleConfig(members=1)
+    with pytest.raises(ConfigError, match="kinds must be a non-empty subset"):
+        BundleConfig(kinds=("dbn",))
+    with pytest.raises(ValueError, match="this bundle has no 'dbn' simulator"):
+        bundle.simulators("dbn")
+    with pytest.raises(ValueError, match="max_length=51 exceeds the 50 history items"):
+        bundle.pool.history([0], 51)
