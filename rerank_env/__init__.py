@@ -1,6 +1,42 @@
 """Gymnasium environments for slate reranking.
 
+Importing this package registers the environments::
+
+    import gymnasium as gym
+    import rerank_env  # noqa: F401  (or gym.make("rerank_env:SlateRerank-v0"))
+
+    env = gym.make("SlateRerank-v0")
+    envs = gym.make_vec("SlateRerank-v0", num_envs=1024)  # native, batched
+
 This layer may import :mod:`simulators`, never :mod:`agents`.
 """
 
+from gymnasium.envs.registration import register
+
 __version__ = "0.1.0"
+
+_STEPWISE = {
+    "entry_point": "rerank_env.env:SlateRerankEnv",
+    "vector_entry_point": "rerank_env.vector:SlateRerankVectorEnv",
+}
+
+#: Registered ids and the keyword arguments each fixes (variants are ids, not classes).
+VARIANTS: dict[str, dict] = {
+    "SlateRerank-v0": {},
+    "SlateRerankDense-v0": {"reward_mode": "dense"},
+    "SlateRerank-PBM-v0": {"simulator": "pbm"},
+    "SlateRerank-DCM-v0": {"simulator": "dcm"},
+    "SlateRerank-Cascade-v0": {"simulator": "cascade"},
+    "SlateRerankSynthetic-v0": {"dataset": "synthetic"},
+}
+
+for _env_id, _kwargs in VARIANTS.items():
+    register(id=_env_id, kwargs=_kwargs, **_STEPWISE)
+
+register(id="SlateRerankList-v0", entry_point="rerank_env.env:SlateRerankListEnv")
+VARIANTS["SlateRerankList-v0"] = {}
+
+from rerank_env.core import InvalidActionError  # noqa: E402
+from rerank_env.task import RerankTask, make_task  # noqa: E402
+
+__all__ = ["VARIANTS", "InvalidActionError", "RerankTask", "make_task"]

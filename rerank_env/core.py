@@ -1,0 +1,242 @@
+"""Episodes stepped in lockstep: the one implementation behind both environments.
+
+The single environment is an :class:`EpisodeBatch` of one; the native vector
+environment is one of ``num_envs``. Both therefore compute rewards with the same
+code, and a vector environment's sub-environment ``i`` reproduces a single
+environment seeded ``seed + i`` (tested).
+
+Randomness: each sub-environment has its own ``numpy`` generator (the single env's
+``np_random``). An episode consumes one row of ``1 + L`` uniforms from it: the first
+picks the request, the others decide the sampled clicks (``click_mode="sampled"``).
+Rows are drawn in blocks of :data:`ROWS_PER_DRAW` episodes, so the vector
+environment draws for 1,024 sub-environments once per 64 episodes, not per step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from rerank_env.task import RerankTask
+from simulators.base import PAD, SlateBatch
+
+RewardMode = Literal["sparse", "dense"]
+ClickMode = Literal["expected", "sampled"]
+Features = Literal["dense", "indices"]
+ROWS_PER_DRAW = 64
+
+
+class InvalidActionError(ValueError):
+    """An action that is masked, out of range, or not an integer."""
+
+
+def check_modes(reward_mode: str, click_mode: str, features: str, split: str) -> None:
+    """Refuse unknown mode strings, naming the valid ones."""
+    for name, value, valid in (
+        ("reward_mode", reward_mode, ("sparse", "dense")),
+        ("click_mode", click_mode, ("expected", "sampled")),
+        ("features", features, ("dense", "indices")),
+        ("split", split, ("train", "valid", "test")),
+    ):
+        if value not in valid:
+            raise ValueError(f"{name} must be one of {valid}, got {value!r}")
+
+
+class EpisodeBatch:
+    """State and dynamics of ``size`` episodes that start and end together.
+
+    Args:
+        task: The shared task (requests, simulators).
+        size: Episodes stepped together.
+        split: Requests are drawn from this split only.
+        reward_mode: ``"sparse"`` (the list reward at the last step) or ``"dense"``
+            (each step's marginal gain in the prefix value).
+        click_mode: ``"expected"`` (click probabilities) or ``"sampled"`` (clicks).
+    """
+
+    def __init__(
+        self,
+        task: RerankTask,
+        size: int,
+        *,
+        split: str,
+        reward_mode: RewardMode,
+        click_mode: ClickMode,
+    ) -> None:
+        self.task = task
+        self.size = size
+        self.split = split
+        self.reward_mode = reward_mode
+        self.click_mode = click_mode
+        n, length = task.num_candidates, task.slate_length
+        self.split_requests = task.requests(split)
+        self.request = np.zeros(size, dtype=np.int64)
+        self.slate = np.full((size, length), PAD, dtype=np.int64)
+        self.mask = np.ones((size, n), dtype=np.int8)
+        self.probs = np.zeros((size, length), dtype=np.float64)
+        self.step_rewards = np.zeros((size, length), dtype=np.float64)
+        self.clicks = np.zeros((size, length), dtype=bool)
+        self.uniforms = np.zeros((size, length), dtype=np.float64)
+        self.t = 0
+        self.active = False
+        self._rows = np.zeros((size, ROWS_PER_DRAW, 1 + length), dtype=np.float64)
+        self._next_row = np.full(size, ROWS_PER_DRAW, dtype=np.int64)
+        self._arange = np.arange(size)
+        self._requests_t = torch.zeros(size, dtype=torch.long, device=task.device)
+
+    def forget_rows(self, envs: np.ndarray) -> None:
+        """Discard buffered uniforms of ``envs`` (their generator was just re-seeded)."""
+        self._next_row[envs] = ROWS_PER_DRAW
+
+    def start(
+        self,
+        generators: list[np.random.Generator],
+        requests: np.ndarray | None = None,
+    ) -> None:
+        """Begin new episodes in every slot, drawing each slot's row from its generator.
+
+        Args:
+            generators: One generator per slot.
+            requests: Force these requests (one per slot, from this split); the
+                row is still consumed, so the random stream does not depend on it.
+        """
+        for env in np.flatnonzero(self._next_row >= ROWS_PER_DRAW):
+            self._rows[env] = generators[env].random((ROWS_PER_DRAW, self._rows.shape[2]))
+            self._next_row[env] = 0
+        rows = self._rows[self._arange, self._next_row]
+        self._next_row += 1
+        if requests is None:
+            count = len(self.split_requests)
+            picks = np.minimum((rows[:, 0] * count).astype(np.int64), count - 1)
+            requests = self.split_requests[picks]
+        else:
+            requests = np.asarray(requests, dtype=np.int64).reshape(self.size)
+            outside = ~np.isin(requests, self.split_requests)
+            if outside.any():
+                bad = int(requests[outside][0])
+                raise ValueError(
+                    f"request {bad} is not a {self.split!r} request (valid: "
+                    f"{self.split!r} requests, task.requests({self.split!r})); splits never mix"
+                )
+        self.request[:] = requests
+        self._requests_t = torch.as_tensor(self.request, device=self.task.device)
+        self.uniforms[:] = rows[:, 1:]
+        self.slate.fill(PAD)
+        self.mask.fill(1)
+        self.probs.fill(0.0)
+        self.step_rewards.fill(0.0)
+        self.clicks.fill(False)
+        self.t = 0
+        self.active = True
+
+    def validate(self, actions: Any, shown: Any = None) -> np.ndarray:
+        """Actions as int64 ``[size]``, or :class:`InvalidActionError` naming the problem.
+
+        ``shown`` is the action as the caller passed it (for the message).
+        """
+        raw = np.asarray(actions)
+        if raw.dtype == bool or not np.issubdtype(raw.dtype, np.integer):
+            raise InvalidActionError(
+                f"action {actions if shown is None else shown!r} must be an integer "
+                f"candidate position (dtype "
+                f"{raw.dtype} given); valid: the unmasked positions in 0..{self.mask.shape[1] - 1}"
+            )
+        actions = raw.astype(np.int64).reshape(self.size)
+        n = self.mask.shape[1]
+        outside = (actions < 0) | (actions >= n)
+        if outside.any():
+            env = int(np.flatnonzero(outside)[0])
+            raise InvalidActionError(
+                f"action {int(actions[env])}{self._where(env)} is out of range; valid: "
+                f"{self._valid(env)} (Discrete({n}) with already placed items masked)"
+            )
+        masked = self.mask[self._arange, actions] == 0
+        if masked.any():
+            env = int(np.flatnonzero(masked)[0])
+            raise InvalidActionError(
+                f"action {int(actions[env])}{self._where(env)} places a candidate that is "
+                f"already in the slate {self.slate[env, : self.t].tolist()}; valid: "
+                f"{self._valid(env)}"
+            )
+        return actions
+
+    def _where(self, env: int) -> str:
+        return f" of sub-environment {env}" if self.size > 1 else ""
+
+    def _valid(self, env: int) -> str:
+        valid = np.flatnonzero(self.mask[env])
+        shown = ", ".join(map(str, valid[:12])) + (", ..." if len(valid) > 12 else "")
+        return f"[{shown}] ({len(valid)} positions; see action_masks())"
+
+    @torch.no_grad()
+    def place(self, actions: Any, shown: Any = None) -> tuple[np.ndarray, bool]:
+        """Place ``actions`` in slot ``t`` of every episode (``shown``: see :meth:`validate`).
+
+        Returns:
+            ``(rewards [size] float64, terminated)``.
+        """
+        if not self.active:
+            raise RuntimeError(
+                "step() called after the episode ended (or before reset()); call reset()"
+            )
+        actions = self.validate(actions, shown)
+        t = self.t
+        self.slate[:, t] = actions
+        self.mask[self._arange, actions] = 0
+        probs = self._position_probs(t)
+        self.probs[:, t] = probs
+        if self.click_mode == "sampled":
+            self.clicks[:, t] = self.uniforms[:, t] < probs
+            self.step_rewards[:, t] = self.clicks[:, t]
+        else:
+            self.step_rewards[:, t] = probs
+        self.t = t + 1
+        terminated = self.t == self.slate.shape[1]
+        if self.reward_mode == "dense":
+            rewards = self.step_rewards[:, t].copy()
+        elif terminated:
+            rewards = self.list_rewards()
+        else:
+            rewards = np.zeros(self.size, dtype=np.float64)
+        if terminated:
+            self.active = False
+        return rewards, terminated
+
+    def list_rewards(self) -> np.ndarray:
+        """Sum of the step rewards so far, in step order (what sparse mode pays)."""
+        total = np.zeros(self.size, dtype=np.float64)
+        for k in range(self.t):  # in order, so the dense rewards sum to exactly this
+            total += self.step_rewards[:, k]
+        return total
+
+    def _position_probs(self, t: int) -> np.ndarray:
+        """Training simulator's click probability of slot ``t`` given the prefix."""
+        task = self.task
+        prefix = torch.as_tensor(self.slate[:, : t + 1], device=task.device)
+        items = torch.gather(task.candidates[self._requests_t], 1, prefix)
+        batch = SlateBatch(task.users[self._requests_t], items, task.histories[self._requests_t])
+        probs = task.simulators["train"].click_probs(batch, validate=False)[:, t]
+        return probs.double().cpu().numpy()
+
+    def final_rewards(self, role: str) -> np.ndarray:
+        """Expected clicks of the finished lists under simulator ``role``."""
+        return self.task.expected_reward(self.request, self.slate, role).double().cpu().numpy()
+
+    def episode_arrays(self, features: Features) -> dict[str, np.ndarray]:
+        """The observation arrays that stay fixed during an episode (fresh arrays)."""
+        task = self.task
+        candidates = task.candidates_np[self.request]
+        users = task.pool.request_user[self.request]
+        if features == "dense":
+            return {
+                "user": task.user_table[users],
+                "candidates": task.item_table[candidates],
+                "initial_scores": task.scores_np[self.request],
+            }
+        return {
+            "user": users.astype(np.int64),
+            "candidates": candidates.astype(np.int64),
+            "initial_scores": task.scores_np[self.request],
+        }

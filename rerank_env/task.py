@@ -1,0 +1,412 @@
+"""The reranking task behind every environment: requests, simulators, batched scoring.
+
+A :class:`RerankTask` is read-only and shared: the single environment, the native
+vector environment and agents all score lists through it, in one batched call.
+Lists are given as *candidate positions* (``0 .. N-1`` into a request's candidates,
+``-1`` padding the end of a prefix), the same numbers the environments' actions use.
+
+:func:`make_task` builds one from the keyword arguments the environments accept and
+caches it per process, so making 8 environments or a vector environment of 1,024
+builds (and, on first use of a non-default dataset, trains) once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from simulators.base import PAD, ClickSimulator, SlateBatch
+from simulators.bundle import (
+    DEFAULT_BUNDLE_DIR,
+    BundleConfig,
+    RequestPool,
+    SimulatorBundle,
+    build_bundle,
+    load_bundle,
+)
+from simulators.data import PipelineConfig, load_rerank_data
+from simulators.data.datasets import DATASETS, data_checksum
+from simulators.data.errors import ConfigError
+from simulators.data.paths import cache_dir
+from simulators.data.synthetic_config import SyntheticConfig
+from simulators.factory import MODEL_KINDS
+
+SimulatorKind = Literal["transformer", "pbm", "dcm", "cascade", "pointwise"]
+SimulatorRole = Literal["train", "eval", "true"]
+SPLITS = ("train", "valid", "test")
+
+
+class RerankTask:
+    """Requests of one dataset, the simulators that judge lists, and batched scoring.
+
+    Args:
+        pool: The request pool.
+        simulators: ``"train"`` (the reward), ``"eval"`` (held-out ensemble member)
+            and, in the synthetic world, ``"true"`` (the true user model).
+        user_vectors: Learned user representations ``[U, d]`` (observation features).
+        item_vectors: Learned item representations ``[I, d]``.
+        num_candidates: N: the first N candidates of each request are offered.
+        slate_length: L: items to place.
+        device: Where simulators run.
+        description: What the task was built from (dataset, simulator, bundle, ...).
+    """
+
+    def __init__(
+        self,
+        pool: RequestPool,
+        simulators: dict[str, ClickSimulator],
+        user_vectors: torch.Tensor,
+        item_vectors: torch.Tensor,
+        *,
+        num_candidates: int,
+        slate_length: int,
+        device: str | torch.device = "cpu",
+        description: dict[str, Any] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.num_candidates = num_candidates
+        self.slate_length = slate_length
+        self.device = torch.device(device)
+        self.description = dict(description or {})
+        self.simulators = {role: sim.to(self.device).eval() for role, sim in simulators.items()}
+        self.users = torch.as_tensor(pool.request_user, device=self.device)
+        self.candidates = torch.as_tensor(pool.candidates[:, :num_candidates], device=self.device)
+        self.histories = torch.as_tensor(pool.histories, device=self.device)
+        # Observation tables: side features then learned vectors.
+        self.user_table = np.concatenate(
+            [pool.user_features, user_vectors.detach().cpu().numpy()], axis=1
+        ).astype(np.float32)
+        self.item_table = np.concatenate(
+            [pool.item_features, item_vectors.detach().cpu().numpy()], axis=1
+        ).astype(np.float32)
+        self.candidates_np = np.ascontiguousarray(pool.candidates[:, :num_candidates])
+        self.scores_np = np.ascontiguousarray(pool.candidate_scores[:, :num_candidates])
+        self._split_requests = {split: pool.split_indices(split) for split in SPLITS}
+
+    @property
+    def n_requests(self) -> int:
+        """Requests in the pool (all splits)."""
+        return self.pool.n_requests
+
+    def requests(self, split: str) -> np.ndarray:
+        """Indices of the requests of ``split`` (splits never mix)."""
+        if split not in self._split_requests:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return self._split_requests[split]
+
+    def sample_requests(self, split: str, size: int, generator: np.random.Generator) -> np.ndarray:
+        """``size`` requests of ``split`` drawn uniformly (with replacement)."""
+        pool = self.requests(split)
+        return pool[generator.integers(0, len(pool), size=size)]
+
+    def has_simulator(self, role: str) -> bool:
+        """Whether ``role`` (``"train"``, ``"eval"``, ``"true"``) exists for this task."""
+        return role in self.simulators
+
+    def slate_batch(self, requests: Any, lists: Any) -> SlateBatch:
+        """The :class:`SlateBatch` of ``lists`` (candidate positions, ``-1`` padded).
+
+        Raises:
+            ValueError: Shapes disagree or a position is outside ``[-1, N)``.
+        """
+        requests = torch.as_tensor(np.asarray(requests), dtype=torch.long, device=self.device)
+        lists = torch.as_tensor(np.asarray(lists), dtype=torch.long, device=self.device)
+        if lists.ndim != 2 or requests.shape != lists.shape[:1]:
+            raise ValueError(
+                f"lists must be [B, K] candidate positions for B requests; got requests "
+                f"{tuple(requests.shape)} and lists {tuple(lists.shape)}"
+            )
+        if lists.shape[1] > self.slate_length:
+            raise ValueError(
+                f"lists have {lists.shape[1]} positions; this task places at most "
+                f"L = {self.slate_length}"
+            )
+        bad = (lists < PAD) | (lists >= self.num_candidates)
+        if bad.any():
+            row = int(bad.any(dim=1).nonzero()[0])
+            raise ValueError(
+                f"list {row} = {lists[row].tolist()} holds a position outside the N = "
+                f"{self.num_candidates} candidates (valid: 0..{self.num_candidates - 1}, -1 pads)"
+            )
+        items = torch.gather(self.candidates[requests], 1, lists.clamp(min=0))
+        items = torch.where(lists == PAD, PAD, items)
+        return SlateBatch(self.users[requests], items, self.histories[requests])
+
+    def _simulator(self, role: str) -> ClickSimulator:
+        if role not in self.simulators:
+            raise ValueError(
+                f"no {role!r} simulator in this task; it has {sorted(self.simulators)} "
+                "('true' exists only for dataset='synthetic')"
+            )
+        return self.simulators[role]
+
+    @torch.no_grad()
+    def click_probs(
+        self, requests: Any, lists: Any, simulator: SimulatorRole = "train"
+    ) -> torch.Tensor:
+        """Per-position click probabilities ``[B, K]`` (0 at padding)."""
+        return self._simulator(simulator).click_probs(self.slate_batch(requests, lists))
+
+    @torch.no_grad()
+    def expected_reward(
+        self, requests: Any, lists: Any, simulator: SimulatorRole = "train"
+    ) -> torch.Tensor:
+        """Expected clicks of each full or partial list, ``[B]``."""
+        return self.click_probs(requests, lists, simulator).sum(dim=1)
+
+    @torch.no_grad()
+    def prefix_values(
+        self, requests: Any, lists: Any, simulator: SimulatorRole = "train"
+    ) -> torch.Tensor:
+        """Expected clicks of every prefix, ``[B, K]`` (dense rewards are the differences)."""
+        return self.click_probs(requests, lists, simulator).cumsum(dim=1)
+
+    def summary(self) -> str:
+        """One line: what this task is."""
+        d = self.description
+        return (
+            f"{d.get('dataset')} / {d.get('simulator')} simulator / N = {self.num_candidates}, "
+            f"L = {self.slate_length} / {self.n_requests} requests "
+            f"({', '.join(f'{s} {len(self.requests(s))}' for s in SPLITS)})"
+        )
+
+
+def make_task(
+    *,
+    dataset: str = "ml-100k",
+    data_dir: str | os.PathLike[str] | None = None,
+    bundle: str | os.PathLike[str] | None = None,
+    simulator: str = "transformer",
+    num_candidates: int = 50,
+    slate_length: int = 6,
+    composed: bool = True,
+    position_bias: float | None = None,
+    diversity_strength: float | None = None,
+    pipeline: PipelineConfig | None = None,
+    synthetic: SyntheticConfig | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> RerankTask:
+    """Build (or fetch from this process's cache) the task the keyword arguments name.
+
+    Where the simulators come from:
+
+    * ``bundle=PATH``: that bundle folder (``rerank-env simulator bundle``);
+    * ``dataset="ml-100k"`` with ``slate_length <= 6``, ``num_candidates <= 50``, no
+      ``data_dir`` or ``pipeline``: the embedded bundle (no raw data needed);
+    * otherwise the raw data is processed and a bundle with the chosen simulator is
+      fitted on first use and cached (``$RERANK_ENV_CACHE/bundles``).
+
+    Args:
+        dataset: ``"ml-100k"``, ``"ml-1m"`` (needs ``data_dir``) or ``"synthetic"``.
+        data_dir: Folder of the raw files.
+        bundle: A bundle folder to use instead.
+        simulator: ``"transformer"`` (context-aware), ``"pbm"``, ``"dcm"``,
+            ``"cascade"`` or ``"pointwise"``.
+        num_candidates: N, candidates offered per request (the first N of the
+            initial ranking).
+        slate_length: L, items placed per episode.
+        composed: Compose the learned simulator with examination and diminishing
+            returns (see ``simulators.composed``).
+        position_bias: Examination exponent (``None``: the bundle's default, 1).
+        diversity_strength: Diminishing-returns strength (``None``: the default, 2).
+        pipeline: Data pipeline settings for a non-embedded dataset (default:
+            ``PipelineConfig(num_candidates=max(N, 50), slate_length=L)``).
+        synthetic: The synthetic world (default ``SyntheticConfig(slate_length=L)``).
+        device: Where simulators run (``"cpu"``, ``"cuda"``).
+        progress: Progress bars while building.
+
+    Raises:
+        ConfigError: An invalid value, with what was expected and how to fix it.
+        simulators.data.DataNotFoundError: ``data_dir`` or the raw files are missing.
+    """
+    _check_arguments(dataset, simulator, num_candidates, slate_length, data_dir, bundle)
+    if dataset == "synthetic":
+        synthetic = synthetic or SyntheticConfig(slate_length=slate_length)
+        if synthetic.slate_length != slate_length:
+            raise ConfigError(
+                f"slate_length={slate_length} but the synthetic world logs sessions of "
+                f"{synthetic.slate_length}; pass SyntheticConfig(slate_length={slate_length})"
+            )
+    elif synthetic is not None:
+        raise ConfigError(f"synthetic=... only applies to dataset='synthetic', not {dataset!r}")
+    return _cached_task(
+        dataset,
+        None if data_dir is None else str(Path(data_dir).resolve()),
+        None if bundle is None else str(Path(bundle).resolve()),
+        simulator,
+        num_candidates,
+        slate_length,
+        composed,
+        position_bias,
+        diversity_strength,
+        pipeline,
+        synthetic,
+        str(device),
+        progress,
+    )
+
+
+def _check_arguments(
+    dataset: str,
+    simulator: str,
+    num_candidates: int,
+    slate_length: int,
+    data_dir: Any,
+    bundle: Any,
+) -> None:
+    if dataset not in DATASETS:
+        raise ConfigError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if simulator == "dbn":
+        raise ConfigError(
+            "simulator='dbn' is not implemented; use 'dcm' (the dependent click model, "
+            "fitted by exact likelihood) or 'cascade'"
+        )
+    if simulator not in MODEL_KINDS:
+        raise ConfigError(f"simulator must be one of {MODEL_KINDS}, got {simulator!r}")
+    for name, value in (("num_candidates", num_candidates), ("slate_length", slate_length)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if num_candidates < slate_length:
+        raise ConfigError(
+            f"num_candidates (N = {num_candidates}) must be >= slate_length (L = "
+            f"{slate_length}): a list of L distinct items needs at least L candidates"
+        )
+    if dataset == "ml-1m" and data_dir is None and bundle is None:
+        raise ConfigError(
+            "dataset='ml-1m' needs data_dir=PATH, the folder holding ratings.dat, movies.dat "
+            "and users.dat (download ml-1m.zip from https://grouplens.org/datasets/movielens/1m/)"
+        )
+    if data_dir is not None and not Path(data_dir).exists():
+        raise ConfigError(f"data_dir {str(data_dir)!r} does not exist; pass the dataset folder")
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_task(
+    dataset: str,
+    data_dir: str | None,
+    bundle_dir: str | None,
+    simulator: str,
+    num_candidates: int,
+    slate_length: int,
+    composed: bool,
+    position_bias: float | None,
+    diversity_strength: float | None,
+    pipeline: PipelineConfig | None,
+    synthetic: SyntheticConfig | None,
+    device: str,
+    progress: bool,
+) -> RerankTask:
+    true_simulator = None
+    embedded_pool = json.loads((DEFAULT_BUNDLE_DIR / "manifest.json").read_text())["pool"]
+    embedded = (
+        bundle_dir is None
+        and dataset == "ml-100k"
+        and data_dir is None
+        and pipeline is None
+        and slate_length <= embedded_pool["slate_length"]
+        and num_candidates <= embedded_pool["num_candidates"]
+    )
+    if bundle_dir is not None:
+        loaded = load_bundle(bundle_dir)
+        if loaded.manifest["dataset"] != dataset:
+            raise ConfigError(
+                f"bundle {bundle_dir} was built from {loaded.manifest['dataset']!r}, but "
+                f"dataset={dataset!r}; pass dataset={loaded.manifest['dataset']!r}"
+            )
+    elif embedded:
+        loaded = load_bundle()
+    else:
+        config = pipeline or PipelineConfig(
+            num_candidates=max(num_candidates, 50), slate_length=slate_length
+        )
+        data = load_rerank_data(dataset, data_dir, config, progress=progress, synthetic=synthetic)
+        loaded = _cached_bundle(data, dataset, data_dir, simulator, synthetic, progress)
+        if dataset == "synthetic":
+            from simulators.synthetic import true_simulator_for  # noqa: PLC0415
+
+            true_simulator = true_simulator_for(data, synthetic)
+    _check_bundle_fits(loaded, simulator, num_candidates, slate_length)
+    train, held_out = loaded.simulators(
+        simulator,
+        composed=composed,
+        position_bias=position_bias,
+        diversity_strength=diversity_strength,
+    )
+    simulators = {"train": train, "eval": held_out}
+    if true_simulator is not None:
+        simulators["true"] = true_simulator
+    user_vectors, item_vectors = loaded.representations(simulator)
+    description = {
+        "dataset": dataset,
+        "simulator": simulator,
+        "bundle": str(loaded.path),
+        "embedded_bundle": embedded,
+        "composed": composed,
+        "position_bias": position_bias,
+        "diversity_strength": diversity_strength,
+        "data_checksum": loaded.manifest["data_checksum"],
+    }
+    return RerankTask(
+        loaded.pool,
+        simulators,
+        user_vectors,
+        item_vectors,
+        num_candidates=num_candidates,
+        slate_length=slate_length,
+        device=device,
+        description=description,
+    )
+
+
+def _cached_bundle(
+    data: Any,
+    dataset: str,
+    data_dir: str | None,
+    simulator: str,
+    synthetic: SyntheticConfig | None,
+    progress: bool,
+) -> SimulatorBundle:
+    """The bundle of ``simulator`` fitted on ``data``, built once into the user cache."""
+    checksum = data_checksum(dataset, data_dir) if dataset != "synthetic" else synthetic.key()
+    config = BundleConfig(kinds=(simulator,))
+    key = hashlib.sha256(
+        json.dumps(
+            [checksum, data.config.to_json(), dataclasses.asdict(config)], sort_keys=True
+        ).encode()
+    ).hexdigest()[:16]
+    folder = cache_dir() / "bundles" / f"{dataset}-{simulator}-{key}"
+    if not (folder / "manifest.json").is_file():
+        build_bundle(data, folder, config, data_checksum=checksum, progress=progress)
+    return load_bundle(folder)
+
+
+def _check_bundle_fits(
+    bundle: SimulatorBundle, simulator: str, num_candidates: int, slate_length: int
+) -> None:
+    pool = bundle.pool
+    if simulator not in bundle.kinds:
+        raise ConfigError(
+            f"the bundle at {bundle.path} has no {simulator!r} simulator (it has "
+            f"{bundle.kinds}); rebuild it with --kinds {simulator}"
+        )
+    if num_candidates > pool.num_candidates:
+        raise ConfigError(
+            f"num_candidates={num_candidates} but the bundle at {bundle.path} has "
+            f"{pool.num_candidates} candidates per request; use N <= {pool.num_candidates} "
+            "or a pipeline with more candidates"
+        )
+    if slate_length > pool.slate_length:
+        raise ConfigError(
+            f"slate_length={slate_length} but the simulators of {bundle.path} know "
+            f"{pool.slate_length} positions; use L <= {pool.slate_length} or build from raw "
+            f"data with PipelineConfig(slate_length={slate_length})"
+        )

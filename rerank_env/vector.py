@@ -1,0 +1,179 @@
+"""The native vector environment: ``gym.make_vec("SlateRerank-v0", num_envs=1024)``.
+
+All sub-environments step in lockstep (every episode has ``L`` steps), and one
+batched simulator call per step scores every sub-environment's prefix. Sub-
+environment ``i`` after ``reset(seed=s)`` reproduces ``SlateRerank-v0`` reset with
+``seed=s + i`` (the convention of Gymnasium's ``SyncVectorEnv``), step for step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from rerank_env.core import ClickMode, EpisodeBatch, Features, RewardMode, check_modes
+from rerank_env.env import _task, observation_space
+
+
+class SlateRerankVectorEnv(VectorEnv):
+    """``num_envs`` copies of ``SlateRerank-v0`` stepped by one batched simulator call.
+
+    Autoreset mode ``NEXT_STEP`` (Gymnasium's default): the ``step`` after an
+    episode's last one starts the next episode, ignores its actions, and returns
+    the new first observation with reward 0. Since every episode has ``L`` steps,
+    all sub-environments end and restart together.
+
+    Observations are the single environment's, batched along a first axis of size
+    ``num_envs``. The per-episode arrays (``user``, ``candidates``,
+    ``initial_scores``) are the same objects for every step of an episode (new ones
+    at each reset, never written in place): copying ``[num_envs, N, d]`` features at
+    every step would cost more than the simulator.
+
+    ``info`` holds ``request`` and ``click_prob`` (this step's click probability
+    under the training simulator) per sub-environment; at the last step also
+    ``list_reward``, ``eval_reward`` and (synthetic) ``true_reward``, each with its
+    ``_name`` mask as Gymnasium's vector envs do.
+
+    Args:
+        num_envs: Sub-environments.
+        reward_mode: As ``SlateRerank-v0``.
+        click_mode: As ``SlateRerank-v0``.
+        split: As ``SlateRerank-v0``.
+        features: As ``SlateRerank-v0``.
+        **task_kwargs: As ``SlateRerank-v0`` (dataset, simulator, N, L, ...).
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        *,
+        reward_mode: RewardMode = "sparse",
+        click_mode: ClickMode = "expected",
+        split: str = "train",
+        features: Features = "dense",
+        render_mode: str | None = None,
+        **task_kwargs: Any,
+    ) -> None:
+        if (
+            isinstance(num_envs, bool)
+            or not isinstance(num_envs, (int, np.integer))
+            or num_envs < 1
+        ):
+            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        if render_mode is not None:
+            raise ValueError(
+                f"the vector environment does not render; got render_mode={render_mode!r}"
+            )
+        check_modes(reward_mode, click_mode, features, split)
+        self.task = _task(task_kwargs, "SlateRerank-v0 (vector)")
+        self.num_envs = int(num_envs)
+        self.features = features
+        self.render_mode = None
+        self.episodes = EpisodeBatch(
+            self.task, self.num_envs, split=split, reward_mode=reward_mode, click_mode=click_mode
+        )
+        self.single_observation_space = observation_space(self.task, features, stepwise=True)
+        self.single_action_space = spaces.Discrete(self.task.num_candidates)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._generators: list[np.random.Generator] | None = None
+        self._episode_arrays: dict[str, np.ndarray] = {}
+        self._autoreset = False
+
+    def action_masks(self) -> np.ndarray:
+        """Valid actions of every sub-environment, bool ``[num_envs, N]``."""
+        return self.episodes.mask.astype(bool)
+
+    def reset(
+        self,
+        *,
+        seed: int | list[int | None] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Start an episode in every sub-environment.
+
+        Args:
+            seed: ``s`` seeds sub-environment ``i`` with ``s + i``; a list gives each
+                its own seed (``None`` entries keep their generator).
+            options: ``{"requests": [...]}`` picks one request per sub-environment.
+        """
+        if seed is not None or self._generators is None:
+            seeds = self._seeds(seed)
+            if self._generators is None:
+                self._generators = [seeding.np_random(s)[0] for s in seeds]
+            else:
+                for env, value in enumerate(seeds):
+                    if value is not None:
+                        self._generators[env] = seeding.np_random(value)[0]
+            reseeded = [env for env, value in enumerate(seeds) if value is not None or seed is None]
+            self.episodes.forget_rows(np.array(reseeded, dtype=np.int64))
+        options = options or {}
+        unknown = set(options) - {"requests"}
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; valid: ['requests']")
+        self._start(options.get("requests"))
+        return self._observation(), {"request": self.episodes.request.copy()}
+
+    def _seeds(self, seed: int | list[int | None] | None) -> list[int | None]:
+        if seed is None:
+            return [None] * self.num_envs
+        if isinstance(seed, (int, np.integer)):
+            return [int(seed) + env for env in range(self.num_envs)]
+        seeds = list(seed)
+        if len(seeds) != self.num_envs:
+            raise ValueError(
+                f"seed list has {len(seeds)} entries for {self.num_envs} sub-environments"
+            )
+        return seeds
+
+    def _start(self, requests: Any = None) -> None:
+        self.episodes.start(self._generators, requests)
+        self._episode_arrays = self.episodes.episode_arrays(self.features)
+        self._autoreset = False
+
+    def step(
+        self, actions: Any
+    ) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Place one candidate per sub-environment (or start the next episodes)."""
+        if self._generators is None:
+            raise RuntimeError("step() called before reset(); call reset() first")
+        falses = np.zeros(self.num_envs, dtype=bool)
+        if self._autoreset:
+            self._start()
+            info = {"request": self.episodes.request.copy()}
+            return self._observation(), np.zeros(self.num_envs), falses, falses.copy(), info
+        rewards, terminated = self.episodes.place(actions)
+        e = self.episodes
+        info: dict[str, Any] = {
+            "request": e.request.copy(),
+            "click_prob": e.probs[:, e.t - 1].copy(),
+        }
+        if terminated:
+            present = np.ones(self.num_envs, dtype=bool)
+            info["list_reward"] = e.list_rewards()
+            info["eval_reward"] = e.final_rewards("eval")
+            roles = ["list_reward", "eval_reward"]
+            if self.task.has_simulator("true"):
+                info["true_reward"] = e.final_rewards("true")
+                roles.append("true_reward")
+            for role in roles:
+                info[f"_{role}"] = present.copy()
+            self._autoreset = True
+        done = np.full(self.num_envs, terminated)
+        return self._observation(), rewards, done, falses, info
+
+    def _observation(self) -> dict[str, Any]:
+        e = self.episodes
+        return {
+            **self._episode_arrays,
+            "slate": e.slate.copy(),
+            "step": np.full(self.num_envs, e.t, dtype=np.int64),
+            "action_mask": e.mask.copy(),
+        }
