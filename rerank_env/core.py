@@ -84,7 +84,7 @@ class EpisodeBatch:
         self._rows = np.zeros((size, ROWS_PER_DRAW, 1 + length), dtype=np.float64)
         self._next_row = np.full(size, ROWS_PER_DRAW, dtype=np.int64)
         self._arange = np.arange(size)
-        self._requests_t = torch.zeros(size, dtype=torch.long, device=task.device)
+        self._users_t = self._candidates_t = self._histories_t = torch.empty(0)
 
     def forget_rows(self, envs: np.ndarray) -> None:
         """Discard buffered uniforms of ``envs`` (their generator was just re-seeded)."""
@@ -121,7 +121,12 @@ class EpisodeBatch:
                     f"{self.split!r} requests, task.requests({self.split!r})); splits never mix"
                 )
         self.request[:] = requests
-        self._requests_t = torch.as_tensor(self.request, device=self.task.device)
+        task = self.task
+        requests_t = torch.as_tensor(self.request, device=task.device)
+        # Per-episode rows, gathered once rather than at every step.
+        self._users_t = task.users[requests_t]
+        self._candidates_t = task.candidates[requests_t]
+        self._histories_t = task.histories[requests_t]
         self.uniforms[:] = rows[:, 1:]
         self.slate.fill(PAD)
         self.mask.fill(1)
@@ -215,14 +220,21 @@ class EpisodeBatch:
         """Training simulator's click probability of slot ``t`` given the prefix."""
         task = self.task
         prefix = torch.as_tensor(self.slate[:, : t + 1], device=task.device)
-        items = torch.gather(task.candidates[self._requests_t], 1, prefix)
-        batch = SlateBatch(task.users[self._requests_t], items, task.histories[self._requests_t])
-        probs = task.simulators["train"].click_probs(batch, validate=False)[:, t]
+        items = torch.gather(self._candidates_t, 1, prefix)
+        batch = SlateBatch(self._users_t, items, self._histories_t)
+        probs = task.simulators["train"].last_click_probs(batch)
         return probs.double().cpu().numpy()
 
+    @torch.no_grad()
     def final_rewards(self, role: str) -> np.ndarray:
         """Expected clicks of the finished lists under simulator ``role``."""
-        return self.task.expected_reward(self.request, self.slate, role).double().cpu().numpy()
+        slate = torch.as_tensor(self.slate, device=self.task.device)
+        batch = SlateBatch(
+            self._users_t, torch.gather(self._candidates_t, 1, slate), self._histories_t
+        )
+        # The lists were validated step by step; skip re-validating them here.
+        rewards = self.task.simulators[role].expected_reward(batch, validate=False)
+        return rewards.double().cpu().numpy()
 
     def episode_arrays(self, features: Features) -> dict[str, np.ndarray]:
         """The observation arrays that stay fixed during an episode (fresh arrays)."""

@@ -219,8 +219,9 @@ class SlateRerankEnv(gym.Env):
             raise ValueError(f"unknown reset option(s) {sorted(unknown)}; valid: ['request']")
         requests = None if options.get("request") is None else np.array([options["request"]])
         self.episodes.start([self.np_random], requests)
-        self._episode_arrays = {
-            key: value[0] for key, value in self.episodes.episode_arrays(self.features).items()
+        self._episode_arrays = {  # 0-d arrays, not numpy scalars, for Box(shape=())
+            key: np.asarray(value[0])
+            for key, value in self.episodes.episode_arrays(self.features).items()
         }
         return self._observation(), {"request": int(self.episodes.request[0])}
 
@@ -356,8 +357,9 @@ class SlateRerankListEnv(gym.Env):
             raise ValueError(f"unknown reset option(s) {sorted(unknown)}; valid: ['request']")
         requests = None if options.get("request") is None else np.array([options["request"]])
         self.episodes.start([self.np_random], requests)
-        self._episode_arrays = {
-            key: value[0] for key, value in self.episodes.episode_arrays(self.features).items()
+        self._episode_arrays = {  # 0-d arrays, not numpy scalars, for Box(shape=())
+            key: np.asarray(value[0])
+            for key, value in self.episodes.episode_arrays(self.features).items()
         }
         return self._observation(), {"request": int(self.episodes.request[0])}
 

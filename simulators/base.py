@@ -161,6 +161,18 @@ class ClickSimulator(nn.Module, ABC):
             raise ValueError(f"{type(self).__name__} produced non-finite click probabilities")
         return torch.where(batch.mask, probs, torch.zeros_like(probs))
 
+    def last_click_probs(self, batch: SlateBatch) -> torch.Tensor:
+        """Click probability of the last position of every list, ``[B]``.
+
+        What a step-wise environment needs each step: the value of the item just
+        placed below its prefix. Lists must be full (no padding); nothing is
+        validated (a hot loop). Equal to ``click_probs(batch)[:, -1]``; models whose
+        last position is cheaper to score alone override it (for a factorised model
+        it is one user-item product instead of ``K``).
+        """
+        self._check_length(batch)
+        return self.position_click_probs(batch)[:, -1]
+
     def expected_reward(self, batch: SlateBatch, *, validate: bool = True) -> torch.Tensor:
         """Expected clicks of each (partial) list, float ``[B]``."""
         return self.click_probs(batch, validate=validate).sum(dim=1)

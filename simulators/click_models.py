@@ -74,19 +74,58 @@ class Attractiveness(nn.Module):
             ):
                 nn.init.normal_(layer.weight, std=init_std)
 
+    # Inference cache: in eval mode with gradients off, ``p_u`` and ``q_i`` of every
+    # user and item are computed once (the projections of the side features are
+    # most of a forward's cost). train(), to()/cuda() and load_state_dict() drop it;
+    # call clear_cache() after editing weights in place under torch.no_grad().
+    _tables: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def clear_cache(self) -> None:
+        """Drop the cached user and item vectors (recomputed on the next use)."""
+        self._tables = None
+
+    def train(self, mode: bool = True) -> Attractiveness:
+        """Switch train/eval mode (and drop the inference cache)."""
+        self.clear_cache()
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202  (nn.Module's signature)
+        self.clear_cache()
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        self.clear_cache()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _vector_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Cached ``(P, Q)`` for every user and item, or ``None`` while training."""
+        if self.training or torch.is_grad_enabled():
+            return None
+        if self._tables is None:
+            self._tables = (
+                self.user_embedding.weight + self.user_projection(self.user_features),
+                self.item_embedding.weight + self.item_projection(self.item_features),
+            )
+        return self._tables
+
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         """``p_u`` for each user, ``[..., dim]``."""
+        tables = self._vector_tables()
+        if tables is not None:
+            return tables[0][users]
         return self.user_embedding(users) + self.user_projection(self.user_features[users])
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """``q_i`` for each item, ``[..., dim]``."""
+        tables = self._vector_tables()
+        if tables is not None:
+            return tables[1][items]
         return self.item_embedding(items) + self.item_projection(self.item_features[items])
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, K]`` for users ``[B]`` and items ``[B, K]`` (``-1`` pads)."""
         safe = items.clamp(min=0)
-        user_vec = self.user_vectors(users)[:, None, :]
-        interaction = (user_vec * self.item_vectors(safe)).sum(-1)
+        interaction = (self.user_vectors(users)[:, None, :] * self.item_vectors(safe)).sum(-1)
         return (
             self.bias
             + self.user_bias(users)  # [B, 1] broadcasts over positions
@@ -110,6 +149,10 @@ class _AttractivenessSimulator(ClickSimulator):
         """``P(user likes item)`` at every position, ``[B, K]``."""
         return torch.sigmoid(self.attractiveness(batch.users, batch.items))
 
+    def last_attract_probs(self, batch: SlateBatch) -> torch.Tensor:
+        """``P(user likes item)`` of the last item of each list, ``[B]``."""
+        return torch.sigmoid(self.attractiveness(batch.users, batch.items[:, -1:]))[:, 0]
+
 
 class PointwiseModel(_AttractivenessSimulator):
     """Position-blind: ``P(click_k) = attract(u, i_k)``."""
@@ -120,6 +163,11 @@ class PointwiseModel(_AttractivenessSimulator):
     def position_click_probs(self, batch: SlateBatch) -> torch.Tensor:
         """Attractiveness at every position."""
         return self.attract_probs(batch)
+
+    def last_click_probs(self, batch: SlateBatch) -> torch.Tensor:
+        """Attractiveness of the last item (position-blind)."""
+        self._check_length(batch)
+        return self.last_attract_probs(batch)
 
 
 class PositionBasedModel(_AttractivenessSimulator):
@@ -160,6 +208,11 @@ class PositionBasedModel(_AttractivenessSimulator):
         """Examination times attractiveness."""
         k = batch.items.shape[1]
         return self.examination[:k] * self.attract_probs(batch)
+
+    def last_click_probs(self, batch: SlateBatch) -> torch.Tensor:
+        """Examination of the last position times the last item's attractiveness."""
+        self._check_length(batch)
+        return self.examination[batch.items.shape[1] - 1] * self.last_attract_probs(batch)
 
 
 class DependentClickModel(_AttractivenessSimulator):

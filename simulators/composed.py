@@ -130,6 +130,20 @@ class ComposedSimulator(ClickSimulator):
         above = torch.tril(torch.ones_like(similarity[0], dtype=torch.bool), diagonal=-1)
         return torch.where(above, similarity, 0.0).amax(dim=2)
 
+    def last_click_probs(self, batch: SlateBatch) -> torch.Tensor:
+        """The same formula for the last position only (one row of similarities)."""
+        self._check_length(batch)
+        k = batch.items.shape[1]
+        base = self.base.last_click_probs(batch).clamp(1e-6, 1 - 1e-6)
+        if k > 1:
+            last = self.unit_vectors[batch.items[:, -1]]
+            above = self.unit_vectors[batch.items[:, :-1]]
+            redundancy = (above @ last[:, :, None]).squeeze(-1).clamp(min=0).amax(dim=1)
+        else:
+            redundancy = torch.zeros_like(base)
+        logits = torch.logit(base) - self.diversity_strength * redundancy
+        return self.examination[k - 1] * torch.sigmoid(logits)
+
     def position_click_probs(self, batch: SlateBatch) -> torch.Tensor:
         """``exam_k * sigmoid(base logit - strength * redundancy)``."""
         k = batch.items.shape[1]

@@ -39,6 +39,10 @@ class SimulatorEnsemble(ClickSimulator):
         """Mean over members."""
         return self.member_click_probs(batch).mean(dim=0)
 
+    def last_click_probs(self, batch: SlateBatch) -> torch.Tensor:
+        """Mean over members of their last-position click probabilities."""
+        return torch.stack([m.last_click_probs(batch) for m in self.members]).mean(dim=0)
+
     def disagreement(self, batch: SlateBatch) -> torch.Tensor:
         """Standard deviation of the members' expected clicks per list, ``[B]``."""
         rewards = (self.member_click_probs(batch) * batch.mask).sum(dim=2)

@@ -98,7 +98,8 @@ def fit_simulator(
     bar = tqdm(
         range(epochs), desc=f"fit {type(model).__name__}", disable=None if progress else True
     )
-    with isolated_torch_rng(seed):  # dropout draws from torch's global generator
+    # enable_grad: callers may be inside torch.no_grad() (e.g. an env built lazily).
+    with isolated_torch_rng(seed), torch.enable_grad():  # dropout uses the global generator
         for epoch in bar:
             model.train()
             order = torch.randperm(len(train.users), generator=generator).to(device)

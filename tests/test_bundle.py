@@ -190,3 +190,22 @@ def test_bad_config_and_requests_are_refused(bundle) -> None:
         bundle.simulators("dbn")
     with pytest.raises(ValueError, match="max_length=51 exceeds the 50 history items"):
         bundle.pool.history([0], 51)
+
+
+@pytest.mark.parametrize("composed", [True, False])
+def test_last_click_probs_equal_the_last_column_of_click_probs(bundle, composed) -> None:
+    pool = bundle.pool
+    rows = pool.split_indices("test")[:64]
+    generator = torch.Generator().manual_seed(0)
+    order = torch.stack([torch.randperm(50, generator=generator)[:6] for _ in rows])
+    items = torch.gather(torch.as_tensor(pool.candidates[rows]), 1, order)
+    users = torch.as_tensor(pool.request_user[rows])
+    histories = torch.as_tensor(pool.history(rows)[0])
+    for kind in bundle.kinds:
+        for simulator in bundle.simulators(kind, composed=composed):
+            for length in range(1, 7):
+                batch = SlateBatch(users, items[:, :length], histories)
+                with torch.no_grad():
+                    torch.testing.assert_close(
+                        simulator.last_click_probs(batch), simulator.click_probs(batch)[:, -1]
+                    )

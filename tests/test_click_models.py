@@ -203,3 +203,46 @@ def test_fitting_is_seeded_even_with_dropout(ml100k) -> None:
     torch.rand(3)  # global state moves between the runs: must not matter
     second = run()
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_inference_cache_matches_and_follows_weight_changes() -> None:
+    users = torch.randn(5, 3)
+    items = torch.randn(7, 4)
+    model = Attractiveness(users, items, dim=4, seed=0).eval()
+    u, i = torch.tensor([0, 3]), torch.tensor([[1, 2], [6, 0]])
+    with torch.no_grad():
+        cached = model(u, i)
+        assert model._tables is not None
+    torch.testing.assert_close(cached, model(u, i))  # grad enabled: no cache used
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["user_embedding.weight"] += 1.0
+    model.load_state_dict(state)
+    with torch.no_grad():
+        after_load = model(u, i)
+    assert not torch.allclose(after_load, cached)
+    torch.testing.assert_close(after_load, model(u, i).detach())
+    model.train()
+    assert model._tables is None
+
+
+def test_context_model_inference_path_matches_the_nn_encoder() -> None:
+    from simulators.base import SlateBatch
+    from simulators.context_model import ContextAwareSimulator
+
+    attract = Attractiveness(torch.randn(6, 3), torch.randn(12, 4), dim=8, seed=0)
+    model = ContextAwareSimulator(attract, max_positions=6, layers=2, heads=2, seed=1).eval()
+    with torch.no_grad():  # give the zero-initialised head and the layers some signal
+        for parameter in model.parameters():
+            parameter.add_(
+                0.3 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(2))
+            )
+    batch = SlateBatch(
+        torch.tensor([0, 5, 2]),
+        torch.tensor([[1, 2, 3, 4, -1, -1], [0, 11, 7, 6, 5, 4], [9, -1, -1, -1, -1, -1]]),
+        torch.tensor([[3, 4, -1], [-1, -1, -1], [1, 2, 8]]),
+    )
+    reference = model.click_probs(batch).detach()  # grad on: nn.TransformerEncoder
+    with torch.no_grad():
+        fast = model.click_probs(batch)  # the inference path
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
+    assert (reference[batch.mask] > 0.01).all() and reference.std() > 0.01

@@ -1,4 +1,10 @@
-"""A short sb3-contrib MaskablePPO run on SlateRerank-v0 beats the random policy."""
+"""A short sb3-contrib MaskablePPO run on SlateRerank-v0 beats the random policy.
+
+Trained with dense rewards (SlateRerankDense-v0: the same list reward, per slot),
+judged on the list reward of held-out test requests. In one check with 8,192 steps
+and seeds 0/1/2 the margin over random was 0.063 / 0.064 / 0.074 expected clicks;
+sparse rewards at the same budget gave 0.019 (seed 0).
+"""
 
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ def test_maskable_ppo_beats_random_on_held_out_requests() -> None:
     kwargs = {"num_candidates": 20}
     model = MaskablePPO(
         "MultiInputPolicy",
-        gym.make("SlateRerank-v0", **kwargs),
+        gym.make("SlateRerankDense-v0", **kwargs),
         n_steps=512,
         batch_size=128,
         learning_rate=1e-3,
@@ -47,4 +53,4 @@ def test_maskable_ppo_beats_random_on_held_out_requests() -> None:
 
     trained = _mean_reward(test_env, requests, ppo)
     baseline = np.mean([_mean_reward(test_env, requests, random) for _ in range(3)])
-    assert trained > baseline + 0.02, (trained, baseline)
+    assert trained > baseline + 0.03, (trained, baseline)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
@@ -319,3 +320,22 @@ def test_smaller_lists_and_composition_options() -> None:
     obs, info = indices.reset(seed=0)
     task = indices.unwrapped.task
     np.testing.assert_array_equal(obs["candidates"], task.candidates_np[info["request"]])
+
+
+def test_ml1m_format_dataset_from_a_user_path(tmp_path) -> None:
+    from simulators.data.synthetic_config import SyntheticConfig
+    from simulators.synthetic import SyntheticWorld
+
+    # A small world written in the ML-1M format stands in for the real ML-1M files.
+    folder = SyntheticWorld(
+        SyntheticConfig(n_users=120, n_items=200, sessions_per_user=12, seed=3)
+    ).write_logs(tmp_path / "ml-1m")
+    env = gym.make(
+        "SlateRerank-v0", dataset="ml-1m", data_dir=folder, simulator="pbm", progress=False
+    )
+    task = env.unwrapped.task
+    assert task.description["dataset"] == "ml-1m" and not task.description["embedded_bundle"]
+    steps = _random_episode(env, np.random.default_rng(0), seed=0)
+    assert steps[-1][2]["eval_reward"] > 0 and "true_reward" not in steps[-1][2]
+    # The fitted bundle lives in the user cache, never in the package.
+    assert task.description["bundle"].startswith(os.environ["RERANK_ENV_CACHE"])

@@ -117,3 +117,18 @@ def test_cli_report_writes_markdown_csv_and_plots(
     assert float(values[composed]["headroom"]) > 0.01 > float(values["pointwise"]["headroom"])
     assert 0.6 < float(values["pointwise"]["auc"]) < 1
     assert "| pointwise |" in (out / "report.md").read_text()
+
+
+def test_fitting_works_inside_no_grad(data_root) -> None:
+    from simulators.data import PipelineConfig, load_rerank_data
+    from simulators.factory import SimulatorSpec, build_simulator
+    from simulators.training import fit_simulator
+
+    data = load_rerank_data("ml-100k", data_root, PipelineConfig(retriever="pop"), progress=False)
+    spec = SimulatorSpec.for_data(data, "pbm", dim=8)
+    model = build_simulator(
+        spec, torch.as_tensor(data.user_features), torch.as_tensor(data.item_features)
+    )
+    with torch.no_grad():  # e.g. an environment built lazily inside an evaluation loop
+        result = fit_simulator(model, data, epochs=2, progress=False)
+    assert result.train_nll[1] < result.train_nll[0]
