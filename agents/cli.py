@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from simulators import cli as simulator_cli
 from simulators.checkpoint import CheckpointError
 from simulators.data import cli as data_cli
+from simulators.data.cache import package_version
 from simulators.data.errors import ConfigError, DataError
 
 
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rerank-env",
         description="Slate-reranking environments, click simulators and rerankers.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     data_cli.add_parser(subparsers)
     simulator_cli.add_parser(subparsers)

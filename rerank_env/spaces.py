@@ -38,6 +38,29 @@ class MaskedDiscrete(spaces.Discrete):
         return f"MaskedDiscrete({self.n})"
 
 
+class MaskedMultiDiscrete(spaces.MultiDiscrete):
+    """The vector environment's ``MultiDiscrete([n] * num_envs)`` with masked sampling.
+
+    Args:
+        n: Actions per sub-environment.
+        mask: The live masks, int8 ``[num_envs, n]``, updated in place by the env.
+        seed: Seed of the space's own generator.
+    """
+
+    def __init__(self, n: int, mask: np.ndarray, seed: int | None = None) -> None:
+        super().__init__(np.full(len(mask), n, dtype=np.int64), seed=seed)
+        self.live_mask = mask
+
+    def sample(self, mask: Any = None, probability: Any = None) -> np.ndarray:
+        """A valid action for every sub-environment (unless ``mask`` is given)."""
+        if mask is None and probability is None:
+            mask = tuple(row.astype(np.int8) for row in self.live_mask)
+        return super().sample(mask=mask, probability=probability)
+
+    def __repr__(self) -> str:
+        return f"MaskedMultiDiscrete({len(self.nvec)} x {int(self.nvec[0])})"
+
+
 class Permutation(spaces.MultiDiscrete):
     """Ordered lists of ``length`` distinct values from ``0 .. n-1``.
 

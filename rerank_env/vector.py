@@ -18,6 +18,7 @@ from gymnasium.vector.utils import batch_space
 
 from rerank_env.core import ClickMode, EpisodeBatch, Features, RewardMode, check_modes
 from rerank_env.env import _task, observation_space
+from rerank_env.spaces import MaskedMultiDiscrete
 
 
 class SlateRerankVectorEnv(VectorEnv):
@@ -82,7 +83,8 @@ class SlateRerankVectorEnv(VectorEnv):
         self.single_observation_space = observation_space(self.task, features, stepwise=True)
         self.single_action_space = spaces.Discrete(self.task.num_candidates)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        # Like the single env's, sample() draws valid actions only.
+        self.action_space = MaskedMultiDiscrete(self.task.num_candidates, self.episodes.mask)
         self._generators: list[np.random.Generator] | None = None
         self._episode_arrays: dict[str, np.ndarray] = {}
         self._autoreset = False

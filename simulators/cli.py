@@ -30,9 +30,31 @@ def _add_fit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--diversity-strength", type=float, default=2.0)
 
 
+_BUNDLE_HELP = {
+    "kinds": "simulator kinds to fit, one checkpoint each",
+    "members": "ensemble members per kind; the last is the held-out evaluation simulator",
+    "bootstrap": "fit each member on a bootstrap resample of the training slates",
+    "dim": "attractiveness and Transformer width",
+    "epochs": "maximum epochs (early stopping on validation likelihood)",
+    "learning_rate": "Adam step size",
+    "weight_decay": "Adam L2 weight decay",
+    "seed": "member k uses seed + k",
+    "history_length": "history items stored per request",
+    "position_bias": "default examination exponent of the composed simulator",
+    "diversity_strength": "default diminishing-returns strength of the composed simulator",
+    "headroom_requests": "test requests for the headroom recorded in the manifest",
+}
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``simulator train``, ``report`` and ``evaluate``."""
-    parser = subparsers.add_parser("simulator", help="train and evaluate click simulators")
+    parser = subparsers.add_parser(
+        "simulator",
+        help="train, evaluate, report on and bundle click simulators",
+        description="Fit click simulators on logged slates (train), judge a checkpoint "
+        "(evaluate), compare every model side by side (report), or build the bundle an "
+        "environment loads (bundle).",
+    )
     commands = parser.add_subparsers(dest="simulator_command", metavar="ACTION", required=True)
 
     train = commands.add_parser(
@@ -81,19 +103,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="fit the simulators of an environment bundle and write its folder",
         description="Fit one ensemble per model kind (the last member held out for "
         "evaluation) and write the bundle: request pool, checkpoints and a manifest with "
-        "config, data checksum and metrics. The embedded default is reproduced with "
-        "`rerank-env simulator bundle --out simulators/bundles/ml-100k`.",
+        "config, data checksum and metrics. Use it in an environment with "
+        "gym.make('SlateRerank-v0', bundle=DIR). From a source checkout, the embedded "
+        "default is reproduced with `rerank-env simulator bundle --out "
+        "simulators/bundles/ml-100k`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    bundle.add_argument("--dataset", choices=DATASETS, default="ml-100k")
-    bundle.add_argument("--data-dir", default=None)
+    bundle.add_argument("--dataset", choices=DATASETS, default="ml-100k", help="raw data")
+    bundle.add_argument("--data-dir", default=None, help="folder of the raw files")
     for field in dataclasses.fields(BundleConfig):
         flag = "--" + field.name.replace("_", "-")
+        text = _BUNDLE_HELP[field.name]
         if field.name == "kinds":
-            bundle.add_argument(flag, nargs="+", choices=MODEL_KINDS, default=list(field.default))
+            bundle.add_argument(
+                flag, nargs="+", choices=MODEL_KINDS, default=list(field.default), help=text
+            )
         elif isinstance(field.default, bool):
-            bundle.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+            bundle.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=field.default, help=text
+            )
         else:
-            bundle.add_argument(flag, type=type(field.default), default=field.default)
+            bundle.add_argument(flag, type=type(field.default), default=field.default, help=text)
     bundle.add_argument(
         "--out", type=Path, default=None, help="bundle folder (default: the user cache)"
     )

@@ -247,6 +247,17 @@ def test_action_masks_and_random_sampling_agree() -> None:
         obs, *_ = env.step(action)
 
 
+def test_vector_action_space_samples_valid_actions() -> None:
+    envs = gym.make_vec("SlateRerank-v0", num_envs=64)
+    envs.reset(seed=0)
+    envs.action_space.seed(0)
+    ended = 0
+    for _ in range(2 * 7):  # two episodes with the autoreset step; a repeat would raise
+        _, _, terminated, _, _ = envs.step(envs.action_space.sample())
+        ended += int(terminated.all())
+    assert ended == 2 and isinstance(envs.action_space, gym.spaces.MultiDiscrete)
+
+
 def test_splits_never_mix() -> None:
     env = gym.make("SlateRerank-v0", split="test")
     task = env.unwrapped.task
