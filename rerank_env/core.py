@@ -102,6 +102,8 @@ class EpisodeBatch:
             requests: Force these requests (one per slot, from this split); the
                 row is still consumed, so the random stream does not depend on it.
         """
+        if requests is not None:  # validated before any randomness is consumed
+            requests = self._checked_requests(requests)
         for env in np.flatnonzero(self._next_row >= ROWS_PER_DRAW):
             self._rows[env] = generators[env].random((ROWS_PER_DRAW, self._rows.shape[2]))
             self._next_row[env] = 0
@@ -111,15 +113,6 @@ class EpisodeBatch:
             count = len(self.split_requests)
             picks = np.minimum((rows[:, 0] * count).astype(np.int64), count - 1)
             requests = self.split_requests[picks]
-        else:
-            requests = np.asarray(requests, dtype=np.int64).reshape(self.size)
-            outside = ~np.isin(requests, self.split_requests)
-            if outside.any():
-                bad = int(requests[outside][0])
-                raise ValueError(
-                    f"request {bad} is not a {self.split!r} request (valid: "
-                    f"{self.split!r} requests, task.requests({self.split!r})); splits never mix"
-                )
         self.request[:] = requests
         task = self.task
         requests_t = torch.as_tensor(self.request, device=task.device)
@@ -136,6 +129,23 @@ class EpisodeBatch:
         self.t = 0
         self.active = True
 
+    def _checked_requests(self, requests: Any) -> np.ndarray:
+        """Forced requests as int64 ``[size]``, each an integer of this split."""
+        raw = np.asarray(requests)
+        if raw.dtype == bool or not np.issubdtype(raw.dtype, np.integer):
+            raise ValueError(f"requests must be integer request indices, got {requests!r}")
+        if raw.size != self.size:
+            raise ValueError(f"need {self.size} request(s), one per episode; got {raw.size}")
+        raw = raw.astype(np.int64).reshape(self.size)
+        outside = ~np.isin(raw, self.split_requests)
+        if outside.any():
+            bad = int(raw[outside][0])
+            raise ValueError(
+                f"request {bad} is not a {self.split!r} request (valid: the "
+                f"{self.split!r} requests, task.requests({self.split!r})); splits never mix"
+            )
+        return raw
+
     def validate(self, actions: Any, shown: Any = None) -> np.ndarray:
         """Actions as int64 ``[size]``, or :class:`InvalidActionError` naming the problem.
 
@@ -148,7 +158,12 @@ class EpisodeBatch:
                 f"candidate position (dtype "
                 f"{raw.dtype} given); valid: the unmasked positions in 0..{self.mask.shape[1] - 1}"
             )
-        actions = raw.astype(np.int64).reshape(self.size)
+        if raw.shape != (self.size,):
+            raise InvalidActionError(
+                f"actions of shape {raw.shape} given; expected one candidate position per "
+                f"environment, shape ({self.size},)"
+            )
+        actions = raw.astype(np.int64)
         n = self.mask.shape[1]
         outside = (actions < 0) | (actions >= n)
         if outside.any():
@@ -222,7 +237,13 @@ class EpisodeBatch:
         prefix = torch.as_tensor(self.slate[:, : t + 1], device=task.device)
         items = torch.gather(self._candidates_t, 1, prefix)
         batch = SlateBatch(self._users_t, items, self._histories_t)
-        probs = task.simulators["train"].last_click_probs(batch)
+        simulator = task.simulators["train"]
+        if simulator.training:
+            raise RuntimeError(
+                "the task's training simulator is in train mode (dropout would make rewards "
+                "random); simulators are shared by every env of the task: call .eval() on it"
+            )
+        probs = simulator.last_click_probs(batch)
         return probs.double().cpu().numpy()
 
     @torch.no_grad()

@@ -129,7 +129,10 @@ class SlateRerankEnv(gym.Env):
     * ``reward_mode="dense"``: ``r_t`` at step ``t`` (the marginal gain of the prefix
       value); an episode's dense rewards sum exactly to its sparse reward;
     * ``click_mode="expected"``: ``r_t = p_t``; ``click_mode="sampled"``: ``r_t`` is a
-      click drawn with probability ``p_t`` from the environment's generator.
+      click drawn with probability ``p_t`` from the environment's generator. Slots
+      are drawn independently from these exact marginals, so the joint click
+      patterns of cascade-type simulators (at most one click in a cascade) are not
+      reproduced; expected rewards are exact for every simulator.
 
     ``info`` holds ``request``, ``slate_items`` (item indices so far),
     ``click_probs`` (``p_0..p_t``) and, when sampled, ``clicks``. At the last step it

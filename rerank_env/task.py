@@ -12,11 +12,12 @@ builds (and, on first use of a non-default dataset, trains) once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,17 +26,21 @@ import torch
 
 from simulators.base import PAD, ClickSimulator, SlateBatch
 from simulators.bundle import (
+    BUNDLE_FORMAT_VERSION,
     DEFAULT_BUNDLE_DIR,
+    SIMULATOR_HISTORY,
     BundleConfig,
     RequestPool,
     SimulatorBundle,
     build_bundle,
     load_bundle,
 )
+from simulators.checkpoint import CHECKPOINT_FORMAT_VERSION, CheckpointError
 from simulators.data import PipelineConfig, load_rerank_data
 from simulators.data.datasets import DATASETS, data_checksum
 from simulators.data.errors import ConfigError
 from simulators.data.paths import cache_dir
+from simulators.data.pipeline import PIPELINE_VERSION
 from simulators.data.synthetic_config import SyntheticConfig
 from simulators.factory import MODEL_KINDS
 
@@ -79,7 +84,11 @@ class RerankTask:
         self.simulators = {role: sim.to(self.device).eval() for role, sim in simulators.items()}
         self.users = torch.as_tensor(pool.request_user, device=self.device)
         self.candidates = torch.as_tensor(pool.candidates[:, :num_candidates], device=self.device)
-        self.histories = torch.as_tensor(pool.histories, device=self.device)
+        # The simulators were fitted on the most recent SIMULATOR_HISTORY items.
+        every = np.arange(pool.n_requests)
+        self.histories = torch.as_tensor(
+            pool.history(every, SIMULATOR_HISTORY)[0], device=self.device
+        )
         # Observation tables: side features then learned vectors.
         self.user_table = np.concatenate(
             [pool.user_features, user_vectors.detach().cpu().numpy()], axis=1
@@ -90,6 +99,14 @@ class RerankTask:
         self.candidates_np = np.ascontiguousarray(pool.candidates[:, :num_candidates])
         self.scores_np = np.ascontiguousarray(pool.candidate_scores[:, :num_candidates])
         self._split_requests = {split: pool.split_indices(split) for split in SPLITS}
+        for array in (
+            self.user_table,
+            self.item_table,
+            self.candidates_np,
+            self.scores_np,
+            *self._split_requests.values(),
+        ):
+            array.flags.writeable = False  # shared by every environment of the task
 
     @property
     def n_requests(self) -> int:
@@ -119,6 +136,11 @@ class RerankTask:
         """
         requests = torch.as_tensor(np.asarray(requests), dtype=torch.long, device=self.device)
         lists = torch.as_tensor(np.asarray(lists), dtype=torch.long, device=self.device)
+        if requests.ndim != 1 or ((requests < 0) | (requests >= self.n_requests)).any():
+            raise ValueError(
+                f"requests must be a 1-D array of request indices in 0..{self.n_requests - 1}; "
+                f"got {requests.tolist() if requests.numel() <= 10 else tuple(requests.shape)}"
+            )
         if lists.ndim != 2 or requests.shape != lists.shape[:1]:
             raise ValueError(
                 f"lists must be [B, K] candidate positions for B requests; got requests "
@@ -195,13 +217,14 @@ def make_task(
     device: str = "cpu",
     progress: bool = True,
 ) -> RerankTask:
-    """Build (or fetch from this process's cache) the task the keyword arguments name.
+    """Build the task the keyword arguments name (its simulators are loaded once per process).
 
     Where the simulators come from:
 
     * ``bundle=PATH``: that bundle folder (``rerank-env simulator bundle``);
-    * ``dataset="ml-100k"`` with ``slate_length <= 6``, ``num_candidates <= 50``, no
-      ``data_dir`` or ``pipeline``: the embedded bundle (no raw data needed);
+    * ``dataset="ml-100k"`` with ``slate_length <= 6``, ``num_candidates <= 50``, a
+      simulator kind the embedded bundle has, no ``data_dir`` or ``pipeline``: the
+      embedded bundle (no raw data needed);
     * otherwise the raw data is processed and a bundle with the chosen simulator is
       fitted on first use and cached (``$RERANK_ENV_CACHE/bundles``).
 
@@ -238,20 +261,67 @@ def make_task(
             )
     elif synthetic is not None:
         raise ConfigError(f"synthetic=... only applies to dataset='synthetic', not {dataset!r}")
-    return _cached_task(
+    if not composed and (position_bias is not None or diversity_strength is not None):
+        raise ConfigError(
+            "position_bias and diversity_strength compose the simulator; with composed=False "
+            "they would be ignored: drop them or set composed=True"
+        )
+    bundle_loaded, true_simulator, embedded = _sources(
         dataset,
         None if data_dir is None else str(Path(data_dir).resolve()),
         None if bundle is None else str(Path(bundle).resolve()),
         simulator,
         num_candidates,
         slate_length,
-        composed,
-        position_bias,
-        diversity_strength,
         pipeline,
         synthetic,
         str(device),
-        progress,
+        progress=progress,
+    )
+    # A fresh task (and fresh composition wrappers) per call; the fitted ensembles
+    # underneath are shared by every task of this process and stay frozen.
+    train, held_out = bundle_loaded.simulators(
+        simulator,
+        composed=composed,
+        position_bias=position_bias,
+        diversity_strength=diversity_strength,
+    )
+    simulators = {"train": train, "eval": held_out}
+    if true_simulator is not None:
+        simulators["true"] = true_simulator
+    user_vectors, item_vectors = bundle_loaded.representations(simulator)
+    defaults = bundle_loaded.manifest["bundle_config"]
+    description = {
+        "dataset": dataset,
+        "simulator": simulator,
+        "bundle": str(bundle_loaded.path),
+        "embedded_bundle": embedded,
+        "composed": composed,
+        "position_bias": (
+            None
+            if not composed
+            else defaults["position_bias"]
+            if position_bias is None
+            else position_bias
+        ),
+        "diversity_strength": (
+            None
+            if not composed
+            else defaults["diversity_strength"]
+            if diversity_strength is None
+            else diversity_strength
+        ),
+        "data_checksum": bundle_loaded.manifest["data_checksum"],
+    }
+    return RerankTask(
+        bundle_loaded.pool,
+        simulators,
+        user_vectors,
+        item_vectors,
+        num_candidates=num_candidates,
+        slate_length=slate_length,
+        device=device,
+        description=description,
     )
 
 
@@ -289,32 +359,64 @@ def _check_arguments(
         raise ConfigError(f"data_dir {str(data_dir)!r} does not exist; pass the dataset folder")
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_task(
+_SOURCES: dict[tuple, tuple[SimulatorBundle, ClickSimulator | None, bool]] = {}
+_MAX_SOURCES = 8
+
+
+def clear_task_cache() -> None:
+    """Forget the bundles and simulators this process has loaded for tasks."""
+    _SOURCES.clear()
+
+
+def _sources(
     dataset: str,
     data_dir: str | None,
     bundle_dir: str | None,
     simulator: str,
     num_candidates: int,
     slate_length: int,
-    composed: bool,
-    position_bias: float | None,
-    diversity_strength: float | None,
     pipeline: PipelineConfig | None,
     synthetic: SyntheticConfig | None,
     device: str,
+    *,
     progress: bool,
-) -> RerankTask:
-    true_simulator = None
-    embedded_pool = json.loads((DEFAULT_BUNDLE_DIR / "manifest.json").read_text())["pool"]
-    embedded = (
-        bundle_dir is None
-        and dataset == "ml-100k"
-        and data_dir is None
-        and pipeline is None
-        and slate_length <= embedded_pool["slate_length"]
-        and num_candidates <= embedded_pool["num_candidates"]
-    )
+) -> tuple[SimulatorBundle, ClickSimulator | None, bool]:
+    """``(bundle, true simulator or None, embedded?)``, loaded once per process."""
+    key = (dataset, data_dir, bundle_dir, simulator, num_candidates, slate_length)
+    key += (pipeline, synthetic, device)
+    if key not in _SOURCES:
+        loaded, true_simulator, embedded = _load_sources(
+            dataset,
+            data_dir,
+            bundle_dir,
+            simulator,
+            num_candidates,
+            slate_length,
+            pipeline,
+            synthetic,
+            progress,
+        )
+        _check_bundle_fits(loaded, simulator, num_candidates, slate_length)
+        for model in (*loaded.ensembles.values(), true_simulator):
+            if model is not None:  # shared and inference-only: frozen, in eval mode
+                model.to(device).eval().requires_grad_(False)
+        if len(_SOURCES) >= _MAX_SOURCES:
+            _SOURCES.pop(next(iter(_SOURCES)))
+        _SOURCES[key] = (loaded, true_simulator, embedded)
+    return _SOURCES[key]
+
+
+def _load_sources(
+    dataset: str,
+    data_dir: str | None,
+    bundle_dir: str | None,
+    simulator: str,
+    num_candidates: int,
+    slate_length: int,
+    pipeline: PipelineConfig | None,
+    synthetic: SyntheticConfig | None,
+    progress: bool,
+) -> tuple[SimulatorBundle, ClickSimulator | None, bool]:
     if bundle_dir is not None:
         loaded = load_bundle(bundle_dir)
         if loaded.manifest["dataset"] != dataset:
@@ -322,49 +424,26 @@ def _cached_task(
                 f"bundle {bundle_dir} was built from {loaded.manifest['dataset']!r}, but "
                 f"dataset={dataset!r}; pass dataset={loaded.manifest['dataset']!r}"
             )
-    elif embedded:
-        loaded = load_bundle()
-    else:
-        config = pipeline or PipelineConfig(
-            num_candidates=max(num_candidates, 50), slate_length=slate_length
-        )
-        data = load_rerank_data(dataset, data_dir, config, progress=progress, synthetic=synthetic)
-        loaded = _cached_bundle(data, dataset, data_dir, simulator, synthetic, progress)
-        if dataset == "synthetic":
-            from simulators.synthetic import true_simulator_for  # noqa: PLC0415
+        return loaded, None, False
+    if dataset == "ml-100k" and data_dir is None and pipeline is None:
+        manifest = json.loads((DEFAULT_BUNDLE_DIR / "manifest.json").read_text())
+        if (
+            slate_length <= manifest["pool"]["slate_length"]
+            and num_candidates <= manifest["pool"]["num_candidates"]
+            and simulator in manifest["simulators"]
+        ):
+            return load_bundle(), None, True
+    config = pipeline or PipelineConfig(
+        num_candidates=max(num_candidates, 50), slate_length=slate_length
+    )
+    data = load_rerank_data(dataset, data_dir, config, progress=progress, synthetic=synthetic)
+    loaded = _cached_bundle(data, dataset, data_dir, simulator, synthetic, progress)
+    true_simulator = None
+    if dataset == "synthetic":
+        from simulators.synthetic import true_simulator_for  # noqa: PLC0415
 
-            true_simulator = true_simulator_for(data, synthetic)
-    _check_bundle_fits(loaded, simulator, num_candidates, slate_length)
-    train, held_out = loaded.simulators(
-        simulator,
-        composed=composed,
-        position_bias=position_bias,
-        diversity_strength=diversity_strength,
-    )
-    simulators = {"train": train, "eval": held_out}
-    if true_simulator is not None:
-        simulators["true"] = true_simulator
-    user_vectors, item_vectors = loaded.representations(simulator)
-    description = {
-        "dataset": dataset,
-        "simulator": simulator,
-        "bundle": str(loaded.path),
-        "embedded_bundle": embedded,
-        "composed": composed,
-        "position_bias": position_bias,
-        "diversity_strength": diversity_strength,
-        "data_checksum": loaded.manifest["data_checksum"],
-    }
-    return RerankTask(
-        loaded.pool,
-        simulators,
-        user_vectors,
-        item_vectors,
-        num_candidates=num_candidates,
-        slate_length=slate_length,
-        device=device,
-        description=description,
-    )
+        true_simulator = true_simulator_for(data, synthetic)
+    return loaded, true_simulator, False
 
 
 def _cached_bundle(
@@ -378,15 +457,40 @@ def _cached_bundle(
     """The bundle of ``simulator`` fitted on ``data``, built once into the user cache."""
     checksum = data_checksum(dataset, data_dir) if dataset != "synthetic" else synthetic.key()
     config = BundleConfig(kinds=(simulator,))
+    versions = [BUNDLE_FORMAT_VERSION, CHECKPOINT_FORMAT_VERSION, PIPELINE_VERSION]
     key = hashlib.sha256(
         json.dumps(
-            [checksum, data.config.to_json(), dataclasses.asdict(config)], sort_keys=True
+            [versions, checksum, data.config.to_json(), dataclasses.asdict(config)],
+            sort_keys=True,
         ).encode()
     ).hexdigest()[:16]
     folder = cache_dir() / "bundles" / f"{dataset}-{simulator}-{key}"
-    if not (folder / "manifest.json").is_file():
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # One process builds; others wait for it and then load its bundle.
+    with _exclusive(folder.with_name(folder.name + ".lock")):
+        if (folder / "manifest.json").is_file():
+            try:
+                return load_bundle(folder)
+            except CheckpointError:
+                pass  # damaged: rebuild it below
         build_bundle(data, folder, config, data_checksum=checksum, progress=progress)
-    return load_bundle(folder)
+        return load_bundle(folder)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (POSIX; a no-op where fcntl is missing)."""
+    try:
+        import fcntl  # noqa: PLC0415
+    except ImportError:  # Windows
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _check_bundle_fits(

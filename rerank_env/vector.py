@@ -3,7 +3,9 @@
 All sub-environments step in lockstep (every episode has ``L`` steps), and one
 batched simulator call per step scores every sub-environment's prefix. Sub-
 environment ``i`` after ``reset(seed=s)`` reproduces ``SlateRerank-v0`` reset with
-``seed=s + i`` (the convention of Gymnasium's ``SyncVectorEnv``), step for step.
+``seed=s + i`` (the convention of Gymnasium's ``SyncVectorEnv``), step for step: the
+same requests, actions, masks and clicks, and rewards equal up to float rounding
+(the simulator scores batches of different sizes).
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ class SlateRerankVectorEnv(VectorEnv):
 
     Observations are the single environment's, batched along a first axis of size
     ``num_envs``. The per-episode arrays (``user``, ``candidates``,
-    ``initial_scores``) are the same objects for every step of an episode (new ones
-    at each reset, never written in place): copying ``[num_envs, N, d]`` features at
-    every step would cost more than the simulator.
+    ``initial_scores``) are the same read-only arrays at every step of an episode
+    (new ones at each reset): copying ``[num_envs, N, d]`` features at every step
+    would cost more than the simulator. Copy them before editing in place.
 
     ``info`` holds ``request`` and ``click_prob`` (this step's click probability
     under the training simulator) per sub-environment; at the last step also
@@ -128,7 +130,7 @@ class SlateRerankVectorEnv(VectorEnv):
             return [None] * self.num_envs
         if isinstance(seed, (int, np.integer)):
             return [int(seed) + env for env in range(self.num_envs)]
-        seeds = list(seed)
+        seeds = [None if value is None else int(value) for value in seed]
         if len(seeds) != self.num_envs:
             raise ValueError(
                 f"seed list has {len(seeds)} entries for {self.num_envs} sub-environments"
@@ -138,6 +140,9 @@ class SlateRerankVectorEnv(VectorEnv):
     def _start(self, requests: Any = None) -> None:
         self.episodes.start(self._generators, requests)
         self._episode_arrays = self.episodes.episode_arrays(self.features)
+        for array in self._episode_arrays.values():
+            # Returned at every step of the episode: read-only, so nobody edits it in place.
+            array.flags.writeable = False
         self._autoreset = False
 
     def step(
@@ -153,12 +158,14 @@ class SlateRerankVectorEnv(VectorEnv):
             return self._observation(), np.zeros(self.num_envs), falses, falses.copy(), info
         rewards, terminated = self.episodes.place(actions)
         e = self.episodes
+        every = np.ones(self.num_envs, dtype=bool)
         info: dict[str, Any] = {
             "request": e.request.copy(),
+            "_request": every.copy(),
             "click_prob": e.probs[:, e.t - 1].copy(),
+            "_click_prob": every.copy(),
         }
         if terminated:
-            present = np.ones(self.num_envs, dtype=bool)
             info["list_reward"] = e.list_rewards()
             info["eval_reward"] = e.final_rewards("eval")
             roles = ["list_reward", "eval_reward"]
@@ -166,7 +173,7 @@ class SlateRerankVectorEnv(VectorEnv):
                 info["true_reward"] = e.final_rewards("true")
                 roles.append("true_reward")
             for role in roles:
-                info[f"_{role}"] = present.copy()
+                info[f"_{role}"] = every.copy()
             self._autoreset = True
         done = np.full(self.num_envs, terminated)
         return self._observation(), rewards, done, falses, info

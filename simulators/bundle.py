@@ -46,6 +46,8 @@ from simulators.data.pipeline import PIPELINE_VERSION, SPLITS, RerankData
 from simulators.factory import MODEL_KINDS, SimulatorSpec, build_simulator, evaluation_split
 
 BUNDLE_FORMAT_VERSION = 1
+#: History items simulators are fitted, evaluated and served with (``logged_slates``).
+SIMULATOR_HISTORY = 50
 DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent / "bundles" / "ml-100k"
 _POOL_FILE, _MANIFEST_FILE = "requests.npz", "manifest.json"
 
@@ -222,7 +224,8 @@ class BundleConfig:
         learning_rate: Adam step size.
         weight_decay: Adam L2 weight decay.
         seed: Member ``k`` uses ``seed + k`` for initialisation, shuffling and bootstrap.
-        history_length: History items stored per request.
+        history_length: History items stored per request (at least
+            :data:`SIMULATOR_HISTORY`, the items simulators are fitted and served with).
         position_bias: Default DCG examination exponent of the composed simulator.
         diversity_strength: Default diminishing-returns strength of the composed simulator.
         headroom_requests: Test requests on which the manifest records the default
@@ -247,6 +250,11 @@ class BundleConfig:
         if unknown or not self.kinds:
             raise ConfigError(
                 f"BundleConfig.kinds must be a non-empty subset of {MODEL_KINDS}, got {self.kinds}"
+            )
+        if self.history_length < SIMULATOR_HISTORY:
+            raise ConfigError(
+                f"BundleConfig.history_length must be >= {SIMULATOR_HISTORY} (simulators are "
+                f"fitted on the {SIMULATOR_HISTORY} most recent items), got {self.history_length}"
             )
         if self.members < 2:
             raise ConfigError(

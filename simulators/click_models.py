@@ -20,6 +20,8 @@ so prefixes have exact values (see :mod:`simulators.base`).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,36 +78,46 @@ class Attractiveness(nn.Module):
 
     # Inference cache: in eval mode with gradients off, ``p_u`` and ``q_i`` of every
     # user and item are computed once (the projections of the side features are
-    # most of a forward's cost). train(), to()/cuda() and load_state_dict() drop it;
-    # call clear_cache() after editing weights in place under torch.no_grad().
+    # most of a forward's cost). The cache is keyed on the identity and version
+    # counter of every tensor it reads, so optimiser steps, in-place edits,
+    # reassigned parameters and device moves all invalidate it.
     _tables: tuple[torch.Tensor, torch.Tensor] | None = None
+    _tables_key: tuple | None = None
 
     def clear_cache(self) -> None:
         """Drop the cached user and item vectors (recomputed on the next use)."""
-        self._tables = None
+        self._tables = self._tables_key = None
 
-    def train(self, mode: bool = True) -> Attractiveness:
-        """Switch train/eval mode (and drop the inference cache)."""
-        self.clear_cache()
-        return super().train(mode)
+    def _cache_key(self) -> tuple:
+        sources = (
+            self.user_embedding.weight,
+            self.user_projection.weight,
+            self.user_features,
+            self.item_embedding.weight,
+            self.item_projection.weight,
+            self.item_features,
+        )
+        return tuple((t.data_ptr(), t._version, t.device) for t in sources)
 
-    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202  (nn.Module's signature)
-        self.clear_cache()
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-        self.clear_cache()
-        super()._load_from_state_dict(*args, **kwargs)
+    def __deepcopy__(self, memo: dict) -> Attractiveness:
+        # A copy must not share (or keep) the cache.
+        clone = copy.copy(self)
+        memo[id(self)] = clone
+        clone.__dict__ = copy.deepcopy(self.__dict__, memo)
+        clone.clear_cache()
+        return clone
 
     def _vector_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Cached ``(P, Q)`` for every user and item, or ``None`` while training."""
         if self.training or torch.is_grad_enabled():
             return None
-        if self._tables is None:
+        key = self._cache_key()
+        if self._tables is None or key != self._tables_key:
             self._tables = (
                 self.user_embedding.weight + self.user_projection(self.user_features),
                 self.item_embedding.weight + self.item_projection(self.item_features),
             )
+            self._tables_key = key
         return self._tables
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,9 @@ class ContextAwareSimulator(ClickSimulator):
                 dim, heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True
             )
             self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+            # _causal_layer_inference re-implements exactly this layer configuration.
+            assert not layer.norm_first and layer.activation is F.relu
+            assert layer.self_attn.in_proj_bias is not None and self.encoder.norm is None
             self.head = nn.Linear(dim, 1)
             nn.init.zeros_(self.head.weight)  # start as the attractiveness model
             nn.init.zeros_(self.head.bias)

@@ -4,7 +4,9 @@ An agent trained against a simulator learns its quirks. To tell real gains from
 exploitation, evaluate with a simulator that the agent never trained against:
 :meth:`SimulatorEnsemble.split_evaluation_member` gives the mean of all members but
 one (the training reward) and the remaining member (the evaluation reward).
-Members differ in seed and, by default, in a bootstrap resample of training slates.
+Members differ in seed and, optionally, in a bootstrap resample of the training
+slates (``rerank-env simulator train --members K`` resamples; bundles do not by
+default, see ``BundleConfig.bootstrap``).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -221,8 +222,19 @@ def test_inference_cache_matches_and_follows_weight_changes() -> None:
         after_load = model(u, i)
     assert not torch.allclose(after_load, cached)
     torch.testing.assert_close(after_load, model(u, i).detach())
-    model.train()
-    assert model._tables is None
+    # An optimiser step or an in-place edit in eval mode invalidates the cache too.
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(u, i).pow(2).sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        stepped = model(u, i)
+    torch.testing.assert_close(stepped, model(u, i).detach())
+    with torch.no_grad():
+        model.item_embedding.weight.mul_(2.0)
+        edited = model(u, i)
+    assert not torch.allclose(stepped, edited)
+    torch.testing.assert_close(edited, model(u, i).detach())
+    assert copy.deepcopy(model)._tables is None
 
 
 def test_context_model_inference_path_matches_the_nn_encoder() -> None:

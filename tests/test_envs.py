@@ -350,3 +350,50 @@ def test_ml1m_format_dataset_from_a_user_path(tmp_path) -> None:
     assert steps[-1][2]["eval_reward"] > 0 and "true_reward" not in steps[-1][2]
     # The fitted bundle lives in the user cache, never in the package.
     assert task.description["bundle"].startswith(os.environ["RERANK_ENV_CACHE"])
+
+
+def test_review_edge_cases_are_refused_or_handled() -> None:
+    vector = gym.make_vec("SlateRerank-v0", num_envs=2)
+    vector.reset(seed=0)
+    with pytest.raises(InvalidActionError, match=r"shape \(\) given; expected .* shape \(2,\)"):
+        vector.step(np.int64(3))
+    with pytest.raises(InvalidActionError, match=r"shape \(2, 1\)"):
+        vector.step(np.array([[1], [2]]))
+    obs, _ = vector.reset(seed=[5, None])
+    single = gym.make("SlateRerank-v0")
+    np.testing.assert_array_equal(obs["candidates"][0], single.reset(seed=5)[0]["candidates"])
+    with pytest.raises(ValueError, match="read-only"):
+        obs["candidates"][0, 0, 0] = 1.0
+    # A refused forced request consumes no randomness and keeps the running episode.
+    env = gym.make("SlateRerank-v0", split="test")
+    env.reset(seed=3)
+    train_request = int(env.unwrapped.task.requests("train")[0])
+    with pytest.raises(ValueError, match="is not a 'test' request"):
+        env.reset(options={"request": train_request})
+    with pytest.raises(ValueError, match="integer request indices"):
+        env.reset(options={"request": 44.7})
+    after, _ = env.reset()
+    fresh = gym.make("SlateRerank-v0", split="test")
+    fresh.reset(seed=3)
+    np.testing.assert_array_equal(after["candidates"], fresh.reset()[0]["candidates"])
+    task = env.unwrapped.task
+    with pytest.raises(ValueError, match="request indices in 0.."):
+        task.expected_reward([-1], np.array([[0, 1]]))
+    # Shared simulators must stay in eval mode.
+    task.simulators["train"].train()
+    try:
+        with pytest.raises(RuntimeError, match="train mode"):
+            env.step(0)
+    finally:
+        task.simulators["train"].eval()
+
+
+def test_pointwise_simulator_on_the_default_dataset_is_fitted_into_the_cache(data_root) -> None:
+    from simulators.data import PipelineConfig
+
+    # The embedded bundle has no pointwise model: it is fitted on first use, in the cache.
+    task = make_task(simulator="pointwise", pipeline=PipelineConfig(), progress=False)
+    assert not task.description["embedded_bundle"]
+    assert task.description["bundle"].startswith(os.environ["RERANK_ENV_CACHE"])
+    with pytest.raises(ConfigError, match="composed=False they would be ignored"):
+        make_task(composed=False, position_bias=2.0)
