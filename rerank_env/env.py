@@ -75,6 +75,25 @@ def observation_space(task: RerankTask, features: Features, *, stepwise: bool) -
     return spaces.Dict(entries)
 
 
+def _start_episode(
+    env: SlateRerankEnv | SlateRerankListEnv, seed: int | None, options: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The part of ``reset`` both single environments share; returns the reset info."""
+    if seed is not None:
+        env.episodes.forget_rows(np.array([0]))
+    options = options or {}
+    unknown = set(options) - {"request"}
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {sorted(unknown)}; valid: ['request']")
+    requests = None if options.get("request") is None else np.array([options["request"]])
+    env.episodes.start([env.np_random], requests)
+    env._episode_arrays = {  # 0-d arrays, not numpy scalars, for Box(shape=())
+        key: np.asarray(value[0])
+        for key, value in env.episodes.episode_arrays(env.features).items()
+    }
+    return {"request": int(env.episodes.request[0])}
+
+
 def _bounds(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     low, high = table.min(axis=0), table.max(axis=0)
     return low, np.where(high > low, high, low + 1).astype(np.float32)
@@ -214,19 +233,8 @@ class SlateRerankEnv(gym.Env):
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Start an episode: draw a request of the split (or take ``options["request"]``)."""
         super().reset(seed=seed)
-        if seed is not None:
-            self.episodes.forget_rows(np.array([0]))
-        options = options or {}
-        unknown = set(options) - {"request"}
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; valid: ['request']")
-        requests = None if options.get("request") is None else np.array([options["request"]])
-        self.episodes.start([self.np_random], requests)
-        self._episode_arrays = {  # 0-d arrays, not numpy scalars, for Box(shape=())
-            key: np.asarray(value[0])
-            for key, value in self.episodes.episode_arrays(self.features).items()
-        }
-        return self._observation(), {"request": int(self.episodes.request[0])}
+        info = _start_episode(self, seed, options)
+        return self._observation(), info
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         """Place candidate ``action`` in the next slot."""
@@ -352,19 +360,8 @@ class SlateRerankListEnv(gym.Env):
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Draw a request of the split (or take ``options["request"]``)."""
         super().reset(seed=seed)
-        if seed is not None:
-            self.episodes.forget_rows(np.array([0]))
-        options = options or {}
-        unknown = set(options) - {"request"}
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; valid: ['request']")
-        requests = None if options.get("request") is None else np.array([options["request"]])
-        self.episodes.start([self.np_random], requests)
-        self._episode_arrays = {  # 0-d arrays, not numpy scalars, for Box(shape=())
-            key: np.asarray(value[0])
-            for key, value in self.episodes.episode_arrays(self.features).items()
-        }
-        return self._observation(), {"request": int(self.episodes.request[0])}
+        info = _start_episode(self, seed, options)
+        return self._observation(), info
 
     def _observation(self) -> dict[str, Any]:
         return {key: value.copy() for key, value in self._episode_arrays.items()}

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -266,7 +267,7 @@ def make_task(
             "position_bias and diversity_strength compose the simulator; with composed=False "
             "they would be ignored: drop them or set composed=True"
         )
-    bundle_loaded, true_simulator, embedded = _sources(
+    source = _Source(
         dataset,
         None if data_dir is None else str(Path(data_dir).resolve()),
         None if bundle is None else str(Path(bundle).resolve()),
@@ -276,8 +277,8 @@ def make_task(
         pipeline,
         synthetic,
         str(device),
-        progress=progress,
     )
+    bundle_loaded, true_simulator, embedded = _sources(source, progress=progress)
     # A fresh task (and fresh composition wrappers) per call; the fitted ensembles
     # underneath are shared by every task of this process and stay frozen.
     train, held_out = bundle_loaded.simulators(
@@ -359,7 +360,7 @@ def _check_arguments(
         raise ConfigError(f"data_dir {str(data_dir)!r} does not exist; pass the dataset folder")
 
 
-_SOURCES: dict[tuple, tuple[SimulatorBundle, ClickSimulator | None, bool]] = {}
+_SOURCES: dict[_Source, tuple[SimulatorBundle, ClickSimulator | None, bool]] = {}
 _MAX_SOURCES = 8
 
 
@@ -368,55 +369,43 @@ def clear_task_cache() -> None:
     _SOURCES.clear()
 
 
+@dataclass(frozen=True)
+class _Source:
+    """What decides which bundle (and true simulator) a task is built from."""
+
+    dataset: str
+    data_dir: str | None
+    bundle_dir: str | None
+    simulator: str
+    num_candidates: int
+    slate_length: int
+    pipeline: PipelineConfig | None
+    synthetic: SyntheticConfig | None
+    device: str
+
+
 def _sources(
-    dataset: str,
-    data_dir: str | None,
-    bundle_dir: str | None,
-    simulator: str,
-    num_candidates: int,
-    slate_length: int,
-    pipeline: PipelineConfig | None,
-    synthetic: SyntheticConfig | None,
-    device: str,
-    *,
-    progress: bool,
+    source: _Source, *, progress: bool
 ) -> tuple[SimulatorBundle, ClickSimulator | None, bool]:
     """``(bundle, true simulator or None, embedded?)``, loaded once per process."""
-    key = (dataset, data_dir, bundle_dir, simulator, num_candidates, slate_length)
-    key += (pipeline, synthetic, device)
-    if key not in _SOURCES:
-        loaded, true_simulator, embedded = _load_sources(
-            dataset,
-            data_dir,
-            bundle_dir,
-            simulator,
-            num_candidates,
-            slate_length,
-            pipeline,
-            synthetic,
-            progress,
-        )
-        _check_bundle_fits(loaded, simulator, num_candidates, slate_length)
+    if source not in _SOURCES:
+        loaded, true_simulator, embedded = _load_sources(source, progress)
+        _check_bundle_fits(loaded, source.simulator, source.num_candidates, source.slate_length)
         for model in (*loaded.ensembles.values(), true_simulator):
             if model is not None:  # shared and inference-only: frozen, in eval mode
-                model.to(device).eval().requires_grad_(False)
+                model.to(source.device).eval().requires_grad_(False)
         if len(_SOURCES) >= _MAX_SOURCES:
             _SOURCES.pop(next(iter(_SOURCES)))
-        _SOURCES[key] = (loaded, true_simulator, embedded)
-    return _SOURCES[key]
+        _SOURCES[source] = (loaded, true_simulator, embedded)
+    return _SOURCES[source]
 
 
 def _load_sources(
-    dataset: str,
-    data_dir: str | None,
-    bundle_dir: str | None,
-    simulator: str,
-    num_candidates: int,
-    slate_length: int,
-    pipeline: PipelineConfig | None,
-    synthetic: SyntheticConfig | None,
-    progress: bool,
+    source: _Source, progress: bool
 ) -> tuple[SimulatorBundle, ClickSimulator | None, bool]:
+    dataset, data_dir, bundle_dir = source.dataset, source.data_dir, source.bundle_dir
+    simulator, pipeline, synthetic = source.simulator, source.pipeline, source.synthetic
+    num_candidates, slate_length = source.num_candidates, source.slate_length
     if bundle_dir is not None:
         loaded = load_bundle(bundle_dir)
         if loaded.manifest["dataset"] != dataset:
