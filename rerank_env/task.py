@@ -135,8 +135,9 @@ class RerankTask:
         Raises:
             ValueError: Shapes disagree or a position is outside ``[-1, N)``.
         """
-        requests = torch.as_tensor(np.asarray(requests), dtype=torch.long, device=self.device)
-        lists = torch.as_tensor(np.asarray(lists), dtype=torch.long, device=self.device)
+        # torch.tensor copies: callers may pass the task's read-only arrays.
+        requests = torch.tensor(np.asarray(requests), dtype=torch.long, device=self.device)
+        lists = torch.tensor(np.asarray(lists), dtype=torch.long, device=self.device)
         if requests.ndim != 1 or ((requests < 0) | (requests >= self.n_requests)).any():
             raise ValueError(
                 f"requests must be a 1-D array of request indices in 0..{self.n_requests - 1}; "

@@ -19,6 +19,9 @@ def beam_search(
     candidates: torch.Tensor,
     length: int,
     width: int = 16,
+    prefix: torch.Tensor | None = None,
+    *,
+    return_slots: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lists of ``length`` candidates maximising the simulator's expected clicks.
 
@@ -32,16 +35,28 @@ def beam_search(
         candidates: long ``[B, N]`` item indices.
         length: List length ``L <= N``.
         width: Beam width.
+        prefix: Candidate slots every list must start with, long ``[B, P]``
+            (``P < L``, distinct per row); ``None`` starts from the empty list.
+        return_slots: Return candidate slots (positions in ``candidates``) instead
+            of item indices.
 
     Returns:
-        ``(lists, values)``: long ``[B, L]`` item indices and their expected clicks.
+        ``(lists, values)``: long ``[B, L]`` item indices (or slots) and their
+        expected clicks.
     """
     batch, n = candidates.shape
     if not 1 <= length <= n:
         raise ValueError(f"length must be in [1, {n}] (the number of candidates), got {length}")
     device = candidates.device
-    beams = torch.empty(batch, 1, 0, dtype=torch.long, device=device)  # candidate slots
-    for step in range(length):
+    if prefix is None:
+        prefix = torch.empty(batch, 0, dtype=torch.long, device=device)
+    if prefix.shape[0] != batch or prefix.shape[1] >= length:
+        raise ValueError(
+            f"prefix must be [B, P] with B = {batch} and P < length = {length}, got "
+            f"{tuple(prefix.shape)}"
+        )
+    beams = prefix[:, None, :].to(device)  # candidate slots, [B, 1, P]
+    for step in range(prefix.shape[1], length):
         n_beams = beams.shape[1]
         used = torch.zeros(batch, n_beams, n, dtype=torch.bool, device=device)
         if step:
@@ -66,8 +81,8 @@ def beam_search(
         beams = torch.gather(extended, 1, keep[..., None].expand(-1, -1, step + 1))
     best = beams[:, 0, :]
     lists = torch.gather(candidates, 1, best)
-    final = SlateBatch(users, lists, histories)
-    return lists, simulator.expected_reward(final, validate=False)
+    values = simulator.expected_reward(SlateBatch(users, lists, histories), validate=False)
+    return (best if return_slots else lists), values
 
 
 @torch.no_grad()

@@ -1,0 +1,190 @@
+"""Reference rerankers: initial order, random, pointwise greedy, beam search, oracle."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import torch
+
+from agents.base import Agent, complete_by_scores, empty_prefixes
+from rerank_env.task import RerankTask
+from simulators.base import PAD
+from simulators.click_models import Attractiveness, PointwiseModel
+from simulators.search import beam_search
+from simulators.training import fit_simulator
+
+
+class InitialOrder(Agent):
+    """The upstream ranker's order: the first ``L`` candidates (what reranking must beat)."""
+
+    name = "initial-order"
+
+    def rank(
+        self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Complete each prefix with the unused candidates in the upstream order."""
+        scores = -np.broadcast_to(
+            np.arange(task.num_candidates, dtype=float), (len(requests), task.num_candidates)
+        )
+        return complete_by_scores(scores, task.slate_length, prefixes)
+
+
+class RandomAgent(Agent):
+    """Uniformly random lists, from its own seeded generator.
+
+    Args:
+        seed: Seed of the agent's generator.
+    """
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.generator = np.random.default_rng(seed)
+
+    def rank(
+        self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Complete each prefix with unused candidates in random order."""
+        scores = self.generator.random((len(requests), task.num_candidates))
+        return complete_by_scores(scores, task.slate_length, prefixes)
+
+
+class PointwiseGreedy(Agent):
+    """Sort candidates by a pointwise click model learned from the logged slates.
+
+    The model (matrix factorisation with side features, position-blind) is fitted
+    by :meth:`fit` on the task's *training* logged slates, with early stopping on
+    the validation slates; it never sees a simulator.
+
+    Args:
+        dim: Embedding size.
+        epochs: Maximum training epochs.
+        seed: Initialisation and shuffling seed.
+    """
+
+    name = "pointwise-greedy"
+
+    def __init__(self, dim: int = 32, epochs: int = 20, seed: int = 0) -> None:
+        self.dim, self.epochs, self.seed = dim, epochs, seed
+        self.model: PointwiseModel | None = None
+
+    def fit(self, task: RerankTask, *, progress: bool = False) -> PointwiseGreedy:
+        """Fit the pointwise model on the task's training logs; returns ``self``."""
+        pool = task.pool
+        attractiveness = Attractiveness(
+            torch.as_tensor(pool.user_features),
+            torch.as_tensor(pool.item_features),
+            dim=self.dim,
+            seed=self.seed,
+        )
+        self.model = PointwiseModel(attractiveness, max_positions=pool.slate_length)
+        fit_simulator(self.model, pool, epochs=self.epochs, seed=self.seed, progress=progress)
+        return self
+
+    @torch.no_grad()
+    def scores(self, task: RerankTask, requests: np.ndarray) -> np.ndarray:
+        """Click logits of every candidate, ``[B, N]``."""
+        if self.model is None:
+            raise RuntimeError("PointwiseGreedy is not fitted: call fit(task) first")
+        rows = torch.tensor(np.asarray(requests), dtype=torch.long, device=task.device)
+        model = self.model.to(task.device).eval()
+        return model.attractiveness(task.users[rows], task.candidates[rows]).cpu().numpy()
+
+    def rank(
+        self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Complete each prefix with the unused candidates of highest predicted click."""
+        return complete_by_scores(self.scores(task, requests), task.slate_length, prefixes)
+
+
+class BeamSearchAgent(Agent):
+    """Beam search against one of the task's simulators (a strong reference).
+
+    Args:
+        width: Beam width.
+        simulator: ``"train"`` (the reward agents train on), ``"eval"`` or ``"true"``.
+    """
+
+    def __init__(self, width: int = 8, simulator: str = "train") -> None:
+        self.width, self.simulator = width, simulator
+        self.name = f"beam-{width}"
+
+    def rank(
+        self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The best list found by beam search, completing each prefix."""
+        requests = np.asarray(requests, dtype=np.int64)
+        length = task.slate_length
+        prefixes = empty_prefixes(len(requests), length) if prefixes is None else prefixes
+        counts = (prefixes != PAD).sum(axis=1)
+        lists = np.empty((len(requests), length), dtype=np.int64)
+        model = task.simulators[self.simulator]
+        for count in np.unique(counts):  # one search per prefix length
+            group = np.flatnonzero(counts == count)
+            rows = torch.as_tensor(requests[group], device=task.device)
+            prefix = torch.as_tensor(prefixes[group, :count], device=task.device)
+            slots, _ = beam_search(
+                model,
+                task.users[rows],
+                task.histories[rows],
+                task.candidates[rows],
+                length,
+                width=self.width,
+                prefix=prefix,
+                return_slots=True,
+            )
+            lists[group] = slots.cpu().numpy()
+        return lists
+
+
+class OracleAgent(Agent):
+    """The best list by exhaustive enumeration, where ``P(N, L)`` is small.
+
+    Args:
+        simulator: Simulator role to maximise.
+        max_lists: Refuse tasks with more lists than this per request.
+        chunk: Lists scored per simulator call.
+    """
+
+    name = "oracle"
+
+    def __init__(
+        self, simulator: str = "train", max_lists: int = 200_000, chunk: int = 65_536
+    ) -> None:
+        self.simulator, self.max_lists, self.chunk = simulator, max_lists, chunk
+
+    def rank(
+        self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Enumerate every completion of each prefix and keep the best."""
+        n, length = task.num_candidates, task.slate_length
+        total = math.perm(n, length)
+        if total > self.max_lists:
+            raise ValueError(
+                f"the oracle would score P({n}, {length}) = {total:,} lists per request "
+                f"(max_lists={self.max_lists:,}); use a smaller N or L, e.g. "
+                "num_candidates=10, slate_length=4"
+            )
+        requests = np.asarray(requests, dtype=np.int64)
+        prefixes = empty_prefixes(len(requests), length) if prefixes is None else prefixes
+        lists = np.empty((len(requests), length), dtype=np.int64)
+        for row, request in enumerate(requests):
+            filled = prefixes[row][prefixes[row] != PAD]
+            rest = [c for c in range(n) if c not in set(filled.tolist())]
+            tails = np.array(list(itertools.permutations(rest, length - len(filled))))
+            options = np.concatenate(
+                [np.broadcast_to(filled, (len(tails), len(filled))), tails.reshape(len(tails), -1)],
+                axis=1,
+            ).astype(np.int64)
+            values = np.concatenate(
+                [
+                    task.expected_reward(np.full(len(part), request), part, self.simulator)
+                    .cpu()
+                    .numpy()
+                    for part in np.array_split(options, max(1, -(-len(options) // self.chunk)))
+                ]
+            )
+            lists[row] = options[int(np.argmax(values))]
+        return lists
