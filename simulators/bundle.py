@@ -365,7 +365,7 @@ def build_bundle(
         The bundle folder.
     """
     from simulators.report import simulator_diagnostics  # noqa: PLC0415  (matplotlib)
-    from simulators.training import bootstrap_slates, evaluate_simulator, fit_simulator  # noqa: PLC0415
+    from simulators.training import evaluate_simulator, fit_members  # noqa: PLC0415
 
     config = config or BundleConfig()
     out = Path(out)
@@ -384,18 +384,16 @@ def build_bundle(
             )
             ensemble = build_simulator(spec, users, items)
             start = time.perf_counter()
-            for k, member in enumerate(ensemble.members):
-                rows = bootstrap_slates(pool, config.seed + k) if config.bootstrap else None
-                fit_simulator(
-                    member,
-                    pool,
-                    epochs=config.epochs,
-                    learning_rate=config.learning_rate,
-                    weight_decay=config.weight_decay,
-                    seed=config.seed + k,
-                    train_rows=rows,
-                    progress=progress,
-                )
+            fit_members(
+                list(ensemble.members),
+                pool,
+                seed=config.seed,
+                bootstrap=config.bootstrap,
+                epochs=config.epochs,
+                learning_rate=config.learning_rate,
+                weight_decay=config.weight_decay,
+                progress=progress,
+            )
             seconds = time.perf_counter() - start
             train, held_out = evaluation_split(ensemble)
             metrics = {

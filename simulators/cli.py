@@ -16,7 +16,7 @@ from simulators.checkpoint import CheckpointError, load_simulator, save_simulato
 from simulators.data.datasets import DATASETS, data_checksum, load_rerank_data
 from simulators.data.paths import cache_dir
 from simulators.factory import MODEL_KINDS, SimulatorSpec, build_simulator, learned_members
-from simulators.training import bootstrap_slates, evaluate_simulator, fit_simulator
+from simulators.training import evaluate_simulator, fit_members, fit_simulator
 
 
 def _add_fit_options(parser: argparse.ArgumentParser) -> None:
@@ -159,16 +159,15 @@ def run_train(args: argparse.Namespace) -> int:
     )
     learned = model.base if args.compose else model
     start = time.perf_counter()
-    for k, member in enumerate(learned_members(model)):
-        result = fit_simulator(
-            member,
-            data,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            seed=args.seed + k,
-            train_rows=bootstrap_slates(data, args.seed + k) if args.members > 1 else None,
-        )
+    results = fit_members(
+        learned_members(model),
+        data,
+        seed=args.seed,
+        bootstrap=args.members > 1,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+    )
     seconds = time.perf_counter() - start
     metrics = {split: evaluate_simulator(learned, data, split) for split in ("valid", "test")}
     training = {
@@ -177,7 +176,7 @@ def run_train(args: argparse.Namespace) -> int:
         "learning_rate": args.learning_rate,
         "seed": args.seed,
         "members": args.members,
-        "best_epoch_of_last_member": result.best_epoch,
+        "best_epoch_of_last_member": results[-1].best_epoch,
         "fit_seconds": seconds,
     }
     metadata = {

@@ -186,6 +186,35 @@ def bootstrap_slates(data: RerankData, seed: int) -> np.ndarray:
     return np.sort(rng.integers(0, count, size=count))
 
 
+def fit_members(
+    members: list[ClickSimulator],
+    data: RerankData,
+    *,
+    seed: int = 0,
+    bootstrap: bool = False,
+    **fit_options: object,
+) -> list[FitResult]:
+    """Fit ensemble members one by one: member ``k`` with seed ``seed + k``.
+
+    Args:
+        members: The (unfitted) members.
+        data: Processed data (or a request pool).
+        seed: Seed of member 0.
+        bootstrap: Fit each member on :func:`bootstrap_slates` of the training slates.
+        **fit_options: Passed to :func:`fit_simulator` (epochs, learning rate, ...).
+    """
+    return [
+        fit_simulator(
+            member,
+            data,
+            seed=seed + k,
+            train_rows=bootstrap_slates(data, seed + k) if bootstrap else None,
+            **fit_options,
+        )
+        for k, member in enumerate(members)
+    ]
+
+
 @torch.no_grad()
 def evaluate_simulator(
     model: ClickSimulator, data: RerankData, split: str = "test", *, device: str = "cpu"
