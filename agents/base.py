@@ -16,18 +16,31 @@ given prefix when one is given. Everything else is derived from it:
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from rerank_env.task import RerankTask
+from simulators._io import atomic_write
 from simulators.base import PAD
+from simulators.checkpoint import CheckpointError
+
+#: Version of the agent checkpoint format; files of another version are refused.
+AGENT_FORMAT_VERSION = 1
 
 
 class InvalidListError(ValueError):
     """An agent returned a list that is not a valid slate for its request."""
+
+
+class UnsupportedTaskError(ValueError):
+    """An agent cannot rank this task (e.g. a policy trained for another N)."""
 
 
 class Agent(ABC):
@@ -52,12 +65,162 @@ class Agent(ABC):
                 slots, filled ones first); each returned list must start with them.
         """
 
+    def config(self) -> dict[str, Any]:
+        """The constructor's keyword arguments (JSON-like), for specs and result tables."""
+        return {}
+
     def policy(self, env: gym.Env | gym.vector.VectorEnv) -> AgentPolicy:
         """A step-wise policy of this agent in ``env`` (single or native vector env)."""
         return AgentPolicy(self, env)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+class ScoringAgent(Agent):
+    """An agent that scores candidates independently of the slots: the list is the top L.
+
+    Subclasses implement :meth:`scores`; ranking and Plackett-Luce sampling (used by
+    generator-evaluator rerankers) come from it.
+    """
+
+    @abstractmethod
+    def scores(self, task: RerankTask, requests: np.ndarray) -> np.ndarray:
+        """Higher is better, float ``[B, N]``."""
+
+    def rank(
+        self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Complete each prefix with the unused candidates of highest score."""
+        return complete_by_scores(self.scores(task, requests), task.slate_length, prefixes)
+
+    def sample(
+        self,
+        task: RerankTask,
+        requests: np.ndarray,
+        count: int,
+        generator: torch.Generator,
+        prefixes: np.ndarray | None = None,
+        temperature: float = 1.0,
+    ) -> np.ndarray:
+        """``count`` Plackett-Luce lists per request, ``[B, count, L]``.
+
+        Scores are standardised within each request, divided by ``temperature`` and
+        perturbed with Gumbel noise; the top ``L`` of the perturbed scores is a
+        Plackett-Luce sample without replacement (Kool et al., 2019).
+        """
+        scores = np.asarray(self.scores(task, requests), dtype=np.float64)
+        spread = scores.std(axis=1, keepdims=True)
+        scores = (scores - scores.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
+        batch, n = scores.shape
+        uniform = torch.rand((batch, count, n), generator=generator, dtype=torch.float64)
+        gumbel = -np.log(-np.log(uniform.clamp(1e-12, 1 - 1e-12).numpy()))
+        perturbed = (scores[:, None] / temperature + gumbel).reshape(batch * count, n)
+        repeated = None if prefixes is None else np.repeat(np.asarray(prefixes), count, axis=0)
+        lists = complete_by_scores(perturbed, task.slate_length, repeated)
+        return lists.reshape(batch, count, task.slate_length)
+
+
+class TrainableAgent(Agent):
+    """An agent with parameters: ``fit(task)``, ``save(path)``, ``load(path)``.
+
+    Subclasses implement :meth:`fit`, :meth:`config` (their constructor keyword
+    arguments) and :meth:`_build` (create ``self.modules`` from ``self.build_info``,
+    the shapes ``fit`` learned from the task). Checkpoints hold the format version,
+    the class, the config, the build info, every module's weights and metadata, and
+    are written atomically.
+    """
+
+    #: ``(x, y)`` keys of :attr:`history` that make its learning curve.
+    curve: tuple[str, str] | None = None
+
+    def __init__(self) -> None:
+        self.modules: dict[str, torch.nn.Module] = {}
+        self.build_info: dict[str, Any] = {}
+        self.history: list[dict[str, float]] = []  # learning curve rows written by fit
+
+    @abstractmethod
+    def fit(self, task: RerankTask, *, progress: bool = False) -> TrainableAgent:
+        """Train on ``task`` (training requests only); returns ``self``."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """The constructor's keyword arguments (JSON-like), for checkpoints and tables."""
+
+    @abstractmethod
+    def _build(self) -> None:
+        """Create ``self.modules`` from ``self.build_info``."""
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the agent has parameters (trained or loaded)."""
+        return bool(self.modules)
+
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise RuntimeError(
+                f"agent {self.name!r} is not trained: call fit(task) or "
+                f"{type(self).__name__}.load(path) first"
+            )
+
+    def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """Write a checkpoint to ``path`` atomically; returns the path."""
+        self._require_fitted()
+        payload = {
+            "format_version": AGENT_FORMAT_VERSION,
+            "agent": type(self).__name__,
+            "config": self.config(),
+            "build_info": self.build_info,
+            "state_dicts": {
+                name: {key: t.detach().cpu() for key, t in module.state_dict().items()}
+                for name, module in self.modules.items()
+            },
+            "metadata": {
+                **(metadata or {}),
+                "history": self.history,
+                "saved_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            },
+        }
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        path = Path(path)
+        atomic_write(path, lambda out: out.write(buffer.getvalue()))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> TrainableAgent:
+        """An agent rebuilt from a checkpoint written by :meth:`save`.
+
+        Raises:
+            CheckpointError: The file is missing, not a checkpoint, of another format
+                version, or of another agent class.
+        """
+        path = Path(path)
+        try:
+            payload = torch.load(path, map_location=device, weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"no agent checkpoint at {path}") from None
+        except Exception as err:  # unpickling errors have many types
+            raise CheckpointError(f"{path} is not a readable agent checkpoint: {err}") from err
+        version = payload.get("format_version") if isinstance(payload, dict) else None
+        if version != AGENT_FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path} has agent checkpoint format version {version!r}; this version of "
+                f"rerank-env reads version {AGENT_FORMAT_VERSION}: retrain and save the agent again"
+            )
+        if payload["agent"] != cls.__name__:
+            raise CheckpointError(
+                f"{path} holds a {payload['agent']} agent, not a {cls.__name__}: load it with "
+                f"{payload['agent']}.load"
+            )
+        agent = cls(**payload["config"])
+        agent.build_info = dict(payload["build_info"])
+        agent._build()
+        for name, module in agent.modules.items():
+            module.load_state_dict(payload["state_dicts"][name])
+            module.to(device).eval()
+        agent.history = list(payload["metadata"].get("history", []))
+        return agent
 
 
 def empty_prefixes(batch: int, length: int) -> np.ndarray:
@@ -130,6 +293,12 @@ def complete_by_scores(scores: np.ndarray, length: int, prefixes: np.ndarray | N
 class AgentPolicy:
     """An :class:`Agent` acting step by step, with SB3's ``predict`` signature.
 
+    At a request's first step the agent ranks it and the list is kept as a plan;
+    later steps follow the plan while the placed slots agree with it. Where they do
+    not (another policy chose a slot, or a new request started) the agent is asked
+    again to complete what is placed. So the step-wise lists equal the batch lists,
+    even for agents that search or sample, at one ``rank`` call per request.
+
     Args:
         agent: The agent.
         env: ``SlateRerank-v0`` (possibly wrapped) or its native vector env; the
@@ -143,6 +312,8 @@ class AgentPolicy:
             raise TypeError(
                 f"AgentPolicy needs a SlateRerank environment (single or vector), got {env!r}"
             )
+        self._plans: np.ndarray | None = None
+        self._plan_requests: np.ndarray | None = None
 
     def predict(
         self,
@@ -158,6 +329,17 @@ class AgentPolicy:
         slates = slate[None] if single else slate
         step = int(np.asarray(observation["step"]).reshape(-1)[0])
         requests = self.env.episodes.request.copy()
-        lists = checked_rank(self.agent, self.env.task, requests, slates)
-        actions = lists[:, step]
+        if self._plans is None or self._plans.shape != slates.shape:
+            self._plans = np.full(slates.shape, PAD, dtype=np.int64)
+            self._plan_requests = np.full(len(slates), -1, dtype=np.int64)
+        stale = (self._plan_requests != requests) | (self._plans[:, :step] != slates[:, :step]).any(
+            axis=1
+        )
+        if stale.any():
+            rows = np.flatnonzero(stale)
+            self._plans[rows] = checked_rank(
+                self.agent, self.env.task, requests[rows], slates[rows]
+            )
+            self._plan_requests[rows] = requests[rows]
+        actions = self._plans[:, step].copy()
         return (actions[0] if single else actions), None

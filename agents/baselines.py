@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import numpy as np
 import torch
 
-from agents.base import Agent, complete_by_scores, empty_prefixes
+from agents.base import (
+    Agent,
+    ScoringAgent,
+    TrainableAgent,
+    complete_by_scores,
+    empty_prefixes,
+)
 from rerank_env.task import RerankTask
 from simulators.base import PAD
 from simulators.click_models import Attractiveness, PointwiseModel
@@ -16,19 +23,14 @@ from simulators.search import beam_search
 from simulators.training import fit_simulator
 
 
-class InitialOrder(Agent):
+class InitialOrder(ScoringAgent):
     """The upstream ranker's order: the first ``L`` candidates (what reranking must beat)."""
 
     name = "initial-order"
 
-    def rank(
-        self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Complete each prefix with the unused candidates in the upstream order."""
-        scores = -np.broadcast_to(
-            np.arange(task.num_candidates, dtype=float), (len(requests), task.num_candidates)
-        )
-        return complete_by_scores(scores, task.slate_length, prefixes)
+    def scores(self, task: RerankTask, requests: np.ndarray) -> np.ndarray:
+        """The upstream ranker's scores (its order)."""
+        return np.asarray(task.scores_np[np.asarray(requests)], dtype=np.float64)
 
 
 class RandomAgent(Agent):
@@ -41,7 +43,12 @@ class RandomAgent(Agent):
     name = "random"
 
     def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
         self.generator = np.random.default_rng(seed)
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments."""
+        return {"seed": self.seed}
 
     def rank(
         self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
@@ -51,7 +58,7 @@ class RandomAgent(Agent):
         return complete_by_scores(scores, task.slate_length, prefixes)
 
 
-class PointwiseGreedy(Agent):
+class PointwiseGreedy(TrainableAgent, ScoringAgent):
     """Sort candidates by a pointwise click model learned from the logged slates.
 
     The model (matrix factorisation with side features, position-blind) is fitted
@@ -65,38 +72,56 @@ class PointwiseGreedy(Agent):
     """
 
     name = "pointwise-greedy"
+    curve = ("epoch", "valid_nll")
 
     def __init__(self, dim: int = 32, epochs: int = 20, seed: int = 0) -> None:
+        super().__init__()
         self.dim, self.epochs, self.seed = dim, epochs, seed
-        self.model: PointwiseModel | None = None
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments."""
+        return {"dim": self.dim, "epochs": self.epochs, "seed": self.seed}
+
+    def _build(self, pool_features: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        info = self.build_info
+        users, items = pool_features or (
+            np.zeros(info["user_features"], np.float32),
+            np.zeros(info["item_features"], np.float32),
+        )
+        attractiveness = Attractiveness(
+            torch.as_tensor(users), torch.as_tensor(items), dim=self.dim, seed=self.seed
+        )
+        self.modules = {
+            "model": PointwiseModel(attractiveness, max_positions=info["max_positions"])
+        }
 
     def fit(self, task: RerankTask, *, progress: bool = False) -> PointwiseGreedy:
         """Fit the pointwise model on the task's training logs; returns ``self``."""
         pool = task.pool
-        attractiveness = Attractiveness(
-            torch.as_tensor(pool.user_features),
-            torch.as_tensor(pool.item_features),
-            dim=self.dim,
-            seed=self.seed,
+        self.build_info = {
+            "user_features": list(pool.user_features.shape),
+            "item_features": list(pool.item_features.shape),
+            "max_positions": pool.slate_length,
+        }
+        self._build((pool.user_features, pool.item_features))
+        report = fit_simulator(
+            self.modules["model"], pool, epochs=self.epochs, seed=self.seed, progress=progress
         )
-        self.model = PointwiseModel(attractiveness, max_positions=pool.slate_length)
-        fit_simulator(self.model, pool, epochs=self.epochs, seed=self.seed, progress=progress)
+        self.history = [
+            {"epoch": epoch + 1, "train_nll": train, "valid_nll": valid}
+            for epoch, (train, valid) in enumerate(
+                zip(report.train_nll, report.valid_nll, strict=True)
+            )
+        ]
         return self
 
     @torch.no_grad()
     def scores(self, task: RerankTask, requests: np.ndarray) -> np.ndarray:
         """Click logits of every candidate, ``[B, N]``."""
-        if self.model is None:
-            raise RuntimeError("PointwiseGreedy is not fitted: call fit(task) first")
+        self._require_fitted()
         rows = torch.tensor(np.asarray(requests), dtype=torch.long, device=task.device)
-        model = self.model.to(task.device).eval()
+        model = self.modules["model"].to(task.device).eval()
         return model.attractiveness(task.users[rows], task.candidates[rows]).cpu().numpy()
-
-    def rank(
-        self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Complete each prefix with the unused candidates of highest predicted click."""
-        return complete_by_scores(self.scores(task, requests), task.slate_length, prefixes)
 
 
 class BeamSearchAgent(Agent):
@@ -110,6 +135,10 @@ class BeamSearchAgent(Agent):
     def __init__(self, width: int = 8, simulator: str = "train") -> None:
         self.width, self.simulator = width, simulator
         self.name = f"beam-{width}"
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments."""
+        return {"width": self.width, "simulator": self.simulator}
 
     def rank(
         self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
@@ -154,6 +183,10 @@ class OracleAgent(Agent):
         self, simulator: str = "train", max_lists: int = 200_000, chunk: int = 65_536
     ) -> None:
         self.simulator, self.max_lists, self.chunk = simulator, max_lists, chunk
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments."""
+        return {"simulator": self.simulator, "max_lists": self.max_lists, "chunk": self.chunk}
 
     def rank(
         self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None

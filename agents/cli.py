@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from agents import compare
 from simulators import cli as simulator_cli
 from simulators.checkpoint import CheckpointError
 from simulators.data import cli as data_cli
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     data_cli.add_parser(subparsers)
     simulator_cli.add_parser(subparsers)
+    compare.add_parser(subparsers)
     return parser
 
 

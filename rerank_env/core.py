@@ -259,17 +259,26 @@ class EpisodeBatch:
 
     def episode_arrays(self, features: Features) -> dict[str, np.ndarray]:
         """The observation arrays that stay fixed during an episode (fresh arrays)."""
-        task = self.task
-        candidates = task.candidates_np[self.request]
-        users = task.pool.request_user[self.request]
-        if features == "dense":
-            return {
-                "user": task.user_table[users],
-                "candidates": task.item_table[candidates],
-                "initial_scores": task.scores_np[self.request],
-            }
+        return episode_arrays(self.task, self.request, features)
+
+
+def episode_arrays(
+    task: RerankTask, requests: np.ndarray, features: Features
+) -> dict[str, np.ndarray]:
+    """Observation entries fixed during an episode of each request: user, candidates, scores.
+
+    Fresh arrays with a leading batch axis, as the vector environment observes them.
+    """
+    candidates = task.candidates_np[requests]
+    users = task.pool.request_user[requests]
+    if features == "dense":
         return {
-            "user": users.astype(np.int64),
-            "candidates": candidates.astype(np.int64),
-            "initial_scores": task.scores_np[self.request],
+            "user": task.user_table[users],
+            "candidates": task.item_table[candidates],
+            "initial_scores": task.scores_np[requests],
         }
+    return {
+        "user": users.astype(np.int64),
+        "candidates": candidates.astype(np.int64),
+        "initial_scores": task.scores_np[requests],
+    }

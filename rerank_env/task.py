@@ -63,6 +63,8 @@ class RerankTask:
         slate_length: L: items to place.
         device: Where simulators run.
         description: What the task was built from (dataset, simulator, bundle, ...).
+        make_kwargs: The :func:`make_task` keyword arguments that rebuild this task
+            (environments over the same requests and simulators use them).
     """
 
     def __init__(
@@ -76,8 +78,10 @@ class RerankTask:
         slate_length: int,
         device: str | torch.device = "cpu",
         description: dict[str, Any] | None = None,
+        make_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.pool = pool
+        self.make_kwargs = dict(make_kwargs or {})
         self.num_candidates = num_candidates
         self.slate_length = slate_length
         self.device = torch.device(device)
@@ -124,6 +128,57 @@ class RerankTask:
         """``size`` requests of ``split`` drawn uniformly (with replacement)."""
         pool = self.requests(split)
         return pool[generator.integers(0, len(pool), size=size)]
+
+    def logged_positives(self, requests: Any) -> np.ndarray:
+        """Which candidates the request's logged slate shows clicked, bool ``[B, N]``.
+
+        The labels of log-based metrics (H@L, NDCG@L, ...) and of rerankers trained
+        on logs (PRM). Candidates the logs never showed count as not positive.
+        """
+        requests = np.asarray(requests, dtype=np.int64)
+        clicked = np.where(self.pool.logged_clicks[requests], self.pool.logged_items[requests], PAD)
+        candidates = self.candidates_np[requests]
+        return (candidates[:, :, None] == clicked[:, None, :]).any(axis=2)
+
+    def gr2_task(self, slate_length: int = 5) -> RerankTask:
+        """The GR2 protocol as a task over the same users, items and simulators.
+
+        Each request is a GR2 request: its ``K`` pre-ranked candidates (``K = 10``
+        by default) hold the held-out next item at ``gr2_target_pos``; an agent's
+        list of ``slate_length`` candidates is judged by Recall@1/5 and NDCG@5 of
+        that item. The candidates' initial scores are their pre-ranked order.
+        Request ``q`` of the returned task is GR2 request ``q`` (its split is the
+        underlying request's).
+        """
+        pool = self.pool
+        rows = pool.gr2_request
+        queries, k = pool.gr2_candidates.shape
+        view = dataclasses.replace(
+            pool,
+            request_user=pool.request_user[rows],
+            request_split=pool.request_split[rows],
+            candidates=pool.gr2_candidates,
+            candidate_scores=np.broadcast_to(
+                np.arange(k, 0, -1, dtype=np.float32), (queries, k)
+            ).copy(),
+            histories=pool.histories[rows],
+            history_lengths=pool.history_lengths[rows],
+            logged_items=pool.logged_items[rows],
+            logged_clicks=pool.logged_clicks[rows],
+            gr2_request=np.arange(queries, dtype=np.int64),
+        )
+        user_features, item_features = pool.user_features.shape[1], pool.item_features.shape[1]
+        return RerankTask(
+            view,
+            self.simulators,
+            torch.tensor(self.user_table[:, user_features:]),
+            torch.tensor(self.item_table[:, item_features:]),
+            num_candidates=k,
+            slate_length=min(slate_length, k),
+            device=self.device,
+            description={**self.description, "protocol": "gr2"},
+            make_kwargs=None,
+        )
 
     def has_simulator(self, role: str) -> bool:
         """Whether ``role`` (``"train"``, ``"eval"``, ``"true"``) exists for this task."""
@@ -324,6 +379,20 @@ def make_task(
         slate_length=slate_length,
         device=device,
         description=description,
+        make_kwargs={
+            "dataset": dataset,
+            "data_dir": data_dir,
+            "bundle": bundle,
+            "simulator": simulator,
+            "num_candidates": num_candidates,
+            "slate_length": slate_length,
+            "composed": composed,
+            "position_bias": position_bias,
+            "diversity_strength": diversity_strength,
+            "pipeline": pipeline,
+            "synthetic": synthetic,
+            "device": device,
+        },  # fmt: skip
     )
 
 

@@ -1,0 +1,392 @@
+"""``rerank-env compare``: train and evaluate a set of agents on one environment.
+
+Also ``python -m agents.compare``. For every seed, every agent is built
+(:func:`~agents.registry.make_agent`), trained on the training requests of the
+environment's task and evaluated on its held-out test requests
+(:mod:`agents.evaluation`). Agents without randomness (initial order, beam search,
+oracle) are evaluated once and count for every seed. The run folder
+``<out>/<name>/`` receives:
+
+* ``results.md`` / ``results.csv``: mean over seeds with 95% bootstrap CIs, and the
+  environment's headroom (beam search vs pointwise greedy);
+* ``per_seed.csv``, ``curves.csv`` (learning curves), ``position_clicks.csv``;
+* ``learning_curves.png``, ``pareto.png`` (held-out reward vs latency),
+  ``credit_profile.png`` (held-out click probability per slot);
+* ``config.json`` (the command, versions, task, data checksum);
+* ``tensorboard/`` when the ``tensorboard`` package is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as dt
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import rerank_env
+from agents.base import TrainableAgent
+from agents.evaluation import (
+    EvaluationSet,
+    evaluate_agent,
+    make_evaluation_set,
+    results_markdown,
+    summarise,
+    write_csv,
+)
+from agents.registry import agent_names, make_agent
+from agents.training import progress_bar
+from rerank_env.task import RerankTask, make_task
+from simulators.data.cache import package_version
+from simulators.data.errors import ConfigError
+
+#: The README's main job: every reference and baseline, 5 seeds, small budgets.
+QUICK_AGENTS = (
+    "initial-order", "random", "pointwise-greedy", "prm", "seq2slate", "gen-eval",
+    "maskable-ppo", "beam-8",
+)  # fmt: skip
+FULL_AGENTS = (*QUICK_AGENTS[:5], "seq2slate-dense", "gen-eval", "multi-gen-eval",
+               "maskable-ppo", "beam-8")  # fmt: skip
+#: Environment keyword arguments that shape episodes, not the task.
+_EPISODE_KWARGS = ("reward_mode", "click_mode", "split", "features", "render_mode")
+
+
+def task_for_env(env_id: str, env_kwargs: dict[str, Any], device: str = "cpu") -> RerankTask:
+    """The task behind ``gym.make(env_id, **env_kwargs)``.
+
+    Raises:
+        ConfigError: ``env_id`` is not a rerank-env environment.
+    """
+    if env_id not in rerank_env.VARIANTS:
+        raise ConfigError(f"unknown environment {env_id!r}; valid: {sorted(rerank_env.VARIANTS)}")
+    kwargs = {**gym.spec(env_id).kwargs, **env_kwargs}
+    task_kwargs = {k: v for k, v in kwargs.items() if k not in _EPISODE_KWARGS}
+    return make_task(device=device, **task_kwargs)
+
+
+def parse_env_kwargs(items: Sequence[str]) -> dict[str, Any]:
+    """``["num_candidates=20", "simulator='pbm'"]`` -> dict (values as Python literals)."""
+    kwargs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"--env-kwarg {item!r} must look like KEY=VALUE, e.g. num_candidates=20"
+            )
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value  # a bare word: a string
+    return kwargs
+
+
+def _deterministic(agent: Any) -> bool:
+    return not isinstance(agent, TrainableAgent) and "seed" not in agent.config()
+
+
+class _TensorBoard:
+    """Writes curves and metrics when the ``tensorboard`` package is installed."""
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.writer_class = None
+        else:
+            self.writer_class = SummaryWriter
+        self.folder = folder
+
+    @property
+    def available(self) -> bool:
+        return self.writer_class is not None
+
+    def log(self, agent: str, seed: int, history: list[dict], curve: Any, metrics: dict) -> None:
+        if self.writer_class is None:
+            return
+        writer = self.writer_class(str(self.folder / agent / f"seed{seed}"))
+        if curve is not None:
+            x_key, y_key = curve
+            for row in history:
+                if y_key in row and x_key in row:
+                    writer.add_scalar(f"curve/{y_key}", row[y_key], int(row[x_key]))
+        for name, value in metrics.items():
+            if not math.isnan(value):
+                writer.add_scalar(f"eval/{name}", value, 0)
+        writer.close()
+
+
+def run_compare(
+    *,
+    env_id: str = "SlateRerank-v0",
+    env_kwargs: dict[str, Any] | None = None,
+    agents: Sequence[str] = QUICK_AGENTS,
+    seeds: int = 5,
+    requests: int | None = 500,
+    permutations: int = 200,
+    beam_width: int = 8,
+    budget: str = "full",
+    out: str | Path = "runs",
+    name: str | None = None,
+    overwrite: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Train and evaluate ``agents`` over ``seeds`` seeds; returns the run folder."""
+    for agent_name in agents:  # fail before any work on a typo
+        try:
+            make_agent(agent_name, seed=0, budget=budget)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if seeds < 1:
+        raise ConfigError(f"seeds must be >= 1, got {seeds}")
+    name = name or f"{env_id}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    folder = Path(out) / name
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"run folder {folder} exists and is not empty: choose another --name or pass "
+            "--overwrite"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    task = task_for_env(env_id, dict(env_kwargs or {}), device)
+    say = print if progress else (lambda *a, **k: None)
+    say(f"task: {task.summary()}")
+    evaluation = make_evaluation_set(
+        task, requests=requests, permutations=permutations, beam_width=beam_width
+    )
+    say(evaluation.headroom_line())
+    tensorboard = _TensorBoard(folder / "tensorboard")
+    rows, curves, profiles, fit_seconds = [], [], [], {}
+    once: dict[str, dict[str, Any]] = {}
+    bar = progress_bar(seeds * len(agents), "compare", progress)
+    for seed in range(seeds):
+        for agent_name in agents:
+            agent = make_agent(agent_name, seed=seed, budget=budget)
+            bar.set_description(f"seed {seed} {agent.name}")
+            if agent.name in once:
+                row = {**once[agent.name], "seed": seed}
+            else:
+                fit_start = time.perf_counter()
+                if isinstance(agent, TrainableAgent):
+                    agent.fit(task, progress=False)
+                fit_time = time.perf_counter() - fit_start
+                result = evaluate_agent(agent, evaluation)
+                row = {"agent": agent.name, "seed": seed, **result.metrics, "fit_s": fit_time}
+                profiles += [
+                    {"agent": agent.name, "seed": seed, "slot": slot + 1, "click_prob": p}
+                    for slot, p in enumerate(result.position_clicks)
+                ]
+                history = getattr(agent, "history", [])
+                curve = getattr(agent, "curve", None)
+                curves += [
+                    {"agent": agent.name, "seed": seed, "x_key": curve[0], "y_key": curve[1],
+                     "x": point[curve[0]], "y": point[curve[1]]}
+                    for point in history
+                    if curve is not None and curve[0] in point and curve[1] in point
+                ]  # fmt: skip
+                tensorboard.log(agent.name, seed, history, curve, result.metrics)
+                if _deterministic(agent):
+                    once[agent.name] = row
+            fit_seconds.setdefault(agent.name, []).append(row["fit_s"])
+            rows.append(row)
+            bar.update()
+    bar.close()
+    summary = summarise(rows)
+    for entry in summary:
+        entry["fit_s"] = float(np.mean(fit_seconds[entry["agent"]]))
+    title = f"rerank-env compare: {env_id}"
+    (folder / "results.md").write_text(results_markdown(summary, evaluation, title))
+    write_csv(folder / "results.csv", summary)
+    write_csv(folder / "per_seed.csv", rows)
+    write_csv(folder / "curves.csv", curves or [{"agent": "", "seed": "", "x": "", "y": ""}])
+    write_csv(folder / "position_clicks.csv", profiles)
+    plot_results(folder, summary, curves, profiles, evaluation)
+    config = {
+        "command": sys.argv,
+        "env_id": env_id,
+        "env_kwargs": {k: repr(v) for k, v in (env_kwargs or {}).items()},
+        "agents": list(agents),
+        "seeds": seeds,
+        "requests": len(evaluation.requests),
+        "permutations": permutations,
+        "beam_width": beam_width,
+        "budget": budget,
+        "task": task.summary(),
+        "task_description": task.description,
+        "headroom": evaluation.headroom,
+        "versions": {
+            "rerank-env": package_version(),
+            "torch": torch.__version__,
+            "gymnasium": gym.__version__,
+            "numpy": np.__version__,
+        },  # fmt: skip
+        "tensorboard": tensorboard.available,
+        "wall_s": time.perf_counter() - started,
+        "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    say((folder / "results.md").read_text())
+    say(f"wrote {folder} in {config['wall_s']:.0f} s")
+    if not tensorboard.available:
+        say("(TensorBoard logs skipped: pip install tensorboard to get them; CSVs hold the same)")
+    return folder
+
+
+def plot_results(
+    folder: Path,
+    summary: list[dict[str, Any]],
+    curves: list[dict[str, Any]],
+    profiles: list[dict[str, Any]],
+    evaluation: EvaluationSet,
+) -> None:
+    """``learning_curves.png``, ``pareto.png`` and ``credit_profile.png`` in ``folder``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # Learning curves: one panel per trained agent, mean over seeds with min-max band.
+    trained = list(dict.fromkeys(row["agent"] for row in curves))
+    columns = max(1, min(3, len(trained)))
+    panels = max(1, math.ceil(len(trained) / columns))
+    figure, axes = plt.subplots(
+        panels, columns, figsize=(4.5 * columns, 3.3 * panels), squeeze=False
+    )
+    for axis, agent in zip(axes.flat, trained, strict=False):
+        mine = [row for row in curves if row["agent"] == agent]
+        xs = sorted({row["x"] for row in mine})
+        seeds = sorted({row["seed"] for row in mine})
+        ys = np.full((len(seeds), len(xs)), np.nan)
+        for row in mine:
+            ys[seeds.index(row["seed"]), xs.index(row["x"])] = row["y"]
+        axis.plot(xs, np.nanmean(ys, axis=0), marker="o", markersize=3)
+        axis.fill_between(xs, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), alpha=0.25)
+        axis.set_title(agent)
+        axis.set_xlabel(mine[0]["x_key"])
+        axis.set_ylabel(mine[0]["y_key"])
+        axis.grid(alpha=0.3)
+    for axis in list(axes.flat)[len(trained) :]:
+        axis.set_visible(False)
+    if not trained:
+        axes.flat[0].text(0.5, 0.5, "no trained agents", ha="center", va="center")
+    figure.suptitle("Learning curves (mean over seeds, band: min-max)")
+    figure.tight_layout()
+    figure.savefig(folder / "learning_curves.png", dpi=120)
+    plt.close(figure)
+
+    # Reward vs latency.
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    for entry in summary:
+        latency, reward = entry["latency_ms"], entry["reward_eval"]
+        error = [[reward - entry["reward_eval_low"]], [entry["reward_eval_high"] - reward]]
+        axis.errorbar(latency, reward, yerr=error, fmt="o", capsize=3)
+        axis.annotate(entry["agent"], (latency, reward), textcoords="offset points", xytext=(5, 4),
+                      fontsize=8)  # fmt: skip
+    axis.set_xscale("log")
+    axis.set_xlabel("inference latency, ms per request (batched, log scale)")
+    axis.set_ylabel("expected clicks, held-out simulator")
+    axis.set_title("Reward vs latency (95% CI over seeds)")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(folder / "pareto.png", dpi=120)
+    plt.close(figure)
+
+    # Per-position credit profile.
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    for agent in dict.fromkeys(row["agent"] for row in profiles):
+        mine = [row for row in profiles if row["agent"] == agent]
+        slots = sorted({row["slot"] for row in mine})
+        means = [np.mean([r["click_prob"] for r in mine if r["slot"] == s]) for s in slots]
+        axis.plot(slots, means, marker="o", label=agent)
+    axis.set_xlabel("slot")
+    axis.set_ylabel("mean click probability (held-out simulator)")
+    axis.set_title(f"Per-position reward profile, {len(evaluation.requests)} test requests")
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(folder / "credit_profile.png", dpi=120)
+    plt.close(figure)
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``compare`` to the ``rerank-env`` command line."""
+    names = agent_names()
+    parser = subparsers.add_parser(
+        "compare",
+        help="train and evaluate agents on an environment; write tables and figures",
+        description=__doc__.split("\n\n")[0]
+        + "\n\nagents:\n"
+        + "\n".join(f"  {name:18s} {text}" for name, text in names.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    configure(parser)
+    parser.set_defaults(handler=_handle)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The options of ``compare`` (shared by ``python -m agents.compare``)."""
+    parser.add_argument("--env", default="SlateRerank-v0", help="environment id")
+    parser.add_argument(
+        "--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
+        help="environment keyword argument, repeatable (e.g. num_candidates=10)",
+    )  # fmt: skip
+    parser.add_argument("--agents", help="comma-separated agent names (see above)")
+    parser.add_argument("--seeds", type=int, help="seeds per agent (default 5)")
+    parser.add_argument(
+        "--requests", type=int, help="test requests evaluated (default 500; --quick 200)"
+    )
+    parser.add_argument("--permutations", type=int, default=200, help="random lists for HR@k%%")
+    parser.add_argument("--beam-width", type=int, default=8, help="beam-search reference width")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="small training budgets and 200 requests: every baseline in a few minutes",
+    )  # fmt: skip
+    parser.add_argument("--out", default="runs", help="parent folder of the run folder")
+    parser.add_argument("--name", help="run folder name (default: env id and time)")
+    parser.add_argument("--overwrite", action="store_true", help="reuse a non-empty run folder")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars or log")
+
+
+def _handle(args: argparse.Namespace) -> int:
+    agents = (
+        [a.strip() for a in args.agents.split(",") if a.strip()]
+        if args.agents
+        else list(QUICK_AGENTS if args.quick else FULL_AGENTS)
+    )
+    run_compare(
+        env_id=args.env,
+        env_kwargs=parse_env_kwargs(args.env_kwarg),
+        agents=agents,
+        seeds=5 if args.seeds is None else args.seeds,
+        requests=args.requests if args.requests is not None else 200 if args.quick else 500,
+        permutations=args.permutations,
+        beam_width=args.beam_width,
+        budget="quick" if args.quick else "full",
+        out=args.out,
+        name=args.name,
+        overwrite=args.overwrite,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agents.compare``: the same as ``rerank-env compare``."""
+    from agents.cli import main as cli_main
+
+    return cli_main(["compare", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Generator-evaluator reranking: generators propose lists, an evaluator picks one.
+
+The two-stage design of PIER / NAR4Rec-style rerankers (and of GoalRank's
+comparison): for each request every generator proposes ``lists_per_generator``
+lists (its greedy list plus Plackett-Luce or policy samples), an evaluator scores
+all of them in one batched call, and the best is shown. With several generators it
+is the multi-generator form.
+
+The evaluator is the task's training simulator (``evaluator="simulator"``: the
+reward the other agents train on, so the comparison is fair) or a context-aware
+click model learned from the training logs (``evaluator="learned"``: what a
+production system without a simulator would have).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from agents.base import Agent, TrainableAgent, empty_prefixes
+from agents.nn import torch_generator
+from rerank_env.task import RerankTask
+from simulators.base import ClickSimulator, isolated_torch_rng
+from simulators.factory import SimulatorSpec, build_simulator
+from simulators.training import fit_simulator
+
+EvaluatorKind = Literal["simulator", "learned"]
+
+
+class GeneratorEvaluator(TrainableAgent):
+    """Generators propose lists, an evaluator picks the best of them.
+
+    Args:
+        generators: Agents that can sample lists (any :class:`~agents.base.ScoringAgent`,
+            :class:`~agents.seq2slate.Seq2Slate`), or their checkpoint specs; untrained
+            ones are trained by :meth:`fit`. Default: one ``PointwiseGreedy``.
+        lists_per_generator: Lists each generator proposes per request (its greedy
+            list and ``lists_per_generator - 1`` samples).
+        evaluator: ``"simulator"`` or ``"learned"`` (see the module docstring).
+        evaluator_epochs: Maximum epochs of the learned evaluator.
+        temperature: Sampling temperature of the generators.
+        seed: Seed of the sampling and of the learned evaluator.
+    """
+
+    def __init__(
+        self,
+        generators: Sequence[Agent | dict[str, Any]] | None = None,
+        lists_per_generator: int = 16,
+        evaluator: EvaluatorKind = "simulator",
+        evaluator_epochs: int = 20,
+        temperature: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        from agents.registry import agent_from_spec
+
+        super().__init__()
+        self.curve = ("epoch", "evaluator_valid_nll") if evaluator == "learned" else None
+        if evaluator not in ("simulator", "learned"):
+            raise ValueError(f"evaluator must be 'simulator' or 'learned', got {evaluator!r}")
+        if lists_per_generator < 1:
+            raise ValueError(f"lists_per_generator must be >= 1, got {lists_per_generator}")
+        if generators is None:
+            from agents.baselines import PointwiseGreedy
+
+            generators = [PointwiseGreedy(seed=seed)]
+        self.generators = [agent_from_spec(g) if isinstance(g, dict) else g for g in generators]
+        if not self.generators:
+            raise ValueError("a generator-evaluator needs at least one generator")
+        for generator in self.generators:
+            if not callable(getattr(generator, "sample", None)):
+                raise TypeError(
+                    f"generator {generator.name!r} cannot sample lists (it has no sample(...) "
+                    "method); use a ScoringAgent (InitialOrder, PointwiseGreedy, PRM) or Seq2Slate"
+                )
+        self.lists_per_generator, self.evaluator = lists_per_generator, evaluator
+        self.evaluator_epochs, self.temperature, self.seed = evaluator_epochs, temperature, seed
+        kind = "multi-gen-eval" if len(self.generators) > 1 else "gen-eval"
+        self.name = f"{kind}({'+'.join(g.name for g in self.generators)})"
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments; generators as specs."""
+        from agents.registry import agent_spec
+
+        return {
+            "generators": [agent_spec(g) for g in self.generators],
+            "lists_per_generator": self.lists_per_generator,
+            "evaluator": self.evaluator,
+            "evaluator_epochs": self.evaluator_epochs,
+            "temperature": self.temperature,
+            "seed": self.seed,
+        }
+
+    def _build(self) -> None:
+        for generator, info in zip(self.generators, self.build_info["generators"], strict=True):
+            if isinstance(generator, TrainableAgent):
+                generator.build_info = dict(info)
+                generator._build()
+        evaluator = None
+        if self.evaluator == "learned":
+            evaluator = build_simulator(SimulatorSpec(**self.build_info["evaluator_spec"]))
+        self._collect_modules(evaluator)
+
+    @property
+    def fitted(self) -> bool:
+        """Every trainable generator and the learned evaluator (if any) are fitted."""
+        generators = all(g.fitted for g in self.generators if isinstance(g, TrainableAgent))
+        return generators and (self.evaluator == "simulator" or "evaluator" in self.modules)
+
+    def fit(self, task: RerankTask, *, progress: bool = False) -> GeneratorEvaluator:
+        """Train the untrained generators and, if ``evaluator="learned"``, the evaluator."""
+        for generator in self.generators:
+            if isinstance(generator, TrainableAgent) and not generator.fitted:
+                generator.fit(task, progress=progress)
+        self.build_info = {
+            "generators": [
+                g.build_info if isinstance(g, TrainableAgent) else {} for g in self.generators
+            ]
+        }
+        self.history, model = [], None
+        if self.evaluator == "learned":
+            pool = task.pool
+            spec = SimulatorSpec(
+                kind="transformer",
+                n_users=pool.n_users,
+                n_items=pool.n_items,
+                user_feature_dim=pool.user_features.shape[1],
+                item_feature_dim=pool.item_features.shape[1],
+                max_positions=pool.slate_length,
+                seed=self.seed,
+            )
+            self.build_info["evaluator_spec"] = spec.to_dict()
+            with isolated_torch_rng(self.seed):
+                model = build_simulator(
+                    spec, torch.as_tensor(pool.user_features), torch.as_tensor(pool.item_features)
+                )
+            report = fit_simulator(
+                model, pool, epochs=self.evaluator_epochs, seed=self.seed, progress=progress
+            )
+            self.history = [
+                {"epoch": epoch + 1, "evaluator_valid_nll": nll}
+                for epoch, nll in enumerate(report.valid_nll)
+            ]
+        self._collect_modules(model if self.evaluator == "learned" else None)
+        return self
+
+    def _collect_modules(self, evaluator: ClickSimulator | None) -> None:
+        """``self.modules``: the generators' (prefixed ``g<i>.``) and the evaluator."""
+        modules: dict[str, torch.nn.Module] = {}
+        for index, generator in enumerate(self.generators):
+            if isinstance(generator, TrainableAgent):
+                modules.update({f"g{index}.{k}": m for k, m in generator.modules.items()})
+        if evaluator is not None:
+            modules["evaluator"] = evaluator.eval()
+        self.modules = modules
+
+    def proposals(
+        self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Every generator's lists for each request, ``[B, G * K, L]``."""
+        requests = np.asarray(requests, dtype=np.int64)
+        generator = torch_generator(self.seed)
+        parts = []
+        for agent in self.generators:
+            parts.append(agent.rank(task, requests, prefixes)[:, None])
+            if self.lists_per_generator > 1:
+                parts.append(
+                    agent.sample(
+                        task,
+                        requests,
+                        self.lists_per_generator - 1,
+                        generator,
+                        prefixes,
+                        temperature=self.temperature,
+                    )
+                )
+        return np.concatenate(parts, axis=1)
+
+    @torch.no_grad()
+    def evaluate(self, task: RerankTask, requests: np.ndarray, lists: np.ndarray) -> np.ndarray:
+        """The evaluator's expected clicks of ``lists`` ``[B, M, L]``, ``[B, M]``."""
+        batch, count, length = lists.shape
+        flat_requests = np.repeat(np.asarray(requests), count)
+        flat_lists = lists.reshape(batch * count, length)
+        if self.evaluator == "simulator":
+            values = task.expected_reward(flat_requests, flat_lists, "train")
+        else:
+            model = self.modules["evaluator"].to(task.device).eval()
+            values = model.expected_reward(task.slate_batch(flat_requests, flat_lists))
+        return values.cpu().numpy().reshape(batch, count)
+
+    def rank(
+        self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The evaluator's best of the generators' proposals (completing any prefix)."""
+        self._require_fitted()
+        if prefixes is None:
+            prefixes = empty_prefixes(len(requests), task.slate_length)
+        lists = self.proposals(task, requests, prefixes)
+        best = self.evaluate(task, requests, lists).argmax(axis=1)
+        return lists[np.arange(len(lists)), best]

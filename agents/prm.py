@@ -1,0 +1,195 @@
+"""PRM: a Transformer over the initial list that rescores every candidate, from logs.
+
+Personalized Re-ranking for Recommendation (Pei et al., RecSys 2019). Each
+candidate's input is its features, the user's (PRM's personalised vector) and an
+embedding of its rank in the initial list; self-attention over the whole candidate
+list lets each score depend on the other candidates. Trained on the *logged*
+positives of the training requests with PRM's list-wise loss (softmax cross-entropy
+over the candidates, the positives as targets); it never sees a simulator. The
+list is the top L by score.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.base import ScoringAgent, TrainableAgent, complete_by_scores
+from agents.metrics import log_metrics
+from agents.nn import CandidateSetEncoder, input_dims, request_inputs
+from agents.training import minibatches, progress_bar, training_mode
+from rerank_env.task import RerankTask
+from simulators.base import isolated_torch_rng
+
+
+class PRMModel(nn.Module):
+    """Candidate-set encoder with a scoring head: one logit per candidate."""
+
+    def __init__(
+        self, user_dim: int, item_dim: int, *, dim: int, layers: int, heads: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.encoder = CandidateSetEncoder(
+            user_dim,
+            item_dim,
+            dim=dim,
+            layers=layers,
+            heads=heads,
+            initial_order=True,
+            dropout=dropout,
+        )
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1))
+
+    def forward(self, inputs: Any) -> torch.Tensor:
+        """Candidate logits ``[B, N]``."""
+        encoded, _ = self.encoder(inputs)
+        return self.head(encoded)[..., 0]
+
+
+class PRM(TrainableAgent, ScoringAgent):
+    """Personalized re-ranking model (list-wise Transformer scorer trained on logs).
+
+    Args:
+        dim: Transformer width.
+        layers: Encoder layers.
+        heads: Attention heads.
+        dropout: Dropout in the encoder while training.
+        epochs: Maximum epochs over the training requests.
+        batch_size: Requests per step.
+        learning_rate: Adam step size.
+        weight_decay: Adam weight decay.
+        patience: Stop after this many epochs without a better validation loss.
+        seed: Initialisation and shuffling seed.
+    """
+
+    name = "prm"
+    curve = ("epoch", "valid_ndcg")
+
+    def __init__(
+        self,
+        dim: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+        dropout: float = 0.1,
+        epochs: int = 20,
+        batch_size: int = 128,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-5,
+        patience: int = 3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.dim, self.layers, self.heads, self.dropout = dim, layers, heads, dropout
+        self.epochs, self.batch_size = epochs, batch_size
+        self.learning_rate, self.weight_decay = learning_rate, weight_decay
+        self.patience, self.seed = patience, seed
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments."""
+        return {
+            "dim": self.dim,
+            "layers": self.layers,
+            "heads": self.heads,
+            "dropout": self.dropout,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "weight_decay": self.weight_decay,
+            "patience": self.patience,
+            "seed": self.seed,
+        }
+
+    def _build(self) -> None:
+        with isolated_torch_rng(self.seed):
+            model = PRMModel(
+                self.build_info["user_dim"],
+                self.build_info["item_dim"],
+                dim=self.dim,
+                layers=self.layers,
+                heads=self.heads,
+                dropout=self.dropout,
+            )
+        self.modules = {"model": model}
+
+    @staticmethod
+    def _loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+        """Soft-max cross-entropy with the positives as (uniform) targets, per request."""
+        targets = positives / positives.sum(dim=1, keepdim=True)
+        return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1)
+
+    def fit(self, task: RerankTask, *, progress: bool = False) -> PRM:
+        """Train on the logged positives of the training requests; early stopping on valid."""
+        user_dim, item_dim = input_dims(task)
+        self.build_info = {"user_dim": user_dim, "item_dim": item_dim}
+        self._build()
+        model = self.modules["model"].to(task.device)
+        generator = np.random.default_rng(self.seed)
+        train, valid = (self._scorable(task, split) for split in ("train", "valid"))
+        optimiser = torch.optim.Adam(
+            model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+        )
+        best, best_state, waited = float("inf"), None, 0
+        self.history = []
+        bar = progress_bar(self.epochs, "PRM", progress)
+        for epoch in range(self.epochs):
+            losses = []
+            with training_mode(model), isolated_torch_rng(self.seed + epoch):  # dropout
+                for rows in minibatches(train, self.batch_size, generator):
+                    positives = torch.as_tensor(task.logged_positives(rows), device=task.device)
+                    loss = self._loss(model(request_inputs(task, rows)), positives.float()).mean()
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                    losses.append(loss.item())
+            valid_loss, valid_ndcg = self._validate(task, valid)
+            self.history.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": float(np.mean(losses)),
+                    "valid_loss": valid_loss,
+                    "valid_ndcg": valid_ndcg,
+                }
+            )
+            bar.update()
+            bar.set_postfix(valid_loss=f"{valid_loss:.4f}")
+            if valid_loss < best - 1e-4:
+                best, waited = valid_loss, 0
+                best_state = {k: v.clone() for k, v in model.state_dict().items()}
+            else:
+                waited += 1
+                if waited >= self.patience:
+                    break
+        bar.close()
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        model.eval()
+        return self
+
+    @staticmethod
+    def _scorable(task: RerankTask, split: str) -> np.ndarray:
+        """Requests of ``split`` whose candidates hold a logged positive."""
+        requests = task.requests(split)
+        return requests[task.logged_positives(requests).any(axis=1)]
+
+    @torch.no_grad()
+    def _validate(self, task: RerankTask, requests: np.ndarray) -> tuple[float, float]:
+        model = self.modules["model"].eval()
+        losses, ndcgs = [], []
+        for start in range(0, len(requests), 1024):
+            rows = requests[start : start + 1024]
+            positives = task.logged_positives(rows)
+            logits = model(request_inputs(task, rows))
+            losses.append(self._loss(logits, torch.as_tensor(positives).float()).cpu().numpy())
+            lists = complete_by_scores(logits.cpu().numpy(), task.slate_length, None)
+            ndcgs.append(log_metrics(lists, positives)["ndcg"])
+        return float(np.concatenate(losses).mean()), float(np.nanmean(np.concatenate(ndcgs)))
+
+    @torch.no_grad()
+    def scores(self, task: RerankTask, requests: np.ndarray) -> np.ndarray:
+        """The model's logit of every candidate, ``[B, N]``."""
+        self._require_fitted()
+        model = self.modules["model"].to(task.device).eval()
+        return model(request_inputs(task, requests)).cpu().numpy()

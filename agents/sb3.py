@@ -1,0 +1,260 @@
+"""Any Stable-Baselines3 / sb3-contrib algorithm as a reranker.
+
+:class:`SB3Agent` trains an SB3 algorithm on ``SlateRerank-v0`` (one candidate per
+step) over the same task as the other agents, then ranks batches of requests by
+running its policy slot by slot on batched observations.
+
+Invalid actions: ``MaskablePPO`` (sb3-contrib) masks placed candidates, which is
+the intended use. Algorithms without masking (PPO, A2C, DQN, ...) would pick placed
+candidates, which the environment refuses; they run only with
+``invalid_actions="remap"``, which wraps the environment in
+:class:`RemapInvalidActions`: action ``a`` means the ``(a mod V)``-th still
+available candidate (``V`` of them). That changes the action semantics, so it is
+opt-in and recorded in the agent's config.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from agents.base import TrainableAgent, UnsupportedTaskError, empty_prefixes
+from rerank_env.core import episode_arrays
+from rerank_env.env import SlateRerankEnv
+from rerank_env.task import RerankTask
+from simulators.base import PAD
+
+InvalidActions = Literal["mask", "remap"]
+
+#: Algorithms looked up by name: stable_baselines3 first, then sb3_contrib.
+_ALGORITHM_MODULES = ("stable_baselines3", "sb3_contrib")
+
+
+def algorithm_class(name: str) -> type[BaseAlgorithm]:
+    """The SB3 or sb3-contrib algorithm class called ``name`` (e.g. ``"MaskablePPO"``)."""
+    for module_name in _ALGORITHM_MODULES:
+        module = importlib.import_module(module_name)
+        found = getattr(module, name, None)
+        if isinstance(found, type) and issubclass(found, BaseAlgorithm):
+            return found
+    known = sorted(
+        attr
+        for module_name in _ALGORITHM_MODULES
+        for attr, value in vars(importlib.import_module(module_name)).items()
+        if isinstance(value, type) and issubclass(value, BaseAlgorithm)
+    )
+    raise ValueError(f"unknown SB3 algorithm {name!r}; available: {known}")
+
+
+def remap_actions(actions: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Action ``a`` of each row as the ``(a mod V)``-th available candidate of its mask."""
+    actions = np.asarray(actions, dtype=np.int64).reshape(-1)
+    masks = np.asarray(masks, dtype=bool).reshape(len(actions), -1)
+    available = masks.sum(axis=1)
+    rank = actions % available
+    # The k-th True of each row: first index where the running count exceeds k.
+    return (masks.cumsum(axis=1) > rank[:, None]).argmax(axis=1)
+
+
+class RemapInvalidActions(gym.Wrapper):
+    """Action ``a`` becomes the ``(a mod V)``-th available candidate (opt-in, see module)."""
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """Step with the remapped action."""
+        mask = self.env.unwrapped.action_masks()
+        return self.env.step(int(remap_actions(np.asarray([action]), mask[None])[0]))
+
+
+class _EpisodeRewards(BaseCallback):
+    """Records the mean list reward of finished training episodes (the learning curve)."""
+
+    def __init__(self, every: int, history: list[dict[str, float]]) -> None:
+        super().__init__()
+        self.every, self.history, self.rewards = every, history, []
+        self.next_point = every
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", []):
+            if "list_reward" in info:
+                self.rewards.append(info["list_reward"])
+        if self.num_timesteps >= self.next_point and self.rewards:
+            self.next_point += self.every
+            self.history.append(
+                {
+                    "timesteps": self.num_timesteps,
+                    "simulator_calls": self.num_timesteps,
+                    "train_reward": float(np.mean(self.rewards)),
+                }
+            )
+            self.rewards = []
+        return True
+
+
+class SB3Agent(TrainableAgent):
+    """A Stable-Baselines3 / sb3-contrib algorithm trained on the step-wise env.
+
+    Args:
+        algorithm: Class name in ``stable_baselines3`` or ``sb3_contrib``.
+        total_timesteps: Environment steps (slot decisions) of training.
+        n_envs: Environments stepped together while training.
+        reward_mode: ``"dense"`` (per-slot rewards) or ``"sparse"`` (list reward).
+        invalid_actions: ``"mask"`` (needs a maskable algorithm) or ``"remap"``.
+        policy: SB3 policy name.
+        algorithm_kwargs: Passed to the algorithm's constructor (SB3's own options,
+            e.g. ``{"n_steps": 256, "learning_rate": 1e-3}``).
+        curve_every: Learning-curve point every this many timesteps.
+        seed: The algorithm's seed; environment ``i`` is reset with ``seed + i``.
+    """
+
+    def __init__(
+        self,
+        algorithm: str = "MaskablePPO",
+        total_timesteps: int = 16_384,
+        n_envs: int = 4,
+        reward_mode: Literal["dense", "sparse"] = "dense",
+        invalid_actions: InvalidActions = "mask",
+        policy: str = "MultiInputPolicy",
+        algorithm_kwargs: dict[str, Any] | None = None,
+        curve_every: int = 2048,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.curve = ("timesteps", "train_reward")
+        self.algorithm_class = algorithm_class(algorithm)
+        maskable = "action_masks" in self.algorithm_class.predict.__code__.co_varnames
+        if invalid_actions == "mask" and not maskable:
+            raise ValueError(
+                f"{algorithm} cannot mask invalid actions, and SlateRerank-v0 refuses "
+                "placed candidates: use MaskablePPO, or pass invalid_actions='remap' to "
+                "map each action onto the available candidates"
+            )
+        if invalid_actions not in ("mask", "remap"):
+            raise ValueError(f"invalid_actions must be 'mask' or 'remap', got {invalid_actions!r}")
+        self.algorithm, self.total_timesteps, self.n_envs = algorithm, total_timesteps, n_envs
+        self.reward_mode, self.invalid_actions, self.policy_name = (
+            reward_mode,
+            invalid_actions,
+            policy,
+        )
+        self.algorithm_kwargs = dict(algorithm_kwargs or {})
+        self.curve_every, self.seed = curve_every, seed
+        self.name = re.sub(
+            r"(?<=[a-z])(?=[A-Z])", "-", algorithm
+        ).lower()  # MaskablePPO -> maskable-ppo
+        self.model: BaseAlgorithm | None = None
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments."""
+        return {
+            "algorithm": self.algorithm,
+            "total_timesteps": self.total_timesteps,
+            "n_envs": self.n_envs,
+            "reward_mode": self.reward_mode,
+            "invalid_actions": self.invalid_actions,
+            "policy": self.policy_name,
+            "algorithm_kwargs": self.algorithm_kwargs,
+            "curve_every": self.curve_every,
+            "seed": self.seed,
+        }
+
+    def _make_env(self, task: RerankTask) -> gym.Env:
+        if not task.make_kwargs:
+            raise ValueError(
+                f"{self.name} trains in SlateRerank-v0, which needs a task built by "
+                "rerank_env.make_task (this one has no make_kwargs, e.g. a gr2_task view)"
+            )
+        env: gym.Env = SlateRerankEnv(reward_mode=self.reward_mode, **task.make_kwargs)
+        if self.invalid_actions == "remap":
+            env = RemapInvalidActions(env)
+        return env
+
+    def fit(self, task: RerankTask, *, progress: bool = False) -> SB3Agent:
+        """Train on the training requests of ``task`` (its training simulator's reward)."""
+        envs = DummyVecEnv([lambda: self._make_env(task) for _ in range(self.n_envs)])
+        envs.seed(self.seed)
+        kwargs = {"gamma": 1.0, **self.algorithm_kwargs}
+        self.model = self.algorithm_class(
+            self.policy_name, envs, seed=self.seed, device=task.device, **kwargs
+        )
+        self.history = []
+        self.model.learn(
+            self.total_timesteps,
+            callback=_EpisodeRewards(self.curve_every, self.history),
+            progress_bar=progress,
+        )
+        n, length = task.num_candidates, task.slate_length
+        user_dim, item_dim = task.user_table.shape[1], task.item_table.shape[1]
+        self.build_info = {"n": n, "length": length, "user_dim": user_dim, "item_dim": item_dim}
+        self.modules = {"policy": self.model.policy}
+        return self
+
+    def _build(self) -> None:
+        info = self.build_info
+        n, length = info["n"], info["length"]
+        unbounded = np.float32(np.inf)
+        observation_space = spaces.Dict(
+            {
+                "user": spaces.Box(-unbounded, unbounded, (info["user_dim"],), np.float32),
+                "candidates": spaces.Box(-unbounded, unbounded, (n, info["item_dim"]), np.float32),
+                "initial_scores": spaces.Box(-unbounded, unbounded, (n,), np.float32),
+                "slate": spaces.Box(-1, n - 1, (length,), np.int64),
+                "step": spaces.Discrete(length + 1),
+                "action_mask": spaces.MultiBinary(n),
+            }
+        )
+        policy_class = self.algorithm_class.policy_aliases.get(self.policy_name, self.policy_name)
+        policy_kwargs = self.algorithm_kwargs.get("policy_kwargs", {})
+        self.modules = {
+            "policy": policy_class(
+                observation_space, spaces.Discrete(n), lambda _: 0.0, **policy_kwargs
+            )
+        }
+        self.model = None
+
+    @torch.no_grad()
+    def rank(
+        self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The policy's deterministic action slot by slot, on all requests at once."""
+        self._require_fitted()
+        policy = self.modules["policy"]
+        requests = np.asarray(requests, dtype=np.int64)
+        n, length = task.num_candidates, task.slate_length
+        if (n, length) != (self.build_info["n"], self.build_info["length"]):
+            raise UnsupportedTaskError(
+                f"{self.name} was trained with N = {self.build_info['n']}, L = "
+                f"{self.build_info['length']}; this task has N = {n}, L = {length}"
+            )
+        slate = empty_prefixes(len(requests), length) if prefixes is None else prefixes.copy()
+        fixed = episode_arrays(task, requests, "dense")
+        mask = np.ones((len(requests), n), dtype=np.int8)
+        for t in range(length):
+            placed = slate[:, :t]
+            mask[:] = 1
+            if t:
+                np.put_along_axis(mask, placed, 0, axis=1)
+            observation = {
+                **fixed,
+                "slate": slate.copy(),
+                "step": np.full(len(requests), t, dtype=np.int64),
+                "action_mask": mask.copy(),
+            }
+            if self.invalid_actions == "mask":
+                actions, _ = policy.predict(
+                    observation, deterministic=True, action_masks=mask.astype(bool)
+                )
+            else:
+                actions, _ = policy.predict(observation, deterministic=True)
+                actions = remap_actions(actions, mask)
+            empty = slate[:, t] == PAD
+            slate[empty, t] = np.asarray(actions).reshape(-1)[empty]
+        return slate
