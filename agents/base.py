@@ -99,7 +99,7 @@ class ScoringAgent(Agent):
         task: RerankTask,
         requests: np.ndarray,
         count: int,
-        generator: torch.Generator,
+        seed: int,
         prefixes: np.ndarray | None = None,
         temperature: float = 1.0,
     ) -> np.ndarray:
@@ -107,14 +107,16 @@ class ScoringAgent(Agent):
 
         Scores are standardised within each request, divided by ``temperature`` and
         perturbed with Gumbel noise; the top ``L`` of the perturbed scores is a
-        Plackett-Luce sample without replacement (Kool et al., 2019).
+        Plackett-Luce sample without replacement (Kool et al., 2019). A request's
+        lists depend only on ``(seed, request)``, not on the rest of the batch.
         """
+        from agents.nn import request_gumbel  # agents.nn imports this module
+
         scores = np.asarray(self.scores(task, requests), dtype=np.float64)
         spread = scores.std(axis=1, keepdims=True)
         scores = (scores - scores.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
         batch, n = scores.shape
-        uniform = torch.rand((batch, count, n), generator=generator, dtype=torch.float64)
-        gumbel = -np.log(-np.log(uniform.clamp(1e-12, 1 - 1e-12).numpy()))
+        gumbel = request_gumbel(seed, requests, (count, n))
         perturbed = (scores[:, None] / temperature + gumbel).reshape(batch * count, n)
         repeated = None if prefixes is None else np.repeat(np.asarray(prefixes), count, axis=0)
         lists = complete_by_scores(perturbed, task.slate_length, repeated)
@@ -125,8 +127,10 @@ class TrainableAgent(Agent):
     """An agent with parameters: ``fit(task)``, ``save(path)``, ``load(path)``.
 
     Subclasses implement :meth:`fit`, :meth:`config` (their constructor keyword
-    arguments) and :meth:`_build` (create ``self.modules`` from ``self.build_info``,
-    the shapes ``fit`` learned from the task). Checkpoints hold the format version,
+    arguments), :meth:`_build_info` (the shapes a task implies) and :meth:`_build`
+    (create ``self.modules`` from ``self.build_info``). :meth:`setup` gives the
+    untrained agent (``fit`` starts from it; tests compare against it). Checkpoints
+    hold the format version,
     the class, the config, the build info, every module's weights and metadata, and
     are written atomically.
     """
@@ -138,6 +142,7 @@ class TrainableAgent(Agent):
         self.modules: dict[str, torch.nn.Module] = {}
         self.build_info: dict[str, Any] = {}
         self.history: list[dict[str, float]] = []  # learning curve rows written by fit
+        self.fitted = False  # set by fit and load; setup alone builds untrained modules
 
     @abstractmethod
     def fit(self, task: RerankTask, *, progress: bool = False) -> TrainableAgent:
@@ -148,24 +153,34 @@ class TrainableAgent(Agent):
         """The constructor's keyword arguments (JSON-like), for checkpoints and tables."""
 
     @abstractmethod
-    def _build(self) -> None:
-        """Create ``self.modules`` from ``self.build_info``."""
+    def _build_info(self, task: RerankTask) -> dict[str, Any]:
+        """What building the modules for ``task`` needs (JSON-like: shapes, sizes)."""
 
-    @property
-    def fitted(self) -> bool:
-        """Whether the agent has parameters (trained or loaded)."""
-        return bool(self.modules)
+    @abstractmethod
+    def _build(self, task: RerankTask | None = None) -> None:
+        """Create ``self.modules`` from ``self.build_info``.
 
-    def _require_fitted(self) -> None:
-        if not self.fitted:
+        ``task`` is ``None`` when loading a checkpoint: tensors that the weights
+        restore may start as zeros.
+        """
+
+    def setup(self, task: RerankTask) -> TrainableAgent:
+        """Build untrained modules for ``task`` (seeded by the agent's seed); returns ``self``."""
+        self.build_info = self._build_info(task)
+        self._build(task)
+        self.history = []
+        return self
+
+    def _require_built(self) -> None:
+        if not self.build_info:
             raise RuntimeError(
                 f"agent {self.name!r} is not trained: call fit(task) or "
-                f"{type(self).__name__}.load(path) first"
+                f"{type(self).__name__}.load(path) first (or setup(task) for an untrained one)"
             )
 
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Write a checkpoint to ``path`` atomically; returns the path."""
-        self._require_fitted()
+        self._require_built()
         payload = {
             "format_version": AGENT_FORMAT_VERSION,
             "agent": type(self).__name__,
@@ -178,6 +193,7 @@ class TrainableAgent(Agent):
             "metadata": {
                 **(metadata or {}),
                 "history": self.history,
+                "fitted": self.fitted,
                 "saved_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             },
         }
@@ -220,6 +236,7 @@ class TrainableAgent(Agent):
             module.load_state_dict(payload["state_dicts"][name])
             module.to(device).eval()
         agent.history = list(payload["metadata"].get("history", []))
+        agent.fitted = bool(payload["metadata"].get("fitted", True))
         return agent
 
 

@@ -82,12 +82,21 @@ class PointwiseGreedy(TrainableAgent, ScoringAgent):
         """Constructor arguments."""
         return {"dim": self.dim, "epochs": self.epochs, "seed": self.seed}
 
-    def _build(self, pool_features: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    def _build_info(self, task: RerankTask) -> dict[str, Any]:
+        pool = task.pool
+        return {
+            "user_features": list(pool.user_features.shape),
+            "item_features": list(pool.item_features.shape),
+            "max_positions": pool.slate_length,
+        }
+
+    def _build(self, task: RerankTask | None = None) -> None:
         info = self.build_info
-        users, items = pool_features or (
-            np.zeros(info["user_features"], np.float32),
-            np.zeros(info["item_features"], np.float32),
-        )
+        if task is None:  # loading: the checkpoint restores the feature buffers
+            users = np.zeros(info["user_features"], np.float32)
+            items = np.zeros(info["item_features"], np.float32)
+        else:
+            users, items = task.pool.user_features, task.pool.item_features
         attractiveness = Attractiveness(
             torch.as_tensor(users), torch.as_tensor(items), dim=self.dim, seed=self.seed
         )
@@ -97,13 +106,8 @@ class PointwiseGreedy(TrainableAgent, ScoringAgent):
 
     def fit(self, task: RerankTask, *, progress: bool = False) -> PointwiseGreedy:
         """Fit the pointwise model on the task's training logs; returns ``self``."""
+        self.setup(task)
         pool = task.pool
-        self.build_info = {
-            "user_features": list(pool.user_features.shape),
-            "item_features": list(pool.item_features.shape),
-            "max_positions": pool.slate_length,
-        }
-        self._build((pool.user_features, pool.item_features))
         report = fit_simulator(
             self.modules["model"], pool, epochs=self.epochs, seed=self.seed, progress=progress
         )
@@ -113,12 +117,13 @@ class PointwiseGreedy(TrainableAgent, ScoringAgent):
                 zip(report.train_nll, report.valid_nll, strict=True)
             )
         ]
+        self.fitted = True
         return self
 
     @torch.no_grad()
     def scores(self, task: RerankTask, requests: np.ndarray) -> np.ndarray:
         """Click logits of every candidate, ``[B, N]``."""
-        self._require_fitted()
+        self._require_built()
         rows = torch.tensor(np.asarray(requests), dtype=torch.long, device=task.device)
         model = self.modules["model"].to(task.device).eval()
         return model.attractiveness(task.users[rows], task.candidates[rows]).cpu().numpy()

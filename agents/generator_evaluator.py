@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from agents.base import Agent, TrainableAgent, empty_prefixes
-from agents.nn import torch_generator
 from rerank_env.task import RerankTask
 from simulators.base import ClickSimulator, isolated_torch_rng
 from simulators.factory import SimulatorSpec, build_simulator
@@ -93,57 +92,67 @@ class GeneratorEvaluator(TrainableAgent):
             "seed": self.seed,
         }
 
-    def _build(self) -> None:
+    def _evaluator_spec(self, task: RerankTask) -> SimulatorSpec:
+        pool = task.pool
+        return SimulatorSpec(
+            kind="transformer",
+            n_users=pool.n_users,
+            n_items=pool.n_items,
+            user_feature_dim=pool.user_features.shape[1],
+            item_feature_dim=pool.item_features.shape[1],
+            max_positions=pool.slate_length,
+            seed=self.seed,
+        )
+
+    def _build_info(self, task: RerankTask) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "generators": [
+                (g.build_info if g.fitted else g._build_info(task))
+                if isinstance(g, TrainableAgent)
+                else {}
+                for g in self.generators
+            ]
+        }
+        if self.evaluator == "learned":
+            info["evaluator_spec"] = self._evaluator_spec(task).to_dict()
+        return info
+
+    def _build(self, task: RerankTask | None = None) -> None:
         for generator, info in zip(self.generators, self.build_info["generators"], strict=True):
-            if isinstance(generator, TrainableAgent):
+            # With a task (setup) fitted generators are kept; loading rebuilds them all.
+            if isinstance(generator, TrainableAgent) and (task is None or not generator.fitted):
                 generator.build_info = dict(info)
-                generator._build()
+                generator._build(task)
         evaluator = None
         if self.evaluator == "learned":
-            evaluator = build_simulator(SimulatorSpec(**self.build_info["evaluator_spec"]))
+            spec = SimulatorSpec(**self.build_info["evaluator_spec"])
+            features = (
+                (None, None)
+                if task is None
+                else (torch.as_tensor(task.pool.user_features),
+                      torch.as_tensor(task.pool.item_features))
+            )  # fmt: skip
+            with isolated_torch_rng(self.seed):
+                evaluator = build_simulator(spec, *features)
         self._collect_modules(evaluator)
-
-    @property
-    def fitted(self) -> bool:
-        """Every trainable generator and the learned evaluator (if any) are fitted."""
-        generators = all(g.fitted for g in self.generators if isinstance(g, TrainableAgent))
-        return generators and (self.evaluator == "simulator" or "evaluator" in self.modules)
 
     def fit(self, task: RerankTask, *, progress: bool = False) -> GeneratorEvaluator:
         """Train the untrained generators and, if ``evaluator="learned"``, the evaluator."""
         for generator in self.generators:
             if isinstance(generator, TrainableAgent) and not generator.fitted:
                 generator.fit(task, progress=progress)
-        self.build_info = {
-            "generators": [
-                g.build_info if isinstance(g, TrainableAgent) else {} for g in self.generators
-            ]
-        }
-        self.history, model = [], None
+        self.setup(task)
         if self.evaluator == "learned":
-            pool = task.pool
-            spec = SimulatorSpec(
-                kind="transformer",
-                n_users=pool.n_users,
-                n_items=pool.n_items,
-                user_feature_dim=pool.user_features.shape[1],
-                item_feature_dim=pool.item_features.shape[1],
-                max_positions=pool.slate_length,
-                seed=self.seed,
-            )
-            self.build_info["evaluator_spec"] = spec.to_dict()
-            with isolated_torch_rng(self.seed):
-                model = build_simulator(
-                    spec, torch.as_tensor(pool.user_features), torch.as_tensor(pool.item_features)
-                )
             report = fit_simulator(
-                model, pool, epochs=self.evaluator_epochs, seed=self.seed, progress=progress
-            )
+                self.modules["evaluator"], task.pool, epochs=self.evaluator_epochs,
+                seed=self.seed, progress=progress,
+            )  # fmt: skip
+            self.modules["evaluator"].eval()
             self.history = [
                 {"epoch": epoch + 1, "evaluator_valid_nll": nll}
                 for epoch, nll in enumerate(report.valid_nll)
             ]
-        self._collect_modules(model if self.evaluator == "learned" else None)
+        self.fitted = True
         return self
 
     def _collect_modules(self, evaluator: ClickSimulator | None) -> None:
@@ -161,9 +170,8 @@ class GeneratorEvaluator(TrainableAgent):
     ) -> np.ndarray:
         """Every generator's lists for each request, ``[B, G * K, L]``."""
         requests = np.asarray(requests, dtype=np.int64)
-        generator = torch_generator(self.seed)
         parts = []
-        for agent in self.generators:
+        for index, agent in enumerate(self.generators):
             parts.append(agent.rank(task, requests, prefixes)[:, None])
             if self.lists_per_generator > 1:
                 parts.append(
@@ -171,7 +179,7 @@ class GeneratorEvaluator(TrainableAgent):
                         task,
                         requests,
                         self.lists_per_generator - 1,
-                        generator,
+                        self.seed + index,
                         prefixes,
                         temperature=self.temperature,
                     )
@@ -195,7 +203,7 @@ class GeneratorEvaluator(TrainableAgent):
         self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
     ) -> np.ndarray:
         """The evaluator's best of the generators' proposals (completing any prefix)."""
-        self._require_fitted()
+        self._require_built()
         if prefixes is None:
             prefixes = empty_prefixes(len(requests), task.slate_length)
         lists = self.proposals(task, requests, prefixes)

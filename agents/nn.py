@@ -239,6 +239,7 @@ class PointerDecoder(nn.Module):
         generator: torch.Generator | None = None,
         prefix: torch.Tensor | None = None,
         temperature: float = 1.0,
+        gumbel: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode lists of ``length`` candidates, one slot at a time.
 
@@ -252,6 +253,9 @@ class PointerDecoder(nn.Module):
             prefix: Optional long ``[B, L]`` with ``-1`` in the slots to decode;
                 filled slots are kept (a prefix: filled slots come first).
             temperature: Softmax temperature when sampling.
+            gumbel: Optional Gumbel noise ``[B, L, N]``: sample by the Gumbel-max
+                trick with this noise instead of drawing from ``generator`` (so a
+                row's list depends only on its own noise, not on the batch).
 
         Returns:
             ``(slots [B, L], step_log_probs [B, L])``; a prefix's kept slots have
@@ -266,6 +270,8 @@ class PointerDecoder(nn.Module):
             step_log_probs = torch.log_softmax(step_logits / temperature, dim=1)
             if greedy:
                 choice = step_log_probs.argmax(dim=1)
+            elif gumbel is not None:
+                choice = (step_log_probs + gumbel[:, t]).argmax(dim=1)
             else:
                 choice = torch.multinomial(step_log_probs.exp(), 1, generator=generator)[:, 0]
             if prefix is not None:
@@ -362,6 +368,7 @@ class PointerPolicy(nn.Module):
         prefix: torch.Tensor | None = None,
         temperature: float = 1.0,
         repeats: int = 1,
+        gumbel: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode ``repeats`` lists per request: ``(slots, step_log_probs)``, ``[B * repeats, L]``.
 
@@ -376,6 +383,7 @@ class PointerPolicy(nn.Module):
             generator=generator,
             prefix=prefix,
             temperature=temperature,
+            gumbel=gumbel,
         )
 
 
@@ -391,6 +399,19 @@ def gumbel_top_k(
     uniform = torch.rand(scores.shape, generator=generator, device=scores.device)
     gumbel = -torch.log(-torch.log(uniform.clamp(1e-12, 1 - 1e-7)))
     return torch.topk(scores / temperature + gumbel, length, dim=1).indices
+
+
+def request_gumbel(seed: int, requests: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Gumbel noise ``[B, *shape]`` whose row ``b`` depends only on ``(seed, requests[b])``.
+
+    Sampling agents draw from it so that a request's lists do not depend on which
+    other requests share the batch (batch and step-wise ranking then agree).
+    """
+    noise = np.empty((len(requests), *shape))
+    for row, request in enumerate(np.asarray(requests)):
+        uniform = np.random.default_rng((int(seed), int(request))).random(shape)
+        noise[row] = -np.log(-np.log(np.clip(uniform, 1e-12, 1 - 1e-12)))
+    return noise
 
 
 def torch_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

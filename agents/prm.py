@@ -102,7 +102,11 @@ class PRM(TrainableAgent, ScoringAgent):
             "seed": self.seed,
         }
 
-    def _build(self) -> None:
+    def _build_info(self, task: RerankTask) -> dict[str, Any]:
+        user_dim, item_dim = input_dims(task)
+        return {"user_dim": user_dim, "item_dim": item_dim}
+
+    def _build(self, task: RerankTask | None = None) -> None:
         with isolated_torch_rng(self.seed):
             model = PRMModel(
                 self.build_info["user_dim"],
@@ -122,9 +126,7 @@ class PRM(TrainableAgent, ScoringAgent):
 
     def fit(self, task: RerankTask, *, progress: bool = False) -> PRM:
         """Train on the logged positives of the training requests; early stopping on valid."""
-        user_dim, item_dim = input_dims(task)
-        self.build_info = {"user_dim": user_dim, "item_dim": item_dim}
-        self._build()
+        self.setup(task)
         model = self.modules["model"].to(task.device)
         generator = np.random.default_rng(self.seed)
         train, valid = (self._scorable(task, split) for split in ("train", "valid"))
@@ -132,7 +134,6 @@ class PRM(TrainableAgent, ScoringAgent):
             model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
         )
         best, best_state, waited = float("inf"), None, 0
-        self.history = []
         bar = progress_bar(self.epochs, "PRM", progress)
         for epoch in range(self.epochs):
             losses = []
@@ -166,6 +167,7 @@ class PRM(TrainableAgent, ScoringAgent):
         if best_state is not None:
             model.load_state_dict(best_state)
         model.eval()
+        self.fitted = True
         return self
 
     @staticmethod
@@ -190,6 +192,6 @@ class PRM(TrainableAgent, ScoringAgent):
     @torch.no_grad()
     def scores(self, task: RerankTask, requests: np.ndarray) -> np.ndarray:
         """The model's logit of every candidate, ``[B, N]``."""
-        self._require_fitted()
+        self._require_built()
         model = self.modules["model"].to(task.device).eval()
         return model(request_inputs(task, requests)).cpu().numpy()

@@ -177,27 +177,25 @@ class SB3Agent(TrainableAgent):
             env = RemapInvalidActions(env)
         return env
 
-    def fit(self, task: RerankTask, *, progress: bool = False) -> SB3Agent:
-        """Train on the training requests of ``task`` (its training simulator's reward)."""
-        envs = DummyVecEnv([lambda: self._make_env(task) for _ in range(self.n_envs)])
-        envs.seed(self.seed)
-        kwargs = {"gamma": 1.0, **self.algorithm_kwargs}
-        self.model = self.algorithm_class(
-            self.policy_name, envs, seed=self.seed, device=task.device, **kwargs
-        )
-        self.history = []
-        self.model.learn(
-            self.total_timesteps,
-            callback=_EpisodeRewards(self.curve_every, self.history),
-            progress_bar=progress,
-        )
-        n, length = task.num_candidates, task.slate_length
-        user_dim, item_dim = task.user_table.shape[1], task.item_table.shape[1]
-        self.build_info = {"n": n, "length": length, "user_dim": user_dim, "item_dim": item_dim}
-        self.modules = {"policy": self.model.policy}
-        return self
+    def _build_info(self, task: RerankTask) -> dict[str, Any]:
+        return {
+            "n": task.num_candidates,
+            "length": task.slate_length,
+            "user_dim": task.user_table.shape[1],
+            "item_dim": task.item_table.shape[1],
+        }
 
-    def _build(self) -> None:
+    def _build(self, task: RerankTask | None = None) -> None:
+        if task is not None:  # a fresh algorithm with its training environments
+            envs = DummyVecEnv([lambda: self._make_env(task) for _ in range(self.n_envs)])
+            envs.seed(self.seed)
+            kwargs = {"gamma": 1.0, **self.algorithm_kwargs}
+            self.model = self.algorithm_class(
+                self.policy_name, envs, seed=self.seed, device=task.device, **kwargs
+            )
+            self.modules = {"policy": self.model.policy}
+            return
+        # Loading: only the policy is needed to rank, rebuilt from the shapes.
         info = self.build_info
         n, length = info["n"], info["length"]
         unbounded = np.float32(np.inf)
@@ -220,12 +218,23 @@ class SB3Agent(TrainableAgent):
         }
         self.model = None
 
+    def fit(self, task: RerankTask, *, progress: bool = False) -> SB3Agent:
+        """Train on the training requests of ``task`` (its training simulator's reward)."""
+        self.setup(task)
+        self.model.learn(
+            self.total_timesteps,
+            callback=_EpisodeRewards(self.curve_every, self.history),
+            progress_bar=progress,
+        )
+        self.fitted = True
+        return self
+
     @torch.no_grad()
     def rank(
         self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
     ) -> np.ndarray:
         """The policy's deterministic action slot by slot, on all requests at once."""
-        self._require_fitted()
+        self._require_built()
         policy = self.modules["policy"]
         requests = np.asarray(requests, dtype=np.int64)
         n, length = task.num_candidates, task.slate_length

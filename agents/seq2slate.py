@@ -22,7 +22,13 @@ import numpy as np
 import torch
 
 from agents.base import TrainableAgent, empty_prefixes
-from agents.nn import PointerPolicy, input_dims, request_inputs, torch_generator
+from agents.nn import (
+    PointerPolicy,
+    input_dims,
+    request_gumbel,
+    request_inputs,
+    torch_generator,
+)
 from agents.training import progress_bar, training_mode
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
@@ -113,7 +119,11 @@ class Seq2Slate(TrainableAgent):
         )  # fmt: skip
         return {key: getattr(self, key) for key in keys}
 
-    def _build(self) -> None:
+    def _build_info(self, task: RerankTask) -> dict[str, Any]:
+        user_dim, item_dim = input_dims(task)
+        return {"user_dim": user_dim, "item_dim": item_dim, "max_length": task.slate_length}
+
+    def _build(self, task: RerankTask | None = None) -> None:
         with isolated_torch_rng(self.seed):
             policy = PointerPolicy(
                 self.build_info["user_dim"],
@@ -128,11 +138,7 @@ class Seq2Slate(TrainableAgent):
 
     def fit(self, task: RerankTask, *, progress: bool = False) -> Seq2Slate:
         """REINFORCE on the training requests against the training simulator."""
-        user_dim, item_dim = input_dims(task)
-        self.build_info = {
-            "user_dim": user_dim, "item_dim": item_dim, "max_length": task.slate_length,
-        }  # fmt: skip
-        self._build()
+        self.setup(task)
         policy = self.modules["policy"].to(task.device)
         requests = np.random.default_rng(self.seed)
         lists = torch_generator(self.seed, task.device)
@@ -171,6 +177,7 @@ class Seq2Slate(TrainableAgent):
                 self.history.append(point)
         bar.close()
         policy.eval()
+        self.fitted = True
         return self
 
     def _curve_point(
@@ -185,7 +192,7 @@ class Seq2Slate(TrainableAgent):
         self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
     ) -> np.ndarray:
         """Greedy decoding in one batched pass, completing any prefix."""
-        self._require_fitted()
+        self._require_built()
         policy = self.modules["policy"].to(task.device).eval()
         prefixes = (
             empty_prefixes(len(requests), task.slate_length) if prefixes is None else prefixes
@@ -204,12 +211,16 @@ class Seq2Slate(TrainableAgent):
         task: RerankTask,
         requests: np.ndarray,
         count: int,
-        generator: torch.Generator,
+        seed: int,
         prefixes: np.ndarray | None = None,
         temperature: float = 1.0,
     ) -> np.ndarray:
-        """``count`` lists per request sampled from the policy, ``[B, count, L]``."""
-        self._require_fitted()
+        """``count`` lists per request sampled from the policy, ``[B, count, L]``.
+
+        A request's lists depend only on ``(seed, request)`` (Gumbel-max sampling
+        with per-request noise), not on the rest of the batch.
+        """
+        self._require_built()
         policy = self.modules["policy"].to(task.device).eval()
         length = task.slate_length
         prefixes = empty_prefixes(len(requests), length) if prefixes is None else prefixes
@@ -217,11 +228,15 @@ class Seq2Slate(TrainableAgent):
             request_inputs(task, requests),
             length,
             greedy=False,
-            generator=generator,
             prefix=torch.as_tensor(
                 np.repeat(np.asarray(prefixes), count, axis=0), device=task.device
             ),
             temperature=temperature,
             repeats=count,
+            gumbel=torch.as_tensor(
+                request_gumbel(seed, requests, (count, length, task.num_candidates)),
+                dtype=torch.float32,
+                device=task.device,
+            ).reshape(len(requests) * count, length, task.num_candidates),
         )
         return slots.cpu().numpy().reshape(len(requests), count, length)

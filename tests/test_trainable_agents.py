@@ -1,0 +1,229 @@
+"""Neural building blocks and the trainable rerankers: validity, training, checkpoints."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import rerank_env  # noqa: F401  (registers the environments)
+from agents.base import TrainableAgent, checked_rank, empty_prefixes
+from agents.baselines import InitialOrder, PointwiseGreedy
+from agents.generator_evaluator import GeneratorEvaluator
+from agents.metrics import log_metrics
+from agents.nn import PointerPolicy, gumbel_top_k, input_dims, request_inputs, torch_generator
+from agents.prm import PRM
+from agents.registry import agent_from_spec, agent_spec, make_agent
+from agents.sb3 import SB3Agent, remap_actions
+from agents.seq2slate import Seq2Slate, advantages
+from rerank_env import make_task
+from simulators.checkpoint import CheckpointError
+
+SMALL = {"num_candidates": 10, "slate_length": 4}
+
+
+@pytest.fixture(scope="module")
+def small_task():
+    return make_task(**SMALL)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return make_task()
+
+
+def _tiny_agents() -> list[TrainableAgent]:
+    return [
+        PRM(dim=16, layers=1, epochs=1, seed=0),
+        Seq2Slate(dim=16, iterations=5, batch_size=16, samples=4, eval_every=5, seed=0),
+        GeneratorEvaluator([PointwiseGreedy(epochs=1)], lists_per_generator=4),
+        GeneratorEvaluator(
+            [InitialOrder(), Seq2Slate(dim=16, iterations=3, batch_size=8, samples=2)],
+            lists_per_generator=3, evaluator="learned", evaluator_epochs=1,
+        ),  # fmt: skip
+        SB3Agent("MaskablePPO", total_timesteps=128, n_envs=2,
+                 algorithm_kwargs={"n_steps": 64, "batch_size": 64, "n_epochs": 1}),
+        SB3Agent("PPO", total_timesteps=128, n_envs=2, invalid_actions="remap",
+                 algorithm_kwargs={"n_steps": 64, "batch_size": 64, "n_epochs": 1}),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def quick_prm(task):
+    """PRM at the budget of ``compare --quick`` (shared: it is the slowest fit here)."""
+    agent = make_agent("prm", seed=0, budget="quick")
+    assert agent.config() == PRM(epochs=2, seed=0).config()
+    return agent.fit(task)
+
+
+@pytest.fixture(scope="module")
+def fitted(small_task):
+    return [agent.fit(small_task) for agent in _tiny_agents()]
+
+
+def test_pointer_decoder_log_probs_match_teacher_forcing(small_task) -> None:
+    user_dim, item_dim = input_dims(small_task)
+    policy = PointerPolicy(user_dim, item_dim, dim=16, max_length=4).eval()
+    requests = small_task.requests("test")[:32]
+    inputs = request_inputs(small_task, requests)
+    with torch.no_grad():
+        slots, decoded = policy.generate(inputs, 4, greedy=False, generator=torch_generator(0))
+        forced = policy.step_log_probs(inputs, slots)
+    torch.testing.assert_close(decoded, forced, atol=1e-5, rtol=1e-5)
+    for row in slots.numpy():
+        assert len(set(row.tolist())) == 4  # sampled without replacement
+
+
+def test_pointer_decoder_keeps_prefixes_and_masks_them(small_task) -> None:
+    user_dim, item_dim = input_dims(small_task)
+    policy = PointerPolicy(user_dim, item_dim, dim=16, max_length=4).eval()
+    requests = small_task.requests("test")[:16]
+    prefix = torch.full((16, 4), -1)
+    prefix[:, 0], prefix[:8, 1] = 7, 3
+    with torch.no_grad():
+        slots, log_probs = policy.generate(
+            request_inputs(small_task, requests), 4, prefix=prefix, greedy=True
+        )
+    assert (slots[:, 0] == 7).all() and (slots[:8, 1] == 3).all()
+    assert (log_probs[:, 0] == 0).all()  # kept slots were not the policy's choice
+    assert all(len(set(row.tolist())) == 4 for row in slots)
+
+
+def test_gumbel_top_k_follows_the_scores_and_never_draws_minus_infinity() -> None:
+    scores = torch.tensor([[3.0, 0.0, -1.0, float("-inf"), 1.0]]).repeat(4000, 1)
+    lists = gumbel_top_k(scores, 3, torch_generator(0))
+    assert not (lists == 3).any()
+    first = torch.bincount(lists[:, 0], minlength=5).float() / 4000
+    expected = torch.softmax(scores[0], dim=0)  # Plackett-Luce: P(first) = softmax
+    torch.testing.assert_close(first, expected, atol=0.03, rtol=0)
+
+
+def test_advantages_sparse_and_dense() -> None:
+    values = torch.tensor([[1.0, 1.5, 2.0], [0.5, 0.5, 1.0]])  # two lists of one request
+    sparse = advantages(values, 2, "sparse")
+    torch.testing.assert_close(sparse, torch.tensor([[0.5] * 3, [-0.5] * 3]))
+    dense = advantages(values, 2, "dense")
+    # Reward-to-go: [2, 1, .5] and [1, .5, .5]; minus their per-slot mean.
+    torch.testing.assert_close(dense, torch.tensor([[0.5, 0.25, 0.0], [-0.5, -0.25, 0.0]]))
+    with pytest.raises(ValueError, match="credit must be"):
+        advantages(values, 2, "shaped")
+
+
+def test_remap_actions_picks_the_kth_available_candidate() -> None:
+    masks = np.array([[1, 0, 1, 1], [0, 0, 1, 0]], dtype=bool)
+    np.testing.assert_array_equal(remap_actions(np.array([1, 5]), masks), [2, 2])
+    np.testing.assert_array_equal(remap_actions(np.array([3, 0]), masks), [0, 2])
+
+
+def test_every_trainable_agent_gives_valid_lists_in_batch_and_step_wise(small_task, fitted) -> None:
+    requests = small_task.requests("test")[:24]
+    prefixes = empty_prefixes(24, 4)
+    prefixes[:, 0] = 5
+    for agent in fitted:
+        lists = checked_rank(agent, small_task, requests)
+        checked_rank(agent, small_task, requests, prefixes)  # prefixes kept
+        env = gym.make("SlateRerank-v0", split="test", **SMALL)
+        policy = agent.policy(env)
+        for request, expected in zip(requests[:6], lists[:6], strict=True):
+            obs, _ = env.reset(options={"request": int(request)})
+            placed = []
+            for _ in range(4):
+                action, _ = policy.predict(obs, action_masks=env.unwrapped.action_masks())
+                placed.append(int(action))
+                obs, *_ = env.step(action)
+            assert placed == expected.tolist(), agent.name
+
+
+def test_sb3_without_masking_needs_remap() -> None:
+    with pytest.raises(ValueError, match="invalid_actions='remap'"):
+        SB3Agent("PPO")
+    with pytest.raises(ValueError, match="unknown SB3 algorithm 'PPO2'.*MaskablePPO"):
+        SB3Agent("PPO2")
+
+
+def test_checkpoints_round_trip_and_refuse_other_versions(small_task, fitted, tmp_path) -> None:
+    requests = small_task.requests("test")[:20]
+    for index, agent in enumerate(fitted):
+        path = agent.save(tmp_path / f"agent{index}.pt")
+        loaded = type(agent).load(path)
+        np.testing.assert_array_equal(
+            checked_rank(loaded, small_task, requests), checked_rank(agent, small_task, requests)
+        )
+    payload = torch.load(tmp_path / "agent0.pt", weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="format version 99.*reads version 1"):
+        PRM.load(tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="holds a PRM agent, not a Seq2Slate"):
+        Seq2Slate.load(tmp_path / "agent0.pt")
+    with pytest.raises(CheckpointError, match="no agent checkpoint"):
+        PRM.load(tmp_path / "missing.pt")
+
+
+def test_untrained_agents_refuse_to_rank(small_task) -> None:
+    with pytest.raises(RuntimeError, match="not trained: call fit"):
+        PRM().rank(small_task, small_task.requests("test")[:2])
+
+
+def test_agent_specs_round_trip() -> None:
+    agent = GeneratorEvaluator([InitialOrder(), PRM(epochs=3)], lists_per_generator=5)
+    rebuilt = agent_from_spec(agent_spec(agent))
+    assert rebuilt.config() == agent.config()
+    assert rebuilt.name == "multi-gen-eval(initial-order+prm)"
+    with pytest.raises(ValueError, match="unknown agent 'prn'; valid: .*'prm'"):
+        make_agent("prn")
+
+
+def test_seq2slate_training_is_seeded_and_improves_over_its_untrained_self(task) -> None:
+    requests = task.requests("test")[:200]
+    kwargs = {"iterations": 40, "batch_size": 32, "samples": 8, "eval_every": 20}
+    untrained = Seq2Slate(**kwargs, seed=1).setup(task)
+    first = Seq2Slate(**kwargs, seed=1).fit(task)
+    second = Seq2Slate(**kwargs, seed=1).fit(task)
+    lists = checked_rank(first, task, requests)
+    np.testing.assert_array_equal(lists, checked_rank(second, task, requests))
+    assert first.history == second.history
+    before = task.expected_reward(requests, checked_rank(untrained, task, requests)).mean()
+    after = task.expected_reward(requests, lists).mean()
+    assert after > before + 0.2, (float(before), float(after))
+
+
+def test_prm_improves_over_its_untrained_self_on_logged_positives(task, quick_prm) -> None:
+    requests = task.requests("test")
+    positives = task.logged_positives(requests)
+    untrained = PRM(epochs=2, seed=0).setup(task)
+    trained = quick_prm
+    ndcg = [
+        np.nanmean(log_metrics(checked_rank(agent, task, requests), positives)["ndcg"])
+        for agent in (untrained, trained)
+    ]
+    assert ndcg[1] > ndcg[0] + 0.02, ndcg
+
+
+def test_prm_and_seq2slate_beat_the_initial_order_on_the_held_out_simulator(
+    task, quick_prm
+) -> None:
+    """Issue 5's target, at the quick budget of ``rerank-env compare --quick``."""
+    requests = task.requests("test")[:300]
+    rewards = {}
+    for name in ("initial-order", "prm", "seq2slate"):
+        agent = quick_prm if name == "prm" else make_agent(name, seed=0, budget="quick")
+        if isinstance(agent, TrainableAgent) and not agent.fitted:
+            agent.fit(task)
+        lists = checked_rank(agent, task, requests)
+        rewards[name] = float(task.expected_reward(requests, lists, "eval").mean())
+    assert rewards["prm"] > rewards["initial-order"] + 0.1, rewards
+    assert rewards["seq2slate"] > rewards["initial-order"] + 0.3, rewards
+
+
+def test_generator_evaluator_never_does_worse_than_its_generator_under_its_evaluator(
+    small_task,
+) -> None:
+    requests = small_task.requests("test")[:100]
+    pointwise = PointwiseGreedy(epochs=2).fit(small_task)
+    agent = GeneratorEvaluator([pointwise], lists_per_generator=8).fit(small_task)
+    greedy = small_task.expected_reward(requests, checked_rank(pointwise, small_task, requests))
+    chosen = small_task.expected_reward(requests, checked_rank(agent, small_task, requests))
+    assert (chosen >= greedy - 1e-6).all()  # the greedy list is always a proposal
+    assert chosen.mean() > greedy.mean()
