@@ -21,7 +21,8 @@ papers' protocol asks):
   among the candidates (requests without one are skipped);
 * ``gr2_recall@1`` / ``gr2_recall@5`` / ``gr2_ndcg@5``: the held-out next item
   among K = 10 pre-ranked candidates (GR2's protocol; NaN for agents that cannot
-  rank other candidate sets, e.g. an SB3 policy trained for N = 50);
+  rank other candidate sets, e.g. an SB3 policy trained for N = 50, and for the
+  oracle, whose P(10, 5) lists per request would dominate the run);
 * ``diversity``: mean pairwise cosine distance of the listed items' side features;
   ``coverage``: distinct items shown over distinct items offered;
 * ``latency_ms``: wall time of batched ranking per request (after one warm-up call).
@@ -194,6 +195,8 @@ def gr2_metrics(agent: Agent, evaluation: EvaluationSet) -> dict[str, float]:
     missing = {"gr2_recall@1": math.nan, "gr2_recall@5": math.nan, "gr2_ndcg@5": math.nan}
     if evaluation.gr2_task is None or not len(evaluation.gr2_requests):
         return missing
+    if isinstance(agent, OracleAgent):
+        return missing  # 30,240 lists per request; it maximises clicks, not the target
     task, requests = evaluation.gr2_task, evaluation.gr2_requests
     try:
         lists = checked_rank(agent, task, requests)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.base import UnsupportedTaskError
 from rerank_env.task import RerankTask
 from simulators.base import PAD
 
@@ -196,8 +197,9 @@ class PointerDecoder(nn.Module):
 
     def _check_length(self, length: int) -> None:
         if length > self.max_length:
-            raise ValueError(
-                f"slate length {length} exceeds this decoder's max_length={self.max_length}"
+            raise UnsupportedTaskError(
+                f"slate length {length} exceeds this decoder's max_length={self.max_length} "
+                "(it was built for shorter lists)"
             )
 
     def logits(

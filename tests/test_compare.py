@@ -1,0 +1,150 @@
+"""The evaluation harness and ``rerank-env compare`` end to end (tiny preset)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from agents.base import Agent, InvalidListError
+from agents.baselines import InitialOrder, RandomAgent
+from agents.cli import main
+from agents.compare import parse_env_kwargs, run_compare, task_for_env
+from agents.evaluation import (
+    confidence_interval,
+    evaluate_agent,
+    gr2_metrics,
+    make_evaluation_set,
+    summarise,
+)
+from rerank_env import make_task
+from simulators.data.errors import ConfigError
+
+TINY = {"num_candidates": 10, "slate_length": 4}
+
+
+@pytest.fixture(scope="module")
+def evaluation():
+    return make_evaluation_set(make_task(**TINY), requests=40, permutations=50)
+
+
+def test_confidence_interval_brackets_the_mean_and_collapses_when_constant() -> None:
+    mean, low, high = confidence_interval(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert mean == 3.0 and low < 3.0 < high and 1.0 <= low and high <= 5.0
+    assert confidence_interval(np.array([2.0, 2.0, 2.0])) == (2.0, 2.0, 2.0)
+    assert confidence_interval(np.array([1.0, np.nan, 3.0]))[0] == 2.0
+    assert all(math.isnan(v) for v in confidence_interval(np.array([np.nan])))
+
+
+def test_evaluation_references_and_metrics(evaluation) -> None:
+    # Beam search is within 2% of the oracle (the references are consistent).
+    assert evaluation.oracle_reward is not None
+    assert evaluation.beam_reward.mean() >= 0.98 * evaluation.oracle_reward.mean()
+    result = evaluate_agent(InitialOrder(), evaluation)
+    metrics = result.metrics
+    assert 0 < metrics["pct_oracle"] <= 100 + 1e-6
+    assert 0 <= metrics["hr@1%"] <= metrics["hr@5%"] <= 1
+    assert np.isclose(result.position_clicks.sum(), metrics["reward_eval"])
+    assert math.isnan(metrics["reward_true"])  # ML-100K has no true model
+    assert "+" in evaluation.headroom_line() or "-" in evaluation.headroom_line()
+
+
+def test_gr2_metrics_of_the_initial_order_are_the_pre_rankers(evaluation) -> None:
+    """The GR2 view's initial order is the pre-ranker: recall@1 = share of targets first."""
+    gr2 = evaluation.gr2_task
+    targets = gr2.pool.gr2_target_pos[evaluation.gr2_requests]
+    metrics = gr2_metrics(InitialOrder(), evaluation)
+    assert metrics["gr2_recall@1"] == pytest.approx((targets == 0).mean())
+    assert metrics["gr2_recall@5"] == pytest.approx((targets < 5).mean())
+
+
+class _Repeats(Agent):
+    name = "repeats"
+
+    def rank(self, task, requests, prefixes=None):
+        return np.zeros((len(requests), task.slate_length), dtype=np.int64)
+
+
+def test_an_invalid_agent_fails_the_evaluation_naming_it(evaluation) -> None:
+    with pytest.raises(InvalidListError, match="agent 'repeats'.*request .*twice"):
+        evaluate_agent(_Repeats(), evaluation)
+
+
+def test_summarise_reports_mean_and_interval_per_agent(evaluation) -> None:
+    rows = [
+        {"agent": "random", "seed": seed, **evaluate_agent(RandomAgent(seed), evaluation).metrics}
+        for seed in range(3)
+    ]
+    (entry,) = summarise(rows)
+    assert entry["seeds"] == 3
+    values = [row["reward_eval"] for row in rows]
+    assert entry["reward_eval"] == pytest.approx(np.mean(values))
+    assert entry["reward_eval_low"] <= entry["reward_eval"] <= entry["reward_eval_high"]
+
+
+def test_compare_end_to_end_on_a_tiny_preset(tmp_path) -> None:
+    folder = run_compare(
+        env_kwargs=TINY,
+        agents=["initial-order", "random", "seq2slate", "gen-eval", "beam-4", "oracle"],
+        seeds=2,
+        requests=30,
+        permutations=40,
+        budget="quick",
+        out=tmp_path,
+        name="tiny",
+        progress=False,
+    )
+    for name in ("results.md", "results.csv", "per_seed.csv", "curves.csv",
+                 "position_clicks.csv", "learning_curves.png", "pareto.png",
+                 "credit_profile.png", "config.json"):  # fmt: skip
+        assert (folder / name).stat().st_size > 0, name
+    rows = list(csv.DictReader((folder / "results.csv").open()))
+    assert [row["agent"] for row in rows] == [
+        "initial-order", "random", "seq2slate", "gen-eval(pointwise-greedy)", "beam-4", "oracle",
+    ]  # fmt: skip
+    by_agent = {row["agent"]: row for row in rows}
+    assert float(by_agent["oracle"]["pct_oracle"]) == pytest.approx(100.0, abs=1e-3)
+    assert float(by_agent["seq2slate"]["reward_eval"]) > float(by_agent["random"]["reward_eval"])
+    per_seed = list(csv.DictReader((folder / "per_seed.csv").open()))
+    assert len(per_seed) == 12  # 6 agents x 2 seeds (deterministic ones reused)
+    curves = list(csv.DictReader((folder / "curves.csv").open()))
+    assert {row["agent"] for row in curves} >= {"seq2slate"}
+    markdown = (folder / "results.md").read_text()
+    assert "Headroom: beam-8" in markdown and "| oracle | 2 |" in markdown
+    config = json.loads((folder / "config.json").read_text())
+    assert config["seeds"] == 2 and config["requests"] == 30
+    with pytest.raises(ConfigError, match="exists and is not empty.*--overwrite"):
+        run_compare(env_kwargs=TINY, agents=["random"], out=tmp_path, name="tiny")
+
+
+def test_compare_names_the_valid_agents_and_environments(capsys, tmp_path) -> None:
+    assert main(["compare", "--agents", "prm,sequence2slate", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "unknown agent 'sequence2slate'; valid:" in error and "'seq2slate'" in error
+    assert main(["compare", "--env", "CartPole-v1", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "unknown environment 'CartPole-v1'; valid:" in error and "SlateRerank-v0" in error
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_env_kwargs(["num_candidates"])
+    assert parse_env_kwargs(["num_candidates=20", "simulator=pbm"]) == {
+        "num_candidates": 20,
+        "simulator": "pbm",
+    }
+
+
+def test_task_for_env_applies_the_variant_and_the_overrides() -> None:
+    task = task_for_env("SlateRerank-PBM-v0", {"num_candidates": 12, "reward_mode": "dense"})
+    assert task.description["simulator"] == "pbm" and task.num_candidates == 12
+
+
+def test_python_dash_m_agents_compare_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agents.compare", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert "--quick" in result.stdout and "seq2slate" in result.stdout
