@@ -35,7 +35,7 @@ def evaluation():
 
 def test_confidence_interval_brackets_the_mean_and_collapses_when_constant() -> None:
     mean, low, high = confidence_interval(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
-    assert mean == 3.0 and low < 3.0 < high and 1.0 <= low and high <= 5.0
+    assert mean == 3.0 and low < 3.0 < high and low >= 1.0 and high <= 5.0
     assert confidence_interval(np.array([2.0, 2.0, 2.0])) == (2.0, 2.0, 2.0)
     assert confidence_interval(np.array([1.0, np.nan, 3.0]))[0] == 2.0
     assert all(math.isnan(v) for v in confidence_interval(np.array([np.nan])))
