@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,14 @@ class Agent(ABC):
     def config(self) -> dict[str, Any]:
         """The constructor's keyword arguments (JSON-like), for specs and result tables."""
         return {}
+
+    def check_task(self, task: RerankTask) -> None:
+        """Raise :class:`UnsupportedTaskError` if this agent cannot rank ``task``.
+
+        ``compare`` calls it before any training, so an impossible combination fails
+        at once rather than after the other agents have trained.
+        """
+        return None  # most agents rank any task
 
     def policy(self, env: gym.Env | gym.vector.VectorEnv) -> AgentPolicy:
         """A step-wise policy of this agent in ``env`` (single or native vector env)."""
@@ -181,6 +190,14 @@ class TrainableAgent(Agent):
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Write a checkpoint to ``path`` atomically; returns the path."""
         self._require_built()
+        for what, value in (("config", self.config()), ("metadata", metadata or {})):
+            try:
+                json.dumps(value)
+            except TypeError as err:
+                raise ValueError(
+                    f"cannot save {self.name!r}: its {what} must be JSON-like (numbers, "
+                    f"strings, lists, dicts) so the checkpoint loads safely; {err}"
+                ) from None
         payload = {
             "format_version": AGENT_FORMAT_VERSION,
             "agent": type(self).__name__,
@@ -224,17 +241,25 @@ class TrainableAgent(Agent):
                 f"{path} has agent checkpoint format version {version!r}; this version of "
                 f"rerank-env reads version {AGENT_FORMAT_VERSION}: retrain and save the agent again"
             )
-        if payload["agent"] != cls.__name__:
+        if payload.get("agent") != cls.__name__:
             raise CheckpointError(
-                f"{path} holds a {payload['agent']} agent, not a {cls.__name__}: load it with "
-                f"{payload['agent']}.load"
+                f"{path} holds a {payload.get('agent')} agent, not a {cls.__name__}: load it "
+                f"with {payload.get('agent')}.load"
             )
-        agent = cls(**payload["config"])
-        agent.build_info = dict(payload["build_info"])
-        agent._build()
-        for name, module in agent.modules.items():
-            module.load_state_dict(payload["state_dicts"][name])
-            module.to(device).eval()
+        missing = {"config", "build_info", "state_dicts", "metadata"} - set(payload)
+        if missing:
+            raise CheckpointError(f"{path} is damaged: it lacks {sorted(missing)}")
+        try:
+            agent = cls(**payload["config"])
+            agent.build_info = dict(payload["build_info"])
+            agent._build()
+            for name, module in agent.modules.items():
+                module.load_state_dict(payload["state_dicts"][name])
+                module.to(device).eval()
+        except (TypeError, KeyError, RuntimeError, ValueError) as err:
+            raise CheckpointError(
+                f"{path} does not fit {cls.__name__} of this rerank-env version: {err}"
+            ) from err
         agent.history = list(payload["metadata"].get("history", []))
         agent.fitted = bool(payload["metadata"].get("fitted", True))
         return agent
@@ -250,7 +275,18 @@ def checked_rank(
 ) -> np.ndarray:
     """``agent.rank(...)``, refused with :class:`InvalidListError` if any list is invalid."""
     requests = np.asarray(requests, dtype=np.int64)
-    lists = np.asarray(agent.rank(task, requests, prefixes))
+    return validated_lists(agent, task, requests, agent.rank(task, requests, prefixes), prefixes)
+
+
+def validated_lists(
+    agent: Agent,
+    task: RerankTask,
+    requests: np.ndarray,
+    lists: Any,
+    prefixes: np.ndarray | None = None,
+) -> np.ndarray:
+    """``lists`` that ``agent`` returned for ``requests`` as int64, or :class:`InvalidListError`."""
+    lists = np.asarray(lists)
     n, length = task.num_candidates, task.slate_length
     where = f"agent {agent.name!r}"
     if lists.shape != (len(requests), length):
@@ -345,6 +381,10 @@ class AgentPolicy:
         single = slate.ndim == 1
         slates = slate[None] if single else slate
         step = int(np.asarray(observation["step"]).reshape(-1)[0])
+        if step >= slates.shape[1]:
+            # The vector env's final observation: its next step resets and ignores actions.
+            actions = np.zeros(len(slates), dtype=np.int64)
+            return (actions[0] if single else actions), None
         requests = self.env.episodes.request.copy()
         if self._plans is None or self._plans.shape != slates.shape:
             self._plans = np.full(slates.shape, PAD, dtype=np.int64)

@@ -13,6 +13,7 @@ from agents.base import (
     Agent,
     ScoringAgent,
     TrainableAgent,
+    UnsupportedTaskError,
     complete_by_scores,
     empty_prefixes,
 )
@@ -193,18 +194,23 @@ class OracleAgent(Agent):
         """Constructor arguments."""
         return {"simulator": self.simulator, "max_lists": self.max_lists, "chunk": self.chunk}
 
-    def rank(
-        self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Enumerate every completion of each prefix and keep the best."""
+    def check_task(self, task: RerankTask) -> None:
+        """Refuse tasks with more than ``max_lists`` lists per request."""
         n, length = task.num_candidates, task.slate_length
         total = math.perm(n, length)
         if total > self.max_lists:
-            raise ValueError(
+            raise UnsupportedTaskError(
                 f"the oracle would score P({n}, {length}) = {total:,} lists per request "
                 f"(max_lists={self.max_lists:,}); use a smaller N or L, e.g. "
                 "num_candidates=10, slate_length=4"
             )
+
+    def rank(
+        self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Enumerate every completion of each prefix and keep the best."""
+        self.check_task(task)
+        n, length = task.num_candidates, task.slate_length
         requests = np.asarray(requests, dtype=np.int64)
         prefixes = empty_prefixes(len(requests), length) if prefixes is None else prefixes
         lists = np.empty((len(requests), length), dtype=np.int64)

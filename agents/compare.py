@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime as dt
+import inspect
 import json
 import math
 import sys
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 import rerank_env
-from agents.base import TrainableAgent
+from agents.base import TrainableAgent, UnsupportedTaskError
 from agents.evaluation import (
     EvaluationSet,
     evaluate_agent,
@@ -70,6 +71,14 @@ def task_for_env(env_id: str, env_kwargs: dict[str, Any], device: str = "cpu") -
         raise ConfigError(f"unknown environment {env_id!r}; valid: {sorted(rerank_env.VARIANTS)}")
     kwargs = {**gym.spec(env_id).kwargs, **env_kwargs}
     task_kwargs = {k: v for k, v in kwargs.items() if k not in _EPISODE_KWARGS}
+    valid = sorted(set(inspect.signature(make_task).parameters) - {"device", "progress"})
+    unknown = sorted(set(task_kwargs) - set(valid))
+    if unknown:
+        hint = " (use --device for the device)" if "device" in unknown else ""
+        raise ConfigError(
+            f"unknown environment keyword argument(s) {unknown}{hint}; valid: "
+            f"{valid + sorted(_EPISODE_KWARGS)}"
+        )
     return make_task(device=device, **task_kwargs)
 
 
@@ -155,9 +164,14 @@ def run_compare(
             f"run folder {folder} exists and is not empty: choose another --name or pass "
             "--overwrite"
         )
-    folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     task = task_for_env(env_id, dict(env_kwargs or {}), device)
+    for agent_name in agents:  # e.g. the oracle on a task too large to enumerate
+        try:
+            make_agent(agent_name, seed=0, budget=budget).check_task(task)
+        except UnsupportedTaskError as err:
+            raise ConfigError(f"agent {agent_name!r} cannot run on {env_id}: {err}") from None
+    folder.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *a, **k: None)
     say(f"task: {task.summary()}")
     evaluation = make_evaluation_set(
@@ -199,6 +213,11 @@ def run_compare(
             fit_seconds.setdefault(agent.name, []).append(row["fit_s"])
             rows.append(row)
             bar.update()
+            if bar.disable:  # no bar (not a terminal): one log line per run instead
+                say(
+                    f"seed {seed} {agent.name}: fit {row['fit_s']:.1f} s, held-out reward "
+                    f"{row['reward_eval']:.4f}, {row['latency_ms']:.2f} ms/request"
+                )
     bar.close()
     summary = summarise(rows)
     for entry in summary:

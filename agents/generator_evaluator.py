@@ -123,6 +123,7 @@ class GeneratorEvaluator(TrainableAgent):
             if isinstance(generator, TrainableAgent) and (task is None or not generator.fitted):
                 generator.build_info = dict(info)
                 generator._build(task)
+                generator.fitted = task is None  # loading: the checkpoint holds its weights
         evaluator = None
         if self.evaluator == "learned":
             spec = SimulatorSpec(**self.build_info["evaluator_spec"])

@@ -184,7 +184,8 @@ class PRM(TrainableAgent, ScoringAgent):
             rows = requests[start : start + 1024]
             positives = task.logged_positives(rows)
             logits = model(request_inputs(task, rows))
-            losses.append(self._loss(logits, torch.as_tensor(positives).float()).cpu().numpy())
+            positives_t = torch.as_tensor(positives, device=logits.device).float()
+            losses.append(self._loss(logits, positives_t).cpu().numpy())
             lists = complete_by_scores(logits.cpu().numpy(), task.slate_length, None)
             ndcgs.append(log_metrics(lists, positives)["ndcg"])
         return float(np.concatenate(losses).mean()), float(np.nanmean(np.concatenate(ndcgs)))

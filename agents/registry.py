@@ -40,9 +40,7 @@ AGENT_CLASSES: dict[str, type[Agent]] = {
 def _seq2slate(reward: str) -> Callable[[int, Budget], Agent]:
     def make(seed: int, budget: Budget) -> Agent:
         iterations = 60 if budget == "quick" else 300
-        agent = Seq2Slate(iterations=iterations, reward=reward, seed=seed)
-        agent.name = "seq2slate" if reward == "sparse" else "seq2slate-dense"
-        return agent
+        return Seq2Slate(iterations=iterations, reward=reward, seed=seed)
 
     return make
 

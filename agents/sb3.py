@@ -28,10 +28,11 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.base import TrainableAgent, UnsupportedTaskError, empty_prefixes
+from agents.training import preserved_global_rng
 from rerank_env.core import episode_arrays
 from rerank_env.env import SlateRerankEnv
 from rerank_env.task import RerankTask
-from simulators.base import PAD
+from simulators.base import PAD, isolated_torch_rng
 
 InvalidActions = Literal["mask", "remap"]
 
@@ -139,6 +140,11 @@ class SB3Agent(TrainableAgent):
             )
         if invalid_actions not in ("mask", "remap"):
             raise ValueError(f"invalid_actions must be 'mask' or 'remap', got {invalid_actions!r}")
+        if invalid_actions == "remap" and maskable:
+            raise ValueError(
+                f"{algorithm} masks invalid actions itself; remapping would change the "
+                "meaning of its (already valid) actions: use invalid_actions='mask'"
+            )
         self.algorithm, self.total_timesteps, self.n_envs = algorithm, total_timesteps, n_envs
         self.reward_mode, self.invalid_actions, self.policy_name = (
             reward_mode,
@@ -190,9 +196,10 @@ class SB3Agent(TrainableAgent):
             envs = DummyVecEnv([lambda: self._make_env(task) for _ in range(self.n_envs)])
             envs.seed(self.seed)
             kwargs = {"gamma": 1.0, **self.algorithm_kwargs}
-            self.model = self.algorithm_class(
-                self.policy_name, envs, seed=self.seed, device=task.device, **kwargs
-            )
+            with preserved_global_rng():  # SB3 seeds the global generators
+                self.model = self.algorithm_class(
+                    self.policy_name, envs, seed=self.seed, device=task.device, **kwargs
+                )
             self.modules = {"policy": self.model.policy}
             return
         # Loading: only the policy is needed to rank, rebuilt from the shapes.
@@ -211,21 +218,23 @@ class SB3Agent(TrainableAgent):
         )
         policy_class = self.algorithm_class.policy_aliases.get(self.policy_name, self.policy_name)
         policy_kwargs = self.algorithm_kwargs.get("policy_kwargs", {})
-        self.modules = {
-            "policy": policy_class(
+        with isolated_torch_rng(self.seed):  # the weights are overwritten by the checkpoint
+            policy = policy_class(
                 observation_space, spaces.Discrete(n), lambda _: 0.0, **policy_kwargs
             )
-        }
+        self.modules = {"policy": policy}
         self.model = None
 
     def fit(self, task: RerankTask, *, progress: bool = False) -> SB3Agent:
         """Train on the training requests of ``task`` (its training simulator's reward)."""
         self.setup(task)
-        self.model.learn(
-            self.total_timesteps,
-            callback=_EpisodeRewards(self.curve_every, self.history),
-            progress_bar=progress,
-        )
+        with preserved_global_rng():  # SB3 draws from (and seeds) the global generators
+            self.model.set_random_seed(self.seed)  # setup's seeding was undone on its exit
+            self.model.learn(
+                self.total_timesteps,
+                callback=_EpisodeRewards(self.curve_every, self.history),
+                progress_bar=progress,
+            )
         self.fitted = True
         return self
 

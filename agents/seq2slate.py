@@ -109,6 +109,7 @@ class Seq2Slate(TrainableAgent):
         self.samples, self.learning_rate, self.entropy = samples, learning_rate, entropy
         self.reward, self.eval_every, self.eval_requests = reward, eval_every, eval_requests
         self.seed = seed
+        self.name = "seq2slate" if reward == "sparse" else "seq2slate-dense"
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments."""
@@ -140,19 +141,19 @@ class Seq2Slate(TrainableAgent):
         """REINFORCE on the training requests against the training simulator."""
         self.setup(task)
         policy = self.modules["policy"].to(task.device)
-        requests = np.random.default_rng(self.seed)
-        lists = torch_generator(self.seed, task.device)
+        request_rng = np.random.default_rng(self.seed)
+        list_rng = torch_generator(self.seed, task.device)
         optimiser = torch.optim.Adam(policy.parameters(), lr=self.learning_rate)
         curve_requests = task.requests("valid")[: self.eval_requests]
         length, calls = task.slate_length, 0
         self.history = [self._curve_point(task, curve_requests, 0, 0)]
         bar = progress_bar(self.iterations, "Seq2Slate", progress)
         for iteration in range(1, self.iterations + 1):
-            rows = task.sample_requests("train", self.batch_size, requests)
+            rows = task.sample_requests("train", self.batch_size, request_rng)
             inputs = request_inputs(task, rows)
             with torch.no_grad():
                 slots, _ = policy.generate(
-                    inputs, length, greedy=False, generator=lists, repeats=self.samples
+                    inputs, length, greedy=False, generator=list_rng, repeats=self.samples
                 )
                 values = task.prefix_values(np.repeat(rows, self.samples), slots, "train")
             calls += len(slots)

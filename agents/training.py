@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import sys
 from collections.abc import Iterator
 
@@ -29,6 +30,23 @@ def progress_bar(total: int, description: str, enabled: bool) -> tqdm:
         leave=False,
         dynamic_ncols=True,
     )
+
+
+@contextlib.contextmanager
+def preserved_global_rng() -> Iterator[None]:
+    """Restore Python's, NumPy's and torch's (CPU and CUDA) global random state on exit.
+
+    For third-party code that seeds or draws from global generators (Stable-Baselines3
+    seeds all of them): the caller's global state is left as it was.
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)  # noqa: NPY002
 
 
 @contextlib.contextmanager

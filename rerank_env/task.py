@@ -190,9 +190,9 @@ class RerankTask:
         Raises:
             ValueError: Shapes disagree or a position is outside ``[-1, N)``.
         """
-        # torch.tensor copies: callers may pass the task's read-only arrays.
-        requests = torch.tensor(np.asarray(requests), dtype=torch.long, device=self.device)
-        lists = torch.tensor(np.asarray(lists), dtype=torch.long, device=self.device)
+        # Copies: callers may pass the task's read-only arrays (or tensors on any device).
+        requests = _long_tensor(requests, self.device)
+        lists = _long_tensor(lists, self.device)
         if requests.ndim != 1 or ((requests < 0) | (requests >= self.n_requests)).any():
             raise ValueError(
                 f"requests must be a 1-D array of request indices in 0..{self.n_requests - 1}; "
@@ -256,6 +256,12 @@ class RerankTask:
             f"L = {self.slate_length} / {self.n_requests} requests "
             f"({', '.join(f'{s} {len(self.requests(s))}' for s in SPLITS)})"
         )
+
+
+def _long_tensor(values: Any, device: torch.device) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values.to(device=device, dtype=torch.long, copy=True)
+    return torch.tensor(np.asarray(values), dtype=torch.long, device=device)
 
 
 def make_task(
@@ -381,8 +387,8 @@ def make_task(
         description=description,
         make_kwargs={
             "dataset": dataset,
-            "data_dir": data_dir,
-            "bundle": bundle,
+            "data_dir": source.data_dir,  # resolved: the working directory may change
+            "bundle": source.bundle_dir,
             "simulator": simulator,
             "num_candidates": num_candidates,
             "slate_length": slate_length,

@@ -33,7 +33,9 @@ def isolated_torch_rng(seed: int) -> Iterator[None]:
     is restored. So building or training a simulator neither depends on nor changes
     global state, and seeded runs are identical.
     """
-    with torch.random.fork_rng(devices=[]):
+    # manual_seed also seeds every CUDA device: fork (save and restore) them too.
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
 

@@ -51,7 +51,9 @@ def test_evaluation_references_and_metrics(evaluation) -> None:
     assert 0 <= metrics["hr@1%"] <= metrics["hr@5%"] <= 1
     assert np.isclose(result.position_clicks.sum(), metrics["reward_eval"])
     assert math.isnan(metrics["reward_true"])  # ML-100K has no true model
-    assert "+" in evaluation.headroom_line() or "-" in evaluation.headroom_line()
+    expected = evaluation.beam_reward.mean() / evaluation.pointwise_reward.mean() - 1
+    assert evaluation.headroom == pytest.approx(expected)
+    assert f"{100 * expected:+.1f}%" in evaluation.headroom_line()
 
 
 def test_gr2_metrics_of_the_initial_order_are_the_pre_rankers(evaluation) -> None:
@@ -129,6 +131,16 @@ def test_compare_names_the_valid_agents_and_environments(capsys, tmp_path) -> No
     assert main(["compare", "--env", "CartPole-v1", "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert "unknown environment 'CartPole-v1'; valid:" in error and "SlateRerank-v0" in error
+    assert main(["compare", "--agents", "oracle", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "agent 'oracle' cannot run on SlateRerank-v0: the oracle would score P(50, 6)" in error
+    assert not any(tmp_path.iterdir())  # refused before any folder or training
+    with pytest.raises(
+        ConfigError, match=r"unknown environment keyword argument\(s\) \['num_candidate'\]"
+    ):
+        task_for_env("SlateRerank-v0", {"num_candidate": 10})
+    with pytest.raises(ConfigError, match="use --device"):
+        task_for_env("SlateRerank-v0", {"device": "cpu"})
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_env_kwargs(["num_candidates"])
     assert parse_env_kwargs(["num_candidates=20", "simulator=pbm"]) == {

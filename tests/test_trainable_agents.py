@@ -135,9 +135,53 @@ def test_every_trainable_agent_gives_valid_lists_in_batch_and_step_wise(small_ta
             assert placed == expected.tolist(), agent.name
 
 
+def test_step_wise_policy_replans_when_another_policy_chose_a_slot(small_task, fitted) -> None:
+    env = gym.make("SlateRerank-v0", split="test", **SMALL)
+    for agent in fitted:
+        policy = agent.policy(env)
+        obs, info = env.reset(seed=3)
+        forced = int(checked_rank(agent, small_task, [info["request"]])[0, 0] + 1) % 10
+        obs, *_ = env.step(forced)  # not the agent's first choice
+        placed = [forced]
+        for _ in range(3):
+            action, _ = policy.predict(obs, action_masks=env.unwrapped.action_masks())
+            placed.append(int(action))
+            obs, *_ = env.step(action)
+        prefix = np.array([[forced, -1, -1, -1]])
+        expected = checked_rank(agent, small_task, [info["request"]], prefix)[0]
+        assert placed == expected.tolist(), agent.name
+
+
+def test_step_wise_policy_runs_the_vector_env_across_resets(small_task, fitted) -> None:
+    envs = gym.make_vec("SlateRerank-v0", num_envs=5, split="test", **SMALL)
+    policy = fitted[1].policy(envs)
+    obs, _ = envs.reset(seed=0)
+    finished = 0
+    for _ in range(3 * (4 + 1)):  # three episodes, each followed by its reset step
+        actions, _ = policy.predict(obs, action_masks=envs.unwrapped.action_masks())
+        obs, _, terminated, _, info = envs.step(actions)
+        finished += int(terminated.sum())
+    assert finished == 15
+
+
+def test_sb3_training_leaves_global_random_state_alone(small_task) -> None:
+    import random
+
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)  # noqa: NPY002
+    expected = (random.random(), np.random.random(), torch.rand(1).item())  # noqa: NPY002
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)  # noqa: NPY002
+    options = {"n_steps": 32, "batch_size": 32, "n_epochs": 1}
+    SB3Agent("MaskablePPO", total_timesteps=64, n_envs=1, algorithm_kwargs=options, seed=3).fit(
+        small_task
+    )
+    assert (random.random(), np.random.random(), torch.rand(1).item()) == expected  # noqa: NPY002
+
+
 def test_sb3_without_masking_needs_remap() -> None:
     with pytest.raises(ValueError, match="invalid_actions='remap'"):
         SB3Agent("PPO")
+    with pytest.raises(ValueError, match="masks invalid actions itself"):
+        SB3Agent("MaskablePPO", invalid_actions="remap")
     with pytest.raises(ValueError, match="unknown SB3 algorithm 'PPO2'.*MaskablePPO"):
         SB3Agent("PPO2")
 
@@ -159,6 +203,16 @@ def test_checkpoints_round_trip_and_refuse_other_versions(small_task, fitted, tm
         Seq2Slate.load(tmp_path / "agent0.pt")
     with pytest.raises(CheckpointError, match="no agent checkpoint"):
         PRM.load(tmp_path / "missing.pt")
+    del payload["state_dicts"]
+    payload["format_version"] = 1
+    torch.save(payload, tmp_path / "damaged.pt")
+    with pytest.raises(CheckpointError, match=r"damaged: it lacks \['state_dicts'\]"):
+        PRM.load(tmp_path / "damaged.pt")
+    with pytest.raises(ValueError, match="metadata must be JSON-like"):
+        fitted[0].save(tmp_path / "bad.pt", metadata={"path": tmp_path})
+    # A loaded generator-evaluator's generators count as trained: fitting again keeps them.
+    loaded = GeneratorEvaluator.load(tmp_path / "agent2.pt")
+    assert loaded.fitted and all(g.fitted for g in loaded.generators)
 
 
 def test_untrained_agents_refuse_to_rank(small_task) -> None:
