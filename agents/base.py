@@ -17,7 +17,6 @@ given prefix when one is given. Everything else is derived from it:
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from rerank_env.task import RerankTask
-from simulators._io import atomic_write
+from simulators._io import atomic_torch_save
 from simulators.base import PAD
 from simulators.checkpoint import CheckpointError
 
@@ -214,11 +213,7 @@ class TrainableAgent(Agent):
                 "saved_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             },
         }
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        path = Path(path)
-        atomic_write(path, lambda out: out.write(buffer.getvalue()))
-        return path
+        return atomic_torch_save(path, payload)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> TrainableAgent:

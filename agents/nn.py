@@ -9,7 +9,8 @@
   with the already placed ones masked; teacher-forced log-probabilities for
   training and greedy or sampled decoding (sampling without replacement),
   batched over requests, completing given prefixes;
-* :func:`gumbel_top_k`: Plackett-Luce sampling without replacement from scores;
+* :func:`request_gumbel`: Gumbel noise per request, for Plackett-Luce and
+  Gumbel-max sampling without replacement that does not depend on the batch;
 * :class:`PointerPolicy`: encoder + decoder, the generator DeGRe, GoalRank and
   Seq2Slate train.
 
@@ -387,20 +388,6 @@ class PointerPolicy(nn.Module):
             temperature=temperature,
             gumbel=gumbel,
         )
-
-
-def gumbel_top_k(
-    scores: torch.Tensor, length: int, generator: torch.Generator, temperature: float = 1.0
-) -> torch.Tensor:
-    """Plackett-Luce lists sampled without replacement from ``scores``, long ``[B, L]``.
-
-    Adding Gumbel noise to ``scores / temperature`` and taking the top ``L`` draws
-    a list with the Plackett-Luce probability of those scores (Kool et al., 2019).
-    ``-inf`` scores are never drawn.
-    """
-    uniform = torch.rand(scores.shape, generator=generator, device=scores.device)
-    gumbel = -torch.log(-torch.log(uniform.clamp(1e-12, 1 - 1e-7)))
-    return torch.topk(scores / temperature + gumbel, length, dim=1).indices
 
 
 def request_gumbel(seed: int, requests: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

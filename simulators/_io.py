@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import torch
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -30,3 +33,12 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def atomic_torch_save(path: str | Path, payload: Any) -> Path:
+    """``torch.save(payload)`` to ``path`` atomically (see :func:`atomic_write`); returns it."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    path = Path(path)
+    atomic_write(path, lambda out: out.write(buffer.getvalue()))
+    return path

@@ -10,13 +10,12 @@ another format version, or one that does not match its spec, is refused.
 from __future__ import annotations
 
 import datetime as dt
-import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from simulators._io import atomic_write
+from simulators._io import atomic_torch_save
 from simulators.base import ClickSimulator
 from simulators.factory import SimulatorSpec, build_simulator
 
@@ -47,11 +46,7 @@ def save_simulator(
             "saved_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         },
     }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    path = Path(path)
-    atomic_write(path, lambda out: out.write(buffer.getvalue()))
-    return path
+    return atomic_torch_save(path, payload)
 
 
 def load_simulator(

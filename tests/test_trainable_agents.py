@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import rerank_env  # noqa: F401  (registers the environments)
-from agents.base import TrainableAgent, checked_rank, empty_prefixes
+from agents.base import ScoringAgent, TrainableAgent, checked_rank, empty_prefixes
 from agents.baselines import InitialOrder, PointwiseGreedy
 from agents.generator_evaluator import GeneratorEvaluator
 from agents.metrics import log_metrics
-from agents.nn import PointerPolicy, gumbel_top_k, input_dims, request_inputs, torch_generator
+from agents.nn import PointerPolicy, input_dims, request_inputs, torch_generator
 from agents.prm import PRM
 from agents.registry import agent_from_spec, agent_spec, make_agent
 from agents.sb3 import SB3Agent, remap_actions
@@ -90,13 +90,25 @@ def test_pointer_decoder_keeps_prefixes_and_masks_them(small_task) -> None:
     assert all(len(set(row.tolist())) == 4 for row in slots)
 
 
-def test_gumbel_top_k_follows_the_scores_and_never_draws_minus_infinity() -> None:
-    scores = torch.tensor([[3.0, 0.0, -1.0, float("-inf"), 1.0]]).repeat(4000, 1)
-    lists = gumbel_top_k(scores, 3, torch_generator(0))
-    assert not (lists == 3).any()
-    first = torch.bincount(lists[:, 0], minlength=5).float() / 4000
-    expected = torch.softmax(scores[0], dim=0)  # Plackett-Luce: P(first) = softmax
-    torch.testing.assert_close(first, expected, atol=0.03, rtol=0)
+class _FixedScores(ScoringAgent):
+    name = "fixed"
+
+    def __init__(self, scores):
+        self.fixed = np.asarray(scores, dtype=float)
+
+    def scores(self, task, requests):
+        return np.broadcast_to(self.fixed, (len(requests), len(self.fixed)))
+
+
+def test_plackett_luce_sampling_follows_the_scores(small_task) -> None:
+    scores = np.array([3.0, 0.0, -1.0, -2.0, 1.0, 0.5, -0.5, 2.0, -1.5, 0.2])
+    request = small_task.requests("test")[:1]
+    lists = _FixedScores(scores).sample(small_task, request, 4000, seed=0)[0]
+    assert all(len(set(row.tolist())) == 4 for row in lists)  # without replacement
+    first = np.bincount(lists[:, 0], minlength=10) / 4000
+    standardised = (scores - scores.mean()) / scores.std()
+    expected = np.exp(standardised) / np.exp(standardised).sum()  # P(first) = softmax
+    np.testing.assert_allclose(first, expected, atol=0.03)
 
 
 def test_advantages_sparse_and_dense() -> None:
