@@ -57,6 +57,13 @@ QUICK_AGENTS = (
 )  # fmt: skip
 FULL_AGENTS = (*QUICK_AGENTS[:5], "seq2slate-dense", "gen-eval", "multi-gen-eval",
                "maskable-ppo", "beam-8")  # fmt: skip
+#: Agent sets ``--preset`` names (the agents an issue's comparison asks for).
+PRESETS: dict[str, tuple[str, ...]] = {
+    "quick": QUICK_AGENTS,
+    "full": FULL_AGENTS,
+    "degre": ("initial-order", "prm", "seq2slate", "gen-eval", "degre", "degre-beam8",
+              "beam-8"),
+}  # fmt: skip
 #: Environment keyword arguments that shape episodes, not the task.
 _EPISODE_KWARGS = ("reward_mode", "click_mode", "split", "features", "render_mode")
 
@@ -359,6 +366,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="environment keyword argument, repeatable (e.g. num_candidates=10)",
     )  # fmt: skip
     parser.add_argument("--agents", help="comma-separated agent names (see above)")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS),
+        help="a named agent set: " + "; ".join(f"{k}: {','.join(v)}" for k, v in PRESETS.items()),
+    )  # fmt: skip
     parser.add_argument("--seeds", type=int, help="seeds per agent (default 5)")
     parser.add_argument(
         "--requests", type=int, help="test requests evaluated (default 500; --quick 200)"
@@ -377,11 +388,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _handle(args: argparse.Namespace) -> int:
-    agents = (
-        [a.strip() for a in args.agents.split(",") if a.strip()]
-        if args.agents
-        else list(QUICK_AGENTS if args.quick else FULL_AGENTS)
-    )
+    if args.agents and args.preset:
+        raise ConfigError("give --agents or --preset, not both")
+    if args.agents:
+        agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+    else:
+        agents = list(PRESETS[args.preset or ("quick" if args.quick else "full")])
     run_compare(
         env_id=args.env,
         env_kwargs=parse_env_kwargs(args.env_kwarg),

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.base import UnsupportedTaskError
+from agents.base import UnsupportedTaskError, empty_prefixes
 from rerank_env.task import RerankTask
 from simulators.base import PAD
 
@@ -65,7 +65,16 @@ class RequestInputs:
         )
 
 
-class _Tables:
+class FeatureTables:
+    """A task's standardised feature tables, on the task's device (built once per task).
+
+    Attributes:
+        users: Standardised user features ``[U, Du]``.
+        items: Standardised item features ``[I, Di]``.
+        scores: Initial-ranker scores of every request's candidates ``[R, N]``.
+        request_user: User of each request ``[R]``.
+    """
+
     def __init__(self, task: RerankTask) -> None:
         def standardised(table: np.ndarray) -> torch.Tensor:
             values = torch.tensor(table, dtype=torch.float32)
@@ -76,16 +85,29 @@ class _Tables:
         self.items = standardised(task.item_table)
         self.scores = torch.tensor(task.scores_np, dtype=torch.float32, device=task.device)
         self.request_user = torch.as_tensor(task.pool.request_user, device=task.device)
+        self._histories = task.histories
+
+    def history_mean(self, rows: torch.Tensor) -> torch.Tensor:
+        """Mean item features of each request's history, ``[B, Di]`` (zeros if empty)."""
+        history = self._histories[rows]
+        known = (history != PAD)[..., None]
+        summed = (self.items[history.clamp(min=0)] * known).sum(dim=1)
+        return summed / known.sum(dim=1).clamp(min=1)
 
 
-_TABLES: weakref.WeakKeyDictionary[RerankTask, _Tables] = weakref.WeakKeyDictionary()
+_TABLES: weakref.WeakKeyDictionary[RerankTask, FeatureTables] = weakref.WeakKeyDictionary()
+
+
+def feature_tables(task: RerankTask) -> FeatureTables:
+    """The :class:`FeatureTables` of ``task`` (cached while the task lives)."""
+    if task not in _TABLES:
+        _TABLES[task] = FeatureTables(task)
+    return _TABLES[task]
 
 
 def request_inputs(task: RerankTask, requests: np.ndarray | torch.Tensor) -> RequestInputs:
     """The features of ``requests`` (indices into the task's requests)."""
-    if task not in _TABLES:
-        _TABLES[task] = _Tables(task)
-    tables = _TABLES[task]
+    tables = feature_tables(task)
     rows = torch.tensor(np.asarray(requests), dtype=torch.long, device=task.device)
     scores = tables.scores[rows]
     spread = scores.std(dim=1, keepdim=True).clamp(min=1e-6)
@@ -408,3 +430,57 @@ def torch_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gene
     generator = torch.Generator(device=device)
     generator.manual_seed(int(seed))
     return generator
+
+
+@torch.no_grad()
+def greedy_lists(
+    policy: PointerPolicy,
+    task: RerankTask,
+    requests: np.ndarray,
+    prefixes: np.ndarray | None = None,
+) -> np.ndarray:
+    """``policy``'s greedy lists for ``requests``, completing any prefix, ``[B, L]``."""
+    policy = policy.to(task.device).eval()
+    length = task.slate_length
+    prefixes = empty_prefixes(len(requests), length) if prefixes is None else prefixes
+    slots, _ = policy.generate(
+        request_inputs(task, requests),
+        length,
+        greedy=True,
+        prefix=torch.as_tensor(np.asarray(prefixes), device=task.device),
+    )
+    return slots.cpu().numpy()
+
+
+@torch.no_grad()
+def sampled_lists(
+    policy: PointerPolicy,
+    task: RerankTask,
+    requests: np.ndarray,
+    count: int,
+    seed: int,
+    prefixes: np.ndarray | None = None,
+    temperature: float = 1.0,
+) -> np.ndarray:
+    """``count`` lists per request sampled from ``policy``, ``[B, count, L]``.
+
+    A request's lists depend only on ``(seed, request)`` (Gumbel-max sampling with
+    per-request noise), not on the rest of the batch.
+    """
+    policy = policy.to(task.device).eval()
+    length = task.slate_length
+    prefixes = empty_prefixes(len(requests), length) if prefixes is None else prefixes
+    slots, _ = policy.generate(
+        request_inputs(task, requests),
+        length,
+        greedy=False,
+        prefix=torch.as_tensor(np.repeat(np.asarray(prefixes), count, axis=0), device=task.device),
+        temperature=temperature,
+        repeats=count,
+        gumbel=torch.as_tensor(
+            request_gumbel(seed, requests, (count, length, task.num_candidates)),
+            dtype=torch.float32,
+            device=task.device,
+        ).reshape(len(requests) * count, length, task.num_candidates),
+    )
+    return slots.cpu().numpy().reshape(len(requests), count, length)

@@ -20,6 +20,7 @@ from agents.baselines import (
     PointwiseGreedy,
     RandomAgent,
 )
+from agents.degre import DeGRe
 from agents.generator_evaluator import GeneratorEvaluator
 from agents.prm import PRM
 from agents.sb3 import SB3Agent
@@ -32,7 +33,7 @@ AGENT_CLASSES: dict[str, type[Agent]] = {
     cls.__name__: cls
     for cls in (
         InitialOrder, RandomAgent, PointwiseGreedy, BeamSearchAgent, OracleAgent, PRM,
-        Seq2Slate, GeneratorEvaluator, SB3Agent,
+        Seq2Slate, GeneratorEvaluator, SB3Agent, DeGRe,
     )
 }  # fmt: skip
 
@@ -41,6 +42,19 @@ def _seq2slate(reward: str) -> Callable[[int, Budget], Agent]:
     def make(seed: int, budget: Budget) -> Agent:
         iterations = 60 if budget == "quick" else 300
         return Seq2Slate(iterations=iterations, reward=reward, seed=seed)
+
+    return make
+
+
+def _degre(**options: Any) -> Callable[[int, Budget], Agent]:
+    def make(seed: int, budget: Budget) -> Agent:
+        if budget == "quick":
+            sizes = {"evaluator_lists": 4, "evaluator_epochs": 3, "mining_requests": 200,
+                     "rounds": 2}  # fmt: skip
+        else:
+            sizes = {"evaluator_lists": 8, "evaluator_epochs": 10, "mining_requests": 2000,
+                     "rounds": 4}  # fmt: skip
+        return DeGRe(**sizes, **options, seed=seed)
 
     return make
 
@@ -82,6 +96,20 @@ _FACTORIES: dict[str, tuple[Callable[[int, Budget], Agent], str]] = {
             algorithm_kwargs={"n_steps": 256, "batch_size": 128, "learning_rate": 1e-3},
         ),
         "sb3-contrib MaskablePPO on SlateRerankDense-v0 (dense per-slot reward)",
+    ),
+    "degre": (
+        _degre(),
+        "DeGRe: lookahead evaluator, beam-8 mining, dense hard+soft labels, greedy generator",
+    ),
+    "degre-hard": (_degre(soft_weight=0.0), "DeGRe with hard labels only (no soft-label KL)"),
+    "degre-sparse": (
+        _degre(supervision="sparse"),
+        "DeGRe's generator by REINFORCE on the evaluator's list value, same evaluator calls",
+    ),
+    "degre-sim": (_degre(evaluator="simulator"), "DeGRe mining with the training simulator"),
+    "degre-beam8": (
+        _degre(decode="evaluator-beam"),
+        "DeGRe's learned evaluator served by beam search (width 8): the teacher",
     ),
     "oracle": (lambda seed, budget: OracleAgent(), "exhaustive search (small N, L only)"),
 }  # fmt: skip

@@ -21,12 +21,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from agents.base import TrainableAgent, empty_prefixes
+from agents.base import TrainableAgent
 from agents.nn import (
     PointerPolicy,
+    greedy_lists,
     input_dims,
-    request_gumbel,
     request_inputs,
+    sampled_lists,
     torch_generator,
 )
 from agents.training import progress_bar, training_mode
@@ -188,25 +189,13 @@ class Seq2Slate(TrainableAgent):
         reward = task.expected_reward(requests, lists, "train").mean().item()
         return {"iteration": iteration, "simulator_calls": calls, "valid_reward": reward}
 
-    @torch.no_grad()
     def rank(
         self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
     ) -> np.ndarray:
         """Greedy decoding in one batched pass, completing any prefix."""
         self._require_built()
-        policy = self.modules["policy"].to(task.device).eval()
-        prefixes = (
-            empty_prefixes(len(requests), task.slate_length) if prefixes is None else prefixes
-        )
-        slots, _ = policy.generate(
-            request_inputs(task, requests),
-            task.slate_length,
-            greedy=True,
-            prefix=torch.as_tensor(np.asarray(prefixes), device=task.device),
-        )
-        return slots.cpu().numpy()
+        return greedy_lists(self.modules["policy"], task, requests, prefixes)
 
-    @torch.no_grad()
     def sample(
         self,
         task: RerankTask,
@@ -218,26 +207,10 @@ class Seq2Slate(TrainableAgent):
     ) -> np.ndarray:
         """``count`` lists per request sampled from the policy, ``[B, count, L]``.
 
-        A request's lists depend only on ``(seed, request)`` (Gumbel-max sampling
-        with per-request noise), not on the rest of the batch.
+        A request's lists depend only on ``(seed, request)`` (see
+        :func:`~agents.nn.sampled_lists`), not on the rest of the batch.
         """
         self._require_built()
-        policy = self.modules["policy"].to(task.device).eval()
-        length = task.slate_length
-        prefixes = empty_prefixes(len(requests), length) if prefixes is None else prefixes
-        slots, _ = policy.generate(
-            request_inputs(task, requests),
-            length,
-            greedy=False,
-            prefix=torch.as_tensor(
-                np.repeat(np.asarray(prefixes), count, axis=0), device=task.device
-            ),
-            temperature=temperature,
-            repeats=count,
-            gumbel=torch.as_tensor(
-                request_gumbel(seed, requests, (count, length, task.num_candidates)),
-                dtype=torch.float32,
-                device=task.device,
-            ).reshape(len(requests) * count, length, task.num_candidates),
+        return sampled_lists(
+            self.modules["policy"], task, requests, count, seed, prefixes, temperature
         )
-        return slots.cpu().numpy().reshape(len(requests), count, length)

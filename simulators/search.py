@@ -6,9 +6,87 @@ beam-search reference agent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from simulators.base import PAD, ClickSimulator, SlateBatch
+
+PrefixScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def beam_search_slots(
+    score: PrefixScorer,
+    batch: int,
+    n_candidates: int,
+    length: int,
+    width: int = 16,
+    prefix: torch.Tensor | None = None,
+    *,
+    keep: int = 1,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Beam search over lists of candidate slots with any top-down prefix scorer.
+
+    Every step extends each of the ``width`` best prefixes by every unused candidate
+    and keeps the ``width`` best by ``score``; the scorer must value a prefix on its
+    own (top-down: what follows a prefix does not change its value).
+
+    Args:
+        score: ``score(rows, slots)`` returns the value of each prefix ``slots``
+            (long ``[M, t]``, candidate slots) of request ``rows`` (long ``[M]``,
+            indices into the batch), float ``[M]``.
+        batch: B, requests searched together.
+        n_candidates: N.
+        length: List length ``L <= N``.
+        width: Beam width.
+        prefix: Candidate slots every list must start with, long ``[B, P]``
+            (``P < L``, distinct per row); ``None`` starts from the empty list.
+        keep: Best finished lists returned per request (``1 <= keep <= width``).
+        device: Where the search runs.
+
+    Returns:
+        ``(slots, values)``: long ``[B, keep, L]`` (best first) and their values
+        ``[B, keep]``.
+    """
+    n = n_candidates
+    if not 1 <= length <= n:
+        raise ValueError(f"length must be in [1, {n}] (the number of candidates), got {length}")
+    if not 1 <= keep <= width:
+        raise ValueError(f"keep must be in [1, width={width}], got {keep}")
+    if prefix is None:
+        prefix = torch.empty(batch, 0, dtype=torch.long, device=device)
+    if prefix.shape[0] != batch or prefix.shape[1] >= length:
+        raise ValueError(
+            f"prefix must be [B, P] with B = {batch} and P < length = {length}, got "
+            f"{tuple(prefix.shape)}"
+        )
+    beams = prefix[:, None, :].to(device)  # candidate slots, [B, 1, P]
+    rows = torch.arange(batch, device=device)
+    values = torch.zeros(batch, 1, device=device)
+    for step in range(prefix.shape[1], length):
+        n_beams = beams.shape[1]
+        used = torch.zeros(batch, n_beams, n, dtype=torch.bool, device=device)
+        if step:
+            used.scatter_(2, beams, True)
+        # Every beam extended by every candidate slot: [B, n_beams * N, step + 1].
+        extended = torch.cat(
+            [
+                beams[:, :, None, :].expand(batch, n_beams, n, step),
+                torch.arange(n, device=device).expand(batch, n_beams, n)[..., None],
+            ],
+            dim=3,
+        ).reshape(batch, n_beams * n, step + 1)
+        free = ~used.reshape(batch, n_beams * n)
+        scored = torch.full((batch, n_beams * n), -torch.inf, device=device)
+        flat_rows = rows[:, None].expand_as(free)[free]
+        scored[free] = score(flat_rows, extended[free]).to(scored.dtype)
+        values, keep_index = scored.topk(min(width, n_beams * (n - step)), dim=1)
+        beams = torch.gather(extended, 1, keep_index[..., None].expand(-1, -1, step + 1))
+    if beams.shape[1] < keep:
+        raise ValueError(f"only {beams.shape[1]} distinct lists exist for keep={keep}; lower keep")
+    return beams[:, :keep], values[:, :keep]
 
 
 @torch.no_grad()
@@ -25,8 +103,8 @@ def beam_search(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lists of ``length`` candidates maximising the simulator's expected clicks.
 
-    Every step extends each of the ``width`` best prefixes by every unused candidate
-    and keeps the ``width`` best by exact prefix value (the simulator is top-down).
+    :func:`beam_search_slots` scoring prefixes by their exact expected clicks (the
+    simulator is top-down).
 
     Args:
         simulator: The scorer.
@@ -44,42 +122,16 @@ def beam_search(
         ``(lists, values)``: long ``[B, L]`` item indices (or slots) and their
         expected clicks.
     """
+
+    def score(rows: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        items = torch.gather(candidates[rows], 1, slots)
+        return simulator.expected_reward(
+            SlateBatch(users[rows], items, histories[rows]), validate=False
+        )
+
     batch, n = candidates.shape
-    if not 1 <= length <= n:
-        raise ValueError(f"length must be in [1, {n}] (the number of candidates), got {length}")
-    device = candidates.device
-    if prefix is None:
-        prefix = torch.empty(batch, 0, dtype=torch.long, device=device)
-    if prefix.shape[0] != batch or prefix.shape[1] >= length:
-        raise ValueError(
-            f"prefix must be [B, P] with B = {batch} and P < length = {length}, got "
-            f"{tuple(prefix.shape)}"
-        )
-    beams = prefix[:, None, :].to(device)  # candidate slots, [B, 1, P]
-    for step in range(prefix.shape[1], length):
-        n_beams = beams.shape[1]
-        used = torch.zeros(batch, n_beams, n, dtype=torch.bool, device=device)
-        if step:
-            used.scatter_(2, beams, True)
-        # Every beam extended by every candidate slot: [B, n_beams * N, step + 1].
-        extended = torch.cat(
-            [
-                beams[:, :, None, :].expand(batch, n_beams, n, step),
-                torch.arange(n, device=device).expand(batch, n_beams, n)[..., None],
-            ],
-            dim=3,
-        ).reshape(batch, n_beams * n, step + 1)
-        items = torch.gather(candidates[:, None, :].expand(-1, n_beams * n, -1), 2, extended)
-        flat = SlateBatch(
-            users.repeat_interleave(n_beams * n),
-            items.reshape(-1, step + 1),
-            histories.repeat_interleave(n_beams * n, dim=0),
-        )
-        values = simulator.expected_reward(flat, validate=False).reshape(batch, n_beams * n)
-        values = values.masked_fill(used.reshape(batch, n_beams * n), -torch.inf)
-        keep = values.topk(min(width, n_beams * (n - step)), dim=1).indices
-        beams = torch.gather(extended, 1, keep[..., None].expand(-1, -1, step + 1))
-    best = beams[:, 0, :]
+    slots, _ = beam_search_slots(score, batch, n, length, width, prefix, device=candidates.device)
+    best = slots[:, 0]
     lists = torch.gather(candidates, 1, best)
     values = simulator.expected_reward(SlateBatch(users, lists, histories), validate=False)
     return (best if return_slots else lists), values

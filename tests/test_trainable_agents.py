@@ -10,6 +10,7 @@ import torch
 import rerank_env  # noqa: F401  (registers the environments)
 from agents.base import ScoringAgent, TrainableAgent, checked_rank, empty_prefixes
 from agents.baselines import InitialOrder, PointwiseGreedy
+from agents.degre import DeGRe
 from agents.generator_evaluator import GeneratorEvaluator
 from agents.metrics import log_metrics
 from agents.nn import PointerPolicy, input_dims, request_inputs, torch_generator
@@ -21,6 +22,11 @@ from rerank_env import make_task
 from simulators.checkpoint import CheckpointError
 
 SMALL = {"num_candidates": 10, "slate_length": 4}
+TINY_DEGRE = {
+    "evaluator_lists": 1, "evaluator_epochs": 1, "evaluator_dim": 16, "evaluator_layers": 1,
+    "dim": 16, "mining_requests": 16, "rounds": 1, "epochs": 1, "beam_width": 2,
+    "keep_lists": 2, "eval_requests": 16,
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +52,8 @@ def _tiny_agents() -> list[TrainableAgent]:
                  algorithm_kwargs={"n_steps": 64, "batch_size": 64, "n_epochs": 1}),
         SB3Agent("PPO", total_timesteps=128, n_envs=2, invalid_actions="remap",
                  algorithm_kwargs={"n_steps": 64, "batch_size": 64, "n_epochs": 1}),
+        DeGRe(**TINY_DEGRE),
+        DeGRe(**{**TINY_DEGRE, "beam_width": 3, "keep_lists": 1}, decode="evaluator-beam"),
     ]  # fmt: skip
 
 
