@@ -33,7 +33,10 @@ dense configuration would spend (the credit-assignment ablation);
 ``decode="evaluator-beam"`` skips the generator and serves the evaluator's own
 beam search (the teacher DeGRe distils). Mining runs in ``rounds``: after each
 round the generator trains on everything mined so far, which gives the learning
-curve of reward against evaluator calls.
+curve of reward against evaluator calls. A call is one sequence scored: a prefix
+in beam search, a sampled list in REINFORCE (a top-down scorer values all of a
+list's prefixes in one pass); with ``evaluator="simulator"`` they are simulator
+calls.
 
 Reading of the paper marked [I] in ``docs/agents.md``: ``V`` is the click count of
 the prefix (the simulator is top-down, so a prefix's value does not depend on what
@@ -371,7 +374,7 @@ class DeGRe(TrainableAgent):
         self.eval_requests, self.seed = eval_requests, seed
         self.name = _name(evaluator, supervision, soft_weight, decode, beam_width)
         self.simulator_calls = 0  # lists or prefixes the training simulator scored in fit
-        self.evaluator_calls = 0  # prefixes the evaluator scored in mining / REINFORCE
+        self.evaluator_calls = 0  # sequences (prefixes or lists) the evaluator scored
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments."""
@@ -727,8 +730,11 @@ class DeGRe(TrainableAgent):
     def _list_prefix_values(
         self, task: RerankTask, requests: np.ndarray, slots: torch.Tensor
     ) -> torch.Tensor:
-        """The evaluator's value of every prefix of each list, ``[M, L]`` (counts calls)."""
-        self.evaluator_calls += len(slots) * slots.shape[1]
+        """The evaluator's value of every prefix of each list, ``[M, L]``.
+
+        One call per list: a top-down scorer values all prefixes in one pass.
+        """
+        self.evaluator_calls += len(slots)
         if self.evaluator == "simulator":
             self.simulator_calls += len(slots)
             return task.prefix_values(requests, slots, "train")
@@ -745,8 +751,7 @@ class DeGRe(TrainableAgent):
         calls = mined * mining_calls_per_request(
             task.num_candidates, task.slate_length, self.beam_width, self.keep_lists
         )
-        per_step = self.sparse_batch * self.sparse_samples * task.slate_length
-        return max(1, math.ceil(calls / per_step))
+        return max(1, math.ceil(calls / (self.sparse_batch * self.sparse_samples)))
 
     def _fit_sparse(self, task: RerankTask, curve_requests: np.ndarray, progress: bool) -> None:
         policy = self.modules["policy"].to(task.device)
@@ -754,7 +759,7 @@ class DeGRe(TrainableAgent):
         list_rng = torch_generator(self.seed, task.device)
         optimiser = torch.optim.Adam(policy.parameters(), lr=self.learning_rate)
         iterations, length = self.sparse_iterations_for(task), task.slate_length
-        every = max(1, math.ceil(iterations / self.rounds))
+        every = max(1, math.ceil(iterations / (4 * self.rounds)))  # a finer curve than dense
         bar = progress_bar(iterations, "DeGRe sparse", progress)
         for iteration in range(1, iterations + 1):
             rows = task.sample_requests("train", self.sparse_batch, request_rng)
