@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,11 +280,14 @@ def confidence_interval(
     return mean, float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarise(
+    rows: list[dict[str, Any]], metrics: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """Per agent: the mean over seeds of every metric with its 95% bootstrap CI.
 
     Args:
         rows: One dict per (agent, seed) with ``"agent"``, ``"seed"`` and metrics.
+        metrics: Metrics to summarise (default: :data:`METRICS`).
 
     Returns:
         One dict per agent (first-seen order): ``agent``, ``seeds`` and, per metric
@@ -294,7 +298,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for agent in agents:
         mine = [row for row in rows if row["agent"] == agent]
         entry: dict[str, Any] = {"agent": agent, "seeds": len(mine)}
-        for metric in METRICS:
+        for metric in METRICS if metrics is None else metrics:
             mean, low, high = confidence_interval(np.array([row[metric] for row in mine]))
             entry.update({metric: mean, f"{metric}_low": low, f"{metric}_high": high})
         summary.append(entry)

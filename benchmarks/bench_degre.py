@@ -1,0 +1,208 @@
+"""DeGRe studies: dense vs sparse credit assignment, and the ablations of issue 6.
+
+Usage::
+
+    python benchmarks/bench_degre.py credit [--seeds 5] [--evaluator simulator]
+    python benchmarks/bench_degre.py ablations [--seeds 3]
+
+Common options: ``--env SlateRerank-v0``, ``--requests 500`` (test requests),
+``--mining-requests 500``, ``--out runs/bench-degre``.
+
+``credit`` trains the same pointer generator two ways against the same evaluator
+(by default the training simulator, so evaluator calls are simulator calls):
+``dense``, DeGRe's mined step labels, and ``sparse``, REINFORCE with the list value
+at the same number of evaluator calls. It prints the held-out reward of each with
+95% bootstrap CIs over seeds and writes ``credit_curves.csv`` and
+``credit_curves.png`` (validation reward against evaluator calls).
+
+``ablations`` trains DeGRe (learned evaluator) with hard + soft labels and with hard
+labels only, with mining beam widths 1 / 4 / 8 / 16, and with the training simulator
+as its evaluator. For every run it also serves the run's own evaluator by beam
+search (width 8), the teacher, so the table shows DeGRe-greedy's reward as a share
+of its teacher's and the latency of both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from agents.compare import task_for_env  # noqa: E402
+from agents.degre import DeGRe  # noqa: E402
+from agents.evaluation import summarise, write_csv  # noqa: E402
+from rerank_env.task import RerankTask  # noqa: E402
+
+
+def teacher(agent: DeGRe, width: int = 8) -> DeGRe:
+    """The evaluator of a fitted ``agent`` served by beam search of ``width``."""
+    config = {**agent.config(), "decode": "evaluator-beam", "beam_width": width}
+    config["keep_lists"] = min(config["keep_lists"], width)
+    beam = DeGRe(**config)
+    beam.build_info = dict(agent.build_info)
+    beam._build()
+    if "evaluator" in agent.modules:
+        beam.modules["evaluator"].load_state_dict(agent.modules["evaluator"].state_dict())
+        beam.modules["evaluator"].eval()
+    beam.fitted = True
+    return beam
+
+
+def measure(agent: DeGRe, task: RerankTask, requests: np.ndarray) -> dict[str, float]:
+    """Held-out and training-simulator reward of ``agent``'s lists, and ms per request."""
+    start = time.perf_counter()
+    lists = agent.rank(task, requests)
+    latency = (time.perf_counter() - start) * 1000 / len(requests)
+    return {
+        "reward_eval": task.expected_reward(requests, lists, "eval").mean().item(),
+        "reward_train": task.expected_reward(requests, lists, "train").mean().item(),
+        "latency_ms": latency,
+    }
+
+
+def credit(args: argparse.Namespace, task: RerankTask, requests: np.ndarray, out: Path) -> None:
+    arms = {
+        "dense": {"supervision": "dense"},
+        "sparse": {"supervision": "sparse", "sparse_batch": 256, "sparse_samples": 8},
+    }
+    rows, curves = [], []
+    for seed in range(args.seeds):
+        for arm, options in arms.items():
+            agent = DeGRe(
+                evaluator=args.evaluator, mining_requests=args.mining_requests, rounds=5,
+                epochs=args.epochs, **options, seed=seed,
+            )  # fmt: skip
+            start = time.perf_counter()
+            agent.fit(task)
+            fit = time.perf_counter() - start
+            metrics = measure(agent, task, requests)
+            rows.append({"agent": arm, "seed": seed, **metrics, "fit_s": fit,
+                         "evaluator_calls": agent.evaluator_calls})  # fmt: skip
+            curves += [
+                {"arm": arm, "seed": seed, "evaluator_calls": p["evaluator_calls"],
+                 "valid_reward": p["valid_reward"]}
+                for p in agent.history if "valid_reward" in p
+            ]  # fmt: skip
+            print(
+                f"seed {seed} {arm}: held-out {metrics['reward_eval']:.4f}, fit {fit:.0f} s, "
+                f"{agent.evaluator_calls:,} evaluator calls",
+                flush=True,
+            )
+    summary = summarise(rows, ["reward_eval", "reward_train", "fit_s", "evaluator_calls"])
+    print(f"\nDense vs sparse, evaluator = {args.evaluator}, {args.seeds} seeds, "
+          f"{len(requests)} test requests (mean [95% CI])")  # fmt: skip
+    print("| training | held-out reward | training-sim reward | evaluator calls | fit s |")
+    print("|---|---|---|---|---|")
+    for entry in summary:
+        print(
+            f"| {entry['agent']} | {_ci(entry, 'reward_eval')} | {_ci(entry, 'reward_train')} "
+            f"| {entry['evaluator_calls']:,.0f} | {entry['fit_s']:.0f} |"
+        )
+    write_csv(out / "credit.csv", rows)
+    write_csv(out / "credit_curves.csv", curves)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for arm in arms:
+        mine = [c for c in curves if c["arm"] == arm]
+        by_calls: dict[int, list[float]] = {}
+        for c in mine:
+            by_calls.setdefault(c["evaluator_calls"], []).append(c["valid_reward"])
+        xs = sorted(by_calls)
+        ys = [by_calls[x] for x in xs]
+        mean = [float(np.mean(y)) for y in ys]
+        axis.plot(xs, mean, marker="o", markersize=3, label=f"{arm} ({args.seeds} seeds)")
+        axis.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], alpha=0.2)
+    axis.set_xlabel(f"evaluator calls ({args.evaluator})")
+    axis.set_ylabel("validation reward (training simulator)")
+    axis.set_title("DeGRe generator: dense step labels vs sparse list reward")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(out / "credit_curves.png", dpi=120)
+    print(f"\nwrote {out / 'credit_curves.png'}")
+
+
+def ablations(args: argparse.Namespace, task: RerankTask, requests: np.ndarray, out: Path) -> None:
+    configs: dict[str, dict[str, Any]] = {
+        "hard+soft, B=8": {},
+        "hard only, B=8": {"soft_weight": 0.0},
+        "hard+soft, B=1": {"beam_width": 1, "keep_lists": 1},
+        "hard+soft, B=4": {"beam_width": 4},
+        "hard+soft, B=16": {"beam_width": 16},
+        "simulator evaluator, B=8": {"evaluator": "simulator"},
+    }
+    rows = []
+    for seed in range(args.seeds):
+        for name, options in configs.items():
+            agent = DeGRe(
+                mining_requests=args.mining_requests, epochs=args.epochs, **options, seed=seed
+            )
+            start = time.perf_counter()
+            agent.fit(task)
+            fit = time.perf_counter() - start
+            greedy = measure(agent, task, requests)
+            beam = measure(teacher(agent), task, requests)
+            rows.append({
+                "agent": name, "seed": seed, **greedy, "fit_s": fit,
+                "teacher_reward_eval": beam["reward_eval"],
+                "teacher_latency_ms": beam["latency_ms"],
+                "share_of_teacher": greedy["reward_eval"] / beam["reward_eval"],
+            })  # fmt: skip
+            print(
+                f"seed {seed} {name}: held-out {greedy['reward_eval']:.4f} "
+                f"(teacher {beam['reward_eval']:.4f}), fit {fit:.0f} s",
+                flush=True,
+            )
+    summary = summarise(rows, [k for k in rows[0] if k not in ("agent", "seed")])
+    print(f"\nDeGRe ablations, {args.seeds} seeds, {len(requests)} test requests, "
+          f"{args.mining_requests} mined requests (mean [95% CI])")  # fmt: skip
+    print("| configuration | held-out reward | teacher (evaluator beam-8) | share of teacher "
+          "| ms/request greedy | ms/request teacher | fit s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for entry in summary:
+        print(
+            f"| {entry['agent']} | {_ci(entry, 'reward_eval')} | "
+            f"{_ci(entry, 'teacher_reward_eval')} | {_ci(entry, 'share_of_teacher', percent=True)} "
+            f"| {entry['latency_ms']:.2f} | {entry['teacher_latency_ms']:.1f} "
+            f"| {entry['fit_s']:.0f} |"
+        )
+    write_csv(out / "ablations.csv", rows)
+
+
+def _ci(entry: dict[str, Any], metric: str, percent: bool = False) -> str:
+    scale, unit = (100, "%") if percent else (1, "")
+    mean, low, high = (entry[metric] * scale, entry[f"{metric}_low"] * scale,
+                       entry[f"{metric}_high"] * scale)  # fmt: skip
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.3f}{unit} [{low:.3f}, {high:.3f}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("study", choices=["credit", "ablations"])
+    parser.add_argument("--env", default="SlateRerank-v0")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=500, help="test requests")
+    parser.add_argument("--mining-requests", type=int, default=500)
+    parser.add_argument("--epochs", type=int, default=4, help="generator epochs per round")
+    parser.add_argument("--evaluator", default="simulator", choices=["simulator", "learned"],
+                        help="credit study: the evaluator both arms learn from")  # fmt: skip
+    parser.add_argument("--out", default="runs/bench-degre")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    task = task_for_env(args.env, {})
+    requests = task.requests("test")[: args.requests]
+    print(f"task: {task.summary()}", flush=True)
+    (credit if args.study == "credit" else ablations)(args, task, requests, out)
+
+
+if __name__ == "__main__":
+    main()
