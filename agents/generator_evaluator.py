@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from agents.base import Agent, TrainableAgent, empty_prefixes
+from agents.reward_model import build_reward_model, fit_reward_model, reward_model_spec
 from rerank_env.task import RerankTask
-from simulators.base import ClickSimulator, isolated_torch_rng
-from simulators.factory import SimulatorSpec, build_simulator
-from simulators.training import fit_simulator
+from simulators.base import ClickSimulator
 
 EvaluatorKind = Literal["simulator", "learned"]
 
@@ -92,18 +91,6 @@ class GeneratorEvaluator(TrainableAgent):
             "seed": self.seed,
         }
 
-    def _evaluator_spec(self, task: RerankTask) -> SimulatorSpec:
-        pool = task.pool
-        return SimulatorSpec(
-            kind="transformer",
-            n_users=pool.n_users,
-            n_items=pool.n_items,
-            user_feature_dim=pool.user_features.shape[1],
-            item_feature_dim=pool.item_features.shape[1],
-            max_positions=pool.slate_length,
-            seed=self.seed,
-        )
-
     def _build_info(self, task: RerankTask) -> dict[str, Any]:
         info: dict[str, Any] = {
             "generators": [
@@ -114,7 +101,7 @@ class GeneratorEvaluator(TrainableAgent):
             ]
         }
         if self.evaluator == "learned":
-            info["evaluator_spec"] = self._evaluator_spec(task).to_dict()
+            info["evaluator_spec"] = reward_model_spec(task, self.seed)
         return info
 
     def _build(self, task: RerankTask | None = None) -> None:
@@ -126,15 +113,7 @@ class GeneratorEvaluator(TrainableAgent):
                 generator.fitted = task is None  # loading: the checkpoint holds its weights
         evaluator = None
         if self.evaluator == "learned":
-            spec = SimulatorSpec(**self.build_info["evaluator_spec"])
-            features = (
-                (None, None)
-                if task is None
-                else (torch.as_tensor(task.pool.user_features),
-                      torch.as_tensor(task.pool.item_features))
-            )  # fmt: skip
-            with isolated_torch_rng(self.seed):
-                evaluator = build_simulator(spec, *features)
+            evaluator = build_reward_model(self.build_info["evaluator_spec"], task, self.seed)
         self._collect_modules(evaluator)
 
     def fit(self, task: RerankTask, *, progress: bool = False) -> GeneratorEvaluator:
@@ -144,14 +123,13 @@ class GeneratorEvaluator(TrainableAgent):
                 generator.fit(task, progress=progress)
         self.setup(task)
         if self.evaluator == "learned":
-            report = fit_simulator(
-                self.modules["evaluator"], task.pool, epochs=self.evaluator_epochs,
-                seed=self.seed, progress=progress,
+            valid_nll = fit_reward_model(
+                self.modules["evaluator"], task, epochs=self.evaluator_epochs, seed=self.seed,
+                progress=progress,
             )  # fmt: skip
-            self.modules["evaluator"].eval()
             self.history = [
                 {"epoch": epoch + 1, "evaluator_valid_nll": nll}
-                for epoch, nll in enumerate(report.valid_nll)
+                for epoch, nll in enumerate(valid_nll)
             ]
         self.fitted = True
         return self

@@ -22,6 +22,7 @@ from agents.baselines import (
 )
 from agents.degre import DeGRe
 from agents.generator_evaluator import GeneratorEvaluator
+from agents.goalrank import GoalRank
 from agents.prm import PRM
 from agents.sb3 import SB3Agent
 from agents.seq2slate import Seq2Slate
@@ -33,7 +34,7 @@ AGENT_CLASSES: dict[str, type[Agent]] = {
     cls.__name__: cls
     for cls in (
         InitialOrder, RandomAgent, PointwiseGreedy, BeamSearchAgent, OracleAgent, PRM,
-        Seq2Slate, GeneratorEvaluator, SB3Agent, DeGRe,
+        Seq2Slate, GeneratorEvaluator, SB3Agent, DeGRe, GoalRank,
     )
 }  # fmt: skip
 
@@ -55,6 +56,18 @@ def _degre(**options: Any) -> Callable[[int, Budget], Agent]:
             sizes = {"evaluator_lists": 8, "evaluator_epochs": 10, "mining_requests": 2000,
                      "rounds": 4}  # fmt: skip
         return DeGRe(**sizes, **options, seed=seed)
+
+    return make
+
+
+def _goalrank(**options: Any) -> Callable[[int, Budget], Agent]:
+    def make(seed: int, budget: Budget) -> Agent:
+        quick = budget == "quick"
+        return GoalRank(
+            auxiliary=[InitialOrder(), PointwiseGreedy(epochs=5 if quick else 20, seed=seed)],
+            reward_model_epochs=5 if quick else 20, iterations=60 if quick else 300,
+            **options, seed=seed,
+        )  # fmt: skip
 
     return make
 
@@ -111,6 +124,11 @@ _FACTORIES: dict[str, tuple[Callable[[int, Budget], Agent], str]] = {
         _degre(decode="evaluator-beam"),
         "DeGRe's learned evaluator served by beam search (width 8): the teacher",
     ),
+    "goalrank": (
+        _goalrank(),
+        "GoalRank: pointer generator on group-relative reference policies (learned reward)",
+    ),
+    "goalrank-sim": (_goalrank(reward_model="simulator"), "GoalRank, training simulator as reward"),
     "oracle": (lambda seed, budget: OracleAgent(), "exhaustive search (small N, L only)"),
 }  # fmt: skip
 

@@ -12,6 +12,7 @@ from agents.base import ScoringAgent, TrainableAgent, checked_rank, empty_prefix
 from agents.baselines import InitialOrder, PointwiseGreedy
 from agents.degre import DeGRe
 from agents.generator_evaluator import GeneratorEvaluator
+from agents.goalrank import GoalRank
 from agents.metrics import log_metrics
 from agents.nn import PointerPolicy, input_dims, request_inputs, torch_generator
 from agents.prm import PRM
@@ -53,6 +54,8 @@ def _tiny_agents() -> list[TrainableAgent]:
         SB3Agent("PPO", total_timesteps=128, n_envs=2, invalid_actions="remap",
                  algorithm_kwargs={"n_steps": 64, "batch_size": 64, "n_epochs": 1}),
         DeGRe(**TINY_DEGRE),
+        GoalRank(reward_model_epochs=1, iterations=3, batch_size=8, group_size=4,
+                 eval_every=3, eval_requests=16),
         DeGRe(**{**TINY_DEGRE, "beam_width": 3, "keep_lists": 1}, decode="evaluator-beam"),
     ]  # fmt: skip
 
