@@ -260,6 +260,11 @@ class TrainableAgent(Agent):
         return agent
 
 
+def can_sample(agent: Agent) -> bool:
+    """Whether ``agent`` can propose sampled lists (``sample(task, requests, count, seed)``)."""
+    return callable(getattr(agent, "sample", None)) and bool(getattr(agent, "can_sample", True))
+
+
 def empty_prefixes(batch: int, length: int) -> np.ndarray:
     """``[batch, length]`` of ``-1``: nothing placed yet."""
     return np.full((batch, length), PAD, dtype=np.int64)

@@ -17,9 +17,10 @@ beam search it could not afford at serving time. Three stages, all in
    uses the training simulator itself, the ablation "true evaluator vs learned".
 2. **Offline mining**: beam search of width ``beam_width`` over each training
    request's candidate permutations, scored by the evaluator, keeps the top
-   ``keep_lists`` lists (the initial order competes too, so a mined list is never
-   worse than it under the evaluator) with, at every step, the evaluator's value
-   of appending each remaining candidate to the mined prefix.
+   ``keep_lists`` lists (the initial order competes too, so the best mined list is
+   never worse than it under the evaluator) with, at every step, the evaluator's
+   value of appending each remaining candidate to the mined prefix (the scores
+   the search computed anyway).
 3. **Dense supervision** of a :class:`~agents.nn.PointerPolicy` (candidate-set
    encoder, causal pointer decoder whose first input is the user): at each step of
    a mined list, cross-entropy on the hard label (the mined item) plus
@@ -54,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.base import TrainableAgent, UnsupportedTaskError, empty_prefixes
+from agents.base import TrainableAgent, UnsupportedTaskError, complete_by_scores, empty_prefixes
 from agents.nn import (
     PointerPolicy,
     feature_tables,
@@ -91,6 +92,8 @@ def poisson_binomial_tails(probs: torch.Tensor, heads: int) -> torch.Tensor:
         heads: K; ``k`` runs over ``1..K`` (``P(V_t >= k) = 0`` for ``k > t``).
     """
     batch, steps = probs.shape
+    if steps > heads:
+        raise ValueError(f"{steps} positions need at least as many heads, got heads={heads}")
     counts = torch.zeros(batch, heads + 1, dtype=probs.dtype, device=probs.device)
     counts[:, 0] = 1.0  # P(V_0 = 0)
     tails = []
@@ -98,7 +101,7 @@ def poisson_binomial_tails(probs: torch.Tensor, heads: int) -> torch.Tensor:
         p = probs[:, t : t + 1]
         shifted = torch.cat([torch.zeros_like(counts[:, :1]), counts[:, :-1]], dim=1)
         counts = counts * (1 - p) + shifted * p
-        # P(V >= k) = sum_{j >= k} P(V = j); counts beyond K are never reached (T <= K).
+        # P(V >= k) = sum_{j >= k} P(V = j); T <= K, so no count exceeds K.
         tails.append(counts.flip(1).cumsum(1).flip(1)[:, 1:])
     return torch.stack(tails, dim=1)
 
@@ -212,6 +215,8 @@ class MinedLists:
         step_values: Value of each prefix of each list ``[M, L]``.
         extension_values: Value of appending each candidate to the list's prefix
             before step ``t``, ``[M, L, N]``; ``-inf`` for placed candidates.
+        from_beam: Whether each list came from the beam search (else it is the
+            initial order, kept because the beam found nothing better), ``[M]``.
     """
 
     requests: np.ndarray
@@ -219,6 +224,7 @@ class MinedLists:
     values: torch.Tensor
     step_values: torch.Tensor
     extension_values: torch.Tensor
+    from_beam: np.ndarray
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -232,6 +238,7 @@ class MinedLists:
             torch.cat([p.values for p in parts]),
             torch.cat([p.step_values for p in parts]),
             torch.cat([p.extension_values for p in parts]),
+            np.concatenate([p.from_beam for p in parts]),
         )
 
 
@@ -244,10 +251,14 @@ def beam_calls_per_request(candidates: int, length: int, width: int) -> int:
     return calls
 
 
-def mining_calls_per_request(candidates: int, length: int, width: int, keep: int) -> int:
-    """Evaluator calls of mining one request: beam search, initial order, soft labels."""
-    soft = keep * sum(candidates - step for step in range(length))
-    return beam_calls_per_request(candidates, length, width) + 1 + soft
+def mining_calls_per_request(candidates: int, length: int, width: int) -> int:
+    """Evaluator calls of mining one request: the beam search and the initial order.
+
+    The soft labels of the beam's lists reuse the search's scores. A request whose
+    initial order beats a kept beam list costs ``sum_t (N - t)`` more calls (its
+    extensions were never scored): rare, and not included here.
+    """
+    return beam_calls_per_request(candidates, length, width) + 1
 
 
 class DeGRe(TrainableAgent):
@@ -291,7 +302,8 @@ class DeGRe(TrainableAgent):
         decode: ``"generator"`` (one greedy pass, DeGRe) or ``"evaluator-beam"``
             (beam search of ``beam_width`` with the evaluator, its teacher).
         mining_batch: Requests mined per batched search.
-        eval_requests: Validation requests of the learning curve.
+        eval_requests: Validation requests of the learning curve (also the learned
+            evaluator's validation set, 4 lists each).
         seed: Initialisation, sampling and mining-order seed.
     """
 
@@ -346,9 +358,17 @@ class DeGRe(TrainableAgent):
             raise ValueError(
                 f"keep_lists must be in [1, beam_width={beam_width}], got {keep_lists}"
             )
-        for key, value in (("mining_requests", mining_requests), ("rounds", rounds)):
+        counts = {
+            "mining_requests": mining_requests, "rounds": rounds, "mining_batch": mining_batch,
+            "evaluator_epochs": evaluator_epochs, "evaluator_lists": evaluator_lists,
+            "epochs": epochs, "batch_size": batch_size, "sparse_batch": sparse_batch,
+            "eval_requests": eval_requests,
+        }  # fmt: skip
+        for key, value in counts.items():
             if value < 1:
                 raise ValueError(f"{key} must be >= 1, got {value}")
+        if sparse_iterations is not None and sparse_iterations < 1:
+            raise ValueError(f"sparse_iterations must be >= 1 or None, got {sparse_iterations}")
         if temperature <= 0 or soft_weight < 0:
             raise ValueError(
                 f"temperature must be > 0 and soft_weight >= 0, got {temperature}, {soft_weight}"
@@ -633,42 +653,62 @@ class DeGRe(TrainableAgent):
 
     def _mine_chunk(self, task: RerankTask, requests: np.ndarray) -> MinedLists:
         batch, n, length = len(requests), task.num_candidates, task.slate_length
+        device, keep = task.device, self.keep_lists
         score = self._scorer(task, requests)
-        slots, values = beam_search_slots(
-            score, batch, n, length, self.beam_width, keep=self.keep_lists, device=task.device
-        )
+        slots, values, extensions = beam_search_slots(
+            score, batch, n, length, self.beam_width, keep=keep, device=device,
+            return_extensions=True,
+        )  # fmt: skip
         # The initial order competes with the beam's lists (unless already among them).
-        initial = torch.arange(length, device=task.device).expand(batch, 1, length)
-        initial_value = score(torch.arange(batch, device=task.device), initial[:, 0])
+        initial = torch.as_tensor(
+            complete_by_scores(task.scores_np[requests], length, None), device=device
+        )[:, None]
+        initial_value = score(torch.arange(batch, device=device), initial[:, 0])
         duplicate = (slots == initial).all(dim=2).any(dim=1)
-        pooled_slots = torch.cat([slots, initial], dim=1)
         pooled_values = torch.cat(
             [values, initial_value.masked_fill(duplicate, -torch.inf)[:, None]], dim=1
         )
-        order = pooled_values.argsort(dim=1, descending=True)[:, : self.keep_lists]
-        slots = torch.gather(pooled_slots, 1, order[..., None].expand(-1, -1, length))
+        order = pooled_values.argsort(dim=1, descending=True, stable=True)[:, :keep]
+        from_beam = order < keep
+        slots = torch.gather(
+            torch.cat([slots, initial], dim=1), 1, order[..., None].expand(-1, -1, length)
+        )
         values = torch.gather(pooled_values, 1, order)
-        lists = slots.reshape(batch * self.keep_lists, length)
-        rows = torch.arange(batch, device=task.device).repeat_interleave(self.keep_lists)
-        extension = torch.full((len(lists), length, n), -torch.inf, device=task.device)
-        every = torch.arange(n, device=task.device)
-        for step in range(length):
-            placed = torch.zeros(len(lists), n, dtype=torch.bool, device=task.device)
-            if step:
-                placed.scatter_(1, lists[:, :step], True)
-            free = ~placed
-            prefixes = lists[:, None, :step].expand(-1, n, step)
-            extended = torch.cat([prefixes, every.expand(len(lists), n)[..., None]], dim=2)
-            ext_rows = rows[:, None].expand(-1, n)
-            extension[:, step][free] = score(ext_rows[free], extended[free]).float()
-        step_values = extension.gather(2, lists[..., None])[..., 0]
+        extensions = torch.cat(
+            [extensions, torch.zeros_like(extensions[:, :1])], dim=1
+        )  # a slot for the initial order's, filled below where it is kept
+        extensions = torch.gather(extensions, 1, order[..., None, None].expand(-1, -1, length, n))
+        kept_initial = ~from_beam
+        if kept_initial.any():  # the beam never scored these prefixes: score them now
+            rows = kept_initial.nonzero()[:, 0]
+            extensions[kept_initial] = self._extension_values(score, rows, initial[rows, 0], n)
+        lists = slots.reshape(batch * keep, length)
+        extension = extensions.reshape(batch * keep, length, n).float()
         return MinedLists(
-            np.repeat(requests, self.keep_lists),
+            np.repeat(requests, keep),
             lists,
             values.reshape(-1).float(),
-            step_values,
+            extension.gather(2, lists[..., None])[..., 0],
             extension,
+            from_beam.reshape(-1).cpu().numpy(),
         )
+
+    @staticmethod
+    def _extension_values(
+        score: Any, rows: torch.Tensor, lists: torch.Tensor, n: int
+    ) -> torch.Tensor:
+        """Scores of each prefix of ``lists`` extended by every candidate, ``[M, L, N]``."""
+        count, length = lists.shape
+        extension = torch.full((count, length, n), -torch.inf, device=lists.device)
+        every = torch.arange(n, device=lists.device)
+        for step in range(length):
+            free = torch.ones(count, n, dtype=torch.bool, device=lists.device)
+            if step:
+                free.scatter_(1, lists[:, :step], False)
+            prefixes = lists[:, None, :step].expand(-1, n, step)
+            extended = torch.cat([prefixes, every.expand(count, n)[..., None]], dim=2)
+            extension[:, step][free] = score(rows[:, None].expand(-1, n)[free], extended[free])
+        return extension
 
     # ------------------------------------------------------------------ generator
 
@@ -725,7 +765,7 @@ class DeGRe(TrainableAgent):
                 kl = torch.where(soft > 0, soft * (log_soft - log_probs), 0.0).sum(dim=2)
                 loss = loss + self.soft_weight * kl
             w = weights[rows]
-            return (w * loss.sum(dim=1)).sum() / w.sum()
+            return (w * loss.sum(dim=1)).sum() / w.sum().clamp(min=1e-12)
 
     def _list_prefix_values(
         self, task: RerankTask, requests: np.ndarray, slots: torch.Tensor
@@ -749,7 +789,7 @@ class DeGRe(TrainableAgent):
             return self.sparse_iterations
         mined = min(self.mining_requests, len(task.requests("train")))
         calls = mined * mining_calls_per_request(
-            task.num_candidates, task.slate_length, self.beam_width, self.keep_lists
+            task.num_candidates, task.slate_length, self.beam_width
         )
         return max(1, math.ceil(calls / (self.sparse_batch * self.sparse_samples)))
 
@@ -828,6 +868,11 @@ class DeGRe(TrainableAgent):
             lists[group] = slots[:, 0].cpu().numpy()
         self.evaluator_calls, self.simulator_calls = calls
         return lists
+
+    @property
+    def can_sample(self) -> bool:
+        """Whether :meth:`sample` works: only with a generator."""
+        return self.decode == "generator"
 
     def sample(
         self,

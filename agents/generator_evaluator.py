@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from agents.base import Agent, TrainableAgent, empty_prefixes
+from agents.base import Agent, TrainableAgent, can_sample, empty_prefixes
 from agents.reward_model import build_reward_model, fit_reward_model, reward_model_spec
 from rerank_env.task import RerankTask
 from simulators.base import ClickSimulator
@@ -68,7 +68,7 @@ class GeneratorEvaluator(TrainableAgent):
         if not self.generators:
             raise ValueError("a generator-evaluator needs at least one generator")
         for generator in self.generators:
-            if not callable(getattr(generator, "sample", None)):
+            if not can_sample(generator):
                 raise TypeError(
                     f"generator {generator.name!r} cannot sample lists (it has no sample(...) "
                     "method); use a ScoringAgent (InitialOrder, PointwiseGreedy, PRM) or Seq2Slate"

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from agents.base import Agent, TrainableAgent
+from agents.base import Agent, TrainableAgent, can_sample
 from agents.nn import (
     PointerPolicy,
     greedy_lists,
@@ -147,7 +147,7 @@ class GoalRank(TrainableAgent):
             auxiliary = [InitialOrder(), PointwiseGreedy(seed=seed)]
         self.auxiliary = [agent_from_spec(a) if isinstance(a, dict) else a for a in auxiliary]
         for agent in self.auxiliary:
-            if not callable(getattr(agent, "sample", None)):
+            if not can_sample(agent):
                 raise TypeError(
                     f"auxiliary policy {agent.name!r} cannot sample lists (no sample(...) "
                     "method); use a ScoringAgent (InitialOrder, PointwiseGreedy, PRM) or a "

@@ -6,6 +6,7 @@ beam-search reference agent.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -25,8 +26,9 @@ def beam_search_slots(
     prefix: torch.Tensor | None = None,
     *,
     keep: int = 1,
-    device: torch.device | str = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    device: torch.device | str | None = None,
+    return_extensions: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Beam search over lists of candidate slots with any top-down prefix scorer.
 
     Every step extends each of the ``width`` best prefixes by every unused candidate
@@ -44,17 +46,26 @@ def beam_search_slots(
         prefix: Candidate slots every list must start with, long ``[B, P]``
             (``P < L``, distinct per row); ``None`` starts from the empty list.
         keep: Best finished lists returned per request (``1 <= keep <= width``).
-        device: Where the search runs.
+        device: Where the search runs (default: the prefix's device, else CPU).
+        return_extensions: Also return, for every kept list and every step
+            ``t >= P``, the scores of extending its prefix before ``t`` by each
+            candidate (``-inf`` at placed ones): the search scored them already.
 
     Returns:
         ``(slots, values)``: long ``[B, keep, L]`` (best first) and their values
-        ``[B, keep]``.
+        ``[B, keep]``; with ``return_extensions`` also ``[B, keep, L - P, N]``.
+
+    Raises:
+        ValueError: ``length``, ``keep`` or ``prefix`` do not fit, or fewer than
+            ``keep`` distinct lists exist.
     """
     n = n_candidates
     if not 1 <= length <= n:
         raise ValueError(f"length must be in [1, {n}] (the number of candidates), got {length}")
     if not 1 <= keep <= width:
         raise ValueError(f"keep must be in [1, width={width}], got {keep}")
+    if device is None:
+        device = prefix.device if prefix is not None else "cpu"
     if prefix is None:
         prefix = torch.empty(batch, 0, dtype=torch.long, device=device)
     if prefix.shape[0] != batch or prefix.shape[1] >= length:
@@ -62,8 +73,15 @@ def beam_search_slots(
             f"prefix must be [B, P] with B = {batch} and P < length = {length}, got "
             f"{tuple(prefix.shape)}"
         )
+    placed = prefix.shape[1]
+    if math.perm(n - placed, length - placed) < keep:
+        raise ValueError(
+            f"only {math.perm(n - placed, length - placed)} distinct lists exist for "
+            f"keep={keep}; lower keep"
+        )
     beams = prefix[:, None, :].to(device)  # candidate slots, [B, 1, P]
     rows = torch.arange(batch, device=device)
+    trace: list[tuple[torch.Tensor, torch.Tensor]] = []  # (scores, kept indices) per step
     values = torch.zeros(batch, 1, device=device)
     for step in range(prefix.shape[1], length):
         n_beams = beams.shape[1]
@@ -84,9 +102,18 @@ def beam_search_slots(
         scored[free] = score(flat_rows, extended[free]).to(scored.dtype)
         values, keep_index = scored.topk(min(width, n_beams * (n - step)), dim=1)
         beams = torch.gather(extended, 1, keep_index[..., None].expand(-1, -1, step + 1))
-    if beams.shape[1] < keep:
-        raise ValueError(f"only {beams.shape[1]} distinct lists exist for keep={keep}; lower keep")
-    return beams[:, :keep], values[:, :keep]
+        if return_extensions:
+            trace.append((scored.reshape(batch, n_beams, n), keep_index))
+    if not return_extensions:
+        return beams[:, :keep], values[:, :keep]
+    # Follow each kept list back through its ancestors' beams to their scored rows.
+    extensions = []
+    index = torch.arange(keep, device=device).expand(batch, keep)
+    for scores, keep_index in reversed(trace):
+        parent = torch.gather(keep_index, 1, index) // n
+        extensions.append(torch.gather(scores, 1, parent[..., None].expand(-1, -1, n)))
+        index = parent
+    return beams[:, :keep], values[:, :keep], torch.stack(extensions[::-1], dim=2)
 
 
 @torch.no_grad()

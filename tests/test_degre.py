@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.base import checked_rank
+from agents.base import can_sample, checked_rank
+from agents.baselines import BeamSearchAgent, InitialOrder
 from agents.degre import (
     DeGRe,
     LookaheadEvaluator,
@@ -19,6 +20,7 @@ from agents.degre import (
 )
 from agents.registry import make_agent
 from rerank_env import make_task
+from simulators.base import isolated_torch_rng
 
 SMALL = {"num_candidates": 10, "slate_length": 4}
 #: Small but real: the evaluator and generator learn something in seconds.
@@ -62,14 +64,17 @@ def test_poisson_binomial_tails_match_enumeration() -> None:
 
 
 def test_evaluator_heads_are_monotone_and_values_bounded() -> None:
-    torch.manual_seed(0)
-    evaluator = LookaheadEvaluator(5, 7, max_length=4, dim=16, layers=1, heads=2)
+    with isolated_torch_rng(0):
+        evaluator = LookaheadEvaluator(5, 7, max_length=4, dim=16, layers=1, heads=2)
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for module in evaluator.modules():  # large weights: heads far apart
             if isinstance(module, torch.nn.Linear):
                 module.weight.mul_(5)
-        context = evaluator.context(torch.randn(64, 5), torch.randn(64, 7))
-        items = torch.randn(64, 4, 7)
+        context = evaluator.context(
+            torch.randn(64, 5, generator=generator), torch.randn(64, 7, generator=generator)
+        )
+        items = torch.randn(64, 4, 7, generator=generator)
         probs = torch.sigmoid(evaluator.tail_logits(context, items))
         values = evaluator.prefix_values(context, items)
     assert (probs[..., 1:] <= probs[..., :-1] + 1e-7).all()  # P(V >= k) non-increasing in k
@@ -99,16 +104,20 @@ def test_mined_lists_are_valid_and_never_worse_than_the_initial_order(fitted, sm
     calls = fitted.evaluator_calls
     mined = fitted.mine(small_task, requests)
     n, length, keep = SMALL["num_candidates"], SMALL["slate_length"], fitted.keep_lists
-    assert fitted.evaluator_calls - calls == len(requests) * mining_calls_per_request(
-        n, length, fitted.beam_width, keep
+    # The soft labels of beam lists reuse the search's scores; a kept initial order
+    # has its extensions scored anew.
+    extra = int((~mined.from_beam).sum()) * sum(n - t for t in range(length))
+    assert (
+        fitted.evaluator_calls - calls
+        == len(requests) * mining_calls_per_request(n, length, fitted.beam_width) + extra
     )
-    lists = mined.lists.numpy()
+    lists = mined.lists.cpu().numpy()
     assert lists.shape == (len(requests) * keep, length)
     assert all(len(set(row)) == length and row.min() >= 0 and row.max() < n for row in lists)
     assert np.array_equal(mined.requests, np.repeat(requests, keep))
     per_request = lists.reshape(len(requests), keep, length)
     assert all(len({tuple(r) for r in rows}) == keep for rows in per_request)  # distinct
-    initial = np.tile(np.arange(length), (len(requests), 1))
+    initial = InitialOrder().rank(small_task, requests)
     score = fitted._scorer(small_task, requests)
     initial_value = score(torch.arange(len(requests)), torch.as_tensor(initial))
     best = mined.values.reshape(len(requests), keep)[:, 0]
@@ -117,6 +126,11 @@ def test_mined_lists_are_valid_and_never_worse_than_the_initial_order(fitted, sm
     assert torch.allclose(mined.step_values[:, -1], mined.values, atol=1e-5)
     prefix_values = fitted._list_prefix_values(small_task, mined.requests, mined.lists)
     assert torch.allclose(mined.step_values, prefix_values, atol=1e-4)
+    # The reused beam scores equal scoring every extension afresh.
+    rescored = fitted._extension_values(
+        score, torch.as_tensor(np.repeat(np.arange(len(requests)), keep)), mined.lists, n
+    )
+    assert torch.allclose(mined.extension_values, rescored, atol=1e-5)
     # Extensions: -inf exactly at the candidates placed before the step.
     for row in range(0, len(lists), 7):
         for step in range(length):
@@ -139,11 +153,9 @@ def test_simulator_as_evaluator_mines_exact_values(small_task) -> None:
     exact = small_task.expected_reward(mined.requests, mined.lists, "train")
     assert torch.allclose(mined.values, exact, atol=1e-5)
     assert agent.simulator_calls == agent.evaluator_calls > 0
-    # With beam width 4 the search is at least as good as greedy search by the simulator.
-    greedy = DeGRe(**{**SMALL_DEGRE, "beam_width": 1, "keep_lists": 1}, evaluator="simulator")
-    greedy.setup(small_task)
-    greedy_values = greedy.mine(small_task, requests).values
-    assert (mined.values.reshape(12, 2)[:, 0] >= greedy_values - 1e-6).all()
+    # The best mined list is the beam search agent's (same simulator, same width).
+    beam = BeamSearchAgent(width=4).rank(small_task, requests)
+    assert np.array_equal(mined.lists.reshape(12, 2, 4)[:, 0].cpu().numpy(), beam)
 
 
 def test_dense_training_improves_over_the_untrained_generator(fitted, small_task) -> None:
@@ -158,6 +170,7 @@ def test_dense_training_improves_over_the_untrained_generator(fitted, small_task
     assert len(curve) == 1 + SMALL_DEGRE["rounds"]
     assert curve[-1]["valid_reward"] > curve[0]["valid_reward"]
     assert curve[-1]["evaluator_calls"] > curve[1]["evaluator_calls"] > 0
+    assert curve[-1]["evaluator_calls"] >= 256 * mining_calls_per_request(10, 4, 4)
 
 
 def test_seeded_runs_are_identical_and_share_the_evaluator_with_beam(small_task) -> None:
@@ -189,7 +202,7 @@ def test_seeded_runs_are_identical_and_share_the_evaluator_with_beam(small_task)
 def test_sparse_ablation_spends_the_dense_budget(small_task) -> None:
     dense = DeGRe(**SMALL_DEGRE)
     sparse = DeGRe(**SMALL_DEGRE, supervision="sparse", sparse_batch=32, sparse_samples=4)
-    budget = 256 * mining_calls_per_request(10, 4, 4, 2)
+    budget = 256 * mining_calls_per_request(10, 4, 4)
     iterations = sparse.sparse_iterations_for(small_task)
     assert iterations == -(-budget // (32 * 4))
     assert dense.name == "degre" and sparse.name == "degre-sparse"
@@ -225,6 +238,11 @@ def test_invalid_options_are_refused() -> None:
         DeGRe(beam_width=2, keep_lists=3)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         DeGRe(temperature=0)
+    with pytest.raises(ValueError, match="mining_batch must be >= 1"):
+        DeGRe(mining_batch=0)
+    with pytest.raises(ValueError, match="tails|heads"):
+        poisson_binomial_tails(torch.full((1, 3), 0.5), heads=2)
+    assert not can_sample(DeGRe(decode="evaluator-beam")) and can_sample(DeGRe())
     with pytest.raises(TypeError, match="no generator"):
         beam = DeGRe(decode="evaluator-beam")
         beam.build_info = {"user_dim": 1, "item_dim": 1, "max_length": 2}
