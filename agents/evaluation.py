@@ -259,6 +259,25 @@ def evaluate_agent(
     return AgentEvaluation(metrics, clicks.mean(axis=0), lists)
 
 
+def reward_and_latency(agent: Agent, task: RerankTask, requests: np.ndarray) -> dict[str, float]:
+    """Held-out and training-simulator reward of ``agent``'s lists, and ms per request.
+
+    The light-weight measurement of the benchmark studies (``evaluate_agent`` gives
+    every metric); latency is one batched ``rank`` call over ``requests``.
+    """
+    start = time.perf_counter()
+    lists = checked_rank(agent, task, requests)
+    latency = (time.perf_counter() - start) * 1000 / len(requests)
+    values = {
+        "reward_eval": task.expected_reward(requests, lists, "eval").mean().item(),
+        "reward_train": task.expected_reward(requests, lists, "train").mean().item(),
+        "latency_ms": latency,
+    }
+    if task.has_simulator("true"):
+        values["reward_true"] = task.expected_reward(requests, lists, "true").mean().item()
+    return values
+
+
 def confidence_interval(
     values: np.ndarray, confidence: float = 0.95, seed: int = 0
 ) -> tuple[float, float, float]:

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 
 from agents.compare import task_for_env  # noqa: E402
 from agents.degre import DeGRe  # noqa: E402
-from agents.evaluation import summarise, write_csv  # noqa: E402
+from agents.evaluation import reward_and_latency, summarise, write_csv  # noqa: E402
 from rerank_env.task import RerankTask  # noqa: E402
 
 
@@ -54,18 +54,6 @@ def teacher(agent: DeGRe, width: int = 8) -> DeGRe:
         beam.modules["evaluator"].eval()
     beam.fitted = True
     return beam
-
-
-def measure(agent: DeGRe, task: RerankTask, requests: np.ndarray) -> dict[str, float]:
-    """Held-out and training-simulator reward of ``agent``'s lists, and ms per request."""
-    start = time.perf_counter()
-    lists = agent.rank(task, requests)
-    latency = (time.perf_counter() - start) * 1000 / len(requests)
-    return {
-        "reward_eval": task.expected_reward(requests, lists, "eval").mean().item(),
-        "reward_train": task.expected_reward(requests, lists, "train").mean().item(),
-        "latency_ms": latency,
-    }
 
 
 def credit(args: argparse.Namespace, task: RerankTask, requests: np.ndarray, out: Path) -> None:
@@ -88,7 +76,7 @@ def credit(args: argparse.Namespace, task: RerankTask, requests: np.ndarray, out
             start = time.perf_counter()
             agent.fit(task)
             fit = time.perf_counter() - start
-            metrics = measure(agent, task, requests)
+            metrics = reward_and_latency(agent, task, requests)
             rows.append({"agent": arm, "seed": seed, **metrics, "fit_s": fit,
                          "evaluator_calls": agent.evaluator_calls})  # fmt: skip
             curves += [
@@ -151,8 +139,8 @@ def ablations(args: argparse.Namespace, task: RerankTask, requests: np.ndarray, 
             start = time.perf_counter()
             agent.fit(task)
             fit = time.perf_counter() - start
-            greedy = measure(agent, task, requests)
-            beam = measure(teacher(agent), task, requests)
+            greedy = reward_and_latency(agent, task, requests)
+            beam = reward_and_latency(teacher(agent), task, requests)
             rows.append({
                 "agent": name, "seed": seed, **greedy, "fit_s": fit,
                 "teacher_reward_eval": beam["reward_eval"],
