@@ -63,8 +63,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "full": FULL_AGENTS,
     "degre": ("initial-order", "prm", "seq2slate", "gen-eval", "degre", "degre-beam8",
               "beam-8"),
-    "goalrank": ("initial-order", "pointwise-greedy", "prm", "gen-eval", "multi-gen-eval",
-                 "goalrank", "goalrank-sim", "beam-8"),
+    "goalrank": ("initial-order", "pointwise-greedy", "prm", "gen-eval", "gen-eval-learned",
+                 "multi-gen-eval", "goalrank", "goalrank-sim", "beam-8"),
 }  # fmt: skip
 #: Environment keyword arguments that shape episodes, not the task.
 _EPISODE_KWARGS = ("reward_mode", "click_mode", "split", "features", "render_mode")

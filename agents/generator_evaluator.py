@@ -76,6 +76,8 @@ class GeneratorEvaluator(TrainableAgent):
         self.lists_per_generator, self.evaluator = lists_per_generator, evaluator
         self.evaluator_epochs, self.temperature, self.seed = evaluator_epochs, temperature, seed
         kind = "multi-gen-eval" if len(self.generators) > 1 else "gen-eval"
+        # The evaluator is part of the name so both kinds can sit in one comparison.
+        kind += "-learned" if evaluator == "learned" else ""
         self.name = f"{kind}({'+'.join(g.name for g in self.generators)})"
 
     def config(self) -> dict[str, Any]:

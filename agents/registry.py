@@ -92,6 +92,14 @@ _FACTORIES: dict[str, tuple[Callable[[int, Budget], Agent], str]] = {
         ),
         "pointwise generator (16 Plackett-Luce lists), training simulator as evaluator",
     ),
+    "gen-eval-learned": (
+        lambda seed, budget: GeneratorEvaluator(
+            [PointwiseGreedy(epochs=5 if budget == "quick" else 20, seed=seed)],
+            lists_per_generator=16, evaluator="learned",
+            evaluator_epochs=5 if budget == "quick" else 20, seed=seed,
+        ),
+        "the same, with a click model learned from the logs as evaluator (GoalRank's reward)",
+    ),
     "multi-gen-eval": (
         lambda seed, budget: GeneratorEvaluator(
             [

@@ -248,6 +248,9 @@ def test_agent_specs_round_trip() -> None:
     rebuilt = agent_from_spec(agent_spec(agent))
     assert rebuilt.config() == agent.config()
     assert rebuilt.name == "multi-gen-eval(initial-order+prm)"
+    # The evaluator kind is in the name, so both G-E kinds can share one comparison.
+    assert make_agent("gen-eval-learned").name == "gen-eval-learned(pointwise-greedy)"
+    assert make_agent("gen-eval").name == "gen-eval(pointwise-greedy)"
     with pytest.raises(ValueError, match="unknown agent 'prn'; valid: .*'prm'"):
         make_agent("prn")
 
