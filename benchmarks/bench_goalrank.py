@@ -5,9 +5,12 @@ Usage::
     python benchmarks/bench_goalrank.py groups [--seeds 5]
     python benchmarks/bench_goalrank.py scaling [--seeds 5]
     python benchmarks/bench_goalrank.py matched [--seeds 5]
+    python benchmarks/bench_goalrank.py temperature --split valid [--seeds 1]
 
 Common options: ``--env SlateRerank-v0``, ``--requests 500`` (test requests),
-``--iterations 300``, ``--reward-model learned|simulator``, ``--out runs/bench-goalrank``.
+``--iterations 300``, ``--reward-model learned|simulator``, ``--out runs/bench-goalrank``,
+``--split test|valid`` (``valid`` evaluates on the last validation requests, apart from
+the learning curve's first ones: use it to choose settings, not to report them).
 
 ``groups`` trains GoalRank with group sizes 4, 8, 16, 32 and 64 (the paper found
 8-20 best); ``scaling`` trains the generator presets 0.1M ... 10M parameters;
@@ -17,7 +20,7 @@ both scored by the same reward model, for G = 8, 16, 32: GoalRank spends its G
 reward-model calls per request in training, G-E at every served request. Each
 prints held-out reward with 95% bootstrap CIs over seeds (and true reward in the
 synthetic world), writes a CSV, and plots held-out reward against the swept
-quantity.
+quantity. ``temperature`` sweeps the reference policy's tau (1, 0.3, 0.1, 0.03).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from agents.prm import PRM  # noqa: E402
 from rerank_env.task import RerankTask  # noqa: E402
 
 GROUP_SIZES = (4, 8, 16, 32, 64)
+TEMPERATURES = (1.0, 0.3, 0.1, 0.03)
 MATCHED_SIZES = (8, 16, 32)
 
 
@@ -57,6 +61,8 @@ def configurations(args: argparse.Namespace, seed: int) -> dict[str, tuple[Any, 
         return {f"G={g}": (g, goalrank(group_size=g)) for g in GROUP_SIZES}
     if args.study == "scaling":
         return {f"size {s}": (s, goalrank(size=s)) for s in SIZE_PRESETS}
+    if args.study == "temperature":
+        return {f"tau={t}": (t, goalrank(temperature=t)) for t in TEMPERATURES}
     evaluator = "simulator" if args.reward_model == "simulator" else "learned"
     agents: dict[str, tuple[Any, Agent]] = {}
     for g in MATCHED_SIZES:
@@ -73,18 +79,22 @@ def configurations(args: argparse.Namespace, seed: int) -> dict[str, tuple[Any, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("study", choices=["groups", "scaling", "matched"])
+    parser.add_argument("study", choices=["groups", "scaling", "matched", "temperature"])
     parser.add_argument("--env", default="SlateRerank-v0")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=500, help="test requests")
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--reward-model", default="learned", choices=["learned", "simulator"])
     parser.add_argument("--out", default="runs/bench-goalrank")
+    parser.add_argument("--split", default="test", choices=["test", "valid"])
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     task: RerankTask = task_for_env(args.env, {})
-    requests = task.requests("test")[: args.requests]
+    if args.split == "test":
+        requests = task.requests("test")[: args.requests]
+    else:  # the learning curve uses the first validation requests
+        requests = task.requests("valid")[-args.requests :]
     print(f"task: {task.summary()}", flush=True)
     rows, swept = [], {}
     for seed in range(args.seeds):
@@ -102,7 +112,7 @@ def main() -> None:
     metrics = [k for k in rows[0] if k not in ("agent", "seed")]
     summary = summarise(rows, metrics)
     print(f"\nGoalRank {args.study}, reward model = {args.reward_model}, {args.seeds} seeds, "
-          f"{len(requests)} test requests (mean [95% CI])")  # fmt: skip
+          f"{len(requests)} {args.split} requests (mean [95% CI])")  # fmt: skip
     columns = [m for m in ("reward_eval", "reward_true", "reward_train") if m in metrics]
     print("| configuration | " + " | ".join(columns) + " | ms/request | fit s | parameters |")
     print("|---|" + "---|" * (len(columns) + 3))
@@ -137,7 +147,8 @@ def plot(summary: list[dict], swept: dict[str, Any], args: argparse.Namespace, o
         axis.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=family)
     axis.set_xscale("log")
     axis.set_xlabel({"groups": "group size G", "scaling": "generator parameters",
-                     "matched": "reward-model calls per request (G)"}[args.study])  # fmt: skip
+                     "matched": "reward-model calls per request (G)",
+                     "temperature": "reference-policy temperature tau"}[args.study])  # fmt: skip
     axis.set_ylabel("held-out reward")
     axis.set_title(f"GoalRank {args.study} ({args.seeds} seeds, 95% CI)")
     axis.legend()
