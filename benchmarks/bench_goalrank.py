@@ -7,7 +7,7 @@ Usage::
     python benchmarks/bench_goalrank.py matched [--seeds 5]
     python benchmarks/bench_goalrank.py temperature --split valid [--seeds 1]
 
-Common options: ``--env SlateRerank-v0``, ``--requests 500`` (test requests),
+Common options: ``--env SlateRerank-v0``, ``--requests 500`` (evaluation requests),
 ``--iterations 300``, ``--reward-model learned|simulator``, ``--out runs/bench-goalrank``,
 ``--split test|valid`` (``valid`` evaluates on the last validation requests, apart from
 the learning curve's first ones: use it to choose settings, not to report them).
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("study", choices=["groups", "scaling", "matched", "temperature"])
     parser.add_argument("--env", default="SlateRerank-v0")
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=500, help="test requests")
+    parser.add_argument("--requests", type=int, default=500, help="evaluation requests")
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--reward-model", default="learned", choices=["learned", "simulator"])
     parser.add_argument("--out", default="runs/bench-goalrank")
