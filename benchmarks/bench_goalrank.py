@@ -6,6 +6,7 @@ Usage::
     python benchmarks/bench_goalrank.py scaling [--seeds 5]
     python benchmarks/bench_goalrank.py matched [--seeds 5]
     python benchmarks/bench_goalrank.py temperature --split valid [--seeds 1]
+    python benchmarks/bench_goalrank.py agreement [--seeds 5]
 
 Common options: ``--env SlateRerank-v0``, ``--requests 500`` (evaluation requests),
 ``--iterations 300``, ``--reward-model learned|simulator``, ``--out runs/bench-goalrank``,
@@ -13,7 +14,8 @@ Common options: ``--env SlateRerank-v0``, ``--requests 500`` (evaluation request
 the learning curve's first ones: use it to choose settings, not to report them).
 
 ``groups`` trains GoalRank with group sizes 4, 8, 16, 32 and 64 (the paper found
-8-20 best); ``scaling`` trains the generator presets 0.1M ... 10M parameters;
+8-20 best); ``scaling`` trains the generator presets 0.1M ... 10M parameters
+(``--sizes`` picks some);
 ``matched`` compares GoalRank trained on groups of G lists with a
 generator-evaluator and a multi-generator G-E choosing among G lists per request,
 both scored by the same reward model, for G = 8, 16, 32: GoalRank spends its G
@@ -21,6 +23,11 @@ reward-model calls per request in training, G-E at every served request. Each
 prints held-out reward with 95% bootstrap CIs over seeds (and true reward in the
 synthetic world), writes a CSV, and plots held-out reward against the swept
 quantity. ``temperature`` sweeps the reference policy's tau (1, 0.3, 0.1, 0.03).
+``agreement`` trains GoalRank with the learned reward model, builds its groups on the
+evaluation requests and measures how well the learned model orders each group
+(:func:`~agents.goalrank.group_agreement`) against the training simulator (what
+``reward_model="simulator"`` learns from) and the held-out simulator, with the
+training simulator against the held-out one as the ceiling.
 """
 
 from __future__ import annotations
@@ -32,16 +39,18 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 
 from agents.base import Agent, TrainableAgent  # noqa: E402
 from agents.baselines import InitialOrder, PointwiseGreedy  # noqa: E402
 from agents.compare import task_for_env  # noqa: E402
 from agents.evaluation import reward_and_latency, summarise, write_csv  # noqa: E402
 from agents.generator_evaluator import GeneratorEvaluator  # noqa: E402
-from agents.goalrank import SIZE_PRESETS, GoalRank  # noqa: E402
+from agents.goalrank import SIZE_PRESETS, GoalRank, group_agreement  # noqa: E402
 from agents.prm import PRM  # noqa: E402
 from rerank_env.task import RerankTask  # noqa: E402
 
@@ -60,7 +69,7 @@ def configurations(args: argparse.Namespace, seed: int) -> dict[str, tuple[Any, 
     if args.study == "groups":
         return {f"G={g}": (g, goalrank(group_size=g)) for g in GROUP_SIZES}
     if args.study == "scaling":
-        return {f"size {s}": (s, goalrank(size=s)) for s in SIZE_PRESETS}
+        return {f"size {s}": (s, goalrank(size=s)) for s in args.sizes}
     if args.study == "temperature":
         return {f"tau={t}": (t, goalrank(temperature=t)) for t in TEMPERATURES}
     evaluator = "simulator" if args.reward_model == "simulator" else "learned"
@@ -79,7 +88,9 @@ def configurations(args: argparse.Namespace, seed: int) -> dict[str, tuple[Any, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("study", choices=["groups", "scaling", "matched", "temperature"])
+    parser.add_argument(
+        "study", choices=["groups", "scaling", "matched", "temperature", "agreement"]
+    )
     parser.add_argument("--env", default="SlateRerank-v0")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=500, help="evaluation requests")
@@ -87,6 +98,11 @@ def main() -> None:
     parser.add_argument("--reward-model", default="learned", choices=["learned", "simulator"])
     parser.add_argument("--out", default="runs/bench-goalrank")
     parser.add_argument("--split", default="test", choices=["test", "valid"])
+    parser.add_argument(
+        "--sizes", nargs="+", default=list(SIZE_PRESETS), choices=list(SIZE_PRESETS),
+        help="generator presets of the scaling study (on 2 CPU cores a 0.6M fit takes "
+        "about 8 min, 2M about 25 min and 10M hours: see docs/benchmarks.md)",
+    )  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,6 +112,9 @@ def main() -> None:
     else:  # the learning curve uses the first validation requests
         requests = task.requests("valid")[-args.requests :]
     print(f"task: {task.summary()}", flush=True)
+    if args.study == "agreement":
+        agreement(args, task, requests, out)
+        return
     rows, swept = [], {}
     for seed in range(args.seeds):
         for label, (value, agent) in configurations(args, seed).items():
@@ -109,6 +128,7 @@ def main() -> None:
             swept[label] = value
             print(f"seed {seed} {label}: held-out {metrics['reward_eval']:.4f}, "
                   f"fit {fit:.0f} s", flush=True)  # fmt: skip
+            write_csv(out / f"{args.study}.csv", rows)  # so far: a stopped run keeps its rows
     metrics = [k for k in rows[0] if k not in ("agent", "seed")]
     summary = summarise(rows, metrics)
     print(f"\nGoalRank {args.study}, reward model = {args.reward_model}, {args.seeds} seeds, "
@@ -124,8 +144,42 @@ def main() -> None:
         print(f"| {entry['agent']} | " + " | ".join(cells)
               + f" | {entry['latency_ms']:.2f} | {entry['fit_s']:.0f} | "
               + (f"{parameters:,.0f}" if parameters == parameters else "") + " |")  # fmt: skip
-    write_csv(out / f"{args.study}.csv", rows)
     plot(summary, swept, args, out)
+
+
+def agreement(args: argparse.Namespace, task: RerankTask, requests: Any, out: Path) -> None:
+    """How well the learned reward model orders GoalRank's groups (see the docstring)."""
+    rows = []
+    for seed in range(args.seeds):
+        agent = GoalRank(reward_model="learned", iterations=args.iterations, seed=seed).fit(task)
+        group = agent.group(task, requests, torch.Generator().manual_seed(seed), iteration=0)
+        flat_requests = np.repeat(np.asarray(requests), group.shape[1])
+        flat_lists = group.reshape(-1, group.shape[2])
+        values = {
+            "learned": agent.rewards(task, requests, group),
+            **{role: task.expected_reward(flat_requests, flat_lists, role).reshape(group.shape[:2])
+               for role in ("train", "eval")},
+        }  # fmt: skip
+        pairs = [("learned", "train"), ("learned", "eval"), ("train", "eval")]
+        # Late in training the policy's own samples are where the signal must come from.
+        subsets = {"whole group": slice(None), "policy samples": slice(0, agent.policy_lists)}
+        for subset, columns in subsets.items():
+            for model, reference in pairs:
+                label = f"{model} vs {reference}, {subset}"
+                metrics = group_agreement(values[model][:, columns], values[reference][:, columns])
+                rows.append({"agent": label, "seed": seed, **metrics})
+                print(f"seed {seed} {label}: " + ", ".join(
+                    f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)  # fmt: skip
+    metrics = [k for k in rows[0] if k not in ("agent", "seed")]
+    print(f"\nLearned reward model on GoalRank's groups (G = {group.shape[1]}), {args.seeds} "
+          f"seeds, {len(requests)} {args.split} requests (mean [95% CI])")  # fmt: skip
+    print("| model vs reference | " + " | ".join(metrics) + " |")
+    print("|---|" + "---|" * len(metrics))
+    for entry in summarise(rows, metrics):
+        print(f"| {entry['agent']} | " + " | ".join(
+            f"{entry[m]:.3f} [{entry[m + '_low']:.3f}, {entry[m + '_high']:.3f}]"
+            for m in metrics) + " |")  # fmt: skip
+    write_csv(out / "agreement.csv", rows)
 
 
 def plot(summary: list[dict], swept: dict[str, Any], args: argparse.Namespace, out: Path) -> None:

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from agents.baselines import InitialOrder, PointwiseGreedy, RandomAgent
-from agents.goalrank import SIZE_PRESETS, GoalRank, group_loss, reference_policy
+from agents.goalrank import (
+    SIZE_PRESETS,
+    GoalRank,
+    group_agreement,
+    group_loss,
+    reference_policy,
+)
 from agents.nn import PointerPolicy, input_dims, request_inputs
 from rerank_env import make_task
 
@@ -31,6 +37,21 @@ def test_reference_policy_is_a_distribution_ordered_by_reward() -> None:
     assert sharp[0, 1] > reference[0, 1] > 0.25
     # Standardised: a shifted and scaled group has the same reference policy.
     assert torch.allclose(reference_policy(rewards * 7 + 3), reference, atol=1e-6)
+
+
+def test_group_agreement_measures_within_group_ordering() -> None:
+    reference = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 0.0, 2.0]])
+    same = group_agreement(reference * 10 + 1, reference)  # any increasing map agrees
+    assert same["spearman"] == pytest.approx(1.0)
+    assert same["pick_gain"] == pytest.approx(same["best_gain"])
+    assert same["best_gain"] == pytest.approx(((4 - 2.5) + (2 - 0.75)) / 2)
+    reversed_ = group_agreement(-reference[:1], reference[:1])
+    assert reversed_["spearman"] == pytest.approx(-1.0)
+    assert reversed_["pick_gain"] == pytest.approx(1.0 - 2.5)
+    flat = group_agreement(torch.ones(2, 4), reference)  # constant groups are left out
+    assert np.isnan(flat["spearman"]) and flat["model_spread"] == 0
+    with pytest.raises(ValueError, match=r"\[B, G\]"):
+        group_agreement(torch.ones(2, 4), torch.ones(2, 3))
 
 
 def test_loss_gradient_raises_the_best_lists_log_probability(small_task) -> None:
