@@ -12,6 +12,8 @@ Common options: ``--env SlateRerank-v0``, ``--requests 500`` (evaluation request
 ``--iterations 300``, ``--reward-model learned|simulator``, ``--out runs/bench-goalrank``,
 ``--split test|valid`` (``valid`` evaluates on the last validation requests, apart from
 the learning curve's first ones: use it to choose settings, not to report them).
+A study writes its CSV after every run; ``--first-seed`` and ``--from-csv`` split a
+long one over machines or sessions and summarise the parts together.
 
 ``groups`` trains GoalRank with group sizes 4, 8, 16, 32 and 64 (the paper found
 8-20 best); ``scaling`` trains the generator presets 0.1M ... 10M parameters
@@ -33,6 +35,7 @@ training simulator against the held-out one as the ceiling.
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import time
 from pathlib import Path
@@ -93,6 +96,16 @@ def main() -> None:
     )
     parser.add_argument("--env", default="SlateRerank-v0")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--first-seed", type=int, default=0,
+        help="run seeds first-seed ... first-seed + seeds - 1 (to split a long study "
+        "over machines; then summarise their CSVs together with --from-csv)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--from-csv", nargs="+", type=Path, default=None, metavar="CSV",
+        help="train nothing: summarise and plot the rows of these CSVs of earlier runs "
+        "of the same study",
+    )  # fmt: skip
     parser.add_argument("--requests", type=int, default=500, help="evaluation requests")
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--reward-model", default="learned", choices=["learned", "simulator"])
@@ -106,6 +119,15 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.from_csv:
+        if args.study == "agreement":
+            parser.error(
+                "--from-csv summarises the groups, scaling, matched and temperature studies"
+            )
+        rows = read_rows(args.from_csv)
+        swept = {label: value for label, (value, _) in configurations(args, 0).items()}
+        report(rows, swept, args, f"the requests of {', '.join(map(str, args.from_csv))}", out)
+        return
     task: RerankTask = task_for_env(args.env, {})
     if args.split == "test":
         requests = task.requests("test")[: args.requests]
@@ -116,23 +138,47 @@ def main() -> None:
         agreement(args, task, requests, out)
         return
     rows, swept = [], {}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for label, (value, agent) in configurations(args, seed).items():
             start = time.perf_counter()
             if isinstance(agent, TrainableAgent):
                 agent.fit(task)
             fit = time.perf_counter() - start
             metrics = reward_and_latency(agent, task, requests)
-            extra = {"parameters": agent.parameter_count()} if isinstance(agent, GoalRank) else {}
-            rows.append({"agent": label, "seed": seed, **metrics, "fit_s": fit, **extra})
+            parameters = agent.parameter_count() if isinstance(agent, GoalRank) else math.nan
+            rows.append(
+                {"agent": label, "seed": seed, **metrics, "fit_s": fit, "parameters": parameters}
+            )
             swept[label] = value
             print(f"seed {seed} {label}: held-out {metrics['reward_eval']:.4f}, "
                   f"fit {fit:.0f} s", flush=True)  # fmt: skip
             write_csv(out / f"{args.study}.csv", rows)  # so far: a stopped run keeps its rows
+    report(rows, swept, args, f"{len(requests)} {args.split} requests", out)
+
+
+def read_rows(paths: list[Path]) -> list[dict[str, Any]]:
+    """The rows of CSVs written by this script (numbers as floats, empty cells NaN)."""
+    rows = []
+    for path in paths:
+        with path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                rows.append({key: value if key == "agent" else float(value or "nan")
+                             for key, value in row.items()})  # fmt: skip
+    if not rows:
+        raise SystemExit(f"no rows in {', '.join(map(str, paths))}")
+    return rows
+
+
+def report(
+    rows: list[dict[str, Any]], swept: dict[str, Any], args: argparse.Namespace, evaluated: str,
+    out: Path,
+) -> None:  # fmt: skip
+    """Print the study's table (mean [95% CI] over seeds) and plot it."""
     metrics = [k for k in rows[0] if k not in ("agent", "seed")]
     summary = summarise(rows, metrics)
-    print(f"\nGoalRank {args.study}, reward model = {args.reward_model}, {args.seeds} seeds, "
-          f"{len(requests)} {args.split} requests (mean [95% CI])")  # fmt: skip
+    seeds = len({row["seed"] for row in rows})
+    print(f"\nGoalRank {args.study}, reward model = {args.reward_model}, {seeds} seeds, "
+          f"{evaluated} (mean [95% CI])")  # fmt: skip
     columns = [m for m in ("reward_eval", "reward_true", "reward_train") if m in metrics]
     print("| configuration | " + " | ".join(columns) + " | ms/request | fit s | parameters |")
     print("|---|" + "---|" * (len(columns) + 3))
@@ -150,7 +196,7 @@ def main() -> None:
 def agreement(args: argparse.Namespace, task: RerankTask, requests: Any, out: Path) -> None:
     """How well the learned reward model orders GoalRank's groups (see the docstring)."""
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         agent = GoalRank(reward_model="learned", iterations=args.iterations, seed=seed).fit(task)
         group = agent.group(task, requests, torch.Generator().manual_seed(seed), iteration=0)
         flat_requests = np.repeat(np.asarray(requests), group.shape[1])
