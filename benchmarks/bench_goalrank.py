@@ -16,7 +16,8 @@ A study writes its CSV after every run; ``--first-seed`` and ``--from-csv`` spli
 long one over machines or sessions and summarise the parts together.
 
 ``groups`` trains GoalRank with group sizes 4, 8, 16, 32 and 64 (the paper found
-8-20 best); ``scaling`` trains the generator presets 0.1M ... 10M parameters
+8-20 best; ``--matched-calls`` gives each G the reward-model calls of G = 16 by
+scaling its steps); ``scaling`` trains the generator presets 0.1M ... 10M parameters
 (``--sizes`` picks some);
 ``matched`` compares GoalRank trained on groups of G lists with a
 generator-evaluator and a multi-generator G-E choosing among G lists per request,
@@ -66,9 +67,13 @@ def configurations(args: argparse.Namespace, seed: int) -> dict[str, tuple[Any, 
     """``{label: (swept value, agent)}`` of the study."""
 
     def goalrank(**options: Any) -> GoalRank:
-        return GoalRank(reward_model=args.reward_model, iterations=args.iterations,
-                        **options, seed=seed)  # fmt: skip
+        options.setdefault("iterations", args.iterations)
+        return GoalRank(reward_model=args.reward_model, **options, seed=seed)
 
+    if args.study == "groups" and args.matched_calls:
+        # G x iterations fixed at that of G = 16: every G gets the same reward calls.
+        return {f"G={g}": (g, goalrank(group_size=g, iterations=args.iterations * 16 // g))
+                for g in GROUP_SIZES}  # fmt: skip
     if args.study == "groups":
         return {f"G={g}": (g, goalrank(group_size=g)) for g in GROUP_SIZES}
     if args.study == "scaling":
@@ -111,6 +116,11 @@ def main() -> None:
     parser.add_argument("--reward-model", default="learned", choices=["learned", "simulator"])
     parser.add_argument("--out", default="runs/bench-goalrank")
     parser.add_argument("--split", default="test", choices=["test", "valid"])
+    parser.add_argument(
+        "--matched-calls", action="store_true",
+        help="groups study: train G for iterations x 16 / G steps, so every group size "
+        "spends the reward-model calls of G = 16",
+    )  # fmt: skip
     parser.add_argument(
         "--sizes", nargs="+", default=list(SIZE_PRESETS), choices=list(SIZE_PRESETS),
         help="generator presets of the scaling study (on 2 CPU cores a 0.6M fit takes "
