@@ -243,7 +243,8 @@ def plot(summary: list[dict], swept: dict[str, Any], args: argparse.Namespace, o
     figure, axis = plt.subplots(figsize=(6, 4))
     families: dict[str, list[dict]] = {}
     for entry in summary:
-        family = entry["agent"].rsplit(" ", 1)[0] if args.study == "matched" else "GoalRank"
+        # "GoalRank G=8", "G-E 8 lists", "multi-G-E 8 lists": the family is the first word.
+        family = entry["agent"].split(" ", 1)[0] if args.study == "matched" else "GoalRank"
         families.setdefault(family, []).append(entry)
     for family, entries in families.items():
         if args.study == "scaling":
@@ -256,12 +257,16 @@ def plot(summary: list[dict], swept: dict[str, Any], args: argparse.Namespace, o
         errors = [low, high]
         axis.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=family)
     axis.set_xscale("log")
+    if args.study != "scaling":  # few values: label each one, not powers of ten
+        values = sorted(set(swept.values()))
+        axis.set_xticks(values, [f"{v:g}" for v in values])
+        axis.minorticks_off()
     axis.set_xlabel({"groups": "group size G", "scaling": "generator parameters",
                      "matched": "reward-model calls per request (G)",
                      "temperature": "reference-policy temperature tau"}[args.study])  # fmt: skip
     axis.set_ylabel("held-out reward")
     axis.set_title(f"GoalRank {args.study} ({args.seeds} seeds, 95% CI)")
-    axis.legend()
+    axis.legend(loc="best", fontsize="small")
     figure.tight_layout()
     figure.savefig(out / f"{args.study}.png", dpi=120)
     print(f"\nwrote {out / (args.study + '.png')}")
