@@ -30,7 +30,8 @@ quantity. ``temperature`` sweeps the reference policy's tau (1, 0.3, 0.1, 0.03).
 evaluation requests and measures how well the learned model orders each group
 (:func:`~agents.goalrank.group_agreement`) against the training simulator (what
 ``reward_model="simulator"`` learns from) and the held-out simulator, with the
-training simulator against the held-out one as the ceiling.
+training simulator against the held-out one as the ceiling (in the synthetic world
+also against the true user model).
 """
 
 from __future__ import annotations
@@ -217,6 +218,11 @@ def agreement(args: argparse.Namespace, task: RerankTask, requests: Any, out: Pa
                for role in ("train", "eval")},
         }  # fmt: skip
         pairs = [("learned", "train"), ("learned", "eval"), ("train", "eval")]
+        if task.has_simulator("true"):  # the synthetic world: judge by the true model too
+            values["true"] = task.expected_reward(flat_requests, flat_lists, "true").reshape(
+                group.shape[:2]
+            )
+            pairs += [("learned", "true"), ("train", "true")]
         # Late in training the policy's own samples are where the signal must come from.
         subsets = {"whole group": slice(None), "policy samples": slice(0, agent.policy_lists)}
         for subset, columns in subsets.items():
@@ -265,7 +271,9 @@ def plot(summary: list[dict], swept: dict[str, Any], args: argparse.Namespace, o
                      "matched": "reward-model calls per request (G)",
                      "temperature": "reference-policy temperature tau"}[args.study])  # fmt: skip
     axis.set_ylabel("held-out reward")
-    axis.set_title(f"GoalRank {args.study} ({args.seeds} seeds, 95% CI)")
+    matched_calls = ", matched calls" if args.study == "groups" and args.matched_calls else ""
+    seeds = max(entry["seeds"] for entry in summary)
+    axis.set_title(f"GoalRank {args.study}{matched_calls} ({seeds} seeds, 95% CI)")
     axis.legend(loc="best", fontsize="small")
     figure.tight_layout()
     figure.savefig(out / f"{args.study}.png", dpi=120)
