@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument(
         "--sizes", nargs="+", default=list(SIZE_PRESETS), choices=list(SIZE_PRESETS),
         help="generator presets of the scaling study (on 2 CPU cores a 0.6M fit takes "
-        "about 8 min, 2M about 25 min and 10M hours: see docs/benchmarks.md)",
+        "about 2.5 min, 2M about 6 min and 10M one to two hours: see docs/benchmarks.md)",
     )  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out)
@@ -263,10 +263,14 @@ def plot(summary: list[dict], swept: dict[str, Any], args: argparse.Namespace, o
         errors = [low, high]
         axis.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=family)
     axis.set_xscale("log")
-    if args.study != "scaling":  # few values: label each one, not powers of ten
-        values = sorted(set(swept.values()))
+    # Few values: label each one, not powers of ten.
+    if args.study == "scaling":
+        values = sorted({entry["parameters"] for entry in summary})
+        axis.set_xticks(values, [f"{v / 1e6:.2g}M" for v in values])
+    else:
+        values = sorted({swept[entry["agent"]] for entry in summary})
         axis.set_xticks(values, [f"{v:g}" for v in values])
-        axis.minorticks_off()
+    axis.minorticks_off()
     axis.set_xlabel({"groups": "group size G", "scaling": "generator parameters",
                      "matched": "reward-model calls per request (G)",
                      "temperature": "reference-policy temperature tau"}[args.study])  # fmt: skip

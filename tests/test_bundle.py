@@ -101,7 +101,14 @@ def test_pool_matches_one_rebuilt_from_the_raw_files(bundle, raw_data, data_root
     assert bundle.manifest["data_checksum"] == data_checksum("ml-100k", data_root)
     rebuilt = RequestPool.from_data(raw_data, bundle.manifest["bundle_config"]["history_length"])
     for name, value in rebuilt.arrays().items():
-        np.testing.assert_array_equal(getattr(bundle.pool, name), value, err_msg=name)
+        if np.issubdtype(value.dtype, np.floating):
+            # Retriever scores are float32 matmuls: another CPU's SIMD sums in another
+            # order and may differ in the last bit (seen: 9 of 805,900 scores, 1 ulp).
+            np.testing.assert_allclose(
+                getattr(bundle.pool, name), value, rtol=1e-6, atol=0, err_msg=name
+            )
+        else:
+            np.testing.assert_array_equal(getattr(bundle.pool, name), value, err_msg=name)
     # The pool's history is RerankData's history, for every length it can serve.
     rows = np.arange(0, raw_data.n_requests, 97)
     for length in (1, 10, 50):
