@@ -212,17 +212,14 @@ def agreement(args: argparse.Namespace, task: RerankTask, requests: Any, out: Pa
         group = agent.group(task, requests, torch.Generator().manual_seed(seed), iteration=0)
         flat_requests = np.repeat(np.asarray(requests), group.shape[1])
         flat_lists = group.reshape(-1, group.shape[2])
-        values = {
-            "learned": agent.rewards(task, requests, group),
-            **{role: task.expected_reward(flat_requests, flat_lists, role).reshape(group.shape[:2])
-               for role in ("train", "eval")},
-        }  # fmt: skip
-        pairs = [("learned", "train"), ("learned", "eval"), ("train", "eval")]
-        if task.has_simulator("true"):  # the synthetic world: judge by the true model too
-            values["true"] = task.expected_reward(flat_requests, flat_lists, "true").reshape(
+        # The synthetic world also has the true user model to judge by.
+        roles = ["train", "eval"] + (["true"] if task.has_simulator("true") else [])
+        values = {"learned": agent.rewards(task, requests, group)}
+        for role in roles:
+            values[role] = task.expected_reward(flat_requests, flat_lists, role).reshape(
                 group.shape[:2]
             )
-            pairs += [("learned", "true"), ("train", "true")]
+        pairs = [("learned", role) for role in roles] + [("train", r) for r in roles[1:]]
         # Late in training the policy's own samples are where the signal must come from.
         subsets = {"whole group": slice(None), "policy samples": slice(0, agent.policy_lists)}
         for subset, columns in subsets.items():
