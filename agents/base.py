@@ -16,16 +16,20 @@ given prefix when one is given. Everything else is derived from it:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import inspect
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 import torch
 
+from agents.common.config import AgentConfig
+from agents.common.sampling import request_gumbel
 from rerank_env.task import RerankTask
 from simulators._io import atomic_torch_save
 from simulators.base import PAD
@@ -68,6 +72,18 @@ class Agent(ABC):
     def config(self) -> dict[str, Any]:
         """The constructor's keyword arguments (JSON-like), for specs and result tables."""
         return {}
+
+    @classmethod
+    def from_preset(cls, budget: str = "full", *, seed: int = 0, **kwargs: Any) -> Agent:
+        """This agent with the settings of a training budget (``"tiny"``, ``"quick"``, ``"full"``).
+
+        Agents with a config dataclass (:attr:`TrainableAgent.config_class`) take its
+        preset; others are built from ``kwargs`` (and ``seed`` if they take one).
+        The command-line registry builds every agent this way.
+        """
+        if "seed" in inspect.signature(cls).parameters:
+            kwargs["seed"] = seed
+        return cls(**kwargs)
 
     def check_task(self, task: RerankTask) -> None:
         """Raise :class:`UnsupportedTaskError` if this agent cannot rank ``task``.
@@ -118,8 +134,6 @@ class ScoringAgent(Agent):
         Plackett-Luce sample without replacement (Kool et al., 2019). A request's
         lists depend only on ``(seed, request)``, not on the rest of the batch.
         """
-        from agents.nn import request_gumbel  # agents.nn imports this module
-
         scores = np.asarray(self.scores(task, requests), dtype=np.float64)
         spread = scores.std(axis=1, keepdims=True)
         scores = (scores - scores.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
@@ -145,20 +159,75 @@ class TrainableAgent(Agent):
 
     #: ``(x, y)`` keys of :attr:`history` that make its learning curve.
     curve: tuple[str, str] | None = None
+    #: The frozen config dataclass of this method (``None``: keyword arguments only).
+    config_class: ClassVar[type[AgentConfig] | None] = None
 
     def __init__(self) -> None:
         self.modules: dict[str, torch.nn.Module] = {}
         self.build_info: dict[str, Any] = {}
-        self.history: list[dict[str, float]] = []  # learning curve rows written by fit
+        self.history: list[dict[str, Any]] = []  # training log rows written by fit
         self.fitted = False  # set by fit and load; setup alone builds untrained modules
+        #: Folder for the training log (``curves.csv``, TensorBoard); ``None``: memory only.
+        self.log_dir: Path | None = None
+
+    # ------------------------------------------------------------------ configuration
+
+    def _settings_from(self, config: AgentConfig | None, overrides: dict[str, Any]) -> Any:
+        """``config`` (default: the config class's defaults) with ``overrides`` applied."""
+        cls = self.config_class
+        assert cls is not None, f"{type(self).__name__} has no config_class"
+        if config is None:
+            return cls.from_dict(overrides)
+        if not isinstance(config, cls):
+            raise TypeError(
+                f"{type(self).__name__} takes a {cls.__name__} (e.g. {cls.__name__}.quick()), "
+                f"got {type(config).__name__}"
+            )
+        return config.replace(**overrides) if overrides else config
+
+    def __getattr__(self, name: str) -> Any:
+        # Config fields read as attributes (agent.seed, agent.beam_width), as before
+        # configs were dataclasses; only reached when normal lookup fails.
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in {f.name for f in dataclasses.fields(settings)}:
+            return getattr(settings, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in {f.name for f in dataclasses.fields(settings)}:
+            raise AttributeError(
+                f"{name} is a field of this agent's frozen {type(settings).__name__}: build a "
+                f"new agent, e.g. {type(self).__name__}(agent.settings.replace({name}=...))"
+            )
+        super().__setattr__(name, value)
+
+    @classmethod
+    def from_preset(cls, budget: str = "full", *, seed: int = 0, **kwargs: Any) -> Agent:
+        """This agent with the settings of a budget's preset; ``kwargs`` override fields.
+
+        Keyword arguments that are not config fields (an agent's sub-agents) go to
+        the constructor.
+        """
+        if cls.config_class is None:
+            return super().from_preset(budget, seed=seed, **kwargs)
+        names = {f.name for f in dataclasses.fields(cls.config_class)}
+        fields = {k: v for k, v in kwargs.items() if k in names}
+        others = {k: v for k, v in kwargs.items() if k not in names}
+        if "seed" in names:
+            fields["seed"] = seed
+        return cls(config=cls.config_class.preset(budget, **fields), **others)
+
+    def config(self) -> dict[str, Any]:
+        """The constructor's keyword arguments (JSON-like), for checkpoints and tables."""
+        settings = self.__dict__.get("settings")
+        if settings is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement config()")
+        return settings.to_dict()
 
     @abstractmethod
     def fit(self, task: RerankTask, *, progress: bool = False) -> TrainableAgent:
         """Train on ``task`` (training requests only); returns ``self``."""
-
-    @abstractmethod
-    def config(self) -> dict[str, Any]:
-        """The constructor's keyword arguments (JSON-like), for checkpoints and tables."""
 
     @abstractmethod
     def _build_info(self, task: RerankTask) -> dict[str, Any]:
@@ -200,6 +269,7 @@ class TrainableAgent(Agent):
         payload = {
             "format_version": AGENT_FORMAT_VERSION,
             "agent": type(self).__name__,
+            "config_class": None if self.config_class is None else self.config_class.__name__,
             "config": self.config(),
             "build_info": self.build_info,
             "state_dicts": {
@@ -224,12 +294,20 @@ class TrainableAgent(Agent):
                 version, or of another agent class.
         """
         path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(
+                f"no agent checkpoint at {path}: save one with agent.save(path) after fit"
+            )
         try:
             payload = torch.load(path, map_location=device, weights_only=True)
-        except FileNotFoundError:
-            raise CheckpointError(f"no agent checkpoint at {path}") from None
-        except Exception as err:  # unpickling errors have many types
-            raise CheckpointError(f"{path} is not a readable agent checkpoint: {err}") from err
+        except Exception as err:  # torch raises many types for a damaged file
+            # torch's own message suggests weights_only=False, which would run arbitrary
+            # code from the file: never do that; say what is wrong instead.
+            raise CheckpointError(
+                f"cannot read agent checkpoint {path}: the file is damaged, truncated or "
+                f"not a rerank-env agent checkpoint ({type(err).__name__}). Save it again "
+                f"with agent.save(path), or retrain the agent"
+            ) from err
         version = payload.get("format_version") if isinstance(payload, dict) else None
         if version != AGENT_FORMAT_VERSION:
             raise CheckpointError(

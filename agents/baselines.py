@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -17,6 +18,8 @@ from agents.base import (
     complete_by_scores,
     empty_prefixes,
 )
+from agents.common.config import AgentConfig
+from agents.common.telemetry import TrainingLogger
 from rerank_env.task import RerankTask
 from simulators.base import PAD
 from simulators.click_models import Attractiveness, PointwiseModel
@@ -59,6 +62,28 @@ class RandomAgent(Agent):
         return complete_by_scores(scores, task.slate_length, prefixes)
 
 
+@dataclasses.dataclass(frozen=True)
+class PointwiseGreedyConfig(AgentConfig):
+    """PointwiseGreedy's settings.
+
+    Attributes:
+        dim: Embedding size.
+        epochs: Maximum training epochs.
+        seed: Initialisation and shuffling seed.
+    """
+
+    dim: int = 32
+    epochs: int = 20
+    seed: int = 0
+
+    QUICK: ClassVar[dict[str, Any]] = {"epochs": 5}
+    TINY: ClassVar[dict[str, Any]] = {"epochs": 3}
+
+    def validate(self) -> None:
+        """Refuse out-of-range fields."""
+        self._at_least(1, "dim", "epochs")
+
+
 class PointwiseGreedy(TrainableAgent, ScoringAgent):
     """Sort candidates by a pointwise click model learned from the logged slates.
 
@@ -67,21 +92,17 @@ class PointwiseGreedy(TrainableAgent, ScoringAgent):
     the validation slates; it never sees a simulator.
 
     Args:
-        dim: Embedding size.
-        epochs: Maximum training epochs.
-        seed: Initialisation and shuffling seed.
+        config: A :class:`PointwiseGreedyConfig` (default: its defaults).
+        **overrides: Config fields to change, e.g. ``PointwiseGreedy(epochs=5, seed=1)``.
     """
 
     name = "pointwise-greedy"
     curve = ("epoch", "valid_nll")
+    config_class = PointwiseGreedyConfig
 
-    def __init__(self, dim: int = 32, epochs: int = 20, seed: int = 0) -> None:
+    def __init__(self, config: PointwiseGreedyConfig | None = None, **overrides: Any) -> None:
         super().__init__()
-        self.dim, self.epochs, self.seed = dim, epochs, seed
-
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments."""
-        return {"dim": self.dim, "epochs": self.epochs, "seed": self.seed}
+        self.settings: PointwiseGreedyConfig = self._settings_from(config, overrides)
 
     def _build_info(self, task: RerankTask) -> dict[str, Any]:
         pool = task.pool
@@ -112,12 +133,12 @@ class PointwiseGreedy(TrainableAgent, ScoringAgent):
         report = fit_simulator(
             self.modules["model"], pool, epochs=self.epochs, seed=self.seed, progress=progress
         )
-        self.history = [
-            {"epoch": epoch + 1, "train_nll": train, "valid_nll": valid}
-            for epoch, (train, valid) in enumerate(
-                zip(report.train_nll, report.valid_nll, strict=True)
-            )
-        ]
+        logger = TrainingLogger(self.history, self.log_dir)
+        for epoch, (train, valid) in enumerate(
+            zip(report.train_nll, report.valid_nll, strict=True), start=1
+        ):
+            logger.log("model", step=epoch, epoch=epoch, train_nll=train, valid_nll=valid)
+        logger.close()
         self.fitted = True
         return self
 

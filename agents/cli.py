@@ -10,11 +10,10 @@ import sys
 from collections.abc import Sequence
 
 from agents import compare
+from agents.common.commands import run_handler
 from simulators import cli as simulator_cli
-from simulators.checkpoint import CheckpointError
 from simulators.data import cli as data_cli
 from simulators.data.cache import package_version
-from simulators.data.errors import ConfigError, DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,13 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rerank-env``; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args))
-    except (DataError, ConfigError, CheckpointError) as err:
-        # Expected user errors: one clear line, no traceback.
-        print(f"rerank-env {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return run_handler(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -9,17 +9,24 @@ oracle) are evaluated once and count for every seed. The run folder
 
 * ``results.md`` / ``results.csv``: mean over seeds with 95% bootstrap CIs, and the
   environment's headroom (beam search vs pointwise greedy);
-* ``per_seed.csv``, ``curves.csv`` (learning curves), ``position_clicks.csv``;
+* ``per_seed.csv``, ``curves.csv`` (every trainer's training log: losses, entropy,
+  gradient norm, reward, simulator calls, and the learning-curve points),
+  ``position_clicks.csv``;
 * ``learning_curves.png``, ``pareto.png`` (held-out reward vs latency),
   ``credit_profile.png`` (held-out click probability per slot);
 * ``config.json`` (the command, versions, task, data checksum);
-* ``tensorboard/`` when the ``tensorboard`` package is installed.
+* ``logs/<agent>/seed<k>/``: each run's ``curves.csv`` and, when the ``tensorboard``
+  package is installed, its TensorBoard events (``tensorboard --logdir runs/<name>/logs``).
+
+Agents are registered names, ``beam-<B>``, entry points ``"module:Class"`` of your
+own :class:`~agents.base.Agent` subclasses, or (in Python) agent instances.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import datetime as dt
 import inspect
 import json
@@ -35,7 +42,11 @@ import numpy as np
 import torch
 
 import rerank_env
-from agents.base import TrainableAgent, UnsupportedTaskError
+from agents.base import Agent, TrainableAgent, UnsupportedTaskError
+from agents.common.commands import run_handler
+from agents.common.specs import agent_from_spec, entry_point
+from agents.common.telemetry import tensorboard_writer, write_rows_csv
+from agents.common.training import progress_bar
 from agents.evaluation import (
     EvaluationSet,
     evaluate_agent,
@@ -45,7 +56,6 @@ from agents.evaluation import (
     write_csv,
 )
 from agents.registry import agent_names, make_agent
-from agents.training import progress_bar
 from rerank_env.task import RerankTask, make_task
 from simulators.data.cache import package_version
 from simulators.data.errors import ConfigError
@@ -111,42 +121,45 @@ def _deterministic(agent: Any) -> bool:
     return not isinstance(agent, TrainableAgent) and "seed" not in agent.config()
 
 
-class _TensorBoard:
-    """Writes curves and metrics when the ``tensorboard`` package is installed."""
+def _agent_for_seed(agent: Agent, seed: int) -> Agent:
+    """A given agent instance as it runs for ``seed``.
 
-    def __init__(self, folder: Path) -> None:
+    A trained agent is evaluated as it is. An untrained one with a ``seed`` in its
+    :meth:`~agents.base.Agent.config` is rebuilt from its spec with that seed (its
+    sub-agents keep theirs); any other is copied, so ``fit`` never changes the
+    caller's object.
+    """
+    if isinstance(agent, TrainableAgent) and agent.fitted:
+        return agent
+    config = agent.config()
+    if "seed" in config:
+        return agent_from_spec(
+            {"agent": entry_point(type(agent)), "config": {**config, "seed": seed}}
+        )
+    return copy.deepcopy(agent)
+
+
+def _agent_factory(item: Any, budget: str) -> Any:
+    """``make(seed) -> Agent`` for one item of ``agents``, or :class:`ConfigError`."""
+    if isinstance(item, Agent):
+        return lambda seed: _agent_for_seed(item, seed)
+    if isinstance(item, str):
         try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            self.writer_class = None
-        else:
-            self.writer_class = SummaryWriter
-        self.folder = folder
-
-    @property
-    def available(self) -> bool:
-        return self.writer_class is not None
-
-    def log(self, agent: str, seed: int, history: list[dict], curve: Any, metrics: dict) -> None:
-        if self.writer_class is None:
-            return
-        writer = self.writer_class(str(self.folder / agent / f"seed{seed}"))
-        if curve is not None:
-            x_key, y_key = curve
-            for row in history:
-                if y_key in row and x_key in row:
-                    writer.add_scalar(f"curve/{y_key}", row[y_key], int(row[x_key]))
-        for name, value in metrics.items():
-            if not math.isnan(value):
-                writer.add_scalar(f"eval/{name}", value, 0)
-        writer.close()
+            make_agent(item, seed=0, budget=budget)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        return lambda seed: make_agent(item, seed=seed, budget=budget)
+    raise ConfigError(
+        f"agents must be registered names (e.g. 'prm'), entry points 'module:Class' or "
+        f"Agent instances; got {item!r} ({type(item).__name__})"
+    )
 
 
 def run_compare(
     *,
     env_id: str = "SlateRerank-v0",
     env_kwargs: dict[str, Any] | None = None,
-    agents: Sequence[str] = QUICK_AGENTS,
+    agents: Sequence[str | Agent] = QUICK_AGENTS,
     seeds: int = 5,
     requests: int | None = 500,
     permutations: int = 200,
@@ -158,12 +171,27 @@ def run_compare(
     device: str = "cpu",
     progress: bool = True,
 ) -> Path:
-    """Train and evaluate ``agents`` over ``seeds`` seeds; returns the run folder."""
-    for agent_name in agents:  # fail before any work on a typo
-        try:
-            make_agent(agent_name, seed=0, budget=budget)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+    """Train and evaluate ``agents`` over ``seeds`` seeds; returns the run folder.
+
+    Args:
+        env_id: A rerank-env environment id (``rerank_env.VARIANTS``).
+        env_kwargs: Its keyword arguments (task and episode settings).
+        agents: Registered names, ``beam-<B>``, entry points ``"module:Class"``, or
+            :class:`~agents.base.Agent` instances (trained ones are evaluated as they
+            are; untrained ones are trained per seed on copies, see
+            :func:`_agent_for_seed`).
+        seeds: Seeds per agent (agents without randomness run once).
+        requests: Test requests evaluated (``None``: all).
+        permutations: Random lists per request for HR@k%.
+        beam_width: Width of the beam-search reference.
+        budget: ``"tiny"``, ``"quick"`` or ``"full"``: the agents' config presets.
+        out: Parent folder of the run folder.
+        name: Run folder name (default: env id and time).
+        overwrite: Reuse a non-empty run folder.
+        device: Torch device of the task and agents.
+        progress: Progress bars (on terminals) or one log line per run, and the table.
+    """
+    factories = [_agent_factory(item, budget) for item in agents]  # fail before any work
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
     name = name or f"{env_id}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -175,11 +203,12 @@ def run_compare(
         )
     started = time.perf_counter()
     task = task_for_env(env_id, dict(env_kwargs or {}), device)
-    for agent_name in agents:  # e.g. the oracle on a task too large to enumerate
+    for make in factories:  # e.g. the oracle on a task too large to enumerate
+        candidate = make(0)
         try:
-            make_agent(agent_name, seed=0, budget=budget).check_task(task)
+            candidate.check_task(task)
         except UnsupportedTaskError as err:
-            raise ConfigError(f"agent {agent_name!r} cannot run on {env_id}: {err}") from None
+            raise ConfigError(f"agent {candidate.name!r} cannot run on {env_id}: {err}") from None
     folder.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *a, **k: None)
     say(f"task: {task.summary()}")
@@ -187,19 +216,22 @@ def run_compare(
         task, requests=requests, permutations=permutations, beam_width=beam_width
     )
     say(evaluation.headroom_line())
-    tensorboard = _TensorBoard(folder / "tensorboard")
     rows, curves, profiles, fit_seconds = [], [], [], {}
+    curve_keys: dict[str, tuple[str, str]] = {}
+    tensorboard = False
     once: dict[str, dict[str, Any]] = {}
-    bar = progress_bar(seeds * len(agents), "compare", progress)
+    bar = progress_bar(seeds * len(factories), "compare", progress)
     for seed in range(seeds):
-        for agent_name in agents:
-            agent = make_agent(agent_name, seed=seed, budget=budget)
+        for make in factories:
+            agent = make(seed)
             bar.set_description(f"seed {seed} {agent.name}")
             if agent.name in once:
                 row = {**once[agent.name], "seed": seed}
             else:
+                log_dir = folder / "logs" / agent.name / f"seed{seed}"
                 fit_start = time.perf_counter()
-                if isinstance(agent, TrainableAgent):
+                if isinstance(agent, TrainableAgent) and not agent.fitted:
+                    agent.log_dir = log_dir
                     agent.fit(task, progress=False)
                 fit_time = time.perf_counter() - fit_start
                 result = evaluate_agent(agent, evaluation)
@@ -208,15 +240,19 @@ def run_compare(
                     {"agent": agent.name, "seed": seed, "slot": slot + 1, "click_prob": p}
                     for slot, p in enumerate(result.position_clicks)
                 ]
-                history = getattr(agent, "history", [])
-                curve = getattr(agent, "curve", None)
                 curves += [
-                    {"agent": agent.name, "seed": seed, "x_key": curve[0], "y_key": curve[1],
-                     "x": point[curve[0]], "y": point[curve[1]]}
-                    for point in history
-                    if curve is not None and curve[0] in point and curve[1] in point
-                ]  # fmt: skip
-                tensorboard.log(agent.name, seed, history, curve, result.metrics)
+                    {"agent": agent.name, "seed": seed, **point}
+                    for point in getattr(agent, "history", [])
+                ]
+                if getattr(agent, "curve", None) is not None:
+                    curve_keys[agent.name] = agent.curve
+                writer = tensorboard_writer(log_dir)
+                if writer is not None:  # the held-out metrics beside the training log
+                    tensorboard = True
+                    for metric, value in result.metrics.items():
+                        if not math.isnan(value):
+                            writer.add_scalar(f"eval/{metric}", value, 0)
+                    writer.close()
                 if _deterministic(agent):
                     once[agent.name] = row
             fit_seconds.setdefault(agent.name, []).append(row["fit_s"])
@@ -235,14 +271,14 @@ def run_compare(
     (folder / "results.md").write_text(results_markdown(summary, evaluation, title))
     write_csv(folder / "results.csv", summary)
     write_csv(folder / "per_seed.csv", rows)
-    write_csv(folder / "curves.csv", curves or [{"agent": "", "seed": "", "x": "", "y": ""}])
+    write_rows_csv(folder / "curves.csv", curves or [{"agent": "", "seed": "", "stage": ""}])
     write_csv(folder / "position_clicks.csv", profiles)
-    plot_results(folder, summary, curves, profiles, evaluation)
+    plot_results(folder, summary, learning_curves(curves, curve_keys), profiles, evaluation)
     config = {
         "command": sys.argv,
         "env_id": env_id,
         "env_kwargs": {k: repr(v) for k, v in (env_kwargs or {}).items()},
-        "agents": list(agents),
+        "agents": [item if isinstance(item, str) else repr(item) for item in agents],
         "seeds": seeds,
         "requests": len(evaluation.requests),
         "permutations": permutations,
@@ -257,16 +293,38 @@ def run_compare(
             "gymnasium": gym.__version__,
             "numpy": np.__version__,
         },  # fmt: skip
-        "tensorboard": tensorboard.available,
+        "tensorboard": tensorboard,
         "wall_s": time.perf_counter() - started,
         "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     say((folder / "results.md").read_text())
     say(f"wrote {folder} in {config['wall_s']:.0f} s")
-    if not tensorboard.available:
-        say("(TensorBoard logs skipped: pip install tensorboard to get them; CSVs hold the same)")
+    if not tensorboard:
+        say(
+            "(TensorBoard logs skipped: pip install -e '.[tensorboard]' to get them; "
+            "curves.csv holds the same)"
+        )
     return folder
+
+
+def learning_curves(
+    rows: list[dict[str, Any]], curve_keys: dict[str, tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """The learning-curve points of the training-log ``rows``, long format.
+
+    Each agent's curve is its ``(x, y)`` keys (``TrainableAgent.curve``); a row is a
+    point where it has both.
+    """
+    points = []
+    for row in rows:
+        keys = curve_keys.get(row["agent"])
+        if keys is not None and row.get(keys[0]) is not None and row.get(keys[1]) is not None:
+            points.append(
+                {"agent": row["agent"], "seed": row["seed"], "x_key": keys[0],
+                 "y_key": keys[1], "x": row[keys[0]], "y": row[keys[1]]}
+            )  # fmt: skip
+    return points
 
 
 def plot_results(
@@ -347,17 +405,23 @@ def plot_results(
 
 def add_parser(subparsers: Any) -> None:
     """Add ``compare`` to the ``rerank-env`` command line."""
-    names = agent_names()
     parser = subparsers.add_parser(
         "compare",
         help="train and evaluate agents on an environment; write tables and figures",
-        description=__doc__.split("\n\n")[0]
-        + "\n\nagents:\n"
-        + "\n".join(f"  {name:18s} {text}" for name, text in names.items()),
+        description=_description(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     configure(parser)
     parser.set_defaults(handler=_handle)
+
+
+def _description() -> str:
+    """The command's help text: what it does and every agent name."""
+    return (
+        __doc__.split("\n\n")[0]
+        + "\n\nagents (or an entry point module:Class of your own Agent subclass):\n"
+        + "\n".join(f"  {name:18s} {text}" for name, text in agent_names().items())
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -367,7 +431,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
         help="environment keyword argument, repeatable (e.g. num_candidates=10)",
     )  # fmt: skip
-    parser.add_argument("--agents", help="comma-separated agent names (see above)")
+    parser.add_argument(
+        "--agents",
+        help="comma-separated agent names (see above) or entry points, e.g. mypkg.mod:MyAgent",
+    )
     parser.add_argument(
         "--preset", choices=sorted(PRESETS),
         help="a named agent set: " + "; ".join(f"{k}: {','.join(v)}" for k, v in PRESETS.items()),
@@ -416,9 +483,14 @@ def _handle(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m agents.compare``: the same as ``rerank-env compare``."""
-    from agents.cli import main as cli_main
-
-    return cli_main(["compare", *(sys.argv[1:] if argv is None else argv)])
+    parser = argparse.ArgumentParser(
+        prog="python -m agents.compare",
+        description=_description(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    configure(parser)
+    parser.set_defaults(handler=_handle, command="compare")
+    return run_handler(parser.parse_args(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

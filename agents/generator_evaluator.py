@@ -14,18 +14,56 @@ production system without a simulator would have).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
 from agents.base import Agent, TrainableAgent, can_sample, empty_prefixes
-from agents.reward_model import build_reward_model, fit_reward_model, reward_model_spec
+from agents.baselines import PointwiseGreedy
+from agents.common.config import AgentConfig
+from agents.common.reward_model import build_reward_model, fit_reward_model, reward_model_spec
+from agents.common.scorers import ClickModelScorer, ListScorer, SimulatorScorer
+from agents.common.specs import agent_from_spec, agent_spec
+from agents.common.telemetry import TrainingLogger
 from rerank_env.task import RerankTask
 from simulators.base import ClickSimulator
+from simulators.data.errors import ConfigError
 
 EvaluatorKind = Literal["simulator", "learned"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorEvaluatorConfig(AgentConfig):
+    """A generator-evaluator's settings (its generators are constructor arguments).
+
+    Attributes:
+        lists_per_generator: Lists each generator proposes per request (its greedy
+            list and ``lists_per_generator - 1`` samples).
+        evaluator: ``"simulator"`` or ``"learned"`` (see the module docstring).
+        evaluator_epochs: Maximum epochs of the learned evaluator.
+        temperature: Sampling temperature of the generators.
+        seed: Seed of the sampling and of the learned evaluator.
+    """
+
+    lists_per_generator: int = 16
+    evaluator: EvaluatorKind = "simulator"
+    evaluator_epochs: int = 20
+    temperature: float = 1.0
+    seed: int = 0
+
+    QUICK: ClassVar[dict[str, Any]] = {"evaluator_epochs": 5}
+    TINY: ClassVar[dict[str, Any]] = {"evaluator_epochs": 2, "lists_per_generator": 8}
+
+    def validate(self) -> None:
+        """Refuse out-of-range fields."""
+        if self.evaluator not in ("simulator", "learned"):
+            raise ConfigError(f"evaluator must be 'simulator' or 'learned', got {self.evaluator!r}")
+        if self.lists_per_generator < 1:
+            raise ConfigError(f"lists_per_generator must be >= 1, got {self.lists_per_generator}")
+        self._at_least(1, "evaluator_epochs")
 
 
 class GeneratorEvaluator(TrainableAgent):
@@ -35,35 +73,24 @@ class GeneratorEvaluator(TrainableAgent):
         generators: Agents that can sample lists (any :class:`~agents.base.ScoringAgent`,
             :class:`~agents.seq2slate.Seq2Slate`), or their checkpoint specs; untrained
             ones are trained by :meth:`fit`. Default: one ``PointwiseGreedy``.
-        lists_per_generator: Lists each generator proposes per request (its greedy
-            list and ``lists_per_generator - 1`` samples).
-        evaluator: ``"simulator"`` or ``"learned"`` (see the module docstring).
-        evaluator_epochs: Maximum epochs of the learned evaluator.
-        temperature: Sampling temperature of the generators.
-        seed: Seed of the sampling and of the learned evaluator.
+        config: A :class:`GeneratorEvaluatorConfig` (default: its defaults).
+        **overrides: Config fields to change, e.g. ``evaluator="learned"``.
     """
+
+    config_class = GeneratorEvaluatorConfig
 
     def __init__(
         self,
         generators: Sequence[Agent | dict[str, Any]] | None = None,
-        lists_per_generator: int = 16,
-        evaluator: EvaluatorKind = "simulator",
-        evaluator_epochs: int = 20,
-        temperature: float = 1.0,
-        seed: int = 0,
+        config: GeneratorEvaluatorConfig | None = None,
+        **overrides: Any,
     ) -> None:
-        from agents.registry import agent_from_spec
-
         super().__init__()
-        self.curve = ("epoch", "evaluator_valid_nll") if evaluator == "learned" else None
-        if evaluator not in ("simulator", "learned"):
-            raise ValueError(f"evaluator must be 'simulator' or 'learned', got {evaluator!r}")
-        if lists_per_generator < 1:
-            raise ValueError(f"lists_per_generator must be >= 1, got {lists_per_generator}")
+        self.settings: GeneratorEvaluatorConfig = self._settings_from(config, overrides)
+        cfg = self.settings
+        self.curve = ("epoch", "evaluator_valid_nll") if cfg.evaluator == "learned" else None
         if generators is None:
-            from agents.baselines import PointwiseGreedy
-
-            generators = [PointwiseGreedy(seed=seed)]
+            generators = [PointwiseGreedy(seed=cfg.seed)]
         self.generators = [agent_from_spec(g) if isinstance(g, dict) else g for g in generators]
         if not self.generators:
             raise ValueError("a generator-evaluator needs at least one generator")
@@ -73,25 +100,15 @@ class GeneratorEvaluator(TrainableAgent):
                     f"generator {generator.name!r} cannot sample lists (it has no sample(...) "
                     "method); use a ScoringAgent (InitialOrder, PointwiseGreedy, PRM) or Seq2Slate"
                 )
-        self.lists_per_generator, self.evaluator = lists_per_generator, evaluator
-        self.evaluator_epochs, self.temperature, self.seed = evaluator_epochs, temperature, seed
         kind = "multi-gen-eval" if len(self.generators) > 1 else "gen-eval"
         # The evaluator is part of the name so both kinds can sit in one comparison.
-        kind += "-learned" if evaluator == "learned" else ""
+        kind += "-learned" if cfg.evaluator == "learned" else ""
         self.name = f"{kind}({'+'.join(g.name for g in self.generators)})"
+        self.scorer: ListScorer = SimulatorScorer("train")
 
     def config(self) -> dict[str, Any]:
-        """Constructor arguments; generators as specs."""
-        from agents.registry import agent_spec
-
-        return {
-            "generators": [agent_spec(g) for g in self.generators],
-            "lists_per_generator": self.lists_per_generator,
-            "evaluator": self.evaluator,
-            "evaluator_epochs": self.evaluator_epochs,
-            "temperature": self.temperature,
-            "seed": self.seed,
-        }
+        """Config fields; generators as specs."""
+        return {"generators": [agent_spec(g) for g in self.generators], **self.settings.to_dict()}
 
     def _build_info(self, task: RerankTask) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -114,8 +131,10 @@ class GeneratorEvaluator(TrainableAgent):
                 generator._build(task)
                 generator.fitted = task is None  # loading: the checkpoint holds its weights
         evaluator = None
+        self.scorer = SimulatorScorer("train")
         if self.evaluator == "learned":
             evaluator = build_reward_model(self.build_info["evaluator_spec"], task, self.seed)
+            self.scorer = ClickModelScorer(evaluator)
         self._collect_modules(evaluator)
 
     def fit(self, task: RerankTask, *, progress: bool = False) -> GeneratorEvaluator:
@@ -129,10 +148,10 @@ class GeneratorEvaluator(TrainableAgent):
                 self.modules["evaluator"], task, epochs=self.evaluator_epochs, seed=self.seed,
                 progress=progress,
             )  # fmt: skip
-            self.history = [
-                {"epoch": epoch + 1, "evaluator_valid_nll": nll}
-                for epoch, nll in enumerate(valid_nll)
-            ]
+            logger = TrainingLogger(self.history, self.log_dir)
+            for epoch, nll in enumerate(valid_nll, start=1):
+                logger.log("evaluator", step=epoch, epoch=epoch, evaluator_valid_nll=nll)
+            logger.close()
         self.fitted = True
         return self
 
@@ -167,18 +186,12 @@ class GeneratorEvaluator(TrainableAgent):
                 )
         return np.concatenate(parts, axis=1)
 
-    @torch.no_grad()
     def evaluate(self, task: RerankTask, requests: np.ndarray, lists: np.ndarray) -> np.ndarray:
         """The evaluator's expected clicks of ``lists`` ``[B, M, L]``, ``[B, M]``."""
-        batch, count, length = lists.shape
-        flat_requests = np.repeat(np.asarray(requests), count)
-        flat_lists = lists.reshape(batch * count, length)
-        if self.evaluator == "simulator":
-            values = task.expected_reward(flat_requests, flat_lists, "train")
-        else:
-            model = self.modules["evaluator"].to(task.device).eval()
-            values = model.expected_reward(task.slate_batch(flat_requests, flat_lists))
-        return values.cpu().numpy().reshape(batch, count)
+        calls = self.scorer.calls  # serving is not counted
+        values = self.scorer.group_values(task, requests, lists).cpu().numpy()
+        self.scorer.calls = calls
+        return values
 
     def rank(
         self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None

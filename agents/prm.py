@@ -11,16 +11,19 @@ list is the top L by score.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from agents.base import ScoringAgent, TrainableAgent, complete_by_scores
+from agents.common.config import AgentConfig
+from agents.common.nn import CandidateSetEncoder, input_dims, request_inputs
+from agents.common.telemetry import TrainingLogger, grad_norm
+from agents.common.training import minibatches, progress_bar, training_mode
 from agents.metrics import log_metrics
-from agents.nn import CandidateSetEncoder, input_dims, request_inputs
-from agents.training import minibatches, progress_bar, training_mode
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
 
@@ -49,10 +52,11 @@ class PRMModel(nn.Module):
         return self.head(encoded)[..., 0]
 
 
-class PRM(TrainableAgent, ScoringAgent):
-    """Personalized re-ranking model (list-wise Transformer scorer trained on logs).
+@dataclasses.dataclass(frozen=True)
+class PRMConfig(AgentConfig):
+    """PRM's settings.
 
-    Args:
+    Attributes:
         dim: Transformer width.
         layers: Encoder layers.
         heads: Attention heads.
@@ -62,45 +66,47 @@ class PRM(TrainableAgent, ScoringAgent):
         learning_rate: Adam step size.
         weight_decay: Adam weight decay.
         patience: Stop after this many epochs without a better validation loss.
+        train_requests: Train on this many training requests (a random subset of those
+            with a logged positive, for tests and quick runs); ``None``: all.
         seed: Initialisation and shuffling seed.
+    """
+
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    epochs: int = 20
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    patience: int = 3
+    train_requests: int | None = None
+    seed: int = 0
+
+    QUICK: ClassVar[dict[str, Any]] = {"epochs": 2}
+    TINY: ClassVar[dict[str, Any]] = {"epochs": 2, "train_requests": 2000}
+
+    def validate(self) -> None:
+        """Refuse out-of-range fields."""
+        self._at_least(1, "dim", "layers", "heads", "epochs", "batch_size", "patience",
+                       "train_requests")  # fmt: skip
+
+
+class PRM(TrainableAgent, ScoringAgent):
+    """Personalized re-ranking model (list-wise Transformer scorer trained on logs).
+
+    Args:
+        config: A :class:`PRMConfig` (default: its defaults).
+        **overrides: Config fields to change, e.g. ``PRM(epochs=2)``.
     """
 
     name = "prm"
     curve = ("epoch", "valid_ndcg")
+    config_class = PRMConfig
 
-    def __init__(
-        self,
-        dim: int = 64,
-        layers: int = 2,
-        heads: int = 4,
-        dropout: float = 0.1,
-        epochs: int = 20,
-        batch_size: int = 128,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 1e-5,
-        patience: int = 3,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, config: PRMConfig | None = None, **overrides: Any) -> None:
         super().__init__()
-        self.dim, self.layers, self.heads, self.dropout = dim, layers, heads, dropout
-        self.epochs, self.batch_size = epochs, batch_size
-        self.learning_rate, self.weight_decay = learning_rate, weight_decay
-        self.patience, self.seed = patience, seed
-
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments."""
-        return {
-            "dim": self.dim,
-            "layers": self.layers,
-            "heads": self.heads,
-            "dropout": self.dropout,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
-            "weight_decay": self.weight_decay,
-            "patience": self.patience,
-            "seed": self.seed,
-        }
+        self.settings: PRMConfig = self._settings_from(config, overrides)
 
     def _build_info(self, task: RerankTask) -> dict[str, Any]:
         user_dim, item_dim = input_dims(task)
@@ -130,6 +136,10 @@ class PRM(TrainableAgent, ScoringAgent):
         model = self.modules["model"].to(task.device)
         generator = np.random.default_rng(self.seed)
         train, valid = (self._scorable(task, split) for split in ("train", "valid"))
+        if self.train_requests is not None and self.train_requests < len(train):
+            subset = np.random.default_rng(self.seed + 2).permutation(len(train))
+            train = np.sort(train[subset[: self.train_requests]])
+        logger = TrainingLogger(self.history, self.log_dir)
         optimiser = torch.optim.Adam(
             model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
         )
@@ -143,17 +153,15 @@ class PRM(TrainableAgent, ScoringAgent):
                     loss = self._loss(model(request_inputs(task, rows)), positives.float()).mean()
                     optimiser.zero_grad()
                     loss.backward()
+                    norm = grad_norm(model.parameters())
                     optimiser.step()
                     losses.append(loss.item())
+                    logger.log("model", loss=losses[-1], grad_norm=norm)
             valid_loss, valid_ndcg = self._validate(task, valid)
-            self.history.append(
-                {
-                    "epoch": epoch + 1,
-                    "train_loss": float(np.mean(losses)),
-                    "valid_loss": valid_loss,
-                    "valid_ndcg": valid_ndcg,
-                }
-            )
+            logger.log(
+                "model_valid", step=epoch + 1, epoch=epoch + 1,
+                train_loss=float(np.mean(losses)), valid_loss=valid_loss, valid_ndcg=valid_ndcg,
+            )  # fmt: skip
             bar.update()
             bar.set_postfix(valid_loss=f"{valid_loss:.4f}")
             if valid_loss < best - 1e-4:
@@ -164,6 +172,7 @@ class PRM(TrainableAgent, ScoringAgent):
                 if waited >= self.patience:
                     break
         bar.close()
+        logger.close()
         if best_state is not None:
             model.load_state_dict(best_state)
         model.eval()

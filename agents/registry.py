@@ -1,144 +1,90 @@
-"""Agents by name: what ``rerank-env compare`` and generator specs accept.
+"""Agents by name: what ``rerank-env compare`` accepts, as Gymnasium registers environments.
 
-:func:`make_agent` builds an agent from its command-line name with the settings of
-a training budget (``quick`` for smoke runs and the README's main job, ``full`` for
-benchmarks). :func:`agent_spec` / :func:`agent_from_spec` turn an agent's class
-and constructor arguments into JSON and back (checkpoints of composite agents).
+Every registered name maps to an **entry point** (``"agents.degre:DeGRe"``, a
+string: nothing is imported until the agent is made), fixed keyword arguments (an
+ablation's switch) and, for composite agents, sub-agents named by their own
+registry names. :func:`make_agent` builds one with the settings of a training
+budget, read from the agent's config presets (``tiny``, ``quick``, ``full``; see
+:mod:`agents.common.config`), so a budget is written once, in the method's config.
+
+Your own agents plug in the same way: :func:`register` a name, or pass an entry
+point (``"mypkg.agents:MyAgent"``) wherever a name is accepted.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from agents.base import Agent
-from agents.baselines import (
-    BeamSearchAgent,
-    InitialOrder,
-    OracleAgent,
-    PointwiseGreedy,
-    RandomAgent,
+from agents.common.config import BUDGET_PRESETS, Budget
+from agents.common.specs import (
+    agent_from_spec,
+    agent_spec,
+    entry_point,
+    is_entry_point,
+    load_agent_class,
 )
-from agents.degre import DeGRe
-from agents.generator_evaluator import GeneratorEvaluator
-from agents.goalrank import GoalRank
-from agents.prm import PRM
-from agents.sb3 import SB3Agent
-from agents.seq2slate import Seq2Slate
 
-Budget = Literal["quick", "full"]
-
-#: Classes an agent spec may name.
-AGENT_CLASSES: dict[str, type[Agent]] = {
-    cls.__name__: cls
-    for cls in (
-        InitialOrder, RandomAgent, PointwiseGreedy, BeamSearchAgent, OracleAgent, PRM,
-        Seq2Slate, GeneratorEvaluator, SB3Agent, DeGRe, GoalRank,
-    )
-}  # fmt: skip
+__all__ = [
+    "AgentEntry", "Budget", "agent_from_spec", "agent_names", "agent_spec", "entry_point",
+    "make_agent", "register", "registered",
+]  # fmt: skip
 
 
-def _seq2slate(reward: str) -> Callable[[int, Budget], Agent]:
-    def make(seed: int, budget: Budget) -> Agent:
-        iterations = 60 if budget == "quick" else 300
-        return Seq2Slate(iterations=iterations, reward=reward, seed=seed)
+@dataclass(frozen=True)
+class AgentEntry:
+    """One registered agent name.
 
-    return make
+    Attributes:
+        entry_point: ``"module:Class"`` of an :class:`~agents.base.Agent` subclass.
+        description: One line for ``rerank-env compare --help``.
+        kwargs: Fixed keyword arguments (config fields or constructor arguments).
+        components: Constructor arguments that are lists of sub-agents, by registry
+            name (built with the same budget and seed), e.g. a generator-evaluator's
+            ``generators``.
+    """
 
-
-def _degre(**options: Any) -> Callable[[int, Budget], Agent]:
-    def make(seed: int, budget: Budget) -> Agent:
-        if budget == "quick":
-            sizes = {"evaluator_lists": 4, "evaluator_epochs": 3, "mining_requests": 200,
-                     "rounds": 2}  # fmt: skip
-        else:
-            sizes = {"evaluator_lists": 8, "evaluator_epochs": 10, "mining_requests": 2000,
-                     "rounds": 4}  # fmt: skip
-        return DeGRe(**sizes, **options, seed=seed)
-
-    return make
+    entry_point: str
+    description: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    components: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def _goalrank(**options: Any) -> Callable[[int, Budget], Agent]:
-    def make(seed: int, budget: Budget) -> Agent:
-        quick = budget == "quick"
-        return GoalRank(
-            auxiliary=[InitialOrder(), PointwiseGreedy(epochs=5 if quick else 20, seed=seed)],
-            reward_model_epochs=5 if quick else 20, iterations=60 if quick else 300,
-            **options, seed=seed,
-        )  # fmt: skip
-
-    return make
+_REGISTRY: dict[str, AgentEntry] = {}
 
 
-_FACTORIES: dict[str, tuple[Callable[[int, Budget], Agent], str]] = {
-    "initial-order": (lambda seed, budget: InitialOrder(), "the upstream ranker's top L"),
-    "random": (lambda seed, budget: RandomAgent(seed=seed), "uniformly random lists"),
-    "pointwise-greedy": (
-        lambda seed, budget: PointwiseGreedy(epochs=5 if budget == "quick" else 20, seed=seed),
-        "sort by a pointwise click model fitted on the logs",
-    ),
-    "prm": (
-        lambda seed, budget: PRM(epochs=2 if budget == "quick" else 20, seed=seed),
-        "Transformer over the candidate list, trained on logged positives",
-    ),
-    "seq2slate": (_seq2slate("sparse"), "pointer network, REINFORCE on the list reward"),
-    "seq2slate-dense": (_seq2slate("dense"), "the same with dense per-slot credit"),
-    "gen-eval": (
-        lambda seed, budget: GeneratorEvaluator(
-            [PointwiseGreedy(epochs=5 if budget == "quick" else 20, seed=seed)],
-            lists_per_generator=16, seed=seed,
-        ),
-        "pointwise generator (16 Plackett-Luce lists), training simulator as evaluator",
-    ),
-    "gen-eval-learned": (
-        lambda seed, budget: GeneratorEvaluator(
-            [PointwiseGreedy(epochs=5 if budget == "quick" else 20, seed=seed)],
-            lists_per_generator=16, evaluator="learned",
-            evaluator_epochs=5 if budget == "quick" else 20, seed=seed,
-        ),
-        "the same, with a click model learned from the logs as evaluator (GoalRank's reward)",
-    ),
-    "multi-gen-eval": (
-        lambda seed, budget: GeneratorEvaluator(
-            [
-                InitialOrder(),
-                PointwiseGreedy(epochs=5 if budget == "quick" else 20, seed=seed),
-                PRM(epochs=2 if budget == "quick" else 20, seed=seed),
-            ],
-            lists_per_generator=8, seed=seed,
-        ),
-        "initial-order, pointwise and PRM generators (8 lists each), simulator evaluator",
-    ),
-    "maskable-ppo": (
-        lambda seed, budget: SB3Agent(
-            "MaskablePPO", total_timesteps=8192 if budget == "quick" else 65_536, seed=seed,
-            algorithm_kwargs={"n_steps": 256, "batch_size": 128, "learning_rate": 1e-3},
-        ),
-        "sb3-contrib MaskablePPO on SlateRerankDense-v0 (dense per-slot reward)",
-    ),
-    "degre": (
-        _degre(),
-        "DeGRe: lookahead evaluator, beam-8 mining, dense hard+soft labels, greedy generator",
-    ),
-    "degre-hard": (_degre(soft_weight=0.0), "DeGRe with hard labels only (no soft-label KL)"),
-    "degre-sparse": (
-        _degre(supervision="sparse"),
-        "DeGRe's generator by REINFORCE on the evaluator's list value, same evaluator calls",
-    ),
-    "degre-sim": (_degre(evaluator="simulator"), "DeGRe mining with the training simulator"),
-    "degre-beam8": (
-        _degre(decode="evaluator-beam"),
-        "DeGRe's learned evaluator served by beam search (width 8): the teacher",
-    ),
-    "goalrank": (
-        _goalrank(),
-        "GoalRank: pointer generator on group-relative reference policies (learned reward)",
-    ),
-    "goalrank-sim": (_goalrank(reward_model="simulator"), "GoalRank, training simulator as reward"),
-    "oracle": (lambda seed, budget: OracleAgent(), "exhaustive search (small N, L only)"),
-}  # fmt: skip
+def register(
+    name: str,
+    entry_point: str,
+    description: str,
+    *,
+    kwargs: Mapping[str, Any] | None = None,
+    components: Mapping[str, tuple[str, ...]] | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Register ``name`` (what ``compare --agents`` and :func:`make_agent` accept).
+
+    Raises:
+        ValueError: ``name`` is taken (pass ``overwrite=True``) or ``entry_point`` is
+            not ``"module:Class"``.
+    """
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"agent name {name!r} is already registered; pass overwrite=True")
+    if not is_entry_point(entry_point):
+        raise ValueError(f"entry_point must look like 'module.path:ClassName', got {entry_point!r}")
+    _REGISTRY[name] = AgentEntry(
+        entry_point, description, dict(kwargs or {}),
+        {key: tuple(names) for key, names in (components or {}).items()},
+    )  # fmt: skip
+
+
+def registered() -> dict[str, AgentEntry]:
+    """Every registered name and its entry (a copy)."""
+    return dict(_REGISTRY)
+
 
 _BEAM = re.compile(r"beam-(\d+)$")
 
@@ -146,34 +92,116 @@ _BEAM = re.compile(r"beam-(\d+)$")
 def agent_names() -> dict[str, str]:
     """Every name :func:`make_agent` accepts, with a one-line description."""
     return {
-        **{name: text for name, (_, text) in _FACTORIES.items()},
+        **{name: entry.description for name, entry in _REGISTRY.items()},
         "beam-<B>": "beam search of width B against the training simulator, e.g. beam-8",
     }
 
 
-def make_agent(name: str, *, seed: int = 0, budget: Budget = "full") -> Agent:
-    """The agent called ``name`` (see :func:`agent_names`) with the budget's settings."""
-    if budget not in ("quick", "full"):
-        raise ValueError(f"budget must be 'quick' or 'full', got {budget!r}")
+def make_agent(name: str, *, seed: int = 0, budget: Budget | str = "full") -> Agent:
+    """The agent called ``name`` with the settings of ``budget``'s preset.
+
+    Args:
+        name: A registered name (:func:`agent_names`), ``beam-<B>``, or an entry point
+            ``"module:Class"`` naming any :class:`~agents.base.Agent` subclass.
+        seed: The agent's seed (agents without randomness ignore it).
+        budget: ``"tiny"`` (tests), ``"quick"`` (the README's main job) or ``"full"``.
+
+    Raises:
+        ValueError: Unknown name or budget, or an entry point that is not an agent.
+    """
+    if budget not in BUDGET_PRESETS:
+        raise ValueError(f"budget must be one of {sorted(BUDGET_PRESETS)}, got {budget!r}")
     match = _BEAM.match(name)
     if match:
-        return BeamSearchAgent(width=int(match.group(1)))
-    if name not in _FACTORIES:
-        raise ValueError(f"unknown agent {name!r}; valid: {sorted(agent_names())}")
-    return _FACTORIES[name][0](seed, budget)
+        return load_agent_class("agents.baselines:BeamSearchAgent")(width=int(match.group(1)))
+    if name in _REGISTRY:
+        entry = _REGISTRY[name]
+        components = {
+            key: [make_agent(part, seed=seed, budget=budget) for part in names]
+            for key, names in entry.components.items()
+        }
+        cls = load_agent_class(entry.entry_point)
+        return cls.from_preset(budget, seed=seed, **entry.kwargs, **components)
+    if is_entry_point(name):
+        return load_agent_class(name).from_preset(budget, seed=seed)
+    raise ValueError(
+        f"unknown agent {name!r}; valid: {sorted(agent_names())}, or an entry point "
+        "'module.path:ClassName' naming an Agent subclass (e.g. 'mypkg.agents:MyAgent')"
+    )
 
 
-def agent_spec(agent: Agent) -> dict[str, Any]:
-    """``{"agent": class name, "config": constructor arguments}`` of ``agent``."""
-    name = type(agent).__name__
-    if name not in AGENT_CLASSES:
-        raise ValueError(f"{name} is not a registered agent class; known: {sorted(AGENT_CLASSES)}")
-    return {"agent": name, "config": agent.config()}
+# ---------------------------------------------------------------------- the built-in agents
 
-
-def agent_from_spec(spec: dict[str, Any]) -> Agent:
-    """An (untrained) agent from :func:`agent_spec`'s output."""
-    name = spec.get("agent")
-    if name not in AGENT_CLASSES:
-        raise ValueError(f"unknown agent class {name!r} in spec; known: {sorted(AGENT_CLASSES)}")
-    return AGENT_CLASSES[name](**spec.get("config", {}))
+register("initial-order", "agents.baselines:InitialOrder", "the upstream ranker's top L")
+register("random", "agents.baselines:RandomAgent", "uniformly random lists")
+register(
+    "pointwise-greedy", "agents.baselines:PointwiseGreedy",
+    "sort by a pointwise click model fitted on the logs",
+)  # fmt: skip
+register(
+    "prm", "agents.prm:PRM", "Transformer over the candidate list, trained on logged positives"
+)
+register(
+    "seq2slate", "agents.seq2slate:Seq2Slate", "pointer network, REINFORCE on the list reward",
+    kwargs={"reward": "sparse"},
+)  # fmt: skip
+register(
+    "seq2slate-dense", "agents.seq2slate:Seq2Slate", "the same with dense per-slot credit",
+    kwargs={"reward": "dense"},
+)  # fmt: skip
+register(
+    "gen-eval", "agents.generator_evaluator:GeneratorEvaluator",
+    "pointwise generator (16 Plackett-Luce lists), training simulator as evaluator",
+    kwargs={"lists_per_generator": 16}, components={"generators": ("pointwise-greedy",)},
+)  # fmt: skip
+register(
+    "gen-eval-learned", "agents.generator_evaluator:GeneratorEvaluator",
+    "the same, with a click model learned from the logs as evaluator (GoalRank's reward)",
+    kwargs={"lists_per_generator": 16, "evaluator": "learned"},
+    components={"generators": ("pointwise-greedy",)},
+)  # fmt: skip
+register(
+    "multi-gen-eval", "agents.generator_evaluator:GeneratorEvaluator",
+    "initial-order, pointwise and PRM generators (8 lists each), simulator evaluator",
+    kwargs={"lists_per_generator": 8},
+    components={"generators": ("initial-order", "pointwise-greedy", "prm")},
+)  # fmt: skip
+register(
+    "maskable-ppo", "agents.sb3:SB3Agent",
+    "sb3-contrib MaskablePPO on SlateRerankDense-v0 (dense per-slot reward)",
+    kwargs={"algorithm": "MaskablePPO",
+            "algorithm_kwargs": {"n_steps": 256, "batch_size": 128, "learning_rate": 1e-3}},
+)  # fmt: skip
+register(
+    "degre", "agents.degre:DeGRe",
+    "DeGRe: lookahead evaluator, beam-8 mining, dense hard+soft labels, greedy generator",
+)  # fmt: skip
+register(
+    "degre-hard", "agents.degre:DeGRe", "DeGRe with hard labels only (no soft-label KL)",
+    kwargs={"soft_weight": 0.0},
+)  # fmt: skip
+register(
+    "degre-sparse", "agents.degre:DeGRe",
+    "DeGRe's generator by REINFORCE on the evaluator's list value, same evaluator calls",
+    kwargs={"supervision": "sparse"},
+)  # fmt: skip
+register(
+    "degre-sim", "agents.degre:DeGRe", "DeGRe mining with the training simulator",
+    kwargs={"evaluator": "simulator"},
+)  # fmt: skip
+register(
+    "degre-beam8", "agents.degre:DeGRe",
+    "DeGRe's learned evaluator served by beam search (width 8): the teacher",
+    kwargs={"decode": "evaluator-beam"},
+)  # fmt: skip
+register(
+    "goalrank", "agents.goalrank:GoalRank",
+    "GoalRank: pointer generator on group-relative reference policies (learned reward)",
+    components={"auxiliary": ("initial-order", "pointwise-greedy")},
+)  # fmt: skip
+register(
+    "goalrank-sim", "agents.goalrank:GoalRank", "GoalRank, training simulator as reward",
+    kwargs={"reward_model": "simulator"},
+    components={"auxiliary": ("initial-order", "pointwise-greedy")},
+)  # fmt: skip
+register("oracle", "agents.baselines:OracleAgent", "exhaustive search (small N, L only)")

@@ -1,57 +1,7 @@
-"""A list-level reward model learned from the logs, shared by agents that need one.
+"""Moved to :mod:`agents.common.reward_model`; kept as an alias (see CHANGELOG.md)."""
 
-The generator-evaluator's ``evaluator="learned"`` and GoalRank's
-``reward_model="learned"`` use the same model: the context-aware click model of
-:mod:`simulators.context_model` (a causal Transformer over the list, so it values
-order and context), fitted on the training requests' logged slates and clicks. Its
-list reward is the expected number of clicks.
-"""
-
-from __future__ import annotations
-
-from typing import Any
-
-import torch
-
-from rerank_env.task import RerankTask
-from simulators.base import ClickSimulator, isolated_torch_rng
-from simulators.factory import SimulatorSpec, build_simulator
-from simulators.training import fit_simulator
-
-
-def reward_model_spec(task: RerankTask, seed: int) -> dict[str, Any]:
-    """The (JSON) spec of a learned reward model for ``task``, for ``build_info``."""
-    pool = task.pool
-    return SimulatorSpec(
-        kind="transformer",
-        n_users=pool.n_users,
-        n_items=pool.n_items,
-        user_feature_dim=pool.user_features.shape[1],
-        item_feature_dim=pool.item_features.shape[1],
-        max_positions=pool.slate_length,
-        seed=seed,
-    ).to_dict()
-
-
-def build_reward_model(spec: dict[str, Any], task: RerankTask | None, seed: int) -> ClickSimulator:
-    """An untrained reward model from :func:`reward_model_spec`.
-
-    ``task`` is ``None`` when loading a checkpoint (the weights restore the feature
-    tables).
-    """
-    features = (
-        (None, None)
-        if task is None
-        else (torch.as_tensor(task.pool.user_features), torch.as_tensor(task.pool.item_features))
-    )
-    with isolated_torch_rng(seed):
-        return build_simulator(SimulatorSpec(**spec), *features)
-
-
-def fit_reward_model(
-    model: ClickSimulator, task: RerankTask, *, epochs: int, seed: int, progress: bool = False
-) -> list[float]:
-    """Fit ``model`` on the task's logged training slates; the validation NLL per epoch."""
-    report = fit_simulator(model, task.pool, epochs=epochs, seed=seed, progress=progress)
-    model.eval()
-    return list(report.valid_nll)
+from agents.common.reward_model import (  # noqa: F401
+    build_reward_model,
+    fit_reward_model,
+    reward_model_spec,
+)

@@ -15,9 +15,11 @@ opt-in and recorded in the agent's config.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -28,11 +30,13 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.base import TrainableAgent, UnsupportedTaskError, empty_prefixes
-from agents.training import preserved_global_rng
+from agents.common.config import AgentConfig
+from agents.common.training import preserved_global_rng
 from rerank_env.core import episode_arrays
 from rerank_env.env import SlateRerankEnv
 from rerank_env.task import RerankTask
 from simulators.base import PAD, isolated_torch_rng
+from simulators.data.errors import ConfigError
 
 InvalidActions = Literal["mask", "remap"]
 
@@ -100,10 +104,11 @@ class _EpisodeRewards(BaseCallback):
         return True
 
 
-class SB3Agent(TrainableAgent):
-    """A Stable-Baselines3 / sb3-contrib algorithm trained on the step-wise env.
+@dataclasses.dataclass(frozen=True)
+class SB3AgentConfig(AgentConfig):
+    """An SB3 agent's settings.
 
-    Args:
+    Attributes:
         algorithm: Class name in ``stable_baselines3`` or ``sb3_contrib``.
         total_timesteps: Environment steps (slot decisions) of training.
         n_envs: Environments stepped together while training.
@@ -116,61 +121,65 @@ class SB3Agent(TrainableAgent):
         seed: The algorithm's seed; environment ``i`` is reset with ``seed + i``.
     """
 
-    def __init__(
-        self,
-        algorithm: str = "MaskablePPO",
-        total_timesteps: int = 16_384,
-        n_envs: int = 4,
-        reward_mode: Literal["dense", "sparse"] = "dense",
-        invalid_actions: InvalidActions = "mask",
-        policy: str = "MultiInputPolicy",
-        algorithm_kwargs: dict[str, Any] | None = None,
-        curve_every: int = 2048,
-        seed: int = 0,
-    ) -> None:
+    algorithm: str = "MaskablePPO"
+    total_timesteps: int = 65_536
+    n_envs: int = 4
+    reward_mode: Literal["dense", "sparse"] = "dense"
+    invalid_actions: InvalidActions = "mask"
+    policy: str = "MultiInputPolicy"
+    algorithm_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    curve_every: int = 2048
+    seed: int = 0
+
+    QUICK: ClassVar[dict[str, Any]] = {"total_timesteps": 8192}
+    TINY: ClassVar[dict[str, Any]] = {"total_timesteps": 2048, "curve_every": 512}
+
+    def validate(self) -> None:
+        """Refuse out-of-range fields."""
+        if self.invalid_actions not in ("mask", "remap"):
+            raise ConfigError(
+                f"invalid_actions must be 'mask' or 'remap', got {self.invalid_actions!r}"
+            )
+        if self.reward_mode not in ("dense", "sparse"):
+            raise ConfigError(f"reward_mode must be 'dense' or 'sparse', got {self.reward_mode!r}")
+        self._at_least(1, "total_timesteps", "n_envs", "curve_every")
+
+
+class SB3Agent(TrainableAgent):
+    """A Stable-Baselines3 / sb3-contrib algorithm trained on the step-wise env.
+
+    Args:
+        config: An :class:`SB3AgentConfig` (default: its defaults), or, as a
+            shorthand, the algorithm's name (``SB3Agent("PPO", invalid_actions="remap")``).
+        **overrides: Config fields to change.
+    """
+
+    config_class = SB3AgentConfig
+
+    def __init__(self, config: SB3AgentConfig | str | None = None, **overrides: Any) -> None:
         super().__init__()
+        if isinstance(config, str):
+            config, overrides = None, {"algorithm": config, **overrides}
+        self.settings: SB3AgentConfig = self._settings_from(config, overrides)
+        cfg = self.settings
         self.curve = ("timesteps", "train_reward")
-        self.algorithm_class = algorithm_class(algorithm)
+        self.algorithm_class = algorithm_class(cfg.algorithm)
         maskable = "action_masks" in self.algorithm_class.predict.__code__.co_varnames
-        if invalid_actions == "mask" and not maskable:
+        if cfg.invalid_actions == "mask" and not maskable:
             raise ValueError(
-                f"{algorithm} cannot mask invalid actions, and SlateRerank-v0 refuses "
+                f"{cfg.algorithm} cannot mask invalid actions, and SlateRerank-v0 refuses "
                 "placed candidates: use MaskablePPO, or pass invalid_actions='remap' to "
                 "map each action onto the available candidates"
             )
-        if invalid_actions not in ("mask", "remap"):
-            raise ValueError(f"invalid_actions must be 'mask' or 'remap', got {invalid_actions!r}")
-        if invalid_actions == "remap" and maskable:
+        if cfg.invalid_actions == "remap" and maskable:
             raise ValueError(
-                f"{algorithm} masks invalid actions itself; remapping would change the "
+                f"{cfg.algorithm} masks invalid actions itself; remapping would change the "
                 "meaning of its (already valid) actions: use invalid_actions='mask'"
             )
-        self.algorithm, self.total_timesteps, self.n_envs = algorithm, total_timesteps, n_envs
-        self.reward_mode, self.invalid_actions, self.policy_name = (
-            reward_mode,
-            invalid_actions,
-            policy,
-        )
-        self.algorithm_kwargs = dict(algorithm_kwargs or {})
-        self.curve_every, self.seed = curve_every, seed
         self.name = re.sub(
-            r"(?<=[a-z])(?=[A-Z])", "-", algorithm
+            r"(?<=[a-z])(?=[A-Z])", "-", cfg.algorithm
         ).lower()  # MaskablePPO -> maskable-ppo
         self.model: BaseAlgorithm | None = None
-
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments."""
-        return {
-            "algorithm": self.algorithm,
-            "total_timesteps": self.total_timesteps,
-            "n_envs": self.n_envs,
-            "reward_mode": self.reward_mode,
-            "invalid_actions": self.invalid_actions,
-            "policy": self.policy_name,
-            "algorithm_kwargs": self.algorithm_kwargs,
-            "curve_every": self.curve_every,
-            "seed": self.seed,
-        }
 
     def _make_env(self, task: RerankTask) -> gym.Env:
         if not task.make_kwargs:
@@ -195,10 +204,10 @@ class SB3Agent(TrainableAgent):
         if task is not None:  # a fresh algorithm with its training environments
             envs = DummyVecEnv([lambda: self._make_env(task) for _ in range(self.n_envs)])
             envs.seed(self.seed)
-            kwargs = {"gamma": 1.0, **self.algorithm_kwargs}
+            kwargs = {"gamma": 1.0, **dict(self.algorithm_kwargs)}
             with preserved_global_rng():  # SB3 seeds the global generators
                 self.model = self.algorithm_class(
-                    self.policy_name, envs, seed=self.seed, device=task.device, **kwargs
+                    self.settings.policy, envs, seed=self.seed, device=task.device, **kwargs
                 )
             self.modules = {"policy": self.model.policy}
             return
@@ -216,7 +225,9 @@ class SB3Agent(TrainableAgent):
                 "action_mask": spaces.MultiBinary(n),
             }
         )
-        policy_class = self.algorithm_class.policy_aliases.get(self.policy_name, self.policy_name)
+        policy_class = self.algorithm_class.policy_aliases.get(
+            self.settings.policy, self.settings.policy
+        )
         policy_kwargs = self.algorithm_kwargs.get("policy_kwargs", {})
         with isolated_torch_rng(self.seed):  # the weights are overwritten by the checkpoint
             policy = policy_class(

@@ -16,55 +16,32 @@ suite lets one study.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from agents.base import TrainableAgent
-from agents.nn import (
-    PointerPolicy,
-    greedy_lists,
-    input_dims,
-    request_inputs,
-    sampled_lists,
-    torch_generator,
-)
-from agents.training import progress_bar, training_mode
+from agents.common.config import AgentConfig
+from agents.common.losses import Credit, advantages, reinforce_loss
+from agents.common.nn import request_inputs
+from agents.common.pointer_agent import PointerAgent
+from agents.common.sampling import torch_generator
+from agents.common.scorers import SimulatorScorer
+from agents.common.telemetry import TrainingLogger, grad_norm
+from agents.common.training import progress_bar, training_mode
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
+from simulators.data.errors import ConfigError
 
-Credit = Literal["sparse", "dense"]
-
-
-def advantages(prefix_values: torch.Tensor, samples: int, credit: Credit) -> torch.Tensor:
-    """Per-slot advantages of ``samples`` lists per request, ``[B * samples, L]``.
-
-    Args:
-        prefix_values: Expected clicks of every prefix of each list ``[B * S, L]``
-            (request ``b``'s lists in consecutive rows).
-        samples: S, lists per request.
-        credit: ``"sparse"``: every slot gets the list reward minus the request's
-            mean list reward; ``"dense"``: slot ``t`` gets its reward-to-go minus the
-            request's mean reward-to-go at ``t``.
-    """
-    if credit == "sparse":
-        returns = prefix_values[:, -1:].expand_as(prefix_values)
-    elif credit == "dense":
-        step_rewards = torch.diff(
-            prefix_values, dim=1, prepend=torch.zeros_like(prefix_values[:, :1])
-        )
-        returns = step_rewards.flip(1).cumsum(1).flip(1)
-    else:
-        raise ValueError(f"credit must be 'sparse' or 'dense', got {credit!r}")
-    grouped = returns.reshape(-1, samples, returns.shape[1])
-    return (grouped - grouped.mean(dim=1, keepdim=True)).reshape_as(returns)
+__all__ = ["Seq2Slate", "Seq2SlateConfig", "advantages"]
 
 
-class Seq2Slate(TrainableAgent):
-    """Pointer-network reranker trained by REINFORCE on the training simulator.
+@dataclasses.dataclass(frozen=True)
+class Seq2SlateConfig(AgentConfig):
+    """Seq2Slate's settings.
 
-    Args:
+    Attributes:
         dim: Width.
         encoder_layers: Candidate-set encoder layers.
         decoder_layers: Pointer decoder layers.
@@ -81,136 +58,112 @@ class Seq2Slate(TrainableAgent):
         seed: Initialisation, request sampling and list sampling seed.
     """
 
-    name = "seq2slate"
+    dim: int = 64
+    encoder_layers: int = 2
+    decoder_layers: int = 1
+    heads: int = 4
+    iterations: int = 300
+    batch_size: int = 64
+    samples: int = 8
+    learning_rate: float = 1e-3
+    entropy: float = 0.0
+    reward: Credit = "sparse"
+    eval_every: int = 25
+    eval_requests: int = 256
+    seed: int = 0
+
+    QUICK: ClassVar[dict[str, Any]] = {"iterations": 60}
+    TINY: ClassVar[dict[str, Any]] = {
+        "iterations": 40, "batch_size": 32, "eval_every": 20, "eval_requests": 128,
+    }  # fmt: skip
+
+    def validate(self) -> None:
+        """Refuse out-of-range fields."""
+        if self.reward not in ("sparse", "dense"):
+            raise ConfigError(f"reward must be 'sparse' or 'dense', got {self.reward!r}")
+        if self.samples < 2:
+            raise ConfigError(
+                f"samples must be >= 2 (the baseline is their mean), got {self.samples}"
+            )
+        self._at_least(1, "iterations", "batch_size", "eval_every", "eval_requests")
+
+
+class Seq2Slate(PointerAgent):
+    """Pointer-network reranker trained by REINFORCE on the training simulator.
+
+    Args:
+        config: A :class:`Seq2SlateConfig` (default: its defaults).
+        **overrides: Config fields to change, e.g. ``Seq2Slate(reward="dense")``.
+    """
+
+    config_class = Seq2SlateConfig
     curve = ("simulator_calls", "valid_reward")
 
-    def __init__(
-        self,
-        dim: int = 64,
-        encoder_layers: int = 2,
-        decoder_layers: int = 1,
-        heads: int = 4,
-        iterations: int = 300,
-        batch_size: int = 64,
-        samples: int = 8,
-        learning_rate: float = 1e-3,
-        entropy: float = 0.0,
-        reward: Credit = "sparse",
-        eval_every: int = 25,
-        eval_requests: int = 256,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, config: Seq2SlateConfig | None = None, **overrides: Any) -> None:
         super().__init__()
-        if reward not in ("sparse", "dense"):
-            raise ValueError(f"reward must be 'sparse' or 'dense', got {reward!r}")
-        if samples < 2:
-            raise ValueError(f"samples must be >= 2 (the baseline is their mean), got {samples}")
-        self.dim, self.encoder_layers, self.decoder_layers = dim, encoder_layers, decoder_layers
-        self.heads, self.iterations, self.batch_size = heads, iterations, batch_size
-        self.samples, self.learning_rate, self.entropy = samples, learning_rate, entropy
-        self.reward, self.eval_every, self.eval_requests = reward, eval_every, eval_requests
-        self.seed = seed
-        self.name = "seq2slate" if reward == "sparse" else "seq2slate-dense"
-
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments."""
-        keys = (
-            "dim", "encoder_layers", "decoder_layers", "heads", "iterations", "batch_size",
-            "samples", "learning_rate", "entropy", "reward", "eval_every", "eval_requests",
-            "seed",
-        )  # fmt: skip
-        return {key: getattr(self, key) for key in keys}
-
-    def _build_info(self, task: RerankTask) -> dict[str, Any]:
-        user_dim, item_dim = input_dims(task)
-        return {"user_dim": user_dim, "item_dim": item_dim, "max_length": task.slate_length}
+        self.settings: Seq2SlateConfig = self._settings_from(config, overrides)
+        self.name = "seq2slate" if self.settings.reward == "sparse" else "seq2slate-dense"
 
     def _build(self, task: RerankTask | None = None) -> None:
-        with isolated_torch_rng(self.seed):
-            policy = PointerPolicy(
-                self.build_info["user_dim"],
-                self.build_info["item_dim"],
-                dim=self.dim,
-                encoder_layers=self.encoder_layers,
-                decoder_layers=self.decoder_layers,
-                heads=self.heads,
-                max_length=self.build_info["max_length"],
-            )
+        cfg = self.settings
+        with isolated_torch_rng(cfg.seed):
+            policy = self._pointer_policy(
+                dim=cfg.dim, encoder_layers=cfg.encoder_layers,
+                decoder_layers=cfg.decoder_layers, heads=cfg.heads,
+            )  # fmt: skip
         self.modules = {"policy": policy}
 
     def fit(self, task: RerankTask, *, progress: bool = False) -> Seq2Slate:
         """REINFORCE on the training requests against the training simulator."""
+        cfg = self.settings
         self.setup(task)
+        logger = TrainingLogger(self.history, self.log_dir)
         policy = self.modules["policy"].to(task.device)
-        request_rng = np.random.default_rng(self.seed)
-        list_rng = torch_generator(self.seed, task.device)
-        optimiser = torch.optim.Adam(policy.parameters(), lr=self.learning_rate)
-        curve_requests = task.requests("valid")[: self.eval_requests]
-        length, calls = task.slate_length, 0
-        self.history = [self._curve_point(task, curve_requests, 0, 0)]
-        bar = progress_bar(self.iterations, "Seq2Slate", progress)
-        for iteration in range(1, self.iterations + 1):
-            rows = task.sample_requests("train", self.batch_size, request_rng)
+        request_rng = np.random.default_rng(cfg.seed)
+        list_rng = torch_generator(cfg.seed, task.device)
+        optimiser = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
+        reward = SimulatorScorer("train")
+        curve_requests = task.requests("valid")[: cfg.eval_requests]
+        length = task.slate_length
+        logger.log(
+            "curve", **self.curve_point(task, curve_requests, iteration=0, simulator_calls=0)
+        )
+        bar = progress_bar(cfg.iterations, "Seq2Slate", progress)
+        for iteration in range(1, cfg.iterations + 1):
+            rows = task.sample_requests("train", cfg.batch_size, request_rng)
             inputs = request_inputs(task, rows)
             with torch.no_grad():
                 slots, _ = policy.generate(
-                    inputs, length, greedy=False, generator=list_rng, repeats=self.samples
+                    inputs, length, greedy=False, generator=list_rng, repeats=cfg.samples
                 )
-                values = task.prefix_values(np.repeat(rows, self.samples), slots, "train")
-            calls += len(slots)
-            advantage = advantages(values, self.samples, self.reward)
+                values = reward.prefix_values(task, np.repeat(rows, cfg.samples), slots)
+            advantage = advantages(values, cfg.samples, cfg.reward)
             with training_mode(policy):
-                logits = policy.step_logits(inputs, slots, repeats=self.samples)
-                log_probs = torch.log_softmax(logits, dim=2)
-                chosen = log_probs.gather(2, slots[..., None])[..., 0]
-                loss = -(advantage * chosen).sum(dim=1).mean()
-                if self.entropy:
-                    probs = log_probs.exp()
-                    entropy = -(probs * log_probs.nan_to_num(neginf=0.0)).sum(dim=2).mean()
-                    loss = loss - self.entropy * entropy
+                log_probs, entropy = policy.step_log_probs_and_entropy(
+                    inputs, slots, repeats=cfg.samples
+                )
+                loss = reinforce_loss(log_probs, advantage)
+                if cfg.entropy:
+                    loss = loss - cfg.entropy * entropy.mean()
                 optimiser.zero_grad()
                 loss.backward()
+                norm = grad_norm(policy.parameters())
                 optimiser.step()
+            sampled_reward = values[:, -1].mean().item()
+            logger.log(
+                "policy", loss=loss.item(), entropy=entropy.mean().item(), grad_norm=norm,
+                reward=sampled_reward, simulator_calls=reward.calls,
+            )  # fmt: skip
             bar.update()
-            bar.set_postfix(reward=f"{values[:, -1].mean().item():.3f}")
-            if iteration % self.eval_every == 0 or iteration == self.iterations:
-                point = self._curve_point(task, curve_requests, iteration, calls)
-                point["sampled_reward"] = values[:, -1].mean().item()
-                self.history.append(point)
+            bar.set_postfix(reward=f"{sampled_reward:.3f}")
+            if iteration % cfg.eval_every == 0 or iteration == cfg.iterations:
+                point = self.curve_point(
+                    task, curve_requests, iteration=iteration, simulator_calls=reward.calls
+                )
+                point["sampled_reward"] = sampled_reward
+                logger.log("curve", **point)
         bar.close()
+        logger.close()
         policy.eval()
         self.fitted = True
         return self
-
-    def _curve_point(
-        self, task: RerankTask, requests: np.ndarray, iteration: int, calls: int
-    ) -> dict[str, float]:
-        lists = self.rank(task, requests)
-        reward = task.expected_reward(requests, lists, "train").mean().item()
-        return {"iteration": iteration, "simulator_calls": calls, "valid_reward": reward}
-
-    def rank(
-        self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Greedy decoding in one batched pass, completing any prefix."""
-        self._require_built()
-        return greedy_lists(self.modules["policy"], task, requests, prefixes)
-
-    def sample(
-        self,
-        task: RerankTask,
-        requests: np.ndarray,
-        count: int,
-        seed: int,
-        prefixes: np.ndarray | None = None,
-        temperature: float = 1.0,
-    ) -> np.ndarray:
-        """``count`` lists per request sampled from the policy, ``[B, count, L]``.
-
-        A request's lists depend only on ``(seed, request)`` (see
-        :func:`~agents.nn.sampled_lists`), not on the rest of the batch.
-        """
-        self._require_built()
-        return sampled_lists(
-            self.modules["policy"], task, requests, count, seed, prefixes, temperature
-        )

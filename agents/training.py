@@ -1,62 +1,8 @@
-"""Pieces every trained agent's loop shares: mini-batches, progress bars, threads."""
+"""Moved to :mod:`agents.common.training`; kept as an alias (see CHANGELOG.md)."""
 
-from __future__ import annotations
-
-import contextlib
-import random
-import sys
-from collections.abc import Iterator
-
-import numpy as np
-import torch
-from tqdm.auto import tqdm
-
-
-def minibatches(
-    rows: np.ndarray, size: int, generator: np.random.Generator
-) -> Iterator[np.ndarray]:
-    """``rows`` shuffled by ``generator`` and cut into batches of at most ``size``."""
-    order = generator.permutation(rows)
-    for start in range(0, len(order), size):
-        yield order[start : start + size]
-
-
-def progress_bar(total: int, description: str, enabled: bool) -> tqdm:
-    """A tqdm bar over ``total`` steps, shown only when enabled and on a terminal."""
-    return tqdm(
-        total=total,
-        desc=description,
-        disable=not enabled or not sys.stderr.isatty(),
-        leave=False,
-        dynamic_ncols=True,
-    )
-
-
-@contextlib.contextmanager
-def preserved_global_rng() -> Iterator[None]:
-    """Restore Python's, NumPy's and torch's (CPU and CUDA) global random state on exit.
-
-    For third-party code that seeds or draws from global generators (Stable-Baselines3
-    seeds all of them): the caller's global state is left as it was.
-    """
-    python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)  # noqa: NPY002
-
-
-@contextlib.contextmanager
-def training_mode(*modules: torch.nn.Module) -> Iterator[None]:
-    """Modules in train mode with gradients on inside, eval mode after."""
-    for module in modules:
-        module.train()
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
-        for module in modules:
-            module.eval()
+from agents.common.training import (  # noqa: F401
+    minibatches,
+    preserved_global_rng,
+    progress_bar,
+    training_mode,
+)

@@ -505,7 +505,7 @@ def _load_sources(
     loaded = _cached_bundle(data, dataset, data_dir, simulator, synthetic, progress)
     true_simulator = None
     if dataset == "synthetic":
-        from simulators.synthetic import true_simulator_for  # noqa: PLC0415
+        from simulators.data.synthetic_world import true_simulator_for  # noqa: PLC0415
 
         true_simulator = true_simulator_for(data, synthetic)
     return loaded, true_simulator, False

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from agents.base import Agent, InvalidListError
+from agents.base import Agent, InvalidListError, complete_by_scores
 from agents.baselines import InitialOrder, RandomAgent
 from agents.cli import main
 from agents.compare import parse_env_kwargs, run_compare, task_for_env
@@ -89,14 +89,32 @@ def test_summarise_reports_mean_and_interval_per_agent(evaluation) -> None:
     assert entry["reward_eval_low"] <= entry["reward_eval"] <= entry["reward_eval_high"]
 
 
+class LastCandidatesFirst(Agent):
+    """A user's own agent, passed to compare as an instance."""
+
+    name = "last-first"
+
+    def rank(self, task, requests, prefixes=None):
+        scores = np.tile(np.arange(task.num_candidates, dtype=float), (len(requests), 1))
+        return complete_by_scores(scores, task.slate_length, prefixes)
+
+
 def test_compare_end_to_end_on_a_tiny_preset(tmp_path) -> None:
     folder = run_compare(
         env_kwargs=TINY,
-        agents=["initial-order", "random", "seq2slate", "gen-eval", "beam-4", "oracle"],
+        agents=[
+            "initial-order",
+            "random",
+            "seq2slate",
+            "gen-eval",
+            "beam-4",
+            "oracle",
+            LastCandidatesFirst(),
+        ],  # fmt: skip
         seeds=2,
         requests=30,
         permutations=40,
-        budget="quick",
+        budget="tiny",
         out=tmp_path,
         name="tiny",
         progress=False,
@@ -108,20 +126,28 @@ def test_compare_end_to_end_on_a_tiny_preset(tmp_path) -> None:
     rows = list(csv.DictReader((folder / "results.csv").open()))
     assert [row["agent"] for row in rows] == [
         "initial-order", "random", "seq2slate", "gen-eval(pointwise-greedy)", "beam-4", "oracle",
+        "last-first",
     ]  # fmt: skip
     by_agent = {row["agent"]: row for row in rows}
     assert float(by_agent["oracle"]["pct_oracle"]) == pytest.approx(100.0, abs=1e-3)
     assert float(by_agent["seq2slate"]["reward_eval"]) > float(by_agent["random"]["reward_eval"])
     per_seed = list(csv.DictReader((folder / "per_seed.csv").open()))
-    assert len(per_seed) == 12  # 6 agents x 2 seeds (deterministic ones reused)
+    assert len(per_seed) == 14  # 7 agents x 2 seeds (deterministic ones reused)
     curves = list(csv.DictReader((folder / "curves.csv").open()))
     assert {row["agent"] for row in curves} >= {"seq2slate"}
+    # The training log: one row per update with its diagnostics, and the curve points.
+    updates = [row for row in curves if row["agent"] == "seq2slate" and row["stage"] == "policy"]
+    assert len(updates) == 2 * 40  # 2 seeds x the tiny preset's 40 iterations
+    assert all(float(row["grad_norm"]) > 0 and float(row["entropy"]) > 0 for row in updates)
+    assert (folder / "logs" / "seq2slate" / "seed1" / "curves.csv").stat().st_size > 0
     markdown = (folder / "results.md").read_text()
     assert "Headroom: beam-8" in markdown and "| oracle | 2 |" in markdown
     config = json.loads((folder / "config.json").read_text())
     assert config["seeds"] == 2 and config["requests"] == 30
     with pytest.raises(ConfigError, match="exists and is not empty.*--overwrite"):
         run_compare(env_kwargs=TINY, agents=["random"], out=tmp_path, name="tiny")
+    with pytest.raises(ConfigError, match=r"registered names .* or Agent instances; got 42"):
+        run_compare(env_kwargs=TINY, agents=["random", 42], out=tmp_path, name="bad")
 
 
 def test_compare_names_the_valid_agents_and_environments(capsys, tmp_path) -> None:

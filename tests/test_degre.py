@@ -12,23 +12,21 @@ from agents.base import can_sample, checked_rank
 from agents.baselines import BeamSearchAgent, InitialOrder
 from agents.degre import (
     DeGRe,
+    DeGReConfig,
     LookaheadEvaluator,
     beam_calls_per_request,
     count_tails,
     mining_calls_per_request,
     poisson_binomial_tails,
 )
+from agents.degre.mining import extension_values
 from agents.registry import make_agent
 from rerank_env import make_task
 from simulators.base import isolated_torch_rng
 
 SMALL = {"num_candidates": 10, "slate_length": 4}
-#: Small but real: the evaluator and generator learn something in seconds.
-SMALL_DEGRE = {
-    "evaluator_lists": 2, "evaluator_epochs": 3, "evaluator_dim": 32, "dim": 32,
-    "mining_requests": 256, "rounds": 2, "epochs": 3, "beam_width": 4, "keep_lists": 2,
-    "eval_requests": 128,
-}  # fmt: skip
+#: Small but real: the evaluator and generator learn something in seconds (the tiny preset).
+SMALL_DEGRE = {**DeGReConfig.QUICK, **DeGReConfig.TINY}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +89,7 @@ def test_learned_evaluator_matches_the_simulator_on_a_small_task(fitted, small_t
     true = small_task.prefix_values(requests, lists, "train")
     evaluator = fitted.modules["evaluator"]
     with torch.no_grad():
-        predicted = fitted._list_prefix_values(small_task, requests, torch.as_tensor(lists))
+        predicted = fitted.scorer.prefix_values(small_task, requests, torch.as_tensor(lists))
     error = (predicted - true).abs().mean().item()
     baseline = (true - true.mean(dim=0)).abs().mean().item()  # a per-position constant
     assert error < 0.5 * baseline, (error, baseline)
@@ -118,16 +116,16 @@ def test_mined_lists_are_valid_and_never_worse_than_the_initial_order(fitted, sm
     per_request = lists.reshape(len(requests), keep, length)
     assert all(len({tuple(r) for r in rows}) == keep for rows in per_request)  # distinct
     initial = InitialOrder().rank(small_task, requests)
-    score = fitted._scorer(small_task, requests)
+    score = fitted.scorer.prefix_scorer(small_task, requests)
     initial_value = score(torch.arange(len(requests)), torch.as_tensor(initial))
     best = mined.values.reshape(len(requests), keep)[:, 0]
     assert (best >= initial_value - 1e-5).all()
     # Step values are the evaluator's prefix values; the last is the list's value.
     assert torch.allclose(mined.step_values[:, -1], mined.values, atol=1e-5)
-    prefix_values = fitted._list_prefix_values(small_task, mined.requests, mined.lists)
+    prefix_values = fitted.scorer.prefix_values(small_task, mined.requests, mined.lists)
     assert torch.allclose(mined.step_values, prefix_values, atol=1e-4)
     # The reused beam scores equal scoring every extension afresh.
-    rescored = fitted._extension_values(
+    rescored = extension_values(
         score, torch.as_tensor(np.repeat(np.arange(len(requests)), keep)), mined.lists, n
     )
     assert torch.allclose(mined.extension_values, rescored, atol=1e-5)

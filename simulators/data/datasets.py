@@ -37,7 +37,7 @@ def cache_path(
 
 def synthetic_world_dir(synthetic: SyntheticConfig | None = None) -> Path:
     """Folder of the synthetic world's logs (ML-1M format), written on first use."""
-    from simulators.synthetic import SyntheticWorld  # noqa: PLC0415  (imports torch)
+    from simulators.data.synthetic_world import SyntheticWorld  # noqa: PLC0415  (imports torch)
 
     synthetic = synthetic or SyntheticConfig()
     folder = cache_dir() / "synthetic" / synthetic.key()
@@ -75,7 +75,7 @@ def load_rerank_data(
 
     Args:
         dataset: ``"ml-100k"``, ``"ml-1m"`` or ``"synthetic"`` (a world with a known
-            true user model, generated on first use; see :mod:`simulators.synthetic`).
+            true user model, generated on first use; see :mod:`simulators.data.synthetic_world`).
         data_dir: The dataset folder or a data root holding it; ``None`` searches
             ``$RERANK_ENV_DATA`` and ``../shared/data`` (see ``find_dataset_dir``).
         config: Pipeline choices (defaults: :class:`PipelineConfig()`).

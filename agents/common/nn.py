@@ -1,0 +1,493 @@
+"""Building blocks every neural reranker shares.
+
+* :func:`request_inputs`: the features of a batch of requests as tensors (user
+  features, candidate features, standardised initial-ranker scores), the same
+  tables the environments' dense observations hold;
+* :class:`CandidateSetEncoder`: a Transformer over a request's candidate set,
+  personalised by the user and (optionally) aware of the initial order;
+* :class:`PointerDecoder`: a causal decoder that points at the next candidate,
+  with the already placed ones masked; teacher-forced log-probabilities for
+  training and greedy or sampled decoding (sampling without replacement),
+  batched over requests, completing given prefixes;
+* :func:`transformer_stack`: the pre-norm Transformer every model here uses;
+* :func:`greedy_lists` / :func:`sampled_lists`: serve a pointer policy (sampling
+  by Gumbel-max with per-request noise, :func:`~agents.common.sampling.request_gumbel`,
+  so a request's lists do not depend on the batch);
+* :class:`PointerPolicy`: encoder + decoder, the generator DeGRe, GoalRank and
+  Seq2Slate train.
+
+Lists are candidate positions (``0 .. N-1``), ``-1`` pads a prefix's empty slots,
+as everywhere in the suite.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.base import UnsupportedTaskError, empty_prefixes
+from agents.common.sampling import request_gumbel
+from rerank_env.task import RerankTask
+from simulators.base import PAD
+
+#: Pointer logits are squashed into [-C, C] (Bello et al.'s trick; keeps early
+#: training from collapsing onto one candidate).
+POINTER_CLIP = 10.0
+
+
+@dataclass(frozen=True)
+class RequestInputs:
+    """Features of a batch of requests (tensors on the task's device).
+
+    Attributes:
+        user: Standardised user features, float ``[B, Du]``.
+        items: Standardised candidate features, float ``[B, N, Di]``.
+        scores: Initial-ranker scores, standardised within each request, ``[B, N]``.
+    """
+
+    user: torch.Tensor
+    items: torch.Tensor
+    scores: torch.Tensor
+
+    @property
+    def batch(self) -> int:
+        """B."""
+        return self.user.shape[0]
+
+    def repeat(self, times: int) -> RequestInputs:
+        """Each request repeated ``times`` times in a row (``[B * times, ...]``)."""
+        return RequestInputs(
+            self.user.repeat_interleave(times, 0),
+            self.items.repeat_interleave(times, 0),
+            self.scores.repeat_interleave(times, 0),
+        )
+
+
+class FeatureTables:
+    """A task's standardised feature tables, on the task's device (built once per task).
+
+    Attributes:
+        users: Standardised user features ``[U, Du]``.
+        items: Standardised item features ``[I, Di]``.
+        scores: Initial-ranker scores of every request's candidates ``[R, N]``.
+        request_user: User of each request ``[R]``.
+    """
+
+    def __init__(self, task: RerankTask) -> None:
+        def standardised(table: np.ndarray) -> torch.Tensor:
+            values = torch.tensor(table, dtype=torch.float32)
+            spread = values.std(dim=0).clamp(min=1e-6)
+            return ((values - values.mean(dim=0)) / spread).to(task.device)
+
+        self.users = standardised(task.user_table)
+        self.items = standardised(task.item_table)
+        self.scores = torch.tensor(task.scores_np, dtype=torch.float32, device=task.device)
+        self.request_user = torch.as_tensor(task.pool.request_user, device=task.device)
+        self._histories = task.histories
+
+    def history_mean(self, rows: torch.Tensor) -> torch.Tensor:
+        """Mean item features of each request's history, ``[B, Di]`` (zeros if empty)."""
+        history = self._histories[rows]
+        known = (history != PAD)[..., None]
+        summed = (self.items[history.clamp(min=0)] * known).sum(dim=1)
+        return summed / known.sum(dim=1).clamp(min=1)
+
+
+_TABLES: weakref.WeakKeyDictionary[RerankTask, FeatureTables] = weakref.WeakKeyDictionary()
+
+
+def feature_tables(task: RerankTask) -> FeatureTables:
+    """The :class:`FeatureTables` of ``task`` (cached while the task lives)."""
+    if task not in _TABLES:
+        _TABLES[task] = FeatureTables(task)
+    return _TABLES[task]
+
+
+def request_inputs(task: RerankTask, requests: np.ndarray | torch.Tensor) -> RequestInputs:
+    """The features of ``requests`` (indices into the task's requests)."""
+    tables = feature_tables(task)
+    rows = torch.tensor(np.asarray(requests), dtype=torch.long, device=task.device)
+    scores = tables.scores[rows]
+    spread = scores.std(dim=1, keepdim=True).clamp(min=1e-6)
+    return RequestInputs(
+        tables.users[tables.request_user[rows]],
+        tables.items[task.candidates[rows]],
+        (scores - scores.mean(dim=1, keepdim=True)) / spread,
+    )
+
+
+def masked_entropy(log_probs: torch.Tensor) -> torch.Tensor:
+    """Entropy of each distribution over the last axis; masked (``-inf``) entries add 0."""
+    return -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(dim=-1)
+
+
+def input_dims(task: RerankTask) -> tuple[int, int]:
+    """``(Du, Di)``: user and item feature sizes of ``task``."""
+    return task.user_table.shape[1], task.item_table.shape[1]
+
+
+def transformer_stack(
+    dim: int, heads: int, layers: int, dropout: float = 0.0
+) -> nn.TransformerEncoder:
+    """``layers`` pre-norm Transformer layers of width ``dim`` (feed-forward ``2 * dim``).
+
+    The one stack every model of the suite uses (encoders, causal decoders with a
+    mask, DeGRe's evaluator), so its shape is chosen in one place.
+    """
+    layer = nn.TransformerEncoderLayer(
+        dim, heads, 2 * dim, dropout=dropout, batch_first=True, norm_first=True
+    )
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+class CandidateSetEncoder(nn.Module):
+    """Transformer over a request's candidates, personalised by the user.
+
+    Each candidate's token is the projection of its features and initial score,
+    plus the projected user (PRM's personalised vector) and, with
+    ``initial_order=True``, an embedding of its rank in the initial list (PRM's
+    position embedding). Without it the encoder is permutation-equivariant.
+
+    Args:
+        user_dim: Du.
+        item_dim: Di.
+        dim: Model width.
+        layers: Transformer encoder layers.
+        heads: Attention heads.
+        initial_order: Add an embedding of the initial rank.
+        max_candidates: Largest N the rank embedding covers.
+        dropout: Dropout inside the Transformer.
+    """
+
+    def __init__(
+        self,
+        user_dim: int,
+        item_dim: int,
+        *,
+        dim: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+        initial_order: bool = True,
+        max_candidates: int = 256,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.dim, self.max_candidates = dim, max_candidates
+        self.item_proj = nn.Linear(item_dim + 1, dim)
+        self.user_proj = nn.Linear(user_dim, dim)
+        self.rank = nn.Embedding(max_candidates, dim) if initial_order else None
+        self.encoder = transformer_stack(dim, heads, layers, dropout)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, inputs: RequestInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(candidates [B, N, d], user [B, d])``."""
+        n = inputs.items.shape[1]
+        if n > self.max_candidates:
+            raise ValueError(
+                f"{n} candidates per request; this encoder was built for at most "
+                f"max_candidates={self.max_candidates}"
+            )
+        user = self.user_proj(inputs.user)
+        tokens = self.item_proj(torch.cat([inputs.items, inputs.scores[..., None]], dim=2))
+        tokens = tokens + user[:, None]
+        if self.rank is not None:
+            tokens = tokens + self.rank.weight[:n]
+        return self.norm(self.encoder(tokens)), user
+
+
+class PointerDecoder(nn.Module):
+    """Causal decoder with a pointer head over the remaining candidates.
+
+    The decoder reads ``[user, c_1, ..., c_t]`` (the user first, then the encodings
+    of the candidates placed so far, plus a slot embedding) through causal
+    self-attention; its output at step ``t`` is a query whose scaled dot product
+    with every candidate's encoding gives the logits of slot ``t + 1``. Placed
+    candidates get ``-inf``.
+
+    Args:
+        dim: Width (the encoder's).
+        layers: Decoder layers.
+        heads: Attention heads.
+        max_length: Largest L.
+        dropout: Dropout inside the Transformer.
+    """
+
+    def __init__(
+        self,
+        dim: int = 64,
+        *,
+        layers: int = 2,
+        heads: int = 4,
+        max_length: int = 16,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.max_length = max_length
+        self.slot = nn.Embedding(max_length, dim)
+        self.decoder = transformer_stack(dim, heads, layers, dropout)
+        self.norm = nn.LayerNorm(dim)
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+
+    def _check_length(self, length: int) -> None:
+        if length > self.max_length:
+            raise UnsupportedTaskError(
+                f"slate length {length} exceeds this decoder's max_length={self.max_length} "
+                "(it was built for shorter lists)"
+            )
+
+    def logits(
+        self, encoded: torch.Tensor, user: torch.Tensor, slots: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher-forced logits of every step, ``[B, T, N]``.
+
+        Args:
+            encoded: Candidate encodings ``[B, N, d]``.
+            user: User encoding ``[B, d]``.
+            slots: The list so far, long ``[B, T]``; step ``t``'s logits see
+                ``slots[:, :t]`` and mask those candidates.
+        """
+        batch, steps = slots.shape
+        self._check_length(steps)
+        n = encoded.shape[1]
+        placed = torch.gather(
+            encoded, 1, slots[:, : steps - 1, None].expand(-1, -1, encoded.shape[2])
+        )
+        sequence = torch.cat([user[:, None], placed], dim=1) + self.slot.weight[:steps]
+        causal = nn.Transformer.generate_square_subsequent_mask(steps, device=encoded.device)
+        hidden = self.norm(self.decoder(sequence, mask=causal, is_causal=True))
+        scores = torch.einsum("btd,bnd->btn", self.query(hidden), self.key(encoded))
+        logits = POINTER_CLIP * torch.tanh(scores / math.sqrt(encoded.shape[2]))
+        # Step t masks the candidates placed at steps < t.
+        earlier = torch.zeros(batch, steps, n, dtype=torch.bool, device=encoded.device)
+        if steps > 1:
+            one_hot = torch.nn.functional.one_hot(slots[:, : steps - 1], n).bool()
+            earlier[:, 1:] = one_hot.cumsum(dim=1).bool()
+        return logits.masked_fill(earlier, float("-inf"))
+
+    def decode(
+        self,
+        encoded: torch.Tensor,
+        user: torch.Tensor,
+        length: int,
+        *,
+        greedy: bool = True,
+        generator: torch.Generator | None = None,
+        prefix: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        gumbel: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode lists of ``length`` candidates, one slot at a time.
+
+        Args:
+            encoded: Candidate encodings ``[B, N, d]``.
+            user: User encoding ``[B, d]``.
+            length: L.
+            greedy: Take the most likely candidate; else sample (without
+                replacement: placed candidates are masked).
+            generator: Torch generator for sampling.
+            prefix: Optional long ``[B, L]`` with ``-1`` in the slots to decode;
+                filled slots are kept (a prefix: filled slots come first).
+            temperature: Softmax temperature when sampling.
+            gumbel: Optional Gumbel noise ``[B, L, N]``: sample by the Gumbel-max
+                trick with this noise instead of drawing from ``generator`` (so a
+                row's list depends only on its own noise, not on the batch).
+
+        Returns:
+            ``(slots [B, L], step_log_probs [B, L])``; a prefix's kept slots have
+            log-probability 0 (the policy did not choose them).
+        """
+        self._check_length(length)
+        batch = encoded.shape[0]
+        slots = torch.full((batch, length), PAD, dtype=torch.long, device=encoded.device)
+        log_probs = torch.zeros(batch, length, device=encoded.device)
+        for t in range(length):
+            step_logits = self.logits(encoded, user, slots[:, : t + 1].clamp(min=0))[:, t]
+            step_log_probs = torch.log_softmax(step_logits / temperature, dim=1)
+            if greedy:
+                choice = step_log_probs.argmax(dim=1)
+            elif gumbel is not None:
+                choice = (step_log_probs + gumbel[:, t]).argmax(dim=1)
+            else:
+                choice = torch.multinomial(step_log_probs.exp(), 1, generator=generator)[:, 0]
+            if prefix is not None:
+                kept = prefix[:, t] != PAD
+                choice = torch.where(kept, prefix[:, t], choice)
+            chosen = step_log_probs.gather(1, choice[:, None])[:, 0]
+            if prefix is not None:
+                chosen = torch.where(kept, torch.zeros_like(chosen), chosen)
+            slots[:, t] = choice
+            log_probs[:, t] = chosen
+        return slots, log_probs
+
+
+class PointerPolicy(nn.Module):
+    """A list generator: :class:`CandidateSetEncoder` + :class:`PointerDecoder`.
+
+    Args:
+        user_dim: Du.
+        item_dim: Di.
+        dim: Width.
+        encoder_layers: Encoder depth.
+        decoder_layers: Decoder depth.
+        heads: Attention heads.
+        initial_order: Whether the encoder sees the initial rank.
+        max_length: Largest L.
+    """
+
+    def __init__(
+        self,
+        user_dim: int,
+        item_dim: int,
+        *,
+        dim: int = 64,
+        encoder_layers: int = 2,
+        decoder_layers: int = 2,
+        heads: int = 4,
+        initial_order: bool = True,
+        max_length: int = 16,
+    ) -> None:
+        super().__init__()
+        self.encoder = CandidateSetEncoder(
+            user_dim,
+            item_dim,
+            dim=dim,
+            layers=encoder_layers,
+            heads=heads,
+            initial_order=initial_order,
+        )
+        self.decoder = PointerDecoder(
+            dim, layers=decoder_layers, heads=heads, max_length=max_length
+        )
+
+    def encode(self, inputs: RequestInputs, repeats: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidate and user encodings, each request's repeated ``repeats`` times in a row.
+
+        Encoding once and repeating is what makes many samples per request cheap.
+        """
+        encoded, user = self.encoder(inputs)
+        if repeats > 1:
+            encoded, user = (
+                encoded.repeat_interleave(repeats, 0),
+                user.repeat_interleave(repeats, 0),
+            )
+        return encoded, user
+
+    def step_logits(
+        self, inputs: RequestInputs, slots: torch.Tensor, repeats: int = 1
+    ) -> torch.Tensor:
+        """Masked logits of every step given the lists, ``[B * repeats, L, N]``.
+
+        Args:
+            inputs: B requests.
+            slots: Lists, long ``[B * repeats, L]`` (request ``b``'s lists in rows
+                ``b * repeats ...``).
+            repeats: Lists per request.
+        """
+        encoded, user = self.encode(inputs, repeats)
+        return self.decoder.logits(encoded, user, slots)
+
+    def step_log_probs(
+        self, inputs: RequestInputs, slots: torch.Tensor, repeats: int = 1
+    ) -> torch.Tensor:
+        """Log-probability of each slot of the given lists, ``[B * repeats, L]``."""
+        return self.step_log_probs_and_entropy(inputs, slots, repeats)[0]
+
+    def step_log_probs_and_entropy(
+        self, inputs: RequestInputs, slots: torch.Tensor, repeats: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log-probabilities [B * repeats, L], entropies [B * repeats, L])`` of each step.
+
+        One forward pass gives both: the entropy of each step's distribution over
+        the remaining candidates (what the telemetry records, and what an entropy
+        bonus maximises) costs no second pass.
+        """
+        log_probs = torch.log_softmax(self.step_logits(inputs, slots, repeats), dim=2)
+        return log_probs.gather(2, slots[..., None])[..., 0], masked_entropy(log_probs)
+
+    def generate(
+        self,
+        inputs: RequestInputs,
+        length: int,
+        *,
+        greedy: bool = True,
+        generator: torch.Generator | None = None,
+        prefix: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        repeats: int = 1,
+        gumbel: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode ``repeats`` lists per request: ``(slots, step_log_probs)``, ``[B * repeats, L]``.
+
+        See :meth:`PointerDecoder.decode`; ``prefix`` is ``[B * repeats, L]``.
+        """
+        encoded, user = self.encode(inputs, repeats)
+        return self.decoder.decode(
+            encoded,
+            user,
+            length,
+            greedy=greedy,
+            generator=generator,
+            prefix=prefix,
+            temperature=temperature,
+            gumbel=gumbel,
+        )
+
+
+@torch.no_grad()
+def greedy_lists(
+    policy: PointerPolicy,
+    task: RerankTask,
+    requests: np.ndarray,
+    prefixes: np.ndarray | None = None,
+) -> np.ndarray:
+    """``policy``'s greedy lists for ``requests``, completing any prefix, ``[B, L]``."""
+    policy = policy.to(task.device).eval()
+    length = task.slate_length
+    prefixes = empty_prefixes(len(requests), length) if prefixes is None else prefixes
+    slots, _ = policy.generate(
+        request_inputs(task, requests),
+        length,
+        greedy=True,
+        prefix=torch.as_tensor(np.asarray(prefixes), device=task.device),
+    )
+    return slots.cpu().numpy()
+
+
+@torch.no_grad()
+def sampled_lists(
+    policy: PointerPolicy,
+    task: RerankTask,
+    requests: np.ndarray,
+    count: int,
+    seed: int,
+    prefixes: np.ndarray | None = None,
+    temperature: float = 1.0,
+) -> np.ndarray:
+    """``count`` lists per request sampled from ``policy``, ``[B, count, L]``.
+
+    A request's lists depend only on ``(seed, request)`` (Gumbel-max sampling with
+    per-request noise), not on the rest of the batch.
+    """
+    policy = policy.to(task.device).eval()
+    length = task.slate_length
+    prefixes = empty_prefixes(len(requests), length) if prefixes is None else prefixes
+    slots, _ = policy.generate(
+        request_inputs(task, requests),
+        length,
+        greedy=False,
+        prefix=torch.as_tensor(np.repeat(np.asarray(prefixes), count, axis=0), device=task.device),
+        temperature=temperature,
+        repeats=count,
+        gumbel=torch.as_tensor(
+            request_gumbel(seed, requests, (count, length, task.num_candidates)),
+            dtype=torch.float32,
+            device=task.device,
+        ).reshape(len(requests) * count, length, task.num_candidates),
+    )
+    return slots.cpu().numpy().reshape(len(requests), count, length)

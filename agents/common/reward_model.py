@@ -1,0 +1,80 @@
+"""A list-level reward model learned from the logs, shared by agents that need one.
+
+The generator-evaluator's ``evaluator="learned"`` and GoalRank's
+``reward_model="learned"`` use the same model: the context-aware click model of
+:mod:`simulators.context_model` (a causal Transformer over the list, so it values
+order and context), fitted on the training requests' logged slates and clicks. Its
+list reward is the expected number of clicks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from rerank_env.task import RerankTask
+from simulators.base import ClickSimulator, isolated_torch_rng
+from simulators.factory import SimulatorSpec, build_simulator
+from simulators.training import fit_simulator
+
+
+def reward_model_spec(task: RerankTask, seed: int) -> dict[str, Any]:
+    """The (JSON) spec of a learned reward model for ``task``, for ``build_info``."""
+    pool = task.pool
+    return SimulatorSpec(
+        kind="transformer",
+        n_users=pool.n_users,
+        n_items=pool.n_items,
+        user_feature_dim=pool.user_features.shape[1],
+        item_feature_dim=pool.item_features.shape[1],
+        max_positions=pool.slate_length,
+        seed=seed,
+    ).to_dict()
+
+
+def build_reward_model(spec: dict[str, Any], task: RerankTask | None, seed: int) -> ClickSimulator:
+    """An untrained reward model from :func:`reward_model_spec`.
+
+    ``task`` is ``None`` when loading a checkpoint (the weights restore the feature
+    tables).
+    """
+    features = (
+        (None, None)
+        if task is None
+        else (torch.as_tensor(task.pool.user_features), torch.as_tensor(task.pool.item_features))
+    )
+    with isolated_torch_rng(seed):
+        return build_simulator(SimulatorSpec(**spec), *features)
+
+
+def fit_reward_model(
+    model: ClickSimulator,
+    task: RerankTask,
+    *,
+    epochs: int,
+    seed: int,
+    progress: bool = False,
+    train_requests: int | None = None,
+) -> list[float]:
+    """Fit ``model`` on the task's logged training slates; the validation NLL per epoch.
+
+    Args:
+        model: From :func:`build_reward_model`.
+        task: Its logged training slates fit, the validation slates select the epoch.
+        epochs: Maximum epochs.
+        seed: Shuffling seed (and of the subset below).
+        progress: Show a progress bar (on terminals).
+        train_requests: Fit on this many training slates, drawn without
+            replacement (a data-volume knob for tests and quick runs); ``None``: all.
+    """
+    rows = None
+    available = len(task.pool.split_indices("train"))
+    if train_requests is not None and train_requests < available:
+        rows = np.sort(np.random.default_rng(seed + 2).permutation(available)[:train_requests])
+    report = fit_simulator(
+        model, task.pool, epochs=epochs, seed=seed, progress=progress, train_rows=rows
+    )
+    model.eval()
+    return list(report.valid_nll)

@@ -1,0 +1,57 @@
+"""DeGRe's dense supervision of the pointer generator by mined lists.
+
+At each step of a mined list: cross-entropy on the hard label (the mined item)
+plus ``soft_weight`` times ``KL(soft || p_theta)``, ``soft = softmax(values / tau)``
+over the remaining candidates (the evaluator's value of each one-item extension);
+each list weighted by its value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from agents.common.nn import PointerPolicy, masked_entropy, request_inputs
+from agents.common.training import training_mode
+from agents.degre.mining import MinedLists
+from rerank_env.task import RerankTask
+
+
+def list_weights(values: torch.Tensor, list_weight: str) -> torch.Tensor:
+    """Weight of each mined list: ``value / mean value`` (``"value"``) or 1 (``"uniform"``)."""
+    if list_weight == "value":
+        return values / values.mean().clamp(min=1e-6)
+    return torch.ones_like(values)
+
+
+def dense_loss(
+    task: RerankTask,
+    policy: PointerPolicy,
+    data: MinedLists,
+    weights: torch.Tensor,
+    batch: np.ndarray,
+    *,
+    soft_weight: float,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, mean step entropy)`` of ``batch``'s mined lists.
+
+    The loss is the value-weighted ``sum_t CE(hard_t) + lambda * KL(soft_t || p_t)``;
+    the entropy (no gradient) is the policy's mean per-step entropy, for the log.
+    """
+    rows = torch.as_tensor(batch, device=task.device)
+    lists = data.lists[rows]
+    with training_mode(policy):
+        logits = policy.step_logits(request_inputs(task, data.requests[batch]), lists)
+        log_probs = torch.log_softmax(logits, dim=2)
+        loss = -log_probs.gather(2, lists[..., None])[..., 0]  # hard labels, [b, L]
+        if soft_weight:
+            soft_logits = data.extension_values[rows] / temperature
+            soft = torch.softmax(soft_logits, dim=2)
+            log_soft = torch.log_softmax(soft_logits, dim=2)
+            kl = torch.where(soft > 0, soft * (log_soft - log_probs), 0.0).sum(dim=2)
+            loss = loss + soft_weight * kl
+        w = weights[rows]
+        with torch.no_grad():
+            entropy = masked_entropy(log_probs).mean()
+        return (w * loss.sum(dim=1)).sum() / w.sum().clamp(min=1e-12), entropy
