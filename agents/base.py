@@ -175,7 +175,8 @@ class TrainableAgent(Agent):
     def _settings_from(self, config: AgentConfig | None, overrides: dict[str, Any]) -> Any:
         """``config`` (default: the config class's defaults) with ``overrides`` applied."""
         cls = self.config_class
-        assert cls is not None, f"{type(self).__name__} has no config_class"
+        if cls is None:
+            raise TypeError(f"{type(self).__name__} has no config_class to build settings from")
         if config is None:
             return cls.from_dict(overrides)
         if not isinstance(config, cls):

@@ -21,8 +21,8 @@ from torch import nn
 from agents.base import ScoringAgent, TrainableAgent, complete_by_scores
 from agents.common.config import AgentConfig
 from agents.common.nn import CandidateSetEncoder, input_dims, request_inputs
-from agents.common.telemetry import TrainingLogger, grad_norm
-from agents.common.training import minibatches, progress_bar, training_mode
+from agents.common.telemetry import TrainingLogger
+from agents.common.training import gradient_step, minibatches, progress_bar, training_mode
 from agents.metrics import log_metrics
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
@@ -151,10 +151,7 @@ class PRM(TrainableAgent, ScoringAgent):
                 for rows in minibatches(train, self.batch_size, generator):
                     positives = torch.as_tensor(task.logged_positives(rows), device=task.device)
                     loss = self._loss(model(request_inputs(task, rows)), positives.float()).mean()
-                    optimiser.zero_grad()
-                    loss.backward()
-                    norm = grad_norm(model.parameters())
-                    optimiser.step()
+                    norm = gradient_step(optimiser, loss, list(model.parameters()))
                     losses.append(loss.item())
                     logger.log("model", loss=losses[-1], grad_norm=norm)
             valid_loss, valid_ndcg = self._validate(task, valid)

@@ -31,6 +31,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.base import TrainableAgent, UnsupportedTaskError, empty_prefixes
 from agents.common.config import AgentConfig
+from agents.common.telemetry import TrainingLogger
 from agents.common.training import preserved_global_rng
 from rerank_env.core import episode_arrays
 from rerank_env.env import SlateRerankEnv
@@ -79,13 +80,33 @@ class RemapInvalidActions(gym.Wrapper):
         return self.env.step(int(remap_actions(np.asarray([action]), mask[None])[0]))
 
 
-class _EpisodeRewards(BaseCallback):
-    """Records the mean list reward of finished training episodes (the learning curve)."""
+#: SB3's ``train/`` logger keys and the suite's telemetry names for them.
+_SB3_METRICS = {
+    "train/loss": "loss",
+    "train/policy_gradient_loss": "policy_loss",
+    "train/value_loss": "value_loss",
+    "train/approx_kl": "approx_kl",
+    "train/clip_fraction": "clip_fraction",
+    "train/explained_variance": "explained_variance",
+}
 
-    def __init__(self, every: int, history: list[dict[str, float]]) -> None:
+
+class _TrainingLog(BaseCallback):
+    """Feeds the agent's training log from SB3.
+
+    The learning curve (mean list reward of finished training episodes every
+    ``every`` timesteps, stage ``"curve"``) and, after each of the algorithm's
+    updates, what it recorded (loss, approximate KL, clip fraction, entropy, ...;
+    stage ``"policy"``). SB3 records an update's values in its logger and writes them
+    out only at the next rollout's end, so they are read at the next rollout's start
+    and at the end of training.
+    """
+
+    def __init__(self, every: int, logger: TrainingLogger) -> None:
         super().__init__()
-        self.every, self.history, self.rewards = every, history, []
+        self.every, self.log, self.rewards = every, logger, []
         self.next_point = every
+        self._updates = 0  # the algorithm's gradient steps at the last row
 
     def _on_step(self) -> bool:
         for info in self.locals.get("infos", []):
@@ -93,15 +114,29 @@ class _EpisodeRewards(BaseCallback):
                 self.rewards.append(info["list_reward"])
         if self.num_timesteps >= self.next_point and self.rewards:
             self.next_point += self.every
-            self.history.append(
-                {
-                    "timesteps": self.num_timesteps,
-                    "simulator_calls": self.num_timesteps,
-                    "train_reward": float(np.mean(self.rewards)),
-                }
-            )
+            self.log.log(
+                "curve", timesteps=self.num_timesteps, simulator_calls=self.num_timesteps,
+                train_reward=float(np.mean(self.rewards)),
+            )  # fmt: skip
             self.rewards = []
         return True
+
+    def _record_update(self) -> None:
+        updates = int(getattr(self.model, "_n_updates", 0))
+        if updates == self._updates:  # no update since the last row
+            return
+        self._updates = updates
+        values = self.model.logger.name_to_value
+        row = {name: float(values[key]) for key, name in _SB3_METRICS.items() if key in values}
+        if "train/entropy_loss" in values:
+            row["entropy"] = -float(values["train/entropy_loss"])
+        self.log.log("policy", gradient_steps=updates, simulator_calls=self.num_timesteps, **row)
+
+    def _on_rollout_start(self) -> None:
+        self._record_update()
+
+    def _on_training_end(self) -> None:
+        self._record_update()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,13 +274,15 @@ class SB3Agent(TrainableAgent):
     def fit(self, task: RerankTask, *, progress: bool = False) -> SB3Agent:
         """Train on the training requests of ``task`` (its training simulator's reward)."""
         self.setup(task)
+        logger = TrainingLogger(self.history, self.log_dir)
         with preserved_global_rng():  # SB3 draws from (and seeds) the global generators
             self.model.set_random_seed(self.seed)  # setup's seeding was undone on its exit
             self.model.learn(
                 self.total_timesteps,
-                callback=_EpisodeRewards(self.curve_every, self.history),
+                callback=_TrainingLog(self.curve_every, logger),
                 progress_bar=progress,
             )
+        logger.close()
         self.fitted = True
         return self
 

@@ -28,8 +28,8 @@ from agents.common.nn import request_inputs
 from agents.common.pointer_agent import PointerAgent
 from agents.common.sampling import torch_generator
 from agents.common.scorers import SimulatorScorer
-from agents.common.telemetry import TrainingLogger, grad_norm
-from agents.common.training import progress_bar, training_mode
+from agents.common.telemetry import TrainingLogger
+from agents.common.training import gradient_step, progress_bar, training_mode
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
 from simulators.data.errors import ConfigError
@@ -145,10 +145,7 @@ class Seq2Slate(PointerAgent):
                 loss = reinforce_loss(log_probs, advantage)
                 if cfg.entropy:
                     loss = loss - cfg.entropy * entropy.mean()
-                optimiser.zero_grad()
-                loss.backward()
-                norm = grad_norm(policy.parameters())
-                optimiser.step()
+                norm = gradient_step(optimiser, loss, list(policy.parameters()))
             sampled_reward = values[:, -1].mean().item()
             logger.log(
                 "policy", loss=loss.item(), entropy=entropy.mean().item(), grad_norm=norm,

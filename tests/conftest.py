@@ -1,4 +1,8 @@
-"""Shared fixtures: where the real test data lives."""
+"""Shared fixtures: where the real test data lives, and the tasks many modules use.
+
+Session-scoped, so each is built once per run whatever the modules that need it
+(tests must not modify them; tasks' arrays are read-only anyway).
+"""
 
 from __future__ import annotations
 
@@ -37,3 +41,31 @@ def data_root() -> Path:
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Keep every test's processed-data cache out of the user's real cache folder."""
     monkeypatch.setenv("RERANK_ENV_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+#: The small task most agent tests train on: N = 10 candidates, L = 4 slots.
+SMALL_TASK = {"num_candidates": 10, "slate_length": 4}
+
+
+@pytest.fixture(scope="session")
+def small_task():
+    """``make_task(num_candidates=10, slate_length=4)`` on the embedded bundle."""
+    from rerank_env import make_task
+
+    return make_task(**SMALL_TASK)
+
+
+@pytest.fixture(scope="session")
+def task():
+    """The default task (``SlateRerank-v0``'s: N = 50, L = 6) on the embedded bundle."""
+    from rerank_env import make_task
+
+    return make_task()
+
+
+@pytest.fixture(scope="session")
+def ml100k_ratings(data_root: Path):
+    """The raw MovieLens 100K ratings (``load_movielens``)."""
+    from simulators.data.movielens import load_movielens
+
+    return load_movielens("ml-100k", data_root)

@@ -17,18 +17,6 @@ from agents.baselines import (
 )
 from rerank_env import make_task
 
-SMALL = {"num_candidates": 10, "slate_length": 4}
-
-
-@pytest.fixture(scope="module")
-def task():
-    return make_task()
-
-
-@pytest.fixture(scope="module")
-def small_task():
-    return make_task(**SMALL)
-
 
 @pytest.fixture(scope="module")
 def pointwise(task):

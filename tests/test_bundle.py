@@ -117,6 +117,7 @@ def test_pool_matches_one_rebuilt_from_the_raw_files(bundle, raw_data, data_root
         np.testing.assert_array_equal(ours[1], theirs[1])
 
 
+@pytest.mark.slow
 def test_retrained_small_bundle_matches_the_manifest(bundle, raw_data, data_root, tmp_path) -> None:
     shipped = bundle.manifest
     config = dataclasses.replace(

@@ -22,15 +22,14 @@ from agents.evaluation import (
     make_evaluation_set,
     summarise,
 )
-from rerank_env import make_task
 from simulators.data.errors import ConfigError
 
 TINY = {"num_candidates": 10, "slate_length": 4}
 
 
 @pytest.fixture(scope="module")
-def evaluation():
-    return make_evaluation_set(make_task(**TINY), requests=40, permutations=50)
+def evaluation(small_task):
+    return make_evaluation_set(small_task, requests=40, permutations=50)
 
 
 def test_confidence_interval_brackets_the_mean_and_collapses_when_constant() -> None:
@@ -99,6 +98,7 @@ class LastCandidatesFirst(Agent):
         return complete_by_scores(scores, task.slate_length, prefixes)
 
 
+@pytest.mark.slow
 def test_compare_end_to_end_on_a_tiny_preset(tmp_path) -> None:
     folder = run_compare(
         env_kwargs=TINY,

@@ -21,17 +21,11 @@ from agents.degre import (
 )
 from agents.degre.mining import extension_values
 from agents.registry import make_agent
-from rerank_env import make_task
 from simulators.base import isolated_torch_rng
 
 SMALL = {"num_candidates": 10, "slate_length": 4}
 #: Small but real: the evaluator and generator learn something in seconds (the tiny preset).
 SMALL_DEGRE = {**DeGReConfig.QUICK, **DeGReConfig.TINY}
-
-
-@pytest.fixture(scope="module")
-def small_task():
-    return make_task(**SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +166,8 @@ def test_dense_training_improves_over_the_untrained_generator(fitted, small_task
 
 
 def test_seeded_runs_are_identical_and_share_the_evaluator_with_beam(small_task) -> None:
-    tiny = {**SMALL_DEGRE, "mining_requests": 32, "evaluator_epochs": 1, "epochs": 1}
+    tiny = {**SMALL_DEGRE, "mining_requests": 32, "evaluator_epochs": 1, "epochs": 1,
+            "train_requests": 1000}  # fmt: skip
     first = DeGRe(**tiny, seed=5).fit(small_task)
     second = DeGRe(**tiny, seed=5).fit(small_task)
     requests = small_task.requests("test")[:64]

@@ -15,16 +15,9 @@ from agents.goalrank import (
     reference_policy,
 )
 from agents.nn import PointerPolicy, input_dims, request_inputs
-from rerank_env import make_task
 
-SMALL = {"num_candidates": 10, "slate_length": 4}
 TINY = {"reward_model": "simulator", "iterations": 40, "batch_size": 32, "eval_every": 20,
         "eval_requests": 128}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def small_task():
-    return make_task(**SMALL)
 
 
 def test_reference_policy_is_a_distribution_ordered_by_reward() -> None:
@@ -92,7 +85,7 @@ def test_groups_mix_the_policy_and_auxiliary_policies(small_task) -> None:
     assert not np.array_equal(group[:, 5:], other[:, 5:])
 
 
-def test_training_improves_and_is_seeded(small_task) -> None:
+def test_training_improves(small_task) -> None:
     requests = small_task.requests("test")[:300]
     untrained = GoalRank(**TINY, seed=4).setup(small_task)
     first = GoalRank(**TINY, seed=4).fit(small_task)
@@ -102,9 +95,18 @@ def test_training_improves_and_is_seeded(small_task) -> None:
     curve = [row for row in first.history if "valid_reward" in row]
     assert curve[-1]["valid_reward"] > curve[0]["valid_reward"]
     assert curve[-1]["reward_calls"] == 40 * 32 * 16
-    second = GoalRank(**TINY, seed=4).fit(small_task)
+
+
+def test_training_is_seeded(small_task) -> None:
+    requests = small_task.requests("test")[:300]
+    short = {**TINY, "iterations": 2, "eval_every": 1}
+    auxiliary = [InitialOrder(), PointwiseGreedy(epochs=3, seed=4).fit(small_task)]  # shared
+    first, second, other = (
+        GoalRank(**short, auxiliary=auxiliary, seed=seed).fit(small_task) for seed in (4, 4, 5)
+    )
     assert np.array_equal(first.rank(small_task, requests), second.rank(small_task, requests))
     assert first.history == second.history
+    assert first.history != other.history  # the seed matters
 
 
 def test_size_presets_grow_and_match_their_names(small_task) -> None:

@@ -22,8 +22,8 @@ from simulators.data.movielens import (
 
 
 @pytest.fixture(scope="module")
-def ml100k(data_root: Path) -> MovieLensData:
-    return load_movielens("ml-100k", data_root)
+def ml100k(ml100k_ratings) -> MovieLensData:
+    return ml100k_ratings  # the session's load (conftest.py)
 
 
 def test_real_ml100k_sizes(ml100k: MovieLensData) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from simulators.data.datasets import load_rerank_data
-from simulators.data.movielens import load_ml1m, load_movielens
+from simulators.data.movielens import load_ml1m
 from simulators.data.pipeline import (
     PIPELINE_VERSION,
     TEST,
@@ -23,11 +23,6 @@ from simulators.data.pipeline import (
 )
 
 GOLDEN_DIGEST = "26e54271d34707fb"
-
-
-@pytest.fixture(scope="module")
-def ml100k_ratings(data_root: Path):
-    return load_movielens("ml-100k", data_root)
 
 
 @pytest.fixture(scope="module")
@@ -338,9 +333,11 @@ def test_nothing_from_valid_or_test_reaches_the_retriever(ml100k_ratings, split,
     assert not np.array_equal(changed.logged_items[test_requests], base.logged_items[test_requests])
 
 
-def test_same_config_gives_identical_data_and_seed_changes_randomness(ml100k_ratings) -> None:
+def test_same_config_gives_identical_data_and_seed_changes_randomness(
+    ml100k_ratings, injected
+) -> None:
     config = PipelineConfig(inject="positives")
-    first = build_rerank_data(ml100k_ratings, config, progress=False)
+    first = injected  # the module's build with this config
     second = build_rerank_data(ml100k_ratings, config, progress=False)
     for field in dataclasses.fields(RerankData):
         value = getattr(first, field.name)

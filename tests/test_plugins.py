@@ -13,11 +13,8 @@ from agents.degre import DeGRe, DeGReConfig
 from agents.goalrank import GoalRank, GoalRankConfig
 from agents.registry import make_agent, register, registered
 from agents.seq2slate import Seq2Slate, Seq2SlateConfig
-from rerank_env import make_task
 from simulators.checkpoint import CheckpointError
 from simulators.data.errors import ConfigError
-
-TINY_TASK = {"num_candidates": 10, "slate_length": 4}
 
 
 class ReverseInitialOrder(InitialOrder):
@@ -101,8 +98,8 @@ def test_configs_are_frozen_typed_and_have_presets() -> None:
 
 
 @pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory):
-    task = make_task(**TINY_TASK)
+def trained_checkpoint(tmp_path_factory, small_task):
+    task = small_task
     agent = Seq2Slate(Seq2SlateConfig.tiny(iterations=2))
     agent.fit(task)
     path = agent.save(tmp_path_factory.mktemp("ckpt") / "seq2slate.pt")

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from agents.common.telemetry import grad_norm
+
 
 def minibatches(
     rows: np.ndarray, size: int, generator: np.random.Generator
@@ -60,3 +62,18 @@ def training_mode(*modules: torch.nn.Module) -> Iterator[None]:
     finally:
         for module in modules:
             module.eval()
+
+
+def gradient_step(
+    optimiser: torch.optim.Optimizer, loss: torch.Tensor, parameters: list[torch.nn.Parameter]
+) -> float:
+    """One optimiser step on ``loss``; returns the gradient norm it stepped with (for the log).
+
+    ``zero_grad``, ``backward``, the global L2 norm of ``parameters``' gradients
+    (unchanged: no clipping), ``step``.
+    """
+    optimiser.zero_grad()
+    loss.backward()
+    norm = grad_norm(parameters)
+    optimiser.step()
+    return norm

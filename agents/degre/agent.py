@@ -21,8 +21,8 @@ from agents.common.nn import PointerPolicy, request_inputs
 from agents.common.pointer_agent import PointerAgent
 from agents.common.sampling import torch_generator
 from agents.common.scorers import ListScorer, SimulatorScorer
-from agents.common.telemetry import TrainingLogger, grad_norm
-from agents.common.training import minibatches, progress_bar, training_mode
+from agents.common.telemetry import TrainingLogger
+from agents.common.training import gradient_step, minibatches, progress_bar, training_mode
 from agents.degre.config import DeGReConfig
 from agents.degre.evaluator import LookaheadEvaluator, LookaheadScorer, fit_evaluator
 from agents.degre.generator import dense_loss, list_weights
@@ -151,10 +151,7 @@ class DeGRe(PointerAgent):
                         soft_weight=cfg.soft_weight, temperature=cfg.temperature,
                     )  # fmt: skip
                     with training_mode(policy):
-                        optimiser.zero_grad()
-                        loss.backward()
-                        norm = grad_norm(policy.parameters())
-                        optimiser.step()
+                        norm = gradient_step(optimiser, loss, list(policy.parameters()))
                     rows = torch.as_tensor(batch, device=task.device)
                     logger.log(
                         "generator", loss=loss.item(), entropy=entropy.item(), grad_norm=norm,
@@ -196,10 +193,7 @@ class DeGRe(PointerAgent):
                     inputs, slots, repeats=cfg.sparse_samples
                 )
                 loss = reinforce_loss(log_probs, advantage)
-                optimiser.zero_grad()
-                loss.backward()
-                norm = grad_norm(policy.parameters())
-                optimiser.step()
+                norm = gradient_step(optimiser, loss, list(policy.parameters()))
             logger.log(
                 "generator", loss=loss.item(), entropy=entropy.mean().item(), grad_norm=norm,
                 reward=values[:, -1].mean().item(), evaluator_calls=self.evaluator_calls,

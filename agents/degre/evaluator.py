@@ -23,8 +23,8 @@ from agents.base import UnsupportedTaskError
 from agents.common.nn import feature_tables, transformer_stack
 from agents.common.sampling import torch_generator
 from agents.common.scorers import ListScorer, PrefixScorer
-from agents.common.telemetry import TrainingLogger, grad_norm
-from agents.common.training import minibatches, progress_bar, training_mode
+from agents.common.telemetry import TrainingLogger
+from agents.common.training import gradient_step, minibatches, progress_bar, training_mode
 from agents.degre.config import DeGReConfig
 from rerank_env.task import RerankTask
 from simulators.base import SlateBatch
@@ -234,12 +234,8 @@ def fit_evaluator(
         with training_mode(evaluator):
             for batch in minibatches(np.arange(len(train[0])), settings.evaluator_batch_size, rng):
                 loss = evaluator_loss(task, evaluator, train, batch)
-                optimiser.zero_grad()
-                loss.backward()
-                logger.log(
-                    "evaluator", loss=loss.item(), grad_norm=grad_norm(evaluator.parameters())
-                )
-                optimiser.step()
+                norm = gradient_step(optimiser, loss, list(evaluator.parameters()))
+                logger.log("evaluator", loss=loss.item(), grad_norm=norm)
         with torch.no_grad():
             every = np.arange(len(valid[0]))
             valid_loss = evaluator_loss(task, evaluator, valid, every).item()

@@ -17,8 +17,8 @@ from agents.common.reward_model import build_reward_model, fit_reward_model, rew
 from agents.common.sampling import torch_generator
 from agents.common.scorers import ClickModelScorer, ListScorer, SimulatorScorer
 from agents.common.specs import agent_from_spec, agent_spec
-from agents.common.telemetry import TrainingLogger, grad_norm
-from agents.common.training import progress_bar, training_mode
+from agents.common.telemetry import TrainingLogger
+from agents.common.training import gradient_step, progress_bar, training_mode
 from agents.goalrank.config import SIZE_PRESETS, GoalRankConfig
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
@@ -143,10 +143,7 @@ class GoalRank(PointerAgent):
                     repeats=cfg.group_size,
                 )
                 loss = group_loss(log_probs.sum(dim=1).reshape(len(rows), -1), reference)
-                optimiser.zero_grad()
-                loss.backward()
-                norm = grad_norm(policy.parameters())
-                optimiser.step()
+                norm = gradient_step(optimiser, loss, list(policy.parameters()))
             logger.log(
                 "generator", loss=loss.item(), entropy=entropy.mean().item(), grad_norm=norm,
                 reward=rewards.mean().item(), reward_calls=self.reward_calls,
