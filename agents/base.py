@@ -29,14 +29,18 @@ import numpy as np
 import torch
 
 from agents.common.config import AgentConfig
+from agents.common.imports import checkpoint_loading
 from agents.common.sampling import request_gumbel
+from agents.common.telemetry import TrainingLogger
 from rerank_env.task import RerankTask
 from simulators._io import atomic_torch_save
 from simulators.base import PAD
 from simulators.checkpoint import CheckpointError
 
-#: Version of the agent checkpoint format; files of another version are refused.
-AGENT_FORMAT_VERSION = 1
+#: Version of the agent checkpoint format written; 2 names sub-agents by entry point.
+AGENT_FORMAT_VERSION = 2
+#: Versions this rerank-env reads (1: sub-agents named by class name).
+READABLE_AGENT_FORMATS = (1, 2)
 
 
 class InvalidListError(ValueError):
@@ -203,6 +207,12 @@ class TrainableAgent(Agent):
             )
         super().__setattr__(name, value)
 
+    def training_logger(self) -> TrainingLogger:
+        """A :class:`~agents.common.telemetry.TrainingLogger` into ``history`` (and ``log_dir``)."""
+        return TrainingLogger(
+            self.history, self.log_dir, curve_x=None if self.curve is None else self.curve[0]
+        )
+
     @classmethod
     def from_preset(cls, budget: str = "full", *, seed: int = 0, **kwargs: Any) -> Agent:
         """This agent with the settings of a budget's preset; ``kwargs`` override fields.
@@ -303,17 +313,18 @@ class TrainableAgent(Agent):
             payload = torch.load(path, map_location=device, weights_only=True)
         except Exception as err:  # torch raises many types for a damaged file
             # torch's own message suggests weights_only=False, which would run arbitrary
-            # code from the file: never do that; say what is wrong instead.
+            # code from the file: never do that (nor chain it); say what is wrong instead.
             raise CheckpointError(
                 f"cannot read agent checkpoint {path}: the file is damaged, truncated or "
                 f"not a rerank-env agent checkpoint ({type(err).__name__}). Save it again "
                 f"with agent.save(path), or retrain the agent"
-            ) from err
+            ) from None
         version = payload.get("format_version") if isinstance(payload, dict) else None
-        if version != AGENT_FORMAT_VERSION:
+        if version not in READABLE_AGENT_FORMATS:
             raise CheckpointError(
                 f"{path} has agent checkpoint format version {version!r}; this version of "
-                f"rerank-env reads version {AGENT_FORMAT_VERSION}: retrain and save the agent again"
+                f"rerank-env reads versions {list(READABLE_AGENT_FORMATS)}: retrain and save "
+                "the agent again with this version"
             )
         if payload.get("agent") != cls.__name__:
             raise CheckpointError(
@@ -324,7 +335,8 @@ class TrainableAgent(Agent):
         if missing:
             raise CheckpointError(f"{path} is damaged: it lacks {sorted(missing)}")
         try:
-            agent = cls(**payload["config"])
+            with checkpoint_loading():  # specs inside may not import arbitrary modules
+                agent = cls(**payload["config"])
             agent.build_info = dict(payload["build_info"])
             agent._build()
             for name, module in agent.modules.items():

@@ -19,7 +19,6 @@ from agents.base import (
     empty_prefixes,
 )
 from agents.common.config import AgentConfig
-from agents.common.telemetry import TrainingLogger
 from rerank_env.task import RerankTask
 from simulators.base import PAD
 from simulators.click_models import Attractiveness, PointwiseModel
@@ -133,7 +132,7 @@ class PointwiseGreedy(TrainableAgent, ScoringAgent):
         report = fit_simulator(
             self.modules["model"], pool, epochs=self.epochs, seed=self.seed, progress=progress
         )
-        logger = TrainingLogger(self.history, self.log_dir)
+        logger = self.training_logger()
         for epoch, (train, valid) in enumerate(
             zip(report.train_nll, report.valid_nll, strict=True), start=1
         ):

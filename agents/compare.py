@@ -44,7 +44,6 @@ import torch
 import rerank_env
 from agents.base import Agent, TrainableAgent, UnsupportedTaskError
 from agents.common.commands import run_handler
-from agents.common.specs import agent_from_spec, entry_point
 from agents.common.telemetry import tensorboard_writer, write_rows_csv
 from agents.common.training import progress_bar
 from agents.evaluation import (
@@ -124,18 +123,22 @@ def _deterministic(agent: Any) -> bool:
 def _agent_for_seed(agent: Agent, seed: int) -> Agent:
     """A given agent instance as it runs for ``seed``.
 
-    A trained agent is evaluated as it is. An untrained one with a ``seed`` in its
-    :meth:`~agents.base.Agent.config` is rebuilt from its spec with that seed (its
-    sub-agents keep theirs); any other is copied, so ``fit`` never changes the
-    caller's object.
+    A trained agent is evaluated as it is (once: it counts for every seed). An
+    untrained one with a ``seed`` in its :meth:`~agents.base.Agent.config` is
+    rebuilt from its config with that seed (its sub-agents keep theirs); any other
+    is copied, so ``fit`` never changes the caller's object.
     """
     if isinstance(agent, TrainableAgent) and agent.fitted:
         return agent
     config = agent.config()
     if "seed" in config:
-        return agent_from_spec(
-            {"agent": entry_point(type(agent)), "config": {**config, "seed": seed}}
-        )
+        try:
+            return type(agent)(**{**config, "seed": seed})
+        except TypeError as err:
+            raise ConfigError(
+                f"cannot rebuild agent {agent.name!r} for seed {seed} from its config() "
+                f"({err}): its constructor must accept config()'s keys"
+            ) from None
     return copy.deepcopy(agent)
 
 
@@ -228,9 +231,10 @@ def run_compare(
             if agent.name in once:
                 row = {**once[agent.name], "seed": seed}
             else:
+                pretrained = isinstance(agent, TrainableAgent) and agent.fitted
                 log_dir = folder / "logs" / agent.name / f"seed{seed}"
                 fit_start = time.perf_counter()
-                if isinstance(agent, TrainableAgent) and not agent.fitted:
+                if isinstance(agent, TrainableAgent) and not pretrained:
                     agent.log_dir = log_dir
                     agent.fit(task, progress=False)
                 fit_time = time.perf_counter() - fit_start
@@ -253,7 +257,7 @@ def run_compare(
                         if not math.isnan(value):
                             writer.add_scalar(f"eval/{metric}", value, 0)
                     writer.close()
-                if _deterministic(agent):
+                if _deterministic(agent) or pretrained:  # the same lists for every seed
                     once[agent.name] = row
             fit_seconds.setdefault(agent.name, []).append(row["fit_s"])
             rows.append(row)

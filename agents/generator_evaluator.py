@@ -27,7 +27,6 @@ from agents.common.config import AgentConfig
 from agents.common.reward_model import build_reward_model, fit_reward_model, reward_model_spec
 from agents.common.scorers import ClickModelScorer, ListScorer, SimulatorScorer
 from agents.common.specs import agent_from_spec, agent_spec
-from agents.common.telemetry import TrainingLogger
 from rerank_env.task import RerankTask
 from simulators.base import ClickSimulator
 from simulators.data.errors import ConfigError
@@ -148,7 +147,7 @@ class GeneratorEvaluator(TrainableAgent):
                 self.modules["evaluator"], task, epochs=self.evaluator_epochs, seed=self.seed,
                 progress=progress,
             )  # fmt: skip
-            logger = TrainingLogger(self.history, self.log_dir)
+            logger = self.training_logger()
             for epoch, nll in enumerate(valid_nll, start=1):
                 logger.log("evaluator", step=epoch, epoch=epoch, evaluator_valid_nll=nll)
             logger.close()

@@ -21,7 +21,6 @@ from torch import nn
 from agents.base import ScoringAgent, TrainableAgent, complete_by_scores
 from agents.common.config import AgentConfig
 from agents.common.nn import CandidateSetEncoder, input_dims, request_inputs
-from agents.common.telemetry import TrainingLogger
 from agents.common.training import gradient_step, minibatches, progress_bar, training_mode
 from agents.metrics import log_metrics
 from rerank_env.task import RerankTask
@@ -139,7 +138,7 @@ class PRM(TrainableAgent, ScoringAgent):
         if self.train_requests is not None and self.train_requests < len(train):
             subset = np.random.default_rng(self.seed + 2).permutation(len(train))
             train = np.sort(train[subset[: self.train_requests]])
-        logger = TrainingLogger(self.history, self.log_dir)
+        logger = self.training_logger()
         optimiser = torch.optim.Adam(
             model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
         )

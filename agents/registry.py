@@ -71,6 +71,11 @@ def register(
         ValueError: ``name`` is taken (pass ``overwrite=True``) or ``entry_point`` is
             not ``"module:Class"``.
     """
+    if any(isinstance(names, str) for names in (components or {}).values()):
+        raise ValueError(
+            f"components of {name!r} must map to tuples of registered names, e.g. "
+            f"{{'generators': ('prm',)}}, got {dict(components or {})!r}"
+        )
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"agent name {name!r} is already registered; pass overwrite=True")
     if not is_entry_point(entry_point):
@@ -120,14 +125,27 @@ def make_agent(name: str, *, seed: int = 0, budget: Budget | str = "full") -> Ag
             key: [make_agent(part, seed=seed, budget=budget) for part in names]
             for key, names in entry.components.items()
         }
-        cls = load_agent_class(entry.entry_point)
-        return cls.from_preset(budget, seed=seed, **entry.kwargs, **components)
+        return _from_preset(
+            load_agent_class(entry.entry_point), budget, seed, {**entry.kwargs, **components}
+        )
     if is_entry_point(name):
-        return load_agent_class(name).from_preset(budget, seed=seed)
+        return _from_preset(load_agent_class(name), budget, seed, {})
     raise ValueError(
         f"unknown agent {name!r}; valid: {sorted(agent_names())}, or an entry point "
         "'module.path:ClassName' naming an Agent subclass (e.g. 'mypkg.agents:MyAgent')"
     )
+
+
+def _from_preset(cls: type[Agent], budget: str, seed: int, kwargs: dict[str, Any]) -> Agent:
+    """``cls.from_preset(...)``; a constructor that cannot be called so is a clear error."""
+    try:
+        return cls.from_preset(budget, seed=seed, **kwargs)
+    except TypeError as err:
+        raise ValueError(
+            f"{cls.__name__}.from_preset({budget!r}, seed={seed}) failed: {err}. An agent "
+            "named on the command line is built without arguments: give its constructor "
+            "defaults, or register it with register(name, entry_point, ..., kwargs={...})"
+        ) from None
 
 
 # ---------------------------------------------------------------------- the built-in agents

@@ -15,9 +15,11 @@ opt-in and recorded in the agent's config.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import re
+import types
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -162,12 +164,19 @@ class SB3AgentConfig(AgentConfig):
     reward_mode: Literal["dense", "sparse"] = "dense"
     invalid_actions: InvalidActions = "mask"
     policy: str = "MultiInputPolicy"
-    algorithm_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    algorithm_kwargs: Mapping[str, Any] | None = dataclasses.field(default_factory=dict)
     curve_every: int = 2048
     seed: int = 0
 
     QUICK: ClassVar[dict[str, Any]] = {"total_timesteps": 8192}
     TINY: ClassVar[dict[str, Any]] = {"total_timesteps": 2048, "curve_every": 512}
+
+    def __post_init__(self) -> None:
+        # A read-only deep copy: the caller's dict (or the registry's) is never shared,
+        # and None means no options, as it did before configs were dataclasses.
+        options = types.MappingProxyType(copy.deepcopy(dict(self.algorithm_kwargs or {})))
+        object.__setattr__(self, "algorithm_kwargs", options)
+        super().__post_init__()
 
     def validate(self) -> None:
         """Refuse out-of-range fields."""
@@ -263,7 +272,7 @@ class SB3Agent(TrainableAgent):
         policy_class = self.algorithm_class.policy_aliases.get(
             self.settings.policy, self.settings.policy
         )
-        policy_kwargs = self.algorithm_kwargs.get("policy_kwargs", {})
+        policy_kwargs = dict(self.algorithm_kwargs.get("policy_kwargs", {}))
         with isolated_torch_rng(self.seed):  # the weights are overwritten by the checkpoint
             policy = policy_class(
                 observation_space, spaces.Discrete(n), lambda _: 0.0, **policy_kwargs
@@ -274,7 +283,7 @@ class SB3Agent(TrainableAgent):
     def fit(self, task: RerankTask, *, progress: bool = False) -> SB3Agent:
         """Train on the training requests of ``task`` (its training simulator's reward)."""
         self.setup(task)
-        logger = TrainingLogger(self.history, self.log_dir)
+        logger = self.training_logger()
         with preserved_global_rng():  # SB3 draws from (and seeds) the global generators
             self.model.set_random_seed(self.seed)  # setup's seeding was undone on its exit
             self.model.learn(

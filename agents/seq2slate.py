@@ -28,7 +28,6 @@ from agents.common.nn import request_inputs
 from agents.common.pointer_agent import PointerAgent
 from agents.common.sampling import torch_generator
 from agents.common.scorers import SimulatorScorer
-from agents.common.telemetry import TrainingLogger
 from agents.common.training import gradient_step, progress_bar, training_mode
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
@@ -117,7 +116,7 @@ class Seq2Slate(PointerAgent):
         """REINFORCE on the training requests against the training simulator."""
         cfg = self.settings
         self.setup(task)
-        logger = TrainingLogger(self.history, self.log_dir)
+        logger = self.training_logger()
         policy = self.modules["policy"].to(task.device)
         request_rng = np.random.default_rng(cfg.seed)
         list_rng = torch_generator(cfg.seed, task.device)

@@ -90,3 +90,15 @@ def test_training_logger_keeps_rows_and_writes_csv(tmp_path) -> None:
     layer(torch.ones(1, 2)).sum().backward()
     expected = torch.cat([layer.weight.grad.flatten(), layer.bias.grad]).norm().item()
     assert grad_norm(layer.parameters()) == pytest.approx(expected)
+
+
+def test_training_log_csv_appends_and_widens(tmp_path) -> None:
+    history: list = []
+    logger = TrainingLogger(history, tmp_path, flush_every=2)
+    for step in range(4):  # two flushes with the same columns: the second appends
+        logger.log("policy", loss=float(step))
+    logger.log("curve", valid_reward=1.5)  # a new column: the file is rewritten wider
+    logger.close()
+    lines = (tmp_path / "curves.csv").read_text().splitlines()
+    assert lines[0] == "stage,step,loss,valid_reward" and len(lines) == 6
+    assert lines[4] == "policy,4,3.0," and lines[5] == "curve,1,,1.5"

@@ -137,3 +137,66 @@ def test_from_preset_builds_agents_without_configs_too() -> None:
     assert isinstance(Agent, type) and issubclass(PointwiseGreedy, TrainableAgent)
     assert make_agent("random", seed=7).seed == 7
     assert make_agent("beam-3").width == 3
+
+
+def test_compare_takes_local_and_pretrained_instances(tmp_path, small_task) -> None:
+    import csv
+
+    from agents.baselines import RandomAgent
+    from agents.compare import run_compare
+
+    class LocalRandom(RandomAgent):  # defined in a function: no importable entry point
+        name = "local-random"
+
+    pretrained = PointwiseGreedy(PointwiseGreedyConfig.tiny(seed=9)).fit(small_task)
+    folder = run_compare(
+        env_kwargs={"num_candidates": 10, "slate_length": 4},
+        agents=[LocalRandom(seed=0), pretrained],
+        seeds=2, requests=20, permutations=10, budget="tiny", out=tmp_path, progress=False,
+    )  # fmt: skip
+    rows = list(csv.DictReader((folder / "per_seed.csv").open()))
+    local = [row for row in rows if row["agent"] == "local-random"]
+    assert local[0]["reward_eval"] != local[1]["reward_eval"]  # rebuilt with each seed
+    greedy = [row for row in rows if row["agent"] == "pointwise-greedy"]
+    assert len(greedy) == 2 and greedy[0]["reward_eval"] == greedy[1]["reward_eval"]
+    assert pretrained.settings.seed == 9 and pretrained.fitted  # the caller's agent as it was
+
+
+def test_checkpoint_specs_may_not_import_new_modules(trained_checkpoint, tmp_path) -> None:
+    from agents.generator_evaluator import GeneratorEvaluator
+
+    task, agent, path = trained_checkpoint
+    composite = GeneratorEvaluator([InitialOrder()], lists_per_generator=2).fit(task)
+    saved = composite.save(tmp_path / "ge.pt")
+    payload = torch.load(saved, weights_only=True)
+    payload["config"]["generators"][0]["agent"] = "never_imported_package.agents:Agent"
+    torch.save(payload, tmp_path / "hostile.pt")
+    with pytest.raises(CheckpointError, match="not imported; import it before loading"):
+        GeneratorEvaluator.load(tmp_path / "hostile.pt")
+    payload["config"]["generators"][0]["agent"] = "InitialOrder"  # format 1: a class name
+    payload["format_version"] = 1
+    torch.save(payload, tmp_path / "old.pt")
+    assert GeneratorEvaluator.load(tmp_path / "old.pt").generators[0].name == "initial-order"
+
+
+def test_agents_that_cannot_be_built_by_name_get_a_clear_error(capsys, tmp_path) -> None:
+    with pytest.raises(ValueError, match="from_preset.*give its constructor defaults"):
+        make_agent("agents.base:Agent")  # abstract
+    assert main(["compare", "--agents", "agents.base:Agent", "--out", str(tmp_path)]) == 2
+    assert "give its constructor defaults" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="must map to tuples of registered names"):
+        register("bad-components", "agents.baselines:InitialOrder", "x", components={"g": "prm"})
+
+
+def test_sb3_options_are_copied_and_none_means_none() -> None:
+    from agents.sb3 import SB3Agent
+
+    options = {"n_steps": 64, "policy_kwargs": {"net_arch": [8]}}
+    agent = SB3Agent("MaskablePPO", algorithm_kwargs=options)
+    options["policy_kwargs"]["net_arch"].append(16)
+    assert agent.settings.algorithm_kwargs["policy_kwargs"] == {"net_arch": [8]}
+    with pytest.raises(TypeError):
+        agent.settings.algorithm_kwargs["n_steps"] = 1  # read-only
+    assert dict(SB3Agent(algorithm_kwargs=None).settings.algorithm_kwargs) == {}
+    shared = make_agent("maskable-ppo").settings.algorithm_kwargs
+    assert shared is not make_agent("maskable-ppo").settings.algorithm_kwargs

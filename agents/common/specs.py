@@ -16,8 +16,9 @@ import sys
 from typing import Any
 
 from agents.base import Agent
+from agents.common.imports import imports_allowed
 
-#: Class names that checkpoints of format version 1 stored instead of entry points.
+#: Class names that agent checkpoints of format version 1 stored instead of entry points.
 LEGACY_CLASS_NAMES: dict[str, str] = {
     "InitialOrder": "agents.baselines:InitialOrder",
     "RandomAgent": "agents.baselines:RandomAgent",
@@ -56,19 +57,21 @@ def entry_point(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def load_agent_class(name: str, *, allow_import: bool = True) -> type[Agent]:
+def load_agent_class(name: str, *, allow_import: bool | None = None) -> type[Agent]:
     """The :class:`~agents.base.Agent` subclass an entry point (or legacy class name) names.
 
     Args:
         name: ``"module:Class"``, or a class name of :data:`LEGACY_CLASS_NAMES`.
-        allow_import: Import the module if it is not imported yet. Loading a
-            checkpoint passes ``False`` for modules outside ``agents``: a file should
-            not make Python import arbitrary modules; import your own package first.
+        allow_import: Import the module if it is not imported yet. ``None``: yes,
+            except while a checkpoint loads (:mod:`agents.common.imports`): a file
+            should not make Python import arbitrary modules, so then only modules of
+            ``agents`` or already imported ones are allowed.
 
     Raises:
         ValueError: ``name`` is not an entry point, cannot be imported, or does not
             name an Agent subclass.
     """
+    allow_import = imports_allowed() if allow_import is None else allow_import
     target = LEGACY_CLASS_NAMES.get(name, name)
     if not is_entry_point(target):
         raise ValueError(
@@ -86,7 +89,10 @@ def load_agent_class(name: str, *, allow_import: bool = True) -> type[Agent]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"cannot import {module_name!r} for agent {name!r}: {err}") from err
+        raise ValueError(
+            f"cannot import {module_name!r} for agent {name!r}: {err}. Install the package "
+            "that holds it (pip install -e PATH) or put its folder on PYTHONPATH"
+        ) from err
     found: Any = module
     for part in attribute.split("."):
         found = getattr(found, part, None)
@@ -103,7 +109,7 @@ def agent_spec(agent: Agent) -> dict[str, Any]:
     return {"agent": entry_point(type(agent)), "config": agent.config()}
 
 
-def agent_from_spec(spec: dict[str, Any], *, allow_import: bool = True) -> Agent:
+def agent_from_spec(spec: dict[str, Any], *, allow_import: bool | None = None) -> Agent:
     """An (untrained) agent from :func:`agent_spec`'s output.
 
     Args:

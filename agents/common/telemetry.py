@@ -62,7 +62,9 @@ class TrainingLogger:
     Args:
         history: The list rows are appended to (the agent's ``history``).
         log_dir: Folder for ``curves.csv`` and TensorBoard events; ``None``: in memory only.
-        flush_every: Rewrite ``curves.csv`` every this many rows (and on :meth:`close`).
+        flush_every: Write ``curves.csv`` every this many rows (and on :meth:`close`).
+        curve_x: The learning curve's x key (e.g. ``"evaluator_calls"``): TensorBoard
+            plots ``"curve"`` rows against it instead of their step.
     """
 
     def __init__(
@@ -71,12 +73,16 @@ class TrainingLogger:
         log_dir: str | Path | None = None,
         *,
         flush_every: int = 100,
+        curve_x: str | None = None,
     ) -> None:
         self.history = history
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.flush_every = flush_every
+        self.curve_x = curve_x
         self._steps: dict[str, int] = {}
         self._unflushed = 0
+        self._written = 0  # rows of history already in curves.csv
+        self._columns: list[str] = []
         self._writer = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +103,8 @@ class TrainingLogger:
             row[key] = value.item() if torch.is_tensor(value) else value
         self.history.append(row)
         if self._writer is not None:
+            x = row.get(self.curve_x) if stage == "curve" and self.curve_x else None
+            step = int(x) if isinstance(x, (int, float)) else step
             for key, value in row.items():
                 numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
                 if key not in ("stage", "step") and numeric and not math.isnan(value):
@@ -111,7 +119,15 @@ class TrainingLogger:
         self._unflushed = 0
         if self.log_dir is None:
             return
-        write_rows_csv(self.log_dir / "curves.csv", self.history)
+        path = self.log_dir / "curves.csv"
+        new_rows = self.history[self._written :]
+        columns = list(dict.fromkeys([*self._columns, *(k for row in new_rows for k in row)]))
+        if columns == self._columns and path.exists():  # same header: append the new rows
+            with path.open("a", newline="") as handle:
+                csv.DictWriter(handle, fieldnames=columns, restval="").writerows(new_rows)
+        else:  # a new column: rewrite the file with the wider header
+            write_rows_csv(path, self.history)
+        self._columns, self._written = columns, len(self.history)
         if self._writer is not None:
             self._writer.flush()
 

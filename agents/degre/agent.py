@@ -108,7 +108,7 @@ class DeGRe(PointerAgent):
         cfg = self.settings
         self.check_task(task)
         self.setup(task)
-        logger = TrainingLogger(self.history, self.log_dir)
+        logger = self.training_logger()
         # Stage 1: the lookahead evaluator, on simulator-scored lists.
         if cfg.evaluator == "learned":
             self._data_simulator_calls += fit_evaluator(

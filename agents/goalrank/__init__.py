@@ -5,7 +5,7 @@ generator-evaluator ensemble. It is trained without an evaluator at serving time
 
 1. a **reward model** values whole lists: the context-aware click model learned
    from the logged slates (``reward_model="learned"``, the paper's setting;
-   :mod:`agents.reward_model`) or the task's training simulator itself
+   :mod:`agents.common.reward_model`) or the task's training simulator itself
    (``reward_model="simulator"``);
 2. for each training request a **group** of ``group_size`` lists comes from the
    current policy (``policy_share`` of the group, sampled) *and* from auxiliary

@@ -17,7 +17,6 @@ from agents.common.reward_model import build_reward_model, fit_reward_model, rew
 from agents.common.sampling import torch_generator
 from agents.common.scorers import ClickModelScorer, ListScorer, SimulatorScorer
 from agents.common.specs import agent_from_spec, agent_spec
-from agents.common.telemetry import TrainingLogger
 from agents.common.training import gradient_step, progress_bar, training_mode
 from agents.goalrank.config import SIZE_PRESETS, GoalRankConfig
 from rerank_env.task import RerankTask
@@ -111,7 +110,7 @@ class GoalRank(PointerAgent):
             if isinstance(agent, TrainableAgent) and not agent.fitted:
                 agent.fit(task, progress=progress)
         self.setup(task)
-        logger = TrainingLogger(self.history, self.log_dir)
+        logger = self.training_logger()
         # Stage 1: the reward model (learned from the logs), unless it is the simulator.
         if cfg.reward_model == "learned":
             valid_nll = fit_reward_model(
