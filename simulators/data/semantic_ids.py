@@ -1,0 +1,271 @@
+"""Semantic IDs: each item as a short sequence of codes from a residual quantizer.
+
+GloRank and GR2 generate items as semantic-ID (SID) token sequences instead of
+candidate positions. A residual quantizer gives similar items shared code
+prefixes: level 1 clusters the item vectors, level 2 clusters what level 1 left
+unexplained (the residuals), and so on, so an item's code is coarse-to-fine.
+
+This module is the tokenizer's core, on a given item matrix:
+
+* :func:`fit_rq_kmeans`: residual K-means, one scikit-learn ``KMeans`` per level,
+  **fitted on the rows of training items only** (every item is then encoded by
+  its nearest centroids, so an item without training interactions still gets a
+  code);
+* :func:`resolve_collisions`: items that share a whole code are told apart by a
+  random *unused* code on the last level (``"random-last"``, GR2's "random last
+  level"), or by an extra level holding their index within the shared code
+  (``"extra-level"``);
+* :func:`semantic_id_report`: uniqueness, per-level code usage and perplexity,
+  reconstruction error, and how often items of one genre share their first code.
+
+Which features go in (content, learned item vectors), caching, bundles and
+``task.semantic_ids`` build on it (issue 17).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from simulators.data.errors import ConfigError
+
+Method = Literal["rq-kmeans"]
+Collisions = Literal["random-last", "extra-level"]
+
+
+@dataclass(frozen=True)
+class SemanticIdConfig:
+    """How semantic IDs are fitted.
+
+    Attributes:
+        method: ``"rq-kmeans"`` (residual K-means, scikit-learn).
+        levels: Code levels before collision handling (GR2 uses 4, GloRank 3-4).
+        codebook_size: Codes per level.
+        collisions: ``"random-last"`` (an unused last-level code for each item that
+            shares a whole code with an earlier one) or ``"extra-level"`` (one more
+            level: the item's index among those sharing its code).
+        standardise: Scale every feature column to zero mean and unit variance
+            (over the fitting rows) before quantizing, so no column dominates.
+        n_init: K-means restarts per level (the best inertia is kept).
+        seed: Seed of K-means and of the random last-level codes.
+    """
+
+    method: Method = "rq-kmeans"
+    levels: int = 3
+    codebook_size: int = 64
+    collisions: Collisions = "random-last"
+    standardise: bool = True
+    n_init: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method != "rq-kmeans":
+            raise ConfigError(f"method must be 'rq-kmeans', got {self.method!r}")
+        if self.collisions not in ("random-last", "extra-level"):
+            raise ConfigError(
+                f"collisions must be 'random-last' or 'extra-level', got {self.collisions!r}"
+            )
+        if not 1 <= self.levels <= 8:
+            raise ConfigError(f"levels must be in [1, 8], got {self.levels}")
+        if not 2 <= self.codebook_size <= 4096:
+            raise ConfigError(f"codebook_size must be in [2, 4096], got {self.codebook_size}")
+        if self.n_init < 1:
+            raise ConfigError(f"n_init must be >= 1, got {self.n_init}")
+
+
+@dataclass
+class SemanticIds:
+    """Fitted semantic IDs.
+
+    Attributes:
+        codes: Code of every item, int ``[I, levels]`` (one more level with
+            ``collisions="extra-level"``), after collision handling.
+        raw_codes: The quantizer's codes before collision handling, ``[I, levels]``.
+        codebooks: Centroids of each level, ``[K_l, D]`` (in the standardised space).
+        mean: Column means used to standardise, ``[D]`` (zeros if not standardised).
+        scale: Column scales used to standardise, ``[D]`` (ones if not standardised).
+        config: The :class:`SemanticIdConfig`.
+    """
+
+    codes: np.ndarray
+    raw_codes: np.ndarray
+    codebooks: list[np.ndarray]
+    mean: np.ndarray
+    scale: np.ndarray
+    config: SemanticIdConfig
+
+    @property
+    def n_levels(self) -> int:
+        """Levels of :attr:`codes` (with the extra level, if any)."""
+        return self.codes.shape[1]
+
+    def reconstruct(self, codes: np.ndarray | None = None) -> np.ndarray:
+        """The sum of each item's centroids (standardised space), ``[I, D]``."""
+        codes = self.raw_codes if codes is None else codes
+        return sum(book[codes[:, level]] for level, book in enumerate(self.codebooks))
+
+
+def fit_rq_kmeans(
+    features: np.ndarray, fit_rows: np.ndarray, config: SemanticIdConfig | None = None
+) -> SemanticIds:
+    """Residual K-means codes for every item, fitted on ``fit_rows`` only.
+
+    Args:
+        features: Item vectors, float ``[I, D]``.
+        fit_rows: Items the quantizer learns from (e.g. items with training
+            interactions), int ``[M]`` or bool ``[I]``; the others are only encoded.
+        config: Settings (default :class:`SemanticIdConfig`).
+
+    Raises:
+        ConfigError: Non-finite features, or fewer distinct fitting rows than codes.
+    """
+    from sklearn.cluster import KMeans  # noqa: PLC0415  (heavy: only when fitting)
+
+    config = config or SemanticIdConfig()
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or not np.isfinite(features).all():
+        raise ConfigError(
+            f"features must be a finite float matrix [items, dims], got shape "
+            f"{features.shape} with {int((~np.isfinite(features)).sum())} non-finite values"
+        )
+    rows = np.asarray(fit_rows)
+    rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+    distinct = len(np.unique(features[rows], axis=0))
+    if distinct < config.codebook_size:
+        raise ConfigError(
+            f"{distinct} distinct fitting items for codebook_size={config.codebook_size}: "
+            "use a smaller codebook (or more features) so every code can be used"
+        )
+    if config.standardise:
+        mean = features[rows].mean(axis=0)
+        scale = features[rows].std(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+    else:
+        mean, scale = np.zeros(features.shape[1]), np.ones(features.shape[1])
+    residual = (features - mean) / scale
+    codes = np.empty((len(features), config.levels), dtype=np.int64)
+    codebooks = []
+    for level in range(config.levels):
+        # Later levels may have fewer distinct residuals than codes (e.g. items whose
+        # first code already says everything): never ask K-means for more clusters.
+        clusters = min(config.codebook_size, len(np.unique(residual[rows], axis=0)))
+        kmeans = KMeans(clusters, n_init=config.n_init, random_state=config.seed + level)
+        kmeans.fit(residual[rows])
+        codes[:, level] = kmeans.predict(residual)
+        codebooks.append(kmeans.cluster_centers_)
+        residual = residual - kmeans.cluster_centers_[codes[:, level]]
+    resolved = resolve_collisions(codes, config)
+    return SemanticIds(resolved, codes, codebooks, mean, scale, config)
+
+
+def resolve_collisions(codes: np.ndarray, config: SemanticIdConfig) -> np.ndarray:
+    """Codes made unique per item, as ``config.collisions`` says.
+
+    ``"random-last"``: within each group of items sharing a whole code, the first
+    (lowest index) keeps it and every other gets a random last-level code that no
+    item with the same prefix uses. ``"extra-level"``: one more column, each item's
+    index within its group (0 for items that were unique).
+
+    Raises:
+        ConfigError: ``"random-last"`` with more items under one prefix than the
+            codebook has codes (use ``"extra-level"`` or a larger codebook).
+    """
+    codes = np.asarray(codes, dtype=np.int64)
+    _, group, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    group = group.reshape(-1)
+    rank = np.zeros(len(codes), dtype=np.int64)
+    seen: dict[int, int] = {}
+    for item, g in enumerate(group):
+        rank[item] = seen.get(g, 0)
+        seen[g] = rank[item] + 1
+    if config.collisions == "extra-level":
+        return np.concatenate([codes, rank[:, None]], axis=1)
+    resolved = codes.copy()
+    if (counts == 1).all():
+        return resolved
+    rng = np.random.default_rng(config.seed)
+    prefixes, prefix_of = np.unique(codes[:, :-1], axis=0, return_inverse=True)
+    prefix_of = prefix_of.reshape(-1)
+    for prefix in np.unique(prefix_of[rank > 0]):
+        members = np.flatnonzero(prefix_of == prefix)
+        used = set(codes[members, -1].tolist())
+        free = np.array(sorted(set(range(config.codebook_size)) - used), dtype=np.int64)
+        movers = members[rank[members] > 0]
+        if len(movers) > len(free):
+            raise ConfigError(
+                f"{len(members)} items share the code prefix {prefixes[prefix].tolist()} but "
+                f"the last level has {config.codebook_size} codes: use collisions="
+                "'extra-level' or a larger codebook_size"
+            )
+        resolved[movers, -1] = rng.choice(free, size=len(movers), replace=False)
+    return resolved
+
+
+def semantic_id_report(
+    ids: SemanticIds, features: np.ndarray, genres: np.ndarray | None = None
+) -> dict[str, float | list[float]]:
+    """How good the codes are.
+
+    Args:
+        ids: Fitted codes.
+        features: The item vectors they were fitted on, ``[I, D]``.
+        genres: Optional bool ``[I, G]`` genre flags.
+
+    Returns:
+        ``uniqueness`` (share of items whose final code no other item has) and
+        ``raw_uniqueness`` (before collision handling); ``usage`` (share of each
+        level's codes used) and ``perplexity`` (exp of the entropy of each level's
+        code distribution; at most the codebook size) per level;
+        ``reconstruction_error`` (mean squared error of the centroid sums over the
+        total variance, standardised space: 0 is perfect, 1 no better than the
+        mean); with ``genres``, ``genre_first_code`` (mean over genres of the
+        chance that two items of the genre share their first code) and
+        ``random_first_code`` (the same chance for two random items).
+    """
+
+    def unique_share(codes: np.ndarray) -> float:
+        _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+        return float((counts[inverse.reshape(-1)] == 1).mean())
+
+    standardised = (np.asarray(features, dtype=np.float64) - ids.mean) / ids.scale
+    error = ((standardised - ids.reconstruct()) ** 2).sum(axis=1).mean()
+    total = ((standardised - standardised.mean(axis=0)) ** 2).sum(axis=1).mean()
+    usage, perplexity = [], []
+    for level in range(ids.n_levels):
+        size = (
+            len(ids.codebooks[level])
+            if level < len(ids.codebooks)
+            else int(ids.codes[:, level].max()) + 1
+        )
+        counts = np.bincount(ids.codes[:, level], minlength=size)
+        probs = counts[counts > 0] / counts.sum()
+        usage.append(float((counts > 0).mean()))
+        perplexity.append(float(np.exp(-(probs * np.log(probs)).sum())))
+    report: dict[str, float | list[float]] = {
+        "uniqueness": unique_share(ids.codes),
+        "raw_uniqueness": unique_share(ids.raw_codes),
+        "usage": usage,
+        "perplexity": perplexity,
+        "reconstruction_error": float(error / total) if total > 0 else 0.0,
+    }
+    if genres is not None:
+        first = ids.codes[:, 0]
+
+        def same_first_code(items: np.ndarray) -> float:
+            counts = np.bincount(first[items])
+            pairs = len(items) * (len(items) - 1)
+            return float((counts * (counts - 1)).sum() / pairs) if pairs else float("nan")
+
+        genres = np.asarray(genres, dtype=bool)
+        shares = [same_first_code(np.flatnonzero(genres[:, g])) for g in range(genres.shape[1])]
+        report["genre_first_code"] = float(np.nanmean(shares))
+        report["random_first_code"] = same_first_code(np.arange(len(first)))
+    return report
+
+
+__all__ = [
+    "SemanticIdConfig", "SemanticIds", "fit_rq_kmeans", "resolve_collisions",
+    "semantic_id_report",
+]  # fmt: skip
