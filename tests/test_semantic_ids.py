@@ -9,6 +9,7 @@ from simulators.data.errors import ConfigError
 from simulators.data.semantic_ids import (
     SemanticIdConfig,
     fit_rq_kmeans,
+    fit_semantic_ids,
     resolve_collisions,
     semantic_id_report,
 )
@@ -94,7 +95,8 @@ def test_bad_settings_and_inputs_are_refused() -> None:
         fit_rq_kmeans(features, np.ones(12, bool), SemanticIdConfig(codebook_size=4))
 
 
-def test_ml100k_items_get_unique_codes_that_use_every_level(task) -> None:
+@pytest.mark.parametrize("method", ["rq-kmeans", "rq-vae"])
+def test_ml100k_items_get_unique_codes_that_use_every_level(task, method) -> None:
     """Issue 17's target on ML-100K: uniqueness >= 99%, >= 90% of codes used per level.
 
     Input: item content (genres, year) and the learned item vector, as the task holds
@@ -102,9 +104,26 @@ def test_ml100k_items_get_unique_codes_that_use_every_level(task) -> None:
     """
     pool = task.pool
     fit_rows = np.unique(pool.logged_items[pool.split_indices("train")])
-    ids = fit_rq_kmeans(task.item_table, fit_rows, SemanticIdConfig(levels=3, codebook_size=64))
+    config = SemanticIdConfig(method=method, levels=3, codebook_size=64, epochs=100)
+    ids = fit_semantic_ids(task.item_table, fit_rows, config)
     genres = pool.item_features[:, :-1] > 0.5  # genre flags, then the standardised year
     report = semantic_id_report(ids, task.item_table, genres)
     assert report["uniqueness"] >= 0.99
     assert min(report["usage"]) >= 0.9
+    assert report["reconstruction_error"] < 0.2
     assert report["genre_first_code"] > 3 * report["random_first_code"]  # codes know genres
+
+
+def test_rq_vae_is_seeded_and_learns_only_from_the_fitting_rows() -> None:
+    features, blob = _blobs(per_blob=30)
+    fit_rows = np.arange(0, 120, 2)
+    config = SemanticIdConfig(
+        method="rq-vae", levels=2, codebook_size=4, epochs=20, collisions="extra-level"
+    )
+    ids = fit_semantic_ids(features, fit_rows, config)
+    np.testing.assert_array_equal(ids.codes, fit_semantic_ids(features, fit_rows, config).codes)
+    moved = features.copy()
+    moved[1::2] += 100.0  # items outside the fitting rows change: the model does not
+    other = fit_semantic_ids(moved, fit_rows, config)
+    np.testing.assert_array_equal(other.raw_codes[fit_rows], ids.raw_codes[fit_rows])
+    assert len(ids.codebooks) == 2 and ids.codebooks[0].shape == (4, config.latent_dim)

@@ -31,7 +31,7 @@ import numpy as np
 
 from simulators.data.errors import ConfigError
 
-Method = Literal["rq-kmeans"]
+Method = Literal["rq-kmeans", "rq-vae"]
 Collisions = Literal["random-last", "extra-level"]
 
 
@@ -40,7 +40,9 @@ class SemanticIdConfig:
     """How semantic IDs are fitted.
 
     Attributes:
-        method: ``"rq-kmeans"`` (residual K-means, scikit-learn).
+        method: ``"rq-kmeans"`` (residual K-means, scikit-learn) or ``"rq-vae"``
+            (an autoencoder whose latent goes through ``vector-quantize-pytorch``'s
+            ``ResidualVQ`` with EMA codebooks; ``pip install -e ".[rqvae]"``).
         levels: Code levels before collision handling (GR2 uses 4, GloRank 3-4).
         codebook_size: Codes per level.
         collisions: ``"random-last"`` (an unused last-level code for each item that
@@ -49,7 +51,17 @@ class SemanticIdConfig:
         standardise: Scale every feature column to zero mean and unit variance
             (over the fitting rows) before quantizing, so no column dominates.
         n_init: K-means restarts per level (the best inertia is kept).
-        seed: Seed of K-means and of the random last-level codes.
+        latent_dim: RQ-VAE: width of the quantized latent.
+        hidden_dim: RQ-VAE: width of the encoder's and decoder's hidden layer.
+        epochs: RQ-VAE: passes over the fitting rows.
+        batch_size: RQ-VAE: rows per step.
+        learning_rate: RQ-VAE: Adam step size.
+        decay: RQ-VAE: EMA decay of the codebooks.
+        commitment: RQ-VAE: weight of the commitment loss (beta).
+        dead_code_threshold: RQ-VAE: reset codes whose EMA usage falls below this
+            (0, the default: never; GR2 found resets hurt uniqueness).
+        seed: Seed of K-means, of the RQ-VAE's weights and batches, and of the
+            random last-level codes.
     """
 
     method: Method = "rq-kmeans"
@@ -58,11 +70,19 @@ class SemanticIdConfig:
     collisions: Collisions = "random-last"
     standardise: bool = True
     n_init: int = 4
+    latent_dim: int = 32
+    hidden_dim: int = 128
+    epochs: int = 200
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    decay: float = 0.95
+    commitment: float = 0.25
+    dead_code_threshold: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method != "rq-kmeans":
-            raise ConfigError(f"method must be 'rq-kmeans', got {self.method!r}")
+        if self.method not in ("rq-kmeans", "rq-vae"):
+            raise ConfigError(f"method must be 'rq-kmeans' or 'rq-vae', got {self.method!r}")
         if self.collisions not in ("random-last", "extra-level"):
             raise ConfigError(
                 f"collisions must be 'random-last' or 'extra-level', got {self.collisions!r}"
@@ -71,8 +91,11 @@ class SemanticIdConfig:
             raise ConfigError(f"levels must be in [1, 8], got {self.levels}")
         if not 2 <= self.codebook_size <= 4096:
             raise ConfigError(f"codebook_size must be in [2, 4096], got {self.codebook_size}")
-        if self.n_init < 1:
-            raise ConfigError(f"n_init must be >= 1, got {self.n_init}")
+        for name in ("n_init", "latent_dim", "hidden_dim", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.decay < 1:
+            raise ConfigError(f"decay must be in (0, 1), got {self.decay}")
 
 
 @dataclass
@@ -83,10 +106,12 @@ class SemanticIds:
         codes: Code of every item, int ``[I, levels]`` (one more level with
             ``collisions="extra-level"``), after collision handling.
         raw_codes: The quantizer's codes before collision handling, ``[I, levels]``.
-        codebooks: Centroids of each level, ``[K_l, D]`` (in the standardised space).
+        codebooks: Codes of each level, ``[K_l, D]``: centroids in the standardised
+            feature space (RQ-KMeans) or in the latent space (RQ-VAE).
         mean: Column means used to standardise, ``[D]`` (zeros if not standardised).
         scale: Column scales used to standardise, ``[D]`` (ones if not standardised).
         config: The :class:`SemanticIdConfig`.
+        reconstruction: Each item as its raw code decodes it, standardised ``[I, D]``.
     """
 
     codes: np.ndarray
@@ -95,35 +120,33 @@ class SemanticIds:
     mean: np.ndarray
     scale: np.ndarray
     config: SemanticIdConfig
+    reconstruction: np.ndarray
 
     @property
     def n_levels(self) -> int:
         """Levels of :attr:`codes` (with the extra level, if any)."""
         return self.codes.shape[1]
 
-    def reconstruct(self, codes: np.ndarray | None = None) -> np.ndarray:
-        """The sum of each item's centroids (standardised space), ``[I, D]``."""
-        codes = self.raw_codes if codes is None else codes
-        return sum(book[codes[:, level]] for level, book in enumerate(self.codebooks))
 
-
-def fit_rq_kmeans(
+def fit_semantic_ids(
     features: np.ndarray, fit_rows: np.ndarray, config: SemanticIdConfig | None = None
 ) -> SemanticIds:
-    """Residual K-means codes for every item, fitted on ``fit_rows`` only.
+    """Semantic IDs of every item by ``config.method``, fitted on ``fit_rows`` only.
 
     Args:
         features: Item vectors, float ``[I, D]``.
-        fit_rows: Items the quantizer learns from (e.g. items with training
-            interactions), int ``[M]`` or bool ``[I]``; the others are only encoded.
+        fit_rows: Items the quantizer learns from, int ``[M]`` or bool ``[I]``.
         config: Settings (default :class:`SemanticIdConfig`).
-
-    Raises:
-        ConfigError: Non-finite features, or fewer distinct fitting rows than codes.
     """
-    from sklearn.cluster import KMeans  # noqa: PLC0415  (heavy: only when fitting)
-
     config = config or SemanticIdConfig()
+    fit = fit_rq_vae if config.method == "rq-vae" else fit_rq_kmeans
+    return fit(features, fit_rows, config)
+
+
+def _prepared(
+    features: np.ndarray, fit_rows: np.ndarray, config: SemanticIdConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(standardised features, fitting rows, mean, scale)``, checked."""
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or not np.isfinite(features).all():
         raise ConfigError(
@@ -144,7 +167,28 @@ def fit_rq_kmeans(
         scale = np.where(scale > 0, scale, 1.0)
     else:
         mean, scale = np.zeros(features.shape[1]), np.ones(features.shape[1])
-    residual = (features - mean) / scale
+    return (features - mean) / scale, rows, mean, scale
+
+
+def fit_rq_kmeans(
+    features: np.ndarray, fit_rows: np.ndarray, config: SemanticIdConfig | None = None
+) -> SemanticIds:
+    """Residual K-means codes for every item, fitted on ``fit_rows`` only.
+
+    Args:
+        features: Item vectors, float ``[I, D]``.
+        fit_rows: Items the quantizer learns from (e.g. items with training
+            interactions), int ``[M]`` or bool ``[I]``; the others are only encoded.
+        config: Settings (default :class:`SemanticIdConfig`).
+
+    Raises:
+        ConfigError: Non-finite features, or fewer distinct fitting rows than codes.
+    """
+    from sklearn.cluster import KMeans  # noqa: PLC0415  (heavy: only when fitting)
+
+    config = config or SemanticIdConfig()
+    standardised, rows, mean, scale = _prepared(features, fit_rows, config)
+    residual = standardised
     codes = np.empty((len(features), config.levels), dtype=np.int64)
     codebooks = []
     for level in range(config.levels):
@@ -157,7 +201,78 @@ def fit_rq_kmeans(
         codebooks.append(kmeans.cluster_centers_)
         residual = residual - kmeans.cluster_centers_[codes[:, level]]
     resolved = resolve_collisions(codes, config)
-    return SemanticIds(resolved, codes, codebooks, mean, scale, config)
+    reconstruction = standardised - residual  # the sum of each item's centroids
+    return SemanticIds(resolved, codes, codebooks, mean, scale, config, reconstruction)
+
+
+def fit_rq_vae(
+    features: np.ndarray, fit_rows: np.ndarray, config: SemanticIdConfig | None = None
+) -> SemanticIds:
+    """RQ-VAE codes for every item, fitted on ``fit_rows`` only.
+
+    An MLP encoder maps the standardised features to a ``latent_dim`` vector,
+    ``vector_quantize_pytorch.ResidualVQ`` quantizes it with ``levels`` codebooks of
+    ``codebook_size`` codes (EMA updates with ``decay``, K-means initialised, dead
+    codes reset only if ``dead_code_threshold > 0``), an MLP decoder maps it back.
+    Loss: reconstruction MSE plus ``commitment`` times the commitment loss (with EMA
+    codebooks there is no codebook loss term).
+
+    Raises:
+        ConfigError: As :func:`fit_rq_kmeans`, or the ``rqvae`` extra is missing.
+    """
+    import torch  # noqa: PLC0415  (only this tokenizer needs torch)
+
+    from simulators.base import isolated_torch_rng  # noqa: PLC0415
+
+    try:
+        from vector_quantize_pytorch import ResidualVQ  # noqa: PLC0415
+    except ImportError:
+        raise ConfigError(
+            "method='rq-vae' needs vector-quantize-pytorch: pip install -e \".[rqvae]\" "
+            "(or use method='rq-kmeans')"
+        ) from None
+    config = config or SemanticIdConfig()
+    standardised, rows, mean, scale = _prepared(features, fit_rows, config)
+    dim = standardised.shape[1]
+    with isolated_torch_rng(config.seed):
+        encoder = torch.nn.Sequential(
+            torch.nn.Linear(dim, config.hidden_dim), torch.nn.ReLU(),
+            torch.nn.Linear(config.hidden_dim, config.latent_dim),
+        )  # fmt: skip
+        decoder = torch.nn.Sequential(
+            torch.nn.Linear(config.latent_dim, config.hidden_dim), torch.nn.ReLU(),
+            torch.nn.Linear(config.hidden_dim, dim),
+        )  # fmt: skip
+        quantizer = ResidualVQ(
+            dim=config.latent_dim, num_quantizers=config.levels,
+            codebook_size=config.codebook_size, decay=config.decay, kmeans_init=True,
+            threshold_ema_dead_code=config.dead_code_threshold,
+        )  # fmt: skip
+        parameters = [*encoder.parameters(), *decoder.parameters()]
+        optimiser = torch.optim.Adam(parameters, lr=config.learning_rate)
+        data = torch.as_tensor(standardised, dtype=torch.float32)
+        generator = torch.Generator().manual_seed(config.seed)
+        for module in (encoder, decoder, quantizer):
+            module.train()
+        for _ in range(config.epochs):
+            order = torch.as_tensor(rows)[torch.randperm(len(rows), generator=generator)]
+            for start in range(0, len(order), config.batch_size):
+                batch = data[order[start : start + config.batch_size]]
+                quantized, _, commitment = quantizer(encoder(batch)[None])
+                loss = torch.nn.functional.mse_loss(decoder(quantized[0]), batch)
+                loss = loss + config.commitment * commitment.sum()
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+        for module in (encoder, decoder, quantizer):
+            module.eval()
+        with torch.no_grad():
+            quantized, indices, _ = quantizer(encoder(data)[None])
+            reconstruction = decoder(quantized[0]).double().numpy()
+    codes = indices[0].numpy().astype(np.int64)
+    codebooks = [book.detach().numpy() for book in quantizer.codebooks]
+    resolved = resolve_collisions(codes, config)
+    return SemanticIds(resolved, codes, codebooks, mean, scale, config, reconstruction)
 
 
 def resolve_collisions(codes: np.ndarray, config: SemanticIdConfig) -> np.ndarray:
@@ -230,7 +345,7 @@ def semantic_id_report(
         return float((counts[inverse.reshape(-1)] == 1).mean())
 
     standardised = (np.asarray(features, dtype=np.float64) - ids.mean) / ids.scale
-    error = ((standardised - ids.reconstruct()) ** 2).sum(axis=1).mean()
+    error = ((standardised - ids.reconstruction) ** 2).sum(axis=1).mean()
     total = ((standardised - standardised.mean(axis=0)) ** 2).sum(axis=1).mean()
     usage, perplexity = [], []
     for level in range(ids.n_levels):
@@ -266,6 +381,6 @@ def semantic_id_report(
 
 
 __all__ = [
-    "SemanticIdConfig", "SemanticIds", "fit_rq_kmeans", "resolve_collisions",
-    "semantic_id_report",
+    "SemanticIdConfig", "SemanticIds", "fit_rq_kmeans", "fit_rq_vae", "fit_semantic_ids",
+    "resolve_collisions", "semantic_id_report",
 ]  # fmt: skip
