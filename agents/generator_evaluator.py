@@ -187,10 +187,7 @@ class GeneratorEvaluator(TrainableAgent):
 
     def evaluate(self, task: RerankTask, requests: np.ndarray, lists: np.ndarray) -> np.ndarray:
         """The evaluator's expected clicks of ``lists`` ``[B, M, L]``, ``[B, M]``."""
-        calls = self.scorer.calls  # serving is not counted
-        values = self.scorer.group_values(task, requests, lists).cpu().numpy()
-        self.scorer.calls = calls
-        return values
+        return self.scorer.group_values(task, requests, lists).cpu().numpy()
 
     def rank(
         self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None

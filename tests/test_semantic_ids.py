@@ -90,6 +90,8 @@ def test_bad_settings_and_inputs_are_refused() -> None:
     features, _ = _blobs(per_blob=3)
     with pytest.raises(ConfigError, match="12 distinct fitting items for codebook_size=64"):
         fit_rq_kmeans(features, np.ones(12, bool), SemanticIdConfig(codebook_size=64))
+    with pytest.raises(ConfigError, match="config says method='rq-vae'.*fit_semantic_ids"):
+        fit_rq_kmeans(features, np.ones(12, bool), SemanticIdConfig(method="rq-vae"))
     features[0, 0] = np.nan
     with pytest.raises(ConfigError, match="1 non-finite"):
         fit_rq_kmeans(features, np.ones(12, bool), SemanticIdConfig(codebook_size=4))

@@ -31,7 +31,7 @@ PrefixScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class ListScorer(ABC):
     """Values lists of a task's requests; counts the sequences it valued.
 
-    Subclasses implement :meth:`prefix_values`; a top-down scorer values every
+    Subclasses implement ``_prefix_values``; a top-down scorer values every
     prefix of a list in one pass, so one list is one call whatever its length.
 
     Attributes:
@@ -85,7 +85,7 @@ class ListScorer(ABC):
             requests: Request indices ``[B]``.
             lists: ``[B, G, L]``: ``G`` lists per request.
         """
-        lists = torch.as_tensor(np.asarray(lists) if not torch.is_tensor(lists) else lists)
+        lists = torch.as_tensor(lists)
         batch, count, length = lists.shape
         flat_requests = np.repeat(np.asarray(requests), count)
         values = self.list_values(task, flat_requests, lists.reshape(batch * count, length))

@@ -152,15 +152,18 @@ class LookaheadEvaluator(nn.Module):
         mask = self.head_mask(items.shape[1], self.max_length, items.device)
         return (probs * mask).sum(dim=-1)
 
+    def request_context(self, task: RerankTask, requests: torch.Tensor) -> torch.Tensor:
+        """:meth:`context` of each request (its user's features and history), ``[M, 2d]``."""
+        tables = feature_tables(task)
+        return self.context(
+            tables.users[tables.request_user[requests]], tables.history_mean(requests)
+        )
+
     def request_inputs(
         self, task: RerankTask, requests: torch.Tensor, items: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(context [M, 2d], item features [M, T, Di])`` of item lists of ``requests``."""
-        tables = feature_tables(task)
-        context = self.context(
-            tables.users[tables.request_user[requests]], tables.history_mean(requests)
-        )
-        return context, tables.items[items]
+        return self.request_context(task, requests), feature_tables(task).items[items]
 
 
 class LookaheadScorer(ListScorer):
@@ -186,14 +189,12 @@ class LookaheadScorer(ListScorer):
         evaluator = self.evaluator.to(task.device).eval()
         requests_t = torch.as_tensor(np.array(requests), device=task.device)
         candidates = task.candidates[requests_t]
-        tables = feature_tables(task)
-        context = evaluator.context(
-            tables.users[tables.request_user[requests_t]], tables.history_mean(requests_t)
-        )
+        items_table = feature_tables(task).items
+        context = evaluator.request_context(task, requests_t)
 
         def score(rows: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
             self.calls += len(rows)
-            items = tables.items[torch.gather(candidates[rows], 1, slots)]
+            items = items_table[torch.gather(candidates[rows], 1, slots)]
             return evaluator.prefix_values(context[rows], items)[:, -1]
 
         return score

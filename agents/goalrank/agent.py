@@ -62,9 +62,13 @@ class GoalRank(PointerAgent):
                 )
         if cfg.policy_lists < cfg.group_size and not self.auxiliary:
             raise ValueError("policy_share < 1 needs at least one auxiliary policy")
-        self.policy_lists = cfg.policy_lists
         self.name = cfg.name
         self.reward: ListScorer = SimulatorScorer("train")
+
+    @property
+    def policy_lists(self) -> int:
+        """Lists of each group sampled from the policy (the config's)."""
+        return self.settings.policy_lists
 
     @property
     def reward_calls(self) -> int:

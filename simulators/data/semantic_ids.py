@@ -143,6 +143,16 @@ def fit_semantic_ids(
     return fit(features, fit_rows, config)
 
 
+def _checked_method(config: SemanticIdConfig, method: str) -> SemanticIdConfig:
+    """``config``, refused if it names another method than the function fitting it."""
+    if config.method != method:
+        raise ConfigError(
+            f"this fits {method!r} but the config says method={config.method!r}: call "
+            "fit_semantic_ids(features, fit_rows, config), which follows the config"
+        )
+    return config
+
+
 def _prepared(
     features: np.ndarray, fit_rows: np.ndarray, config: SemanticIdConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -186,7 +196,7 @@ def fit_rq_kmeans(
     """
     from sklearn.cluster import KMeans  # noqa: PLC0415  (heavy: only when fitting)
 
-    config = config or SemanticIdConfig()
+    config = _checked_method(config or SemanticIdConfig(), "rq-kmeans")
     standardised, rows, mean, scale = _prepared(features, fit_rows, config)
     residual = standardised
     codes = np.empty((len(features), config.levels), dtype=np.int64)
@@ -231,7 +241,7 @@ def fit_rq_vae(
             "method='rq-vae' needs vector-quantize-pytorch: pip install -e \".[rqvae]\" "
             "(or use method='rq-kmeans')"
         ) from None
-    config = config or SemanticIdConfig()
+    config = _checked_method(config or SemanticIdConfig(method="rq-vae"), "rq-vae")
     standardised, rows, mean, scale = _prepared(features, fit_rows, config)
     dim = standardised.shape[1]
     with isolated_torch_rng(config.seed):
