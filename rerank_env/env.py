@@ -31,6 +31,7 @@ _TASK_KWARGS = (
     "diversity_strength",
     "pipeline",
     "synthetic",
+    "semantic_ids",
     "device",
     "progress",
 )

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,7 @@ from simulators.data.datasets import DATASETS, data_checksum
 from simulators.data.errors import ConfigError
 from simulators.data.paths import cache_dir
 from simulators.data.pipeline import PIPELINE_VERSION
+from simulators.data.semantic_ids import SemanticIdConfig, SemanticIds, cached_semantic_ids
 from simulators.data.synthetic_config import SyntheticConfig
 from simulators.factory import MODEL_KINDS
 
@@ -65,6 +67,10 @@ class RerankTask:
         description: What the task was built from (dataset, simulator, bundle, ...).
         make_kwargs: The :func:`make_task` keyword arguments that rebuild this task
             (environments over the same requests and simulators use them).
+        semantic_id_config: Tokenizer settings of :attr:`semantic_ids` (default
+            :class:`~simulators.data.semantic_ids.SemanticIdConfig`).
+        stored_semantic_ids: Returns the bundle's saved semantic IDs and their
+            manifest entry (or ``None``); used when their kind and config match.
     """
 
     def __init__(
@@ -79,8 +85,12 @@ class RerankTask:
         device: str | torch.device = "cpu",
         description: dict[str, Any] | None = None,
         make_kwargs: dict[str, Any] | None = None,
+        semantic_id_config: SemanticIdConfig | None = None,
+        stored_semantic_ids: Callable[[], tuple[SemanticIds, dict[str, Any]] | None] | None = None,
     ) -> None:
         self.pool = pool
+        self.semantic_id_config = semantic_id_config or SemanticIdConfig()
+        self._stored_semantic_ids = stored_semantic_ids
         self.make_kwargs = dict(make_kwargs or {})
         self.num_candidates = num_candidates
         self.slate_length = slate_length
@@ -117,6 +127,39 @@ class RerankTask:
     def n_requests(self) -> int:
         """Requests in the pool (all splits)."""
         return self.pool.n_requests
+
+    @functools.cached_property
+    def tokenizer(self) -> SemanticIds:
+        """Every item's semantic ID under :attr:`semantic_id_config` (fitted on first use).
+
+        The input is the item side features next to this task's learned item
+        vectors; the tokenizer is fitted on items with training interactions only
+        (:meth:`~simulators.bundle.RequestPool.semantic_id_inputs`). The bundle's
+        saved IDs are used when they were fitted on this simulator's vectors with
+        this config; otherwise they are fitted once and kept in the user cache.
+        """
+        stored = self._stored_semantic_ids() if self._stored_semantic_ids else None
+        if stored is not None:
+            ids, entry = stored
+            if entry["kind"] == self.description.get("simulator") and (
+                ids.config == self.semantic_id_config
+            ):
+                return _read_only(ids)
+        content = self.pool.item_features.shape[1]
+        features, fit_rows = self.pool.semantic_id_inputs(self.item_table[:, content:])
+        ids = cached_semantic_ids(
+            features, fit_rows, self.semantic_id_config, genres=self.pool.genres()
+        )
+        return _read_only(ids)
+
+    @property
+    def semantic_ids(self) -> np.ndarray:
+        """Every item's semantic ID, int64 ``[items, levels]`` (read-only; codes per level).
+
+        ``task.tokenizer.tokens`` gives them as global token ids (level offsets
+        added), ``task.tokenizer.vocab_size`` the vocabulary.
+        """
+        return self.tokenizer.codes
 
     def requests(self, split: str) -> np.ndarray:
         """Indices of the requests of ``split`` (splits never mix)."""
@@ -178,6 +221,8 @@ class RerankTask:
             device=self.device,
             description={**self.description, "protocol": "gr2"},
             make_kwargs=None,
+            semantic_id_config=self.semantic_id_config,
+            stored_semantic_ids=self._stored_semantic_ids,
         )
 
     def has_simulator(self, role: str) -> bool:
@@ -258,6 +303,13 @@ class RerankTask:
         )
 
 
+def _read_only(ids: SemanticIds) -> SemanticIds:
+    """``ids`` with its code arrays made read-only (a task's are shared)."""
+    for array in (ids.codes, ids.raw_codes):
+        array.flags.writeable = False
+    return ids
+
+
 def _long_tensor(values: Any, device: torch.device) -> torch.Tensor:
     if isinstance(values, torch.Tensor):
         return values.to(device=device, dtype=torch.long, copy=True)
@@ -277,6 +329,7 @@ def make_task(
     diversity_strength: float | None = None,
     pipeline: PipelineConfig | None = None,
     synthetic: SyntheticConfig | None = None,
+    semantic_ids: SemanticIdConfig | None = None,
     device: str = "cpu",
     progress: bool = True,
 ) -> RerankTask:
@@ -307,6 +360,8 @@ def make_task(
         pipeline: Data pipeline settings for a non-embedded dataset (default:
             ``PipelineConfig(num_candidates=max(N, 50), slate_length=L)``).
         synthetic: The synthetic world (default ``SyntheticConfig(slate_length=L)``).
+        semantic_ids: Tokenizer settings of ``task.semantic_ids`` (default
+            ``SemanticIdConfig()``: RQ-KMeans, 3 levels of 64 codes).
         device: Where simulators run (``"cpu"``, ``"cuda"``).
         progress: Progress bars while building.
 
@@ -324,6 +379,11 @@ def make_task(
             )
     elif synthetic is not None:
         raise ConfigError(f"synthetic=... only applies to dataset='synthetic', not {dataset!r}")
+    if semantic_ids is not None and not isinstance(semantic_ids, SemanticIdConfig):
+        raise ConfigError(
+            f"semantic_ids must be a SemanticIdConfig (simulators.data.semantic_ids) or None, "
+            f"got {semantic_ids!r}"
+        )
     if not composed and (position_bias is not None or diversity_strength is not None):
         raise ConfigError(
             "position_bias and diversity_strength compose the simulator; with composed=False "
@@ -385,6 +445,8 @@ def make_task(
         slate_length=slate_length,
         device=device,
         description=description,
+        semantic_id_config=semantic_ids,
+        stored_semantic_ids=bundle_loaded.stored_semantic_ids,
         make_kwargs={
             "dataset": dataset,
             "data_dir": source.data_dir,  # resolved: the working directory may change
@@ -397,6 +459,7 @@ def make_task(
             "diversity_strength": diversity_strength,
             "pipeline": pipeline,
             "synthetic": synthetic,
+            "semantic_ids": semantic_ids,
             "device": device,
         },  # fmt: skip
     )

@@ -8,6 +8,9 @@ A bundle is what an environment needs to run with no raw data: for one dataset,
   side features and item titles). No rating values and no timestamps;
 * ``<kind>.pt``: one simulator checkpoint per model kind (an ensemble whose last
   member is held out for evaluation), in the format of :mod:`simulators.checkpoint`;
+* ``semantic_ids.npz`` (optional): every item's semantic ID, fitted on the training
+  items with the default simulator's learned item vectors (:func:`add_semantic_ids`;
+  tasks fit and cache them when a bundle has none or another config is asked for);
 * ``manifest.json``: format version, the pipeline and bundle configs, the raw
   data's checksum, each file's SHA-256, and each simulator's metrics.
 
@@ -43,6 +46,17 @@ from simulators.composed import ComposedSimulator
 from simulators.data.cache import package_version
 from simulators.data.errors import ConfigError
 from simulators.data.pipeline import PIPELINE_VERSION, SPLITS, RerankData
+from simulators.data.semantic_ids import (
+    SemanticIdConfig,
+    SemanticIds,
+    fit_semantic_ids,
+    input_checksum,
+    items_with_interactions,
+    load_semantic_ids,
+    save_semantic_ids,
+    semantic_id_features,
+    semantic_id_report,
+)
 from simulators.factory import MODEL_KINDS, SimulatorSpec, build_simulator, evaluation_split
 
 BUNDLE_FORMAT_VERSION = 1
@@ -50,6 +64,7 @@ BUNDLE_FORMAT_VERSION = 1
 SIMULATOR_HISTORY = 50
 DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent / "bundles" / "ml-100k"
 _POOL_FILE, _MANIFEST_FILE = "requests.npz", "manifest.json"
+_SEMANTIC_IDS_FILE = "semantic_ids.npz"
 
 
 @dataclass(frozen=True)
@@ -172,6 +187,36 @@ class RequestPool:
         valid = steps[None, :] < kept[:, None]
         rows = self.histories[requests[:, None], np.where(valid, source, 0)]
         return np.where(valid, rows, -1), kept
+
+    def trained_items(self) -> np.ndarray:
+        """Bool ``[I]``: items in a training request's logged slate or history.
+
+        These are the items whose learned vectors were trained.
+        """
+        train = self.split_indices("train")
+        return items_with_interactions(
+            self.n_items, self.logged_items[train], self.histories[train]
+        )
+
+    def genres(self) -> np.ndarray:
+        """Bool ``[I, G]`` genre (category) flags: the item features but the last (year)."""
+        return self.item_features[:, :-1] > 0.5
+
+    def semantic_id_inputs(
+        self, item_vectors: np.ndarray, withheld: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(features [I, D], fitting rows bool [I])`` of the semantic-ID tokenizer.
+
+        Features are the item side features next to ``item_vectors``; items without
+        training interactions, and ``withheld`` items (bool ``[I]``, cold start),
+        get content-only vectors and are not fitted on
+        (:func:`~simulators.data.semantic_ids.semantic_id_features`).
+        """
+        fit_rows = self.trained_items()
+        if withheld is not None:
+            fit_rows &= ~np.asarray(withheld, dtype=bool)
+        features = semantic_id_features(self.item_features, item_vectors, fit_rows)
+        return features, fit_rows
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array field by name (what :meth:`save` writes)."""
@@ -321,6 +366,18 @@ class SimulatorBundle:
         )
         return composed_train, composed_train.with_base(held_out)
 
+    def stored_semantic_ids(self) -> tuple[SemanticIds, dict[str, Any]] | None:
+        """``(semantic IDs, their manifest entry)`` saved in the bundle, or ``None``.
+
+        The entry says which simulator ``kind``'s item vectors they were fitted on
+        and holds their ``config`` and ``report``.
+        """
+        entry = self.manifest.get("semantic_ids")
+        if entry is None:
+            return None
+        ids, _ = load_semantic_ids(self.path / _SEMANTIC_IDS_FILE)
+        return ids, entry
+
     def representations(self, kind: str = "transformer") -> tuple[torch.Tensor, torch.Tensor]:
         """Learned ``(user vectors [U, d], item vectors [I, d])`` of the first member."""
         first = self.ensembles[kind].members[0]
@@ -347,6 +404,7 @@ def build_bundle(
     config: BundleConfig | None = None,
     *,
     data_checksum: str,
+    semantic_ids: SemanticIdConfig | None = SemanticIdConfig(),  # noqa: B008  (frozen)
     progress: bool = True,
 ) -> Path:
     """Fit a bundle's simulators on ``data`` and write the bundle folder ``out``.
@@ -359,6 +417,8 @@ def build_bundle(
         out: Destination folder (replaced if it exists).
         config: How to fit (default :class:`BundleConfig()`).
         data_checksum: SHA-256 of the raw files (``simulators.data.data_checksum``).
+        semantic_ids: Tokenizer settings of the bundle's semantic IDs
+            (:func:`add_semantic_ids`); ``None`` writes none.
         progress: Progress bars.
 
     Returns:
@@ -416,10 +476,53 @@ def build_bundle(
             "test_diagnostics": diagnostics,
         }
         _write_manifest(staging, manifest)
+        if semantic_ids is not None:
+            add_semantic_ids(staging, semantic_ids)
         _replace_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def add_semantic_ids(
+    folder: str | Path, config: SemanticIdConfig | None = None, kind: str | None = None
+) -> dict[str, Any]:
+    """Fit every item's semantic ID and save it in the bundle at ``folder``.
+
+    The tokenizer reads the item side features and ``kind``'s learned item vectors
+    (default: the bundle's default simulator), fits on the training items only
+    (:meth:`RequestPool.semantic_id_inputs`), and writes ``semantic_ids.npz`` and a
+    ``semantic_ids`` manifest entry (kind, config, input checksum, report), replacing
+    any earlier ones. The simulators are untouched.
+
+    Returns:
+        The manifest entry.
+    """
+    bundle = load_bundle(folder)
+    config = config or SemanticIdConfig()
+    kind = kind or bundle.manifest.get("default_simulator", {}).get("kind", bundle.kinds[0])
+    _, item_vectors = bundle.representations(kind)
+    features, fit_rows = bundle.pool.semantic_id_inputs(item_vectors.numpy())
+    ids = fit_semantic_ids(features, fit_rows, config)
+    report = semantic_id_report(ids, features, bundle.pool.genres())
+    checksum = input_checksum(features, fit_rows)
+    save_semantic_ids(
+        bundle.path / _SEMANTIC_IDS_FILE, ids, {"input_checksum": checksum, "report": report}
+    )
+    entry = {
+        "kind": kind,
+        "config": dataclasses.asdict(config),
+        "fit_items": int(fit_rows.sum()),
+        "input_checksum": checksum,
+        "report": report,
+    }
+    manifest = dict(bundle.manifest, semantic_ids=entry)
+    manifest["files"] = {
+        **manifest["files"],
+        _SEMANTIC_IDS_FILE: _sha256(bundle.path / _SEMANTIC_IDS_FILE),
+    }
+    _write_manifest(bundle.path, manifest)
+    return entry
 
 
 def _manifest(

@@ -143,6 +143,10 @@ def test_retrained_small_bundle_matches_the_manifest(bundle, raw_data, data_root
     ours = retrained.manifest["default_simulator"]["test_diagnostics"]["headroom"]
     theirs = shipped["default_simulator"]["test_diagnostics"]["headroom"]
     assert ours == pytest.approx(theirs, abs=0.01)
+    # The bundle saves semantic IDs of the default simulator's item vectors.
+    ids, entry = retrained.stored_semantic_ids()
+    assert entry["kind"] == "transformer" and entry["report"]["uniqueness"] == 1.0
+    assert ids.codes.shape == (retrained.pool.n_items, 3)
     assert not list(tmp_path.glob(".bundle.*")), "staging folders must be cleaned up"
 
 

@@ -1,16 +1,26 @@
-"""Semantic IDs: residual K-means codes, collision handling, the report."""
+"""Semantic IDs: tokenizers, inputs, collision handling, the report, files and tasks."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
-from simulators.data.errors import ConfigError
+from simulators.bundle import load_bundle
+from simulators.data.errors import CacheError, ConfigError
 from simulators.data.semantic_ids import (
+    SEMANTIC_ID_FORMAT_VERSION,
     SemanticIdConfig,
+    cached_semantic_ids,
     fit_rq_kmeans,
     fit_semantic_ids,
+    input_checksum,
+    items_with_interactions,
+    load_semantic_ids,
     resolve_collisions,
+    save_semantic_ids,
+    semantic_id_features,
     semantic_id_report,
 )
 
@@ -97,23 +107,148 @@ def test_bad_settings_and_inputs_are_refused() -> None:
         fit_rq_kmeans(features, np.ones(12, bool), SemanticIdConfig(codebook_size=4))
 
 
+def _target_report(pool, item_vectors: np.ndarray, method: str) -> dict:
+    features, fit_rows = pool.semantic_id_inputs(item_vectors)
+    config = SemanticIdConfig(method=method, levels=3, codebook_size=64, epochs=100)
+    return semantic_id_report(fit_semantic_ids(features, fit_rows, config), features, pool.genres())
+
+
+def _assert_targets(report: dict) -> None:
+    assert report["uniqueness"] >= 0.99
+    assert min(report["usage"]) >= 0.9
+    assert report["reconstruction_error"] < 0.2
+    assert report["genre_first_code"] > 3 * report["random_first_code"]  # codes know genres
+
+
 @pytest.mark.parametrize("method", ["rq-kmeans", "rq-vae"])
 def test_ml100k_items_get_unique_codes_that_use_every_level(task, method) -> None:
     """Issue 17's target on ML-100K: uniqueness >= 99%, >= 90% of codes used per level.
 
     Input: item content (genres, year) and the learned item vector, as the task holds
-    them; fitted on the items of the training slates.
+    them; fitted on the items with training interactions.
     """
-    pool = task.pool
-    fit_rows = np.unique(pool.logged_items[pool.split_indices("train")])
-    config = SemanticIdConfig(method=method, levels=3, codebook_size=64, epochs=100)
-    ids = fit_semantic_ids(task.item_table, fit_rows, config)
-    genres = pool.item_features[:, :-1] > 0.5  # genre flags, then the standardised year
-    report = semantic_id_report(ids, task.item_table, genres)
-    assert report["uniqueness"] >= 0.99
-    assert min(report["usage"]) >= 0.9
-    assert report["reconstruction_error"] < 0.2
-    assert report["genre_first_code"] > 3 * report["random_first_code"]  # codes know genres
+    content = task.pool.item_features.shape[1]
+    _assert_targets(_target_report(task.pool, task.item_table[:, content:], method))
+
+
+@pytest.mark.slow
+def test_synthetic_world_items_get_unique_codes_that_use_every_level() -> None:
+    """The same target on the default synthetic world's 500 items (PBM's item vectors)."""
+    from rerank_env import make_task
+
+    world = make_task(dataset="synthetic", simulator="pbm", progress=False)
+    content = world.pool.item_features.shape[1]
+    for method in ("rq-kmeans", "rq-vae"):
+        _assert_targets(_target_report(world.pool, world.item_table[:, content:], method))
+
+
+def test_items_without_interactions_are_coded_from_content_alone() -> None:
+    rng = np.random.default_rng(0)
+    content = rng.normal(size=(300, 4))
+    learned = content @ rng.normal(size=(4, 6)) + 0.1 * rng.normal(size=(300, 6))
+    known = items_with_interactions(300, np.arange(0, 250), np.array([[-1, 3]]))
+    assert known.sum() == 250 and not known[250:].any()
+    features = semantic_id_features(content, learned, known)
+    np.testing.assert_array_equal(features[:250], np.hstack([content, learned])[:250])
+    # The unknown items' learned part is the content's prediction, close to the truth
+    # here because learned vectors are a linear function of content plus noise.
+    assert np.abs(features[250:, 4:] - learned[250:]).mean() < 0.2
+    noisy = learned.copy()
+    noisy[250:] = rng.normal(size=(50, 6)) * 100  # untrained vectors are noise: ignored
+    np.testing.assert_array_equal(semantic_id_features(content, noisy, known), features)
+    with pytest.raises(ConfigError, match="no item has training interactions"):
+        semantic_id_features(content, learned, np.zeros(300, bool))
+    with pytest.raises(ConfigError, match="must describe the same items"):
+        semantic_id_features(content, learned[:10], known)
+
+
+def test_saved_ids_round_trip_and_damaged_or_other_version_files_are_refused(tmp_path) -> None:
+    features, _ = _blobs(per_blob=20)
+    config = SemanticIdConfig(levels=2, codebook_size=4, collisions="extra-level")
+    ids = fit_semantic_ids(features, np.ones(80, bool), config)
+    path = save_semantic_ids(tmp_path / "ids.npz", ids, {"note": "x"})
+    loaded, metadata = load_semantic_ids(path)
+    np.testing.assert_array_equal(loaded.codes, ids.codes)
+    np.testing.assert_array_equal(loaded.tokens, ids.tokens)
+    assert loaded.config == config and loaded.level_sizes == ids.level_sizes
+    assert metadata["note"] == "x" and metadata["format_version"] == SEMANTIC_ID_FORMAT_VERSION
+    with pytest.raises(ValueError, match="loaded from a file.*report"):
+        semantic_id_report(loaded, features)
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    record = json.loads(str(arrays["__metadata__"]))
+    arrays["__metadata__"] = np.asarray(json.dumps({**record, "format_version": 99}))
+    np.savez(tmp_path / "future.npz", **arrays)
+    with pytest.raises(CacheError, match="format version 99; this rerank-env reads version 1"):
+        load_semantic_ids(tmp_path / "future.npz")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CacheError, match="cannot read semantic IDs.*delete"):
+        load_semantic_ids(path)
+
+
+def test_tokens_are_global_ids_with_one_range_per_level() -> None:
+    features, _ = _blobs(per_blob=20)
+    ids = fit_semantic_ids(
+        features,
+        np.ones(80, bool),
+        SemanticIdConfig(levels=2, codebook_size=4, collisions="extra-level"),
+    )
+    assert ids.level_sizes[:2] == (4, 4) and ids.level_sizes[2] == ids.codes[:, 2].max() + 1
+    assert ids.vocab_size == sum(ids.level_sizes)
+    np.testing.assert_array_equal(ids.token_offsets, [0, 4, 8])
+    for level in range(3):  # each level's tokens stay in its own range
+        tokens = ids.tokens[:, level]
+        assert tokens.min() >= ids.token_offsets[level]
+        assert tokens.max() < ids.token_offsets[level] + ids.level_sizes[level]
+
+
+def test_cached_ids_are_fitted_once_per_input(tmp_path, monkeypatch) -> None:
+    import simulators.data.semantic_ids as module
+
+    features, _ = _blobs(per_blob=20)
+    config = SemanticIdConfig(levels=2, codebook_size=4, collisions="extra-level")
+    first = cached_semantic_ids(features, np.ones(80, bool), config, folder=tmp_path)
+    (path,) = tmp_path.glob("rq-kmeans-*.npz")
+    monkeypatch.setattr(module, "fit_semantic_ids", lambda *a: pytest.fail("fitted again"))
+    again = cached_semantic_ids(features, np.ones(80, bool), config, folder=tmp_path)
+    np.testing.assert_array_equal(again.codes, first.codes)
+    assert load_semantic_ids(path)[1]["report"]["uniqueness"] == 1.0
+    monkeypatch.undo()
+    path.write_bytes(b"damaged")  # a damaged file is fitted again, not used
+    np.testing.assert_array_equal(
+        cached_semantic_ids(features, np.ones(80, bool), config, folder=tmp_path).codes,
+        first.codes,
+    )
+    other = cached_semantic_ids(features + 1.0, np.ones(80, bool), config, folder=tmp_path)
+    assert other is not None and len(list(tmp_path.glob("*.npz"))) == 2  # other input, file
+
+
+def test_task_semantic_ids_come_from_the_bundle_and_match_a_fresh_fit(task) -> None:
+    ids = task.tokenizer
+    stored = load_bundle().stored_semantic_ids()
+    assert stored is not None and stored[1]["kind"] == "transformer"
+    content = task.pool.item_features.shape[1]
+    features, fit_rows = task.pool.semantic_id_inputs(task.item_table[:, content:])
+    assert stored[1]["input_checksum"] == input_checksum(features, fit_rows)
+    fresh = fit_semantic_ids(features, fit_rows, task.semantic_id_config)
+    np.testing.assert_array_equal(fresh.codes, task.semantic_ids)  # reproducible
+    assert task.semantic_ids.shape == (task.pool.n_items, 3)
+    with pytest.raises(ValueError, match="read-only"):
+        task.semantic_ids[0, 0] = 1
+    assert ids is task.tokenizer  # fitted or loaded once per task
+
+
+def test_tasks_fit_other_configs_and_refuse_a_bad_one() -> None:
+    from rerank_env import make_task
+
+    # 16 x 16 codes cannot tell 1,349 items apart: an extra level does.
+    small = SemanticIdConfig(levels=2, codebook_size=16, collisions="extra-level")
+    other = make_task(num_candidates=10, slate_length=4, semantic_ids=small)
+    assert other.semantic_ids.shape == (other.pool.n_items, 3)
+    assert other.tokenizer.vocab_size == 32 + other.tokenizer.level_sizes[2]
+    assert len(np.unique(other.semantic_ids, axis=0)) == other.pool.n_items
+    with pytest.raises(ConfigError, match="semantic_ids must be a SemanticIdConfig"):
+        make_task(semantic_ids={"levels": 2})
 
 
 def test_rq_vae_is_seeded_and_learns_only_from_the_fitting_rows() -> None:

@@ -18,18 +18,40 @@ This module is the tokenizer's core, on a given item matrix:
 * :func:`semantic_id_report`: uniqueness, per-level code usage and perplexity,
   reconstruction error, and how often items of one genre share their first code.
 
-Which features go in (content, learned item vectors), caching, bundles and
-``task.semantic_ids`` build on it (issue 17).
+Around the core:
+
+* :func:`semantic_id_features`: the tokenizer's input, item content (genres, year,
+  other side features) next to the learned item vector; an item without training
+  interactions gets its vector part predicted from its content (a ridge
+  regression fitted on the items that have interactions), so its code comes from
+  content alone;
+* :func:`save_semantic_ids` / :func:`load_semantic_ids`: a versioned ``.npz`` with
+  a metadata record (format version, config, input checksum, report), written
+  atomically; :func:`cached_semantic_ids` fits once per input and config into the
+  user cache. Bundles hold one (``semantic_ids.npz``, see ``simulators.bundle``)
+  and tasks expose it as ``task.semantic_ids``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import zipfile
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
-from simulators.data.errors import ConfigError
+from simulators._io import atomic_write
+from simulators.data.errors import CacheError, ConfigError
+from simulators.data.paths import cache_dir
+
+#: Bumped whenever saved semantic IDs would be read differently or fitted differently.
+SEMANTIC_ID_FORMAT_VERSION = 1
+_METADATA_KEY = "__metadata__"
 
 Method = Literal["rq-kmeans", "rq-vae"]
 Collisions = Literal["random-last", "extra-level"]
@@ -111,7 +133,8 @@ class SemanticIds:
         mean: Column means used to standardise, ``[D]`` (zeros if not standardised).
         scale: Column scales used to standardise, ``[D]`` (ones if not standardised).
         config: The :class:`SemanticIdConfig`.
-        reconstruction: Each item as its raw code decodes it, standardised ``[I, D]``.
+        reconstruction: Each item as its raw code decodes it, standardised ``[I, D]``
+            (``None`` when loaded from a file: the saved report summarises it).
     """
 
     codes: np.ndarray
@@ -120,12 +143,42 @@ class SemanticIds:
     mean: np.ndarray
     scale: np.ndarray
     config: SemanticIdConfig
-    reconstruction: np.ndarray
+    reconstruction: np.ndarray | None
 
     @property
     def n_levels(self) -> int:
         """Levels of :attr:`codes` (with the extra level, if any)."""
         return self.codes.shape[1]
+
+    @property
+    def level_sizes(self) -> tuple[int, ...]:
+        """Codes each level may hold.
+
+        The codebook size, and for an extra disambiguation level the largest group
+        of items sharing a code.
+        """
+        sizes = [self.config.codebook_size] * self.config.levels
+        if self.n_levels > self.config.levels:
+            sizes.append(int(self.codes[:, -1].max()) + 1)
+        return tuple(sizes)
+
+    @property
+    def token_offsets(self) -> np.ndarray:
+        """First token id of each level, int64 ``[levels]``."""
+        return np.concatenate([[0], np.cumsum(self.level_sizes)[:-1]]).astype(np.int64)
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokens over all levels: code ``c`` of level ``l`` is token ``offset[l] + c``."""
+        return int(sum(self.level_sizes))
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """Every item's code as global token ids, int64 ``[I, levels]``.
+
+        One id means one (level, code) pair in every request.
+        """
+        return self.codes + self.token_offsets
 
 
 def fit_semantic_ids(
@@ -285,6 +338,167 @@ def fit_rq_vae(
     return SemanticIds(resolved, codes, codebooks, mean, scale, config, reconstruction)
 
 
+def items_with_interactions(n_items: int, *item_arrays: np.ndarray) -> np.ndarray:
+    """Bool ``[n_items]``: which items occur in any of ``item_arrays`` (``-1`` ignored).
+
+    Pass the training split's arrays (its logged slates and histories) to get the
+    items whose learned vectors were trained.
+    """
+    seen = np.zeros(n_items, dtype=bool)
+    for items in item_arrays:
+        items = np.asarray(items, dtype=np.int64).reshape(-1)
+        seen[items[items >= 0]] = True
+    return seen
+
+
+def semantic_id_features(
+    content: np.ndarray, learned: np.ndarray, has_interactions: np.ndarray, *, alpha: float = 1.0
+) -> np.ndarray:
+    """The tokenizer's input: ``[content, learned vector]`` per item, float64 ``[I, Dc + Dl]``.
+
+    A learned vector means something only for items the simulators saw in training;
+    for every other item it is replaced by its prediction from content (a ridge
+    regression with strength ``alpha``, fitted on the items with interactions), so
+    that item's code is decided by its content alone.
+
+    Args:
+        content: Side features (genres, year, ...), ``[I, Dc]``.
+        learned: Learned item vectors, ``[I, Dl]``.
+        has_interactions: Bool ``[I]``, items with training interactions.
+        alpha: Ridge strength.
+
+    Raises:
+        ConfigError: Shapes disagree, or no item has interactions.
+    """
+    from sklearn.linear_model import Ridge  # noqa: PLC0415  (heavy: only when fitting)
+
+    content = np.asarray(content, dtype=np.float64)
+    learned = np.asarray(learned, dtype=np.float64)
+    known = np.asarray(has_interactions, dtype=bool)
+    if content.ndim != 2 or learned.ndim != 2 or not len(content) == len(learned) == len(known):
+        raise ConfigError(
+            f"content {content.shape}, learned {learned.shape} and has_interactions "
+            f"{known.shape} must describe the same items: [I, Dc], [I, Dl] and [I]"
+        )
+    if not known.any():
+        raise ConfigError("no item has training interactions: nothing to fit the tokenizer on")
+    vectors = learned.copy()
+    if not known.all():
+        ridge = Ridge(alpha=alpha).fit(content[known], learned[known])
+        vectors[~known] = ridge.predict(content[~known])
+    return np.concatenate([content, vectors], axis=1)
+
+
+def input_checksum(features: np.ndarray, fit_rows: np.ndarray) -> str:
+    """SHA-256 of a tokenizer's input (features as float64, fitting rows as a bool mask)."""
+    features = np.ascontiguousarray(features, dtype=np.float64)
+    rows = np.asarray(fit_rows)
+    mask = rows if rows.dtype == bool else np.isin(np.arange(len(features)), rows)
+    digest = hashlib.sha256()
+    digest.update(str(features.shape).encode())
+    digest.update(features.tobytes())
+    digest.update(np.ascontiguousarray(mask, dtype=bool).tobytes())
+    return digest.hexdigest()
+
+
+def save_semantic_ids(path: str | Path, ids: SemanticIds, metadata: dict[str, Any]) -> Path:
+    """Write ``ids`` (codes, raw codes, codebooks, standardisation) to ``path`` atomically.
+
+    ``metadata`` (JSON-serialisable: the input checksum, the report, ...) is stored
+    with the format version, the config and when it was made. The per-item
+    reconstruction is not stored (it is summarised in the report).
+    """
+    record = {
+        **metadata,
+        "format_version": SEMANTIC_ID_FORMAT_VERSION,
+        "config": dataclasses.asdict(ids.config),
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    arrays = {
+        "codes": ids.codes,
+        "raw_codes": ids.raw_codes,
+        "mean": ids.mean,
+        "scale": ids.scale,
+        **{f"codebook_{level}": book for level, book in enumerate(ids.codebooks)},
+        _METADATA_KEY: np.asarray(json.dumps(record, sort_keys=True)),
+    }
+    path = Path(path)
+    atomic_write(path, lambda out: np.savez_compressed(out, **arrays))
+    return path
+
+
+def load_semantic_ids(path: str | Path) -> tuple[SemanticIds, dict[str, Any]]:
+    """Read what :func:`save_semantic_ids` wrote: ``(ids, metadata)``.
+
+    The loaded ``ids.reconstruction`` is ``None`` (see ``metadata["report"]``).
+
+    Raises:
+        CacheError: Unreadable, incomplete, or of another format version.
+    """
+    fix = f"delete {path} to fit the semantic IDs again"
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            metadata = json.loads(str(archive[_METADATA_KEY]))
+            version = metadata.get("format_version")
+            if version != SEMANTIC_ID_FORMAT_VERSION:
+                raise CacheError(
+                    f"{path} holds semantic IDs of format version {version}; this rerank-env "
+                    f"reads version {SEMANTIC_ID_FORMAT_VERSION}: {fix}"
+                )
+            config = SemanticIdConfig(**metadata["config"])
+            books = sorted(name for name in archive.files if name.startswith("codebook_"))
+            ids = SemanticIds(
+                codes=archive["codes"].astype(np.int64),
+                raw_codes=archive["raw_codes"].astype(np.int64),
+                codebooks=[archive[f"codebook_{level}"] for level in range(len(books))],
+                mean=archive["mean"],
+                scale=archive["scale"],
+                config=config,
+                reconstruction=None,
+            )
+    except CacheError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as err:
+        raise CacheError(f"cannot read semantic IDs {path} ({err!r}): {fix}") from err
+    return ids, metadata
+
+
+def cached_semantic_ids(
+    features: np.ndarray,
+    fit_rows: np.ndarray,
+    config: SemanticIdConfig | None = None,
+    *,
+    genres: np.ndarray | None = None,
+    folder: str | Path | None = None,
+) -> SemanticIds:
+    """:func:`fit_semantic_ids`, fitted once per input and config and kept on disk.
+
+    The file is named by a hash of the format version, the config and
+    :func:`input_checksum`, under ``folder`` (default: ``<user cache>/semantic_ids``);
+    a damaged file is fitted again. Its metadata holds :func:`semantic_id_report`
+    (with ``genres`` if given).
+    """
+    config = config or SemanticIdConfig()
+    checksum = input_checksum(features, fit_rows)
+    key = hashlib.sha256(
+        json.dumps(
+            [SEMANTIC_ID_FORMAT_VERSION, dataclasses.asdict(config), checksum], sort_keys=True
+        ).encode()
+    ).hexdigest()[:16]
+    path = Path(folder or cache_dir() / "semantic_ids") / f"{config.method}-{key}.npz"
+    if path.is_file():
+        try:
+            ids, metadata = load_semantic_ids(path)
+            if metadata.get("input_checksum") == checksum:
+                return ids
+        except CacheError:
+            pass  # damaged: fit again below
+    ids = fit_semantic_ids(features, fit_rows, config)
+    report = semantic_id_report(ids, features, genres)
+    save_semantic_ids(path, ids, {"input_checksum": checksum, "report": report})
+    return ids
+
+
 def resolve_collisions(codes: np.ndarray, config: SemanticIdConfig) -> np.ndarray:
     """Codes made unique per item, as ``config.collisions`` says.
 
@@ -354,6 +568,11 @@ def semantic_id_report(
         _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
         return float((counts[inverse.reshape(-1)] == 1).mean())
 
+    if ids.reconstruction is None:
+        raise ValueError(
+            "these semantic IDs were loaded from a file, which keeps no reconstruction: "
+            "read the report saved with them (load_semantic_ids(path)[1]['report'])"
+        )
     standardised = (np.asarray(features, dtype=np.float64) - ids.mean) / ids.scale
     error = ((standardised - ids.reconstruction) ** 2).sum(axis=1).mean()
     total = ((standardised - standardised.mean(axis=0)) ** 2).sum(axis=1).mean()
@@ -391,6 +610,8 @@ def semantic_id_report(
 
 
 __all__ = [
-    "SemanticIdConfig", "SemanticIds", "fit_rq_kmeans", "fit_rq_vae", "fit_semantic_ids",
-    "resolve_collisions", "semantic_id_report",
+    "SEMANTIC_ID_FORMAT_VERSION", "SemanticIdConfig", "SemanticIds", "cached_semantic_ids",
+    "fit_rq_kmeans", "fit_rq_vae", "fit_semantic_ids", "input_checksum",
+    "items_with_interactions", "load_semantic_ids", "resolve_collisions", "save_semantic_ids",
+    "semantic_id_features", "semantic_id_report",
 ]  # fmt: skip
