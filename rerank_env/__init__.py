@@ -7,6 +7,7 @@ Importing this package registers the environments::
 
     env = gym.make("SlateRerank-v0")
     envs = gym.make_vec("SlateRerank-v0", num_envs=1024)  # native, batched
+    env = gym.make("SlateRerankGlobal-v0")  # one semantic-ID token per step
 
 This layer may import :mod:`simulators`, never :mod:`agents`.
 """
@@ -35,6 +36,13 @@ for _env_id, _kwargs in VARIANTS.items():
 
 register(id="SlateRerankList-v0", entry_point="rerank_env.env:SlateRerankListEnv")
 VARIANTS["SlateRerankList-v0"] = {}
+# GloRank's global action space: one semantic-ID token per step.
+register(
+    id="SlateRerankGlobal-v0",
+    entry_point="rerank_env.semantic_env:SlateRerankGlobalEnv",
+    vector_entry_point="rerank_env.semantic_env:SlateRerankGlobalVectorEnv",
+)
+VARIANTS["SlateRerankGlobal-v0"] = {}
 
 from rerank_env.core import InvalidActionError  # noqa: E402
 from rerank_env.task import RerankTask, make_task  # noqa: E402

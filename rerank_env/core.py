@@ -44,6 +44,24 @@ def check_modes(reward_mode: str, click_mode: str, features: str, split: str) ->
             raise ValueError(f"{name} must be one of {valid}, got {value!r}")
 
 
+def reset_arguments(options: dict[str, Any] | None, vector: bool) -> tuple[Any, Any, Any]:
+    """``(requests, candidates, initial_scores)`` of a ``reset``'s options (``None`` if absent).
+
+    The single environments take ``"request"``, the vector environments
+    ``"requests"`` (one per sub-environment); unknown options are refused.
+    """
+    options = options or {}
+    key = "requests" if vector else "request"
+    valid = [key, "candidates", "initial_scores"]
+    unknown = set(options) - set(valid)
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {sorted(unknown)}; valid: {valid}")
+    requests = options.get(key)
+    if requests is not None and not vector:
+        requests = np.array([requests])
+    return requests, options.get("candidates"), options.get("initial_scores")
+
+
 class EpisodeBatch:
     """State and dynamics of ``size`` episodes that start and end together.
 
@@ -84,6 +102,8 @@ class EpisodeBatch:
         self._rows = np.zeros((size, ROWS_PER_DRAW, 1 + length), dtype=np.float64)
         self._next_row = np.full(size, ROWS_PER_DRAW, dtype=np.int64)
         self._arange = np.arange(size)
+        self.candidate_items = np.zeros((size, n), dtype=np.int64)
+        self.candidate_scores = np.zeros((size, n), dtype=np.float32)
         self._users_t = self._candidates_t = self._histories_t = torch.empty(0)
 
     def forget_rows(self, envs: np.ndarray) -> None:
@@ -94,6 +114,8 @@ class EpisodeBatch:
         self,
         generators: list[np.random.Generator],
         requests: np.ndarray | None = None,
+        candidates: Any = None,
+        initial_scores: Any = None,
     ) -> None:
         """Begin new episodes in every slot, drawing each slot's row from its generator.
 
@@ -101,9 +123,26 @@ class EpisodeBatch:
             generators: One generator per slot.
             requests: Force these requests (one per slot, from this split); the
                 row is still consumed, so the random stream does not depend on it.
+            candidates: Item indices ``[size, N]`` offered instead of the requests'
+                own candidates (any order, e.g. a permutation of them, or the
+                user's own list); needs ``requests``.
+            initial_scores: The upstream scores of ``candidates``, ``[size, N]``;
+                by default each item keeps its score in the request's candidates
+                (items not among them then need this).
         """
+        if candidates is not None and requests is None:
+            raise ValueError(
+                "the 'candidates' option needs the request they belong to (its user and "
+                "history): pass 'request' (vector env: 'requests') as well"
+            )
+        if initial_scores is not None and candidates is None:
+            raise ValueError("'initial_scores' applies to 'candidates' given with them")
         if requests is not None:  # validated before any randomness is consumed
             requests = self._checked_requests(requests)
+            if candidates is not None:
+                candidates, initial_scores = self._checked_candidates(
+                    requests, candidates, initial_scores
+                )
         for env in np.flatnonzero(self._next_row >= ROWS_PER_DRAW):
             self._rows[env] = generators[env].random((ROWS_PER_DRAW, self._rows.shape[2]))
             self._next_row[env] = 0
@@ -115,10 +154,16 @@ class EpisodeBatch:
             requests = self.split_requests[picks]
         self.request[:] = requests
         task = self.task
+        if candidates is None:
+            self.candidate_items[:] = task.candidates_np[self.request]
+            self.candidate_scores[:] = task.scores_np[self.request]
+        else:
+            self.candidate_items[:] = candidates
+            self.candidate_scores[:] = initial_scores
         requests_t = torch.as_tensor(self.request, device=task.device)
         # Per-episode rows, gathered once rather than at every step.
         self._users_t = task.users[requests_t]
-        self._candidates_t = task.candidates[requests_t]
+        self._candidates_t = torch.as_tensor(self.candidate_items, device=task.device)
         self._histories_t = task.histories[requests_t]
         self.uniforms[:] = rows[:, 1:]
         self.slate.fill(PAD)
@@ -145,6 +190,60 @@ class EpisodeBatch:
                 f"{self.split!r} requests, task.requests({self.split!r})); splits never mix"
             )
         return raw
+
+    def _checked_candidates(
+        self, requests: np.ndarray, candidates: Any, initial_scores: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(items [size, N], scores [size, N])`` given for ``requests``, checked."""
+        task, n = self.task, self.task.num_candidates
+        raw = np.asarray(candidates)
+        if raw.dtype == bool or not np.issubdtype(raw.dtype, np.integer):
+            raise ValueError(f"candidates must be integer item indices, got {candidates!r}")
+        if raw.size != self.size * n:
+            raise ValueError(
+                f"candidates must hold N = {n} item indices per episode ({self.size} "
+                f"episode(s)); got shape {raw.shape}"
+            )
+        items = raw.astype(np.int64).reshape(self.size, n)
+        n_items = task.pool.n_items
+        if ((items < 0) | (items >= n_items)).any():
+            bad = int(items[(items < 0) | (items >= n_items)][0])
+            raise ValueError(f"candidate item {bad} is not an item index (valid: 0..{n_items - 1})")
+        for row in items:
+            values, counts = np.unique(row, return_counts=True)
+            if (counts > 1).any():
+                raise ValueError(
+                    f"candidates list item {int(values[counts > 1][0])} more than once; a "
+                    "request's candidates are distinct items"
+                )
+        low, high = float(task.scores_np.min()), float(task.scores_np.max())
+        if initial_scores is None:
+            own = task.candidates_np[requests]
+            found = own[:, None, :] == items[:, :, None]  # [size, N given, N own]
+            missing = ~found.any(axis=2)
+            if missing.any():
+                episode, slot = np.argwhere(missing)[0]
+                raise ValueError(
+                    f"candidate item {int(items[episode, slot])} is not among request "
+                    f"{int(requests[episode])}'s candidates, so it has no initial score: pass "
+                    "'initial_scores' (one per candidate) with the candidates"
+                )
+            scores = (found * task.scores_np[requests][:, None, :]).sum(axis=2)
+        else:
+            scores = np.asarray(initial_scores, dtype=np.float64)
+            if scores.size != self.size * n or not np.isfinite(scores).all():
+                raise ValueError(
+                    f"initial_scores must be N = {n} finite scores per episode; got shape "
+                    f"{scores.shape}"
+                )
+            scores = scores.reshape(self.size, n)
+            if (scores < low).any() or (scores > high).any():
+                raise ValueError(
+                    f"initial_scores must lie in the task's score range [{low:.4g}, {high:.4g}] "
+                    f"(the observation space's bounds); got [{scores.min():.4g}, "
+                    f"{scores.max():.4g}]: rescale them"
+                )
+        return items, scores.astype(np.float32)
 
     def validate(self, actions: Any, shown: Any = None) -> np.ndarray:
         """Actions as int64 ``[size]``, or :class:`InvalidActionError` naming the problem.
@@ -259,26 +358,35 @@ class EpisodeBatch:
 
     def episode_arrays(self, features: Features) -> dict[str, np.ndarray]:
         """The observation arrays that stay fixed during an episode (fresh arrays)."""
-        return episode_arrays(self.task, self.request, features)
+        return episode_arrays(
+            self.task, self.request, features, self.candidate_items, self.candidate_scores
+        )
 
 
 def episode_arrays(
-    task: RerankTask, requests: np.ndarray, features: Features
+    task: RerankTask,
+    requests: np.ndarray,
+    features: Features,
+    candidates: np.ndarray | None = None,
+    initial_scores: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Observation entries fixed during an episode of each request: user, candidates, scores.
 
     Fresh arrays with a leading batch axis, as the vector environment observes them.
+    ``candidates`` and ``initial_scores`` (``[B, N]``) replace the requests' own.
     """
-    candidates = task.candidates_np[requests]
+    if candidates is None:
+        candidates = task.candidates_np[requests]
+        initial_scores = task.scores_np[requests]
     users = task.pool.request_user[requests]
     if features == "dense":
         return {
             "user": task.user_table[users],
             "candidates": task.item_table[candidates],
-            "initial_scores": task.scores_np[requests],
+            "initial_scores": np.array(initial_scores, dtype=np.float32),
         }
     return {
         "user": users.astype(np.int64),
-        "candidates": candidates.astype(np.int64),
-        "initial_scores": task.scores_np[requests],
+        "candidates": np.array(candidates, dtype=np.int64),
+        "initial_scores": np.array(initial_scores, dtype=np.float32),
     }

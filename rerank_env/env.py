@@ -15,6 +15,7 @@ from rerank_env.core import (
     InvalidActionError,
     RewardMode,
     check_modes,
+    reset_arguments,
 )
 from rerank_env.spaces import MaskedDiscrete, Permutation
 from rerank_env.task import RerankTask, make_task
@@ -82,12 +83,7 @@ def _start_episode(
     """The part of ``reset`` both single environments share; returns the reset info."""
     if seed is not None:
         env.episodes.forget_rows(np.array([0]))
-    options = options or {}
-    unknown = set(options) - {"request"}
-    if unknown:
-        raise ValueError(f"unknown reset option(s) {sorted(unknown)}; valid: ['request']")
-    requests = None if options.get("request") is None else np.array([options["request"]])
-    env.episodes.start([env.np_random], requests)
+    env.episodes.start([env.np_random], *reset_arguments(options, vector=False))
     env._episode_arrays = {  # 0-d arrays, not numpy scalars, for Box(shape=())
         key: np.asarray(value[0])
         for key, value in env.episodes.episode_arrays(env.features).items()
@@ -164,7 +160,10 @@ class SlateRerankEnv(gym.Env):
 
     A request drawn uniformly from ``split`` (``"train"`` by default; ``"valid"`` and
     ``"test"`` requests never appear in a training env). ``reset(options={"request":
-    r})`` picks request ``r`` of that split.
+    r})`` picks request ``r`` of that split; adding ``"candidates"`` (``N`` distinct
+    item indices) offers those items instead of its own, in that order: a
+    permutation of its candidates, or your own list for its user and history (items
+    not among its candidates need ``"initial_scores"`` too).
 
     ## Episode End
 
@@ -267,7 +266,7 @@ class SlateRerankEnv(gym.Env):
         slate = e.slate[0, : e.t]
         info = {
             "request": int(e.request[0]),
-            "slate_items": self.task.candidates_np[e.request[0], slate].copy(),
+            "slate_items": e.candidate_items[0, slate].copy(),
             "click_probs": e.probs[0, : e.t].copy(),
         }
         if e.click_mode == "sampled":
@@ -288,7 +287,7 @@ class SlateRerankEnv(gym.Env):
         for slot in range(self.task.slate_length):
             if slot < e.t:
                 position = int(e.slate[0, slot])
-                item = int(self.task.candidates_np[e.request[0], position])
+                item = int(e.candidate_items[0, position])
                 probability = e.probs[0, slot]
                 lines.append(
                     f"  {slot + 1}. [{position:2d}] {titles[item]}  p(click) = {probability:.3f}"
@@ -379,7 +378,7 @@ class SlateRerankListEnv(gym.Env):
             rewards, terminated = e.place(np.array([position]))
         info = {
             "request": int(e.request[0]),
-            "slate_items": self.task.candidates_np[e.request[0], e.slate[0]].copy(),
+            "slate_items": e.candidate_items[0, e.slate[0]].copy(),
             "click_probs": e.probs[0].copy(),
             "eval_reward": float(e.final_rewards("eval")[0]),
         }

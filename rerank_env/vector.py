@@ -18,9 +18,48 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from rerank_env.core import ClickMode, EpisodeBatch, Features, RewardMode, check_modes
+from rerank_env.core import (
+    ClickMode,
+    EpisodeBatch,
+    Features,
+    RewardMode,
+    check_modes,
+    reset_arguments,
+)
 from rerank_env.env import _task, observation_space
 from rerank_env.spaces import MaskedMultiDiscrete
+
+
+def seeded_generators(
+    generators: list[np.random.Generator] | None,
+    seed: int | list[int | None] | None,
+    episodes: EpisodeBatch,
+) -> list[np.random.Generator]:
+    """The sub-environments' generators after ``reset(seed=seed)``.
+
+    ``s`` seeds sub-environment ``i`` with ``s + i``; a list gives each its own seed
+    (``None`` entries keep their generator); ``None`` keeps them all, or seeds them
+    from entropy on the first reset. Re-seeded slots forget their buffered uniforms.
+    """
+    size = episodes.size
+    if seed is None and generators is not None:
+        return generators
+    if seed is None or isinstance(seed, (int, np.integer)):
+        seeds = [None if seed is None else int(seed) + env for env in range(size)]
+    else:
+        seeds = [None if value is None else int(value) for value in seed]
+        if len(seeds) != size:
+            raise ValueError(f"seed list has {len(seeds)} entries for {size} sub-environments")
+    if generators is None:
+        generators = [seeding.np_random(s)[0] for s in seeds]
+    else:
+        generators = [
+            generator if value is None else seeding.np_random(value)[0]
+            for generator, value in zip(generators, seeds, strict=True)
+        ]
+    reseeded = [env for env, value in enumerate(seeds) if value is not None or seed is None]
+    episodes.forget_rows(np.array(reseeded, dtype=np.int64))
+    return generators
 
 
 class SlateRerankVectorEnv(VectorEnv):
@@ -106,39 +145,16 @@ class SlateRerankVectorEnv(VectorEnv):
         Args:
             seed: ``s`` seeds sub-environment ``i`` with ``s + i``; a list gives each
                 its own seed (``None`` entries keep their generator).
-            options: ``{"requests": [...]}`` picks one request per sub-environment.
+            options: ``{"requests": [...]}`` picks one request per sub-environment;
+                ``"candidates"`` (``[num_envs, N]`` items) and ``"initial_scores"``
+                as the single environment's.
         """
-        if seed is not None or self._generators is None:
-            seeds = self._seeds(seed)
-            if self._generators is None:
-                self._generators = [seeding.np_random(s)[0] for s in seeds]
-            else:
-                for env, value in enumerate(seeds):
-                    if value is not None:
-                        self._generators[env] = seeding.np_random(value)[0]
-            reseeded = [env for env, value in enumerate(seeds) if value is not None or seed is None]
-            self.episodes.forget_rows(np.array(reseeded, dtype=np.int64))
-        options = options or {}
-        unknown = set(options) - {"requests"}
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; valid: ['requests']")
-        self._start(options.get("requests"))
+        self._generators = seeded_generators(self._generators, seed, self.episodes)
+        self._start(*reset_arguments(options, vector=True))
         return self._observation(), {"request": self.episodes.request.copy()}
 
-    def _seeds(self, seed: int | list[int | None] | None) -> list[int | None]:
-        if seed is None:
-            return [None] * self.num_envs
-        if isinstance(seed, (int, np.integer)):
-            return [int(seed) + env for env in range(self.num_envs)]
-        seeds = [None if value is None else int(value) for value in seed]
-        if len(seeds) != self.num_envs:
-            raise ValueError(
-                f"seed list has {len(seeds)} entries for {self.num_envs} sub-environments"
-            )
-        return seeds
-
-    def _start(self, requests: Any = None) -> None:
-        self.episodes.start(self._generators, requests)
+    def _start(self, requests: Any = None, candidates: Any = None, scores: Any = None) -> None:
+        self.episodes.start(self._generators, requests, candidates, scores)
         self._episode_arrays = self.episodes.episode_arrays(self.features)
         for array in self._episode_arrays.values():
             # Returned at every step of the episode: read-only, so nobody edits it in place.
