@@ -74,6 +74,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
               "beam-8"),
     "goalrank": ("initial-order", "pointwise-greedy", "prm", "gen-eval", "gen-eval-learned",
                  "multi-gen-eval", "goalrank", "goalrank-sim", "beam-8"),
+    "glorank": ("initial-order", "prm", "seq2slate", "degre", "goalrank", "glorank-sft",
+                "glorank", "glorank-local", "beam-8"),
 }  # fmt: skip
 #: Environment keyword arguments that shape episodes, not the task.
 _EPISODE_KWARGS = ("reward_mode", "click_mode", "split", "features", "render_mode")

@@ -222,4 +222,26 @@ register(
     kwargs={"reward_model": "simulator"},
     components={"auxiliary": ("initial-order", "pointwise-greedy")},
 )  # fmt: skip
+register(
+    "glorank", "agents.glorank:GloRank",
+    "GloRank: semantic-ID token generator under a candidate trie, SFT on beam lists then PPO",
+)  # fmt: skip
+register(
+    "glorank-local", "agents.glorank:GloRank",
+    "GloRank's local-index twin: same backbone and stages, pointer head over positions",
+    kwargs={"head": "local"},
+)  # fmt: skip
+register(
+    "glorank-sft", "agents.glorank:GloRank", "GloRank after stage 1 alone (SFT, no PPO)",
+    kwargs={"ppo_iterations": 0},
+)  # fmt: skip
+register(
+    "glorank-scratch", "agents.glorank:GloRank", "GloRank by PPO alone (no SFT stage)",
+    kwargs={"sft_source": "none"},
+)  # fmt: skip
+register(
+    "glorank-logged", "agents.glorank:GloRank",
+    "GloRank with SFT on the logged positives instead of beam-search lists",
+    kwargs={"sft_source": "logged"},
+)  # fmt: skip
 register("oracle", "agents.baselines:OracleAgent", "exhaustive search (small N, L only)")

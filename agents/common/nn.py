@@ -145,6 +145,18 @@ def transformer_stack(
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
+def decoder_stack(dim: int, heads: int, layers: int, dropout: float = 0.0) -> nn.TransformerDecoder:
+    """:func:`transformer_stack`'s decoder twin: causal self-attention plus cross-attention.
+
+    For generators whose steps are not candidates (GloRank's semantic-ID tokens):
+    they read the encoded candidate set through cross-attention.
+    """
+    layer = nn.TransformerDecoderLayer(
+        dim, heads, 2 * dim, dropout=dropout, batch_first=True, norm_first=True
+    )
+    return nn.TransformerDecoder(layer, layers)
+
+
 class CandidateSetEncoder(nn.Module):
     """Transformer over a request's candidates, personalised by the user.
 
@@ -184,8 +196,14 @@ class CandidateSetEncoder(nn.Module):
         self.encoder = transformer_stack(dim, heads, layers, dropout)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, inputs: RequestInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(candidates [B, N, d], user [B, d])``."""
+    def forward(
+        self, inputs: RequestInputs, extra: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(candidates [B, N, d], user [B, d])``.
+
+        ``extra`` (``[B, N, d]``) is added to each candidate's token before the
+        Transformer (GloRank adds the embedding of the candidate's semantic ID).
+        """
         n = inputs.items.shape[1]
         if n > self.max_candidates:
             raise ValueError(
@@ -195,6 +213,8 @@ class CandidateSetEncoder(nn.Module):
         user = self.user_proj(inputs.user)
         tokens = self.item_proj(torch.cat([inputs.items, inputs.scores[..., None]], dim=2))
         tokens = tokens + user[:, None]
+        if extra is not None:
+            tokens = tokens + extra
         if self.rank is not None:
             tokens = tokens + self.rank.weight[:n]
         return self.norm(self.encoder(tokens)), user

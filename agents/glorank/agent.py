@@ -1,0 +1,351 @@
+"""GloRank, the agent: demonstrations, stage 1 (SFT), stage 2 (PPO); top to bottom."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.base import TrainableAgent, UnsupportedTaskError, empty_prefixes
+from agents.common.losses import (
+    clipped_surrogate_loss,
+    generalized_advantages,
+    group_baseline,
+    group_relative_advantages,
+)
+from agents.common.nn import input_dims, request_inputs
+from agents.common.sampling import request_gumbel, torch_generator
+from agents.common.scorers import SimulatorScorer
+from agents.common.training import gradient_step, minibatches, progress_bar, training_mode
+from agents.glorank.config import GloRankConfig
+from agents.glorank.model import GloRankPolicy
+from rerank_env.task import RerankTask
+from simulators.base import isolated_torch_rng
+from simulators.search import beam_search_slots
+
+
+class GloRank(TrainableAgent):
+    """A reranker that writes its list as semantic-ID tokens (or, ``head="local"``, positions).
+
+    Args:
+        config: A :class:`GloRankConfig` (default: its defaults).
+        **overrides: Config fields to change, e.g. ``GloRank(head="local")``.
+
+    Attributes:
+        settings: The frozen :class:`GloRankConfig` (its fields also read as attributes).
+        reward: The training simulator as a list scorer (counts the lists it values).
+    """
+
+    config_class = GloRankConfig
+    curve = ("reward_calls", "valid_reward")
+
+    def __init__(self, config: GloRankConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        self.settings: GloRankConfig = self._settings_from(config, overrides)
+        self.name = self.settings.name
+        self.reward = SimulatorScorer("train")
+        self._checked_tasks: weakref.WeakSet[RerankTask] = weakref.WeakSet()
+
+    @property
+    def reward_calls(self) -> int:
+        """Lists and prefixes the training simulator valued during ``fit``."""
+        return self.reward.calls
+
+    def _build_info(self, task: RerankTask) -> dict[str, Any]:
+        user_dim, item_dim = input_dims(task)
+        tokenizer = task.tokenizer
+        return {
+            "user_dim": user_dim,
+            "item_dim": item_dim,
+            "max_length": task.slate_length,
+            "vocab_size": tokenizer.vocab_size,
+            "levels": tokenizer.n_levels,
+            "semantic_ids": _checksum(tokenizer.tokens),
+        }
+
+    def _build(self, task: RerankTask | None = None) -> None:
+        cfg, info = self.settings, self.build_info
+        with isolated_torch_rng(cfg.seed):
+            policy = GloRankPolicy(
+                info["user_dim"], info["item_dim"], info["vocab_size"], info["levels"],
+                head=cfg.head, dim=cfg.dim, encoder_layers=cfg.encoder_layers,
+                decoder_layers=cfg.decoder_layers, heads=cfg.heads,
+                max_length=info["max_length"], initial_order=cfg.initial_order,
+                tied_output=cfg.tied_output, detach_value=cfg.detach_value,
+            )  # fmt: skip
+        self.modules = {"policy": policy}
+
+    def check_task(self, task: RerankTask) -> None:
+        """Refuse a task whose semantic IDs differ from those the agent was trained on."""
+        if not self.build_info or task in self._checked_tasks:
+            return
+        if _checksum(task.tokenizer.tokens) != self.build_info["semantic_ids"]:
+            raise UnsupportedTaskError(
+                f"{self.name!r} was trained on other semantic IDs than this task's: its "
+                "output tokens would name other items. Use the task (and semantic_ids "
+                "config) it was trained on, or train it on this one"
+            )
+        if task.slate_length > self.build_info["max_length"]:
+            raise UnsupportedTaskError(
+                f"{self.name!r} was built for lists of at most {self.build_info['max_length']} "
+                f"items; this task places L = {task.slate_length}"
+            )
+        self._checked_tasks.add(task)
+
+    def parameter_count(self) -> int:
+        """Parameters of the policy."""
+        self._require_built()
+        return sum(p.numel() for p in self.modules["policy"].parameters())
+
+    # ------------------------------------------------------------------ training
+
+    def fit(self, task: RerankTask, *, progress: bool = False) -> GloRank:
+        """Stage 1 (SFT on demonstrations), then stage 2 (PPO on the list reward)."""
+        cfg = self.settings
+        self.setup(task)
+        self._checked_tasks.add(task)
+        logger = self.training_logger()
+        policy = self.modules["policy"].to(task.device)
+        rng = np.random.default_rng(cfg.seed)
+        list_rng = torch_generator(cfg.seed, task.device)
+        self.reward = SimulatorScorer("train")
+        curve_requests = task.requests("valid")[: cfg.eval_requests]
+        logger.log("curve", **self._curve_point(task, curve_requests, 0, 0))
+
+        # Stage 1: token-level cross-entropy on demonstration lists.
+        if cfg.sft_source != "none":
+            rows, demonstrations = self.demonstrations(task, rng, progress)
+            optimiser = torch.optim.Adam(policy.parameters(), lr=cfg.sft_learning_rate)
+            steps = cfg.sft_epochs * -(-len(rows) // cfg.sft_batch_size)
+            bar = progress_bar(steps, "GloRank SFT", progress)
+            for epoch in range(1, cfg.sft_epochs + 1):
+                for batch in minibatches(np.arange(len(rows)), cfg.sft_batch_size, rng):
+                    with training_mode(policy):
+                        log_probs, entropy, _, correct = policy.evaluate(
+                            request_inputs(task, rows[batch]),
+                            self._candidate_tokens(task, rows[batch]),
+                            demonstrations[batch],
+                        )
+                        loss = -log_probs.mean()
+                        norm = gradient_step(optimiser, loss, list(policy.parameters()))
+                    logger.log(
+                        "sft", epoch=epoch, loss=loss.item(), entropy=entropy.mean().item(),
+                        token_accuracy=correct.float().mean().item(), grad_norm=norm,
+                    )  # fmt: skip
+                    bar.update()
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.close()
+            logger.log("curve", **self._curve_point(task, curve_requests, 1, 0))
+        sft_done = int(cfg.sft_source != "none")
+        reference = copy.deepcopy(policy).eval() if cfg.kl_coef > 0 else None
+
+        # Stage 2: PPO on the list reward, token log-probabilities under the trie mask.
+        pool = task.requests("train")
+        if cfg.train_requests is not None and cfg.train_requests < len(pool):
+            pool = np.sort(rng.choice(pool, cfg.train_requests, replace=False))
+        optimiser = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
+        length, group = task.slate_length, cfg.group_size
+        bar = progress_bar(cfg.ppo_iterations, "GloRank PPO", progress)
+        for iteration in range(1, cfg.ppo_iterations + 1):
+            rows = pool[rng.integers(0, len(pool), cfg.batch_size)]
+            list_rows = np.repeat(rows, group)
+            policy.eval()
+            lists, old_log_probs = policy.decode(
+                request_inputs(task, rows), self._candidate_tokens(task, rows), length,
+                mode="sample", generator=list_rng, repeats=group,
+            )  # fmt: skip
+            rewards = self.reward.group_values(task, rows, lists.reshape(len(rows), group, -1))
+            with torch.no_grad():
+                inputs, tokens = (
+                    request_inputs(task, list_rows),
+                    self._candidate_tokens(task, list_rows),
+                )
+                _, _, old_values, _ = policy.evaluate(inputs, tokens, lists)
+                reference_log_probs = (
+                    reference.evaluate(inputs, tokens, lists)[0] if reference is not None else None
+                )
+            advantage, returns = self.advantages(rewards, old_values)
+            stats_rows = []
+            for _ in range(cfg.ppo_epochs):
+                for batch in minibatches(np.arange(len(list_rows)), cfg.minibatch_size, rng):
+                    with training_mode(policy):
+                        log_probs, entropy, values, _ = policy.evaluate(
+                            request_inputs(task, list_rows[batch]),
+                            self._candidate_tokens(task, list_rows[batch]),
+                            lists[batch],
+                        )
+                        surrogate, stats = clipped_surrogate_loss(
+                            log_probs, old_log_probs[batch], advantage[batch],
+                            clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+                            token_level=cfg.token_level,
+                        )  # fmt: skip
+                        loss = surrogate - cfg.entropy_coef * entropy.mean()
+                        value_loss = torch.zeros(())
+                        if cfg.advantage == "gae":
+                            value_loss = (values - returns[batch]).pow(2).mean()
+                            loss = loss + cfg.value_coef * value_loss
+                        kl = torch.zeros(())
+                        if reference_log_probs is not None:
+                            # k3 estimator of KL(pi || pi_ref) on the sampled tokens (GRPO's).
+                            delta = reference_log_probs[batch] - log_probs
+                            kl = (delta.exp() - delta - 1).mean()
+                            loss = loss + cfg.kl_coef * kl
+                        norm = gradient_step(optimiser, loss, list(policy.parameters()))
+                    stats_rows.append(
+                        [surrogate.item(), value_loss.item(), entropy.mean().item(), kl.item(),
+                         stats.approx_kl, stats.clip_fraction, norm]
+                    )  # fmt: skip
+            means = np.mean(stats_rows, axis=0).tolist()
+            logger.log(
+                "ppo", iteration=iteration, loss=means[0], value_loss=means[1],
+                entropy=means[2], kl_to_sft=means[3], approx_kl=means[4],
+                clip_fraction=means[5], grad_norm=means[6], reward=rewards.mean().item(),
+                reward_calls=self.reward_calls,
+            )  # fmt: skip
+            bar.update()
+            bar.set_postfix(reward=f"{rewards.mean().item():.3f}")
+            if iteration % cfg.eval_every == 0 or iteration == cfg.ppo_iterations:
+                logger.log("curve", **self._curve_point(task, curve_requests, sft_done, iteration))
+        bar.close()
+        logger.close()
+        policy.eval()
+        self.fitted = True
+        return self
+
+    def demonstrations(
+        self, task: RerankTask, rng: np.random.Generator, progress: bool = False
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """Stage 1's ``(requests [D], lists [D, L])`` by ``sft_source``.
+
+        ``"beam"``: beam search of width ``sft_beam_width`` over the training
+        simulator (its prefix evaluations count as reward calls); ``"logged"``: the
+        request's logged positives first, then the other candidates in the initial
+        order.
+        """
+        cfg = self.settings
+        pool = task.requests("train")
+        rows = np.sort(rng.choice(pool, min(cfg.sft_requests, len(pool)), replace=False))
+        length, n = task.slate_length, task.num_candidates
+        if cfg.sft_source == "logged":
+            positive = task.logged_positives(rows)
+            scores = positive * n + (n - np.arange(n))  # positives, then initial order
+            lists = np.argsort(-scores, axis=1, kind="stable")[:, :length]
+            return rows, torch.as_tensor(lists, device=task.device)
+        parts = []
+        chunk = 256
+        bar = progress_bar(-(-len(rows) // chunk), "GloRank demonstrations", progress)
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            slots, _ = beam_search_slots(
+                self.reward.prefix_scorer(task, part), len(part), n, length,
+                cfg.sft_beam_width, device=task.device,
+            )  # fmt: skip
+            parts.append(slots[:, 0])
+            bar.update()
+        bar.close()
+        return rows, torch.cat(parts)
+
+    def advantages(
+        self, rewards: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(advantages [M, S], value targets [M, S])`` of the sampled lists.
+
+        Args:
+            rewards: List rewards ``[B, G]``.
+            values: The critic's values before each token ``[M, S]``, ``M = B * G``.
+        """
+        cfg = self.settings
+        flat = rewards.reshape(-1).to(values.dtype)
+        if cfg.advantage == "gae":
+            step_rewards = torch.zeros_like(values)
+            step_rewards[:, -1] = flat  # the list reward arrives with the last token
+            advantage, returns = generalized_advantages(step_rewards, values, lam=cfg.gae_lambda)
+            advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+            return advantage, returns
+        if cfg.advantage == "group-mean":
+            advantage = group_baseline(flat, cfg.group_size, "mean")
+        else:
+            advantage = group_relative_advantages(rewards).reshape(-1)
+        return advantage[:, None].expand_as(values), flat[:, None].expand_as(values)
+
+    # ------------------------------------------------------------------ serving
+
+    def _candidate_tokens(self, task: RerankTask, requests: np.ndarray) -> torch.Tensor:
+        """The requests' candidates' codes as tokens, long ``[B, N, levels]``."""
+        tokens = task.tokenizer.tokens[task.candidates_np[np.asarray(requests)]]
+        return torch.as_tensor(tokens, device=task.device)
+
+    def _curve_point(
+        self, task: RerankTask, requests: np.ndarray, sft_done: int, iteration: int
+    ) -> dict[str, Any]:
+        """A learning-curve point: greedy reward on validation requests.
+
+        Under the training simulator, with ``sft_done`` (stage 1 finished) and the
+        PPO ``iteration``.
+        """
+        lists = self.rank(task, requests)
+        reward = task.expected_reward(requests, lists, "train").mean().item()
+        return {
+            "sft_done": sft_done, "iteration": iteration, "reward_calls": self.reward_calls,
+            "valid_reward": reward,
+        }  # fmt: skip
+
+    def rank(
+        self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Trie-constrained greedy (or beam, ``decode="beam"``) decoding, batched."""
+        self._require_built()
+        self.check_task(task)
+        cfg = self.settings
+        policy = self.modules["policy"].to(task.device).eval()
+        prefixes = (
+            empty_prefixes(len(requests), task.slate_length) if prefixes is None else prefixes
+        )
+        lists, _ = policy.decode(
+            request_inputs(task, requests), self._candidate_tokens(task, requests),
+            task.slate_length, mode=cfg.decode, beam_width=cfg.beam_width,
+            prefix=torch.as_tensor(np.asarray(prefixes), device=task.device),
+        )  # fmt: skip
+        return lists.cpu().numpy()
+
+    def sample(
+        self,
+        task: RerankTask,
+        requests: np.ndarray,
+        count: int,
+        seed: int,
+        prefixes: np.ndarray | None = None,
+        temperature: float = 1.0,
+    ) -> np.ndarray:
+        """``count`` lists per request sampled from the policy, ``[B, count, L]``.
+
+        Gumbel-max with per-request noise: a request's lists depend only on
+        ``(seed, request)``.
+        """
+        self._require_built()
+        self.check_task(task)
+        policy = self.modules["policy"].to(task.device).eval()
+        length, n = task.slate_length, task.num_candidates
+        steps = length * policy.steps_per_item
+        actions = policy.action_count(n)
+        prefixes = empty_prefixes(len(requests), length) if prefixes is None else prefixes
+        noise = request_gumbel(seed, requests, (count, steps, actions))
+        repeated = np.repeat(np.asarray(prefixes), count, axis=0)
+        lists, _ = policy.decode(
+            request_inputs(task, requests), self._candidate_tokens(task, requests), length,
+            mode="sample", temperature=temperature, repeats=count,
+            prefix=torch.as_tensor(repeated, device=task.device),
+            gumbel=torch.as_tensor(noise, dtype=torch.float32, device=task.device).reshape(
+                len(requests) * count, steps, actions
+            ),
+        )  # fmt: skip
+        return lists.cpu().numpy().reshape(len(requests), count, length)
+
+
+def _checksum(tokens: np.ndarray) -> str:
+    """Short SHA-256 of a code table (a model's output tokens mean these codes)."""
+    return hashlib.sha256(np.ascontiguousarray(tokens, dtype=np.int64).tobytes()).hexdigest()[:16]
