@@ -12,6 +12,7 @@ from agents.base import ScoringAgent, TrainableAgent, checked_rank, empty_prefix
 from agents.baselines import InitialOrder, PointwiseGreedy
 from agents.degre import DeGRe
 from agents.generator_evaluator import GeneratorEvaluator
+from agents.glorank import GloRank, GloRankConfig
 from agents.goalrank import GoalRank
 from agents.metrics import log_metrics
 from agents.nn import PointerPolicy, input_dims, request_inputs, torch_generator
@@ -46,6 +47,9 @@ def _tiny_agents() -> list[TrainableAgent]:
         GoalRank(reward_model_epochs=1, train_requests=500, iterations=3, batch_size=8,
                  group_size=4, eval_every=3, eval_requests=16),
         DeGRe(**{**TINY_DEGRE, "beam_width": 3, "keep_lists": 1}, decode="evaluator-beam"),
+        GloRank(GloRankConfig.tiny(sft_source="logged", sft_epochs=1, ppo_iterations=2)),
+        GloRank(GloRankConfig.tiny(head="local", sft_epochs=1, ppo_iterations=2,
+                                   decode="beam", beam_width=2)),
     ]  # fmt: skip
 
 
