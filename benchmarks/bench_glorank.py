@@ -1,0 +1,139 @@
+"""GloRank studies: the global head against its local-index twin, and each stage's worth.
+
+``heads``: for every seed, train on ``--env`` (default ``SlateRerank-v0``):
+
+* ``glorank-sft`` / ``glorank-local-sft``: stage 1 alone (SFT on beam-search lists);
+* ``glorank`` / ``glorank-local``: the same SFT, then PPO (same seed: the SFT part
+  is identical, so the difference is PPO's);
+* ``glorank-scratch``: PPO alone, from a random policy;
+
+and report, per configuration, the mean over seeds with a 95% bootstrap interval of
+the held-out reward (the evaluation simulator, on ``--requests`` test requests),
+the training simulator's reward, the true reward in the synthetic world, greedy
+latency per request (one batched call) and fit time, as a table, a CSV
+(``heads.csv``, one row per run, written after every run) and a plot. The learning
+curves (validation reward under the training simulator) go to ``curves.csv``.
+
+Usage::
+
+    python benchmarks/bench_glorank.py heads --budget quick --seeds 5
+    python benchmarks/bench_glorank.py heads --env SlateRerankSynthetic-v0 --seeds 5
+    python benchmarks/bench_glorank.py heads --from-csv runs/bench-glorank/heads.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from agents.compare import task_for_env  # noqa: E402
+from agents.evaluation import reward_and_latency, summarise, write_csv  # noqa: E402
+from agents.glorank import GloRank, GloRankConfig  # noqa: E402
+
+#: The configurations of the heads study: label -> config overrides.
+HEADS = {
+    "glorank-sft": {"ppo_iterations": 0},
+    "glorank": {},
+    "glorank-local-sft": {"head": "local", "ppo_iterations": 0},
+    "glorank-local": {"head": "local"},
+    "glorank-scratch": {"sft_source": "none"},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("study", choices=["heads"])
+    parser.add_argument("--env", default="SlateRerank-v0")
+    parser.add_argument("--budget", default="quick", choices=["tiny", "quick", "full"])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--requests", type=int, default=1000, help="test requests")
+    parser.add_argument("--configs", nargs="+", default=list(HEADS), choices=list(HEADS))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-glorank"))
+    parser.add_argument(
+        "--from-csv", nargs="+", type=Path, default=None, metavar="CSV",
+        help="train nothing: summarise and plot these CSVs of earlier runs",
+    )  # fmt: skip
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.from_csv:
+        report(read_rows(args.from_csv), args)
+        return
+    task = task_for_env(args.env, {})
+    requests = task.requests("test")[: args.requests]
+    print(f"task: {task.summary()}", flush=True)
+    rows: list[dict[str, Any]] = []
+    curves: list[dict[str, Any]] = []
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for label in args.configs:
+            agent = GloRank(GloRankConfig.preset(args.budget, seed=seed, **HEADS[label]))
+            start = time.perf_counter()
+            agent.fit(task)
+            fit = time.perf_counter() - start
+            metrics = reward_and_latency(agent, task, requests)
+            rows.append({"agent": label, "seed": seed, **metrics, "fit_s": fit,
+                         "parameters": agent.parameter_count()})  # fmt: skip
+            curves += [
+                {"agent": label, "seed": seed, **row}
+                for row in agent.history if row["stage"] == "curve"
+            ]  # fmt: skip
+            held_out, latency = metrics["reward_eval"], metrics["latency_ms"]
+            print(f"seed {seed} {label}: held-out {held_out:.4f}, {latency:.2f} ms/request, "
+                  f"fit {fit:.0f} s", flush=True)  # fmt: skip
+            write_csv(args.out / "heads.csv", rows)  # a stopped run keeps its rows
+            write_csv(args.out / "curves.csv", curves)
+    report(rows, args)
+
+
+def read_rows(paths: list[Path]) -> list[dict[str, Any]]:
+    """The rows of CSVs written by this script (numbers as floats)."""
+    rows = []
+    for path in paths:
+        with path.open(newline="") as handle:
+            rows += [
+                {k: v if k == "agent" else float(v or "nan") for k, v in row.items()}
+                for row in csv.DictReader(handle)
+            ]  # fmt: skip
+    if not rows:
+        raise SystemExit(f"no rows in {', '.join(map(str, paths))}")
+    return rows
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """Print the table (mean [95% CI] over seeds) and plot held-out reward per config."""
+    metrics = [k for k in rows[0] if k not in ("agent", "seed")]
+    summary = summarise(rows, metrics)
+    seeds = len({row["seed"] for row in rows})
+    columns = [m for m in ("reward_eval", "reward_true", "reward_train") if m in metrics]
+    print(f"\nGloRank {args.study} on {args.env}, {seeds} seeds (mean [95% CI])")
+    print("| configuration | " + " | ".join(columns) + " | ms/request | fit s | parameters |")
+    print("|---|" + "---|" * (len(columns) + 3))
+    for entry in summary:
+        cells = [f"{entry[m]:.4f} [{entry[m + '_low']:.4f}, {entry[m + '_high']:.4f}]"
+                 for m in columns]  # fmt: skip
+        print(f"| {entry['agent']} | " + " | ".join(cells)
+              + f" | {entry['latency_ms']:.2f} | {entry['fit_s']:.0f} | "
+              f"{entry['parameters']:,.0f} |")  # fmt: skip
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    for index, entry in enumerate(summary):
+        low, high = entry["reward_eval_low"], entry["reward_eval_high"]
+        axis.errorbar(index, entry["reward_eval"], yerr=[[entry["reward_eval"] - low],
+                      [high - entry["reward_eval"]]], fmt="o", capsize=4)  # fmt: skip
+    axis.set_xticks(range(len(summary)), [entry["agent"] for entry in summary], rotation=20)
+    axis.set_ylabel("held-out reward (eval simulator)")
+    axis.set_title(f"GloRank {args.study}, {args.env}, {seeds} seeds, 95% CI")
+    figure.tight_layout()
+    figure.savefig(args.out / f"{args.study}.png", dpi=120)
+    print(f"plot: {args.out / (args.study + '.png')}")
+
+
+if __name__ == "__main__":
+    main()
