@@ -323,6 +323,17 @@ class EpisodeBatch:
             self.active = False
         return rewards, terminated
 
+    def final_info(self) -> dict[str, np.ndarray]:
+        """What the last step's ``info`` reports about the finished lists, each ``[size]``.
+
+        ``list_reward`` (what sparse mode paid), ``eval_reward`` (held-out
+        simulator) and, where the task has one, ``true_reward``.
+        """
+        info = {"list_reward": self.list_rewards(), "eval_reward": self.final_rewards("eval")}
+        if self.task.has_simulator("true"):
+            info["true_reward"] = self.final_rewards("true")
+        return info
+
     def list_rewards(self) -> np.ndarray:
         """Sum of the step rewards so far, in step order (what sparse mode pays)."""
         total = np.zeros(self.size, dtype=np.float64)

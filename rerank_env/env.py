@@ -83,7 +83,7 @@ def _start_episode(
     """The part of ``reset`` both single environments share; returns the reset info."""
     if seed is not None:
         env.episodes.forget_rows(np.array([0]))
-    env.episodes.start([env.np_random], *reset_arguments(options, vector=False))
+    env._begin([env.np_random], *reset_arguments(options, vector=False))
     env._episode_arrays = {  # 0-d arrays, not numpy scalars, for Box(shape=())
         key: np.asarray(value[0])
         for key, value in env.episodes.episode_arrays(env.features).items()
@@ -197,6 +197,8 @@ class SlateRerankEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
+    #: The registered id (for messages).
+    env_name = "SlateRerank-v0"
 
     def __init__(
         self,
@@ -214,15 +216,33 @@ class SlateRerankEnv(gym.Env):
                 f"render_mode must be None or one of {self.metadata['render_modes']}, "
                 f"got {render_mode!r}"
             )
-        self.task = _task(task_kwargs, "SlateRerank-v0")
+        self.task = _task(task_kwargs, self.env_name)
         self.render_mode = render_mode
         self.features = features
         self.episodes = EpisodeBatch(
             self.task, 1, split=split, reward_mode=reward_mode, click_mode=click_mode
         )
-        self.observation_space = observation_space(self.task, features, stepwise=True)
-        self.action_space = MaskedDiscrete(self.task.num_candidates, self.episodes.mask[0])
         self._episode_arrays: dict[str, np.ndarray] = {}
+        self._init_actions()
+
+    def _init_actions(self) -> None:
+        """The action layer: spaces (a subclass writing tokens overrides these hooks)."""
+        self.observation_space = observation_space(self.task, self.features, stepwise=True)
+        self.action_space = MaskedDiscrete(self.task.num_candidates, self.episodes.mask[0])
+
+    def _begin(self, generators: list[np.random.Generator], *options: Any) -> None:
+        """Start the episode (arguments as :meth:`EpisodeBatch.start`)."""
+        self.episodes.start(generators, *options)
+
+    def _act(self, action: Any) -> tuple[float, bool, dict[str, Any]]:
+        """Take ``action``: ``(reward, terminated, info entries of the action layer)``."""
+        if np.ndim(action) != 0:
+            raise InvalidActionError(
+                f"action {action!r} must be one integer candidate position (a scalar); "
+                f"valid: {self.episodes._valid(0)}"
+            )
+        rewards, terminated = self.episodes.place(np.asarray(action).reshape(1), shown=action)
+        return float(rewards[0]), terminated, {}
 
     def action_masks(self) -> np.ndarray:
         """Valid actions now, bool ``[N]`` (sb3-contrib's MaskablePPO calls this)."""
@@ -238,19 +258,11 @@ class SlateRerankEnv(gym.Env):
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         """Place candidate ``action`` in the next slot."""
-        if np.ndim(action) != 0:
-            raise InvalidActionError(
-                f"action {action!r} must be one integer candidate position (a scalar); "
-                f"valid: {self.episodes._valid(0)}"
-            )
-        rewards, terminated = self.episodes.place(np.asarray(action).reshape(1), shown=action)
-        info = self._step_info()
+        reward, terminated, entries = self._act(action)
+        info = {**self._step_info(), **entries}
         if terminated:
-            info["list_reward"] = float(self.episodes.list_rewards()[0])
-            info["eval_reward"] = float(self.episodes.final_rewards("eval")[0])
-            if self.task.has_simulator("true"):
-                info["true_reward"] = float(self.episodes.final_rewards("true")[0])
-        return self._observation(), float(rewards[0]), terminated, False, info
+            info.update({key: float(value[0]) for key, value in self.episodes.final_info().items()})
+        return self._observation(), reward, terminated, False, info
 
     def _observation(self) -> dict[str, Any]:
         e = self.episodes
@@ -355,6 +367,9 @@ class SlateRerankListEnv(gym.Env):
         self.action_space = Permutation(self.task.num_candidates, self.task.slate_length)
         self._episode_arrays: dict[str, np.ndarray] = {}
 
+    def _begin(self, generators: list[np.random.Generator], *options: Any) -> None:
+        self.episodes.start(generators, *options)
+
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -380,12 +395,12 @@ class SlateRerankListEnv(gym.Env):
             "request": int(e.request[0]),
             "slate_items": e.candidate_items[0, e.slate[0]].copy(),
             "click_probs": e.probs[0].copy(),
-            "eval_reward": float(e.final_rewards("eval")[0]),
         }
         if e.click_mode == "sampled":
             info["clicks"] = e.clicks[0].copy()
-        if self.task.has_simulator("true"):
-            info["true_reward"] = float(e.final_rewards("true")[0])
+        final = e.final_info()
+        del final["list_reward"]  # the step's reward
+        info.update({key: float(value[0]) for key, value in final.items()})
         return self._observation(), float(rewards[0]), True, False, info
 
     def _check_list(self, action: Any) -> None:

@@ -16,25 +16,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import batch_space
 
 from rerank_env.core import (
-    ClickMode,
     EpisodeBatch,
     Features,
     InvalidActionError,
-    RewardMode,
-    check_modes,
-    reset_arguments,
 )
-from rerank_env.env import _task, observation_space
+from rerank_env.env import SlateRerankEnv, observation_space
 from rerank_env.spaces import MaskedDiscrete, MaskedMultiDiscrete
 from rerank_env.task import RerankTask
-from rerank_env.vector import seeded_generators
+from rerank_env.vector import SlateRerankVectorEnv
 
 
 class TokenEpisodes:
@@ -160,12 +153,6 @@ class TokenEpisodes:
         return f"[{shown}] ({len(valid)} tokens; see action_masks())"
 
 
-def _token_task(task_kwargs: dict[str, Any], owner: str) -> RerankTask:
-    task = _task(task_kwargs, owner)
-    task.tokenizer  # noqa: B018  (fit or load the semantic IDs now, not at the first reset)
-    return task
-
-
 def token_observation_space(task: RerankTask, features: Features) -> spaces.Dict:
     """The observation space of ``SlateRerankGlobal-v0`` over ``task``."""
     base = observation_space(task, features, stepwise=True)
@@ -179,7 +166,7 @@ def token_observation_space(task: RerankTask, features: Features) -> spaces.Dict
     return spaces.Dict(entries)
 
 
-class SlateRerankGlobalEnv(gym.Env):
+class SlateRerankGlobalEnv(SlateRerankEnv):
     """Rerank one request by writing each chosen item's semantic ID, one token per step.
 
     ## Description
@@ -241,205 +228,82 @@ class SlateRerankGlobalEnv(gym.Env):
     """
 
     metadata = {"render_modes": []}
+    env_name = "SlateRerankGlobal-v0"
 
-    def __init__(
-        self,
-        *,
-        reward_mode: RewardMode = "sparse",
-        click_mode: ClickMode = "expected",
-        split: str = "train",
-        features: Features = "dense",
-        render_mode: str | None = None,
-        **task_kwargs: Any,
-    ) -> None:
-        check_modes(reward_mode, click_mode, features, split)
-        if render_mode is not None:
-            raise ValueError(f"SlateRerankGlobal-v0 does not render; got {render_mode!r}")
-        self.task = _token_task(task_kwargs, "SlateRerankGlobal-v0")
-        self.features = features
-        self.render_mode = None
-        tokenizer = self.task.tokenizer
-        self.tokens = TokenEpisodes(
-            EpisodeBatch(self.task, 1, split=split, reward_mode=reward_mode, click_mode=click_mode),
-            tokenizer.tokens,
-            tokenizer.vocab_size,
-        )
-        self.episodes = self.tokens.episodes
-        self.observation_space = token_observation_space(self.task, features)
+    def _init_actions(self) -> None:
+        tokenizer = self.task.tokenizer  # fitted or loaded now, not at the first reset
+        self.tokens = TokenEpisodes(self.episodes, tokenizer.tokens, tokenizer.vocab_size)
+        self.observation_space = token_observation_space(self.task, self.features)
         self.action_space = MaskedDiscrete(tokenizer.vocab_size, self.tokens.mask[0])
-        self._episode_arrays: dict[str, np.ndarray] = {}
 
-    def action_masks(self) -> np.ndarray:
-        """Valid tokens now, bool ``[V]`` (sb3-contrib's MaskablePPO calls this)."""
-        return self.tokens.mask[0].astype(bool)
+    def _begin(self, generators: list[np.random.Generator], *options: Any) -> None:
+        self.tokens.start(generators, *options)
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Start an episode: as ``SlateRerank-v0``'s ``reset``."""
-        super().reset(seed=seed)
-        if seed is not None:
-            self.episodes.forget_rows(np.array([0]))
-        self.tokens.start([self.np_random], *reset_arguments(options, vector=False))
-        self._episode_arrays = {  # 0-d arrays, not numpy scalars, for Box(shape=())
-            key: np.asarray(value[0])
-            for key, value in self.episodes.episode_arrays(self.features).items()
-        }
-        self._episode_arrays["candidate_tokens"] = self.tokens.candidate_tokens[0].copy()
-        return self._observation(), {"request": int(self.episodes.request[0])}
-
-    def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
-        """Emit token ``action``."""
+    def _act(self, action: Any) -> tuple[float, bool, dict[str, Any]]:
         if np.ndim(action) != 0:
             raise InvalidActionError(
                 f"action {action!r} must be one integer token (a scalar); valid: "
                 f"{self.tokens._valid(0)}"
             )
         rewards, terminated, placed = self.tokens.emit(np.asarray(action).reshape(1), action)
-        e = self.episodes
-        slate = e.slate[0, : e.t]
-        info: dict[str, Any] = {
-            "request": int(e.request[0]),
-            "placed_candidate": int(placed[0]),
-            "slate_items": e.candidate_items[0, slate].copy(),
-            "click_probs": e.probs[0, : e.t].copy(),
-        }
-        if e.click_mode == "sampled":
-            info["clicks"] = e.clicks[0, : e.t].copy()
-        if terminated:
-            info["list_reward"] = float(e.list_rewards()[0])
-            info["eval_reward"] = float(e.final_rewards("eval")[0])
-            if self.task.has_simulator("true"):
-                info["true_reward"] = float(e.final_rewards("true")[0])
-        return self._observation(), float(rewards[0]), terminated, False, info
+        return float(rewards[0]), terminated, {"placed_candidate": int(placed[0])}
+
+    def action_masks(self) -> np.ndarray:
+        """Valid tokens now, bool ``[V]`` (sb3-contrib's MaskablePPO calls this)."""
+        return self.tokens.mask[0].astype(bool)
 
     def _observation(self) -> dict[str, Any]:
-        e, t = self.episodes, self.tokens
+        t = self.tokens
         return {
-            **{key: value.copy() for key, value in self._episode_arrays.items()},
-            "slate": e.slate[0].copy(),
+            **super()._observation(),
+            "candidate_tokens": t.candidate_tokens[0].copy(),
             "prefix": t.prefix[0].copy(),
             "step": np.int64(t.tokens_emitted),
             "action_mask": t.mask[0].copy(),
         }
 
 
-class SlateRerankGlobalVectorEnv(VectorEnv):
+class SlateRerankGlobalVectorEnv(SlateRerankVectorEnv):
     """``num_envs`` copies of ``SlateRerankGlobal-v0`` stepped by one batched simulator call.
 
-    Conventions of ``SlateRerank-v0``'s vector environment: autoreset ``NEXT_STEP``,
-    sub-environment ``i`` after ``reset(seed=s)`` reproduces the single environment
-    seeded ``s + i``, read-only per-episode arrays, ``info`` entries with their
-    ``_name`` masks (``placed_candidate``, ``request``; at the last step
-    ``list_reward``, ``eval_reward`` and, synthetic, ``true_reward``).
+    ``SlateRerank-v0``'s vector environment with the token layer: autoreset
+    ``NEXT_STEP``, sub-environment ``i`` after ``reset(seed=s)`` reproduces the
+    single environment seeded ``s + i``, read-only per-episode arrays, ``info``
+    entries with their ``_name`` masks (``request``, ``placed_candidate``; at the
+    last step ``list_reward``, ``eval_reward`` and, synthetic, ``true_reward``).
+    Arguments as ``SlateRerankGlobal-v0`` plus ``num_envs``.
     """
 
-    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+    env_name = "SlateRerankGlobal-v0"
 
-    def __init__(
-        self,
-        num_envs: int = 1,
-        *,
-        reward_mode: RewardMode = "sparse",
-        click_mode: ClickMode = "expected",
-        split: str = "train",
-        features: Features = "dense",
-        render_mode: str | None = None,
-        **task_kwargs: Any,
-    ) -> None:
-        if (
-            isinstance(num_envs, bool)
-            or not isinstance(num_envs, (int, np.integer))
-            or num_envs < 1
-        ):
-            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
-        if render_mode is not None:
-            raise ValueError(
-                f"the vector environment does not render; got render_mode={render_mode!r}"
-            )
-        check_modes(reward_mode, click_mode, features, split)
-        self.task = _token_task(task_kwargs, "SlateRerankGlobal-v0 (vector)")
-        self.num_envs = int(num_envs)
-        self.features = features
-        self.render_mode = None
-        tokenizer = self.task.tokenizer
-        self.tokens = TokenEpisodes(
-            EpisodeBatch(
-                self.task, self.num_envs, split=split, reward_mode=reward_mode,
-                click_mode=click_mode,
-            ),
-            tokenizer.tokens,
-            tokenizer.vocab_size,
-        )  # fmt: skip
-        self.episodes = self.tokens.episodes
-        self.single_observation_space = token_observation_space(self.task, features)
+    def _init_actions(self) -> None:
+        tokenizer = self.task.tokenizer  # fitted or loaded now, not at the first reset
+        self.tokens = TokenEpisodes(self.episodes, tokenizer.tokens, tokenizer.vocab_size)
+        self.single_observation_space = token_observation_space(self.task, self.features)
         self.single_action_space = spaces.Discrete(tokenizer.vocab_size)
-        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = MaskedMultiDiscrete(tokenizer.vocab_size, self.tokens.mask)
-        self._generators: list[np.random.Generator] | None = None
-        self._episode_arrays: dict[str, np.ndarray] = {}
-        self._autoreset = False
+
+    def _begin(self, requests: Any, candidates: Any, scores: Any) -> None:
+        self.tokens.start(self._generators, requests, candidates, scores)
+
+    def _start(self, requests: Any = None, candidates: Any = None, scores: Any = None) -> None:
+        super()._start(requests, candidates, scores)
+        tokens = self.tokens.candidate_tokens.copy()
+        tokens.flags.writeable = False  # as the other per-episode arrays
+        self._episode_arrays["candidate_tokens"] = tokens
+
+    def _act(self, actions: Any) -> tuple[np.ndarray, bool, dict[str, np.ndarray]]:
+        rewards, terminated, placed = self.tokens.emit(actions)
+        return rewards, terminated, {"placed_candidate": placed}
 
     def action_masks(self) -> np.ndarray:
         """Valid tokens of every sub-environment, bool ``[num_envs, V]``."""
         return self.tokens.mask.astype(bool)
 
-    def reset(
-        self,
-        *,
-        seed: int | list[int | None] | None = None,
-        options: dict[str, Any] | None = None,
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Start an episode in every sub-environment (arguments as ``SlateRerank-v0``'s)."""
-        self._generators = seeded_generators(self._generators, seed, self.episodes)
-        self._start(*reset_arguments(options, vector=True))
-        return self._observation(), {"request": self.episodes.request.copy()}
-
-    def _start(self, requests: Any = None, candidates: Any = None, scores: Any = None) -> None:
-        self.tokens.start(self._generators, requests, candidates, scores)
-        self._episode_arrays = self.episodes.episode_arrays(self.features)
-        self._episode_arrays["candidate_tokens"] = self.tokens.candidate_tokens.copy()
-        for array in self._episode_arrays.values():
-            array.flags.writeable = False
-        self._autoreset = False
-
-    def step(
-        self, actions: Any
-    ) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Emit one token per sub-environment (or start the next episodes)."""
-        if self._generators is None:
-            raise RuntimeError("step() called before reset(); call reset() first")
-        falses = np.zeros(self.num_envs, dtype=bool)
-        if self._autoreset:
-            self._start()
-            info = {"request": self.episodes.request.copy()}
-            return self._observation(), np.zeros(self.num_envs), falses, falses.copy(), info
-        rewards, terminated, placed = self.tokens.emit(actions)
-        e = self.episodes
-        every = np.ones(self.num_envs, dtype=bool)
-        info: dict[str, Any] = {
-            "request": e.request.copy(),
-            "_request": every.copy(),
-            "placed_candidate": placed,
-            "_placed_candidate": every.copy(),
-        }
-        if terminated:
-            info["list_reward"] = e.list_rewards()
-            info["eval_reward"] = e.final_rewards("eval")
-            roles = ["list_reward", "eval_reward"]
-            if self.task.has_simulator("true"):
-                info["true_reward"] = e.final_rewards("true")
-                roles.append("true_reward")
-            for role in roles:
-                info[f"_{role}"] = every.copy()
-            self._autoreset = True
-        return self._observation(), rewards, np.full(self.num_envs, terminated), falses, info
-
     def _observation(self) -> dict[str, Any]:
-        e, t = self.episodes, self.tokens
+        t = self.tokens
         return {
-            **self._episode_arrays,
-            "slate": e.slate.copy(),
+            **super()._observation(),
             "prefix": t.prefix.copy(),
             "step": np.full(self.num_envs, t.tokens_emitted, dtype=np.int64),
             "action_mask": t.mask.copy(),

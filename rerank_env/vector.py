@@ -91,6 +91,8 @@ class SlateRerankVectorEnv(VectorEnv):
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+    #: The single environment this vector environment batches (for messages).
+    env_name = "SlateRerank-v0"
 
     def __init__(
         self,
@@ -114,21 +116,38 @@ class SlateRerankVectorEnv(VectorEnv):
                 f"the vector environment does not render; got render_mode={render_mode!r}"
             )
         check_modes(reward_mode, click_mode, features, split)
-        self.task = _task(task_kwargs, "SlateRerank-v0 (vector)")
+        self.task = _task(task_kwargs, f"{self.env_name} (vector)")
         self.num_envs = int(num_envs)
         self.features = features
         self.render_mode = None
         self.episodes = EpisodeBatch(
             self.task, self.num_envs, split=split, reward_mode=reward_mode, click_mode=click_mode
         )
-        self.single_observation_space = observation_space(self.task, features, stepwise=True)
-        self.single_action_space = spaces.Discrete(self.task.num_candidates)
+        self._init_actions()
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        # Like the single env's, sample() draws valid actions only.
-        self.action_space = MaskedMultiDiscrete(self.task.num_candidates, self.episodes.mask)
         self._generators: list[np.random.Generator] | None = None
         self._episode_arrays: dict[str, np.ndarray] = {}
         self._autoreset = False
+
+    def _init_actions(self) -> None:
+        """The action layer: spaces (a subclass writing tokens overrides this)."""
+        self.single_observation_space = observation_space(self.task, self.features, stepwise=True)
+        self.single_action_space = spaces.Discrete(self.task.num_candidates)
+        # Like the single env's, sample() draws valid actions only.
+        self.action_space = MaskedMultiDiscrete(self.task.num_candidates, self.episodes.mask)
+
+    def _begin(self, requests: Any, candidates: Any, scores: Any) -> None:
+        """Start every episode (the action layer's state too)."""
+        self.episodes.start(self._generators, requests, candidates, scores)
+
+    def _act(self, actions: Any) -> tuple[np.ndarray, bool, dict[str, np.ndarray]]:
+        """Take one action per sub-environment: ``(rewards, terminated, info entries)``."""
+        rewards, terminated = self.episodes.place(actions)
+        return (
+            rewards,
+            terminated,
+            {"click_prob": self.episodes.probs[:, self.episodes.t - 1].copy()},
+        )
 
     def action_masks(self) -> np.ndarray:
         """Valid actions of every sub-environment, bool ``[num_envs, N]``."""
@@ -154,7 +173,7 @@ class SlateRerankVectorEnv(VectorEnv):
         return self._observation(), {"request": self.episodes.request.copy()}
 
     def _start(self, requests: Any = None, candidates: Any = None, scores: Any = None) -> None:
-        self.episodes.start(self._generators, requests, candidates, scores)
+        self._begin(requests, candidates, scores)
         self._episode_arrays = self.episodes.episode_arrays(self.features)
         for array in self._episode_arrays.values():
             # Returned at every step of the episode: read-only, so nobody edits it in place.
@@ -172,25 +191,15 @@ class SlateRerankVectorEnv(VectorEnv):
             self._start()
             info = {"request": self.episodes.request.copy()}
             return self._observation(), np.zeros(self.num_envs), falses, falses.copy(), info
-        rewards, terminated = self.episodes.place(actions)
-        e = self.episodes
-        every = np.ones(self.num_envs, dtype=bool)
-        info: dict[str, Any] = {
-            "request": e.request.copy(),
-            "_request": every.copy(),
-            "click_prob": e.probs[:, e.t - 1].copy(),
-            "_click_prob": every.copy(),
-        }
+        rewards, terminated, entries = self._act(actions)
+        entries = {"request": self.episodes.request.copy(), **entries}
         if terminated:
-            info["list_reward"] = e.list_rewards()
-            info["eval_reward"] = e.final_rewards("eval")
-            roles = ["list_reward", "eval_reward"]
-            if self.task.has_simulator("true"):
-                info["true_reward"] = e.final_rewards("true")
-                roles.append("true_reward")
-            for role in roles:
-                info[f"_{role}"] = every.copy()
+            entries.update(self.episodes.final_info())
             self._autoreset = True
+        info: dict[str, Any] = {}
+        every = np.ones(self.num_envs, dtype=bool)
+        for key, value in entries.items():  # with Gymnasium's "_key" masks
+            info[key], info[f"_{key}"] = value, every.copy()
         done = np.full(self.num_envs, terminated)
         return self._observation(), rewards, done, falses, info
 
