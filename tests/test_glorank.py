@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from agents.base import UnsupportedTaskError
 from agents.common.nn import RequestInputs
-from agents.glorank import GloRank, GloRankConfig, GloRankPolicy
+from agents.glorank import GloRank, GloRankConfig, GloRankPolicy, output_gradient_variance
 from agents.registry import make_agent
 from simulators.checkpoint import CheckpointError
 from simulators.data.errors import ConfigError
@@ -205,3 +205,19 @@ def test_every_advantage_and_kl_to_the_sft_policy_train(small_task, advantage) -
     # Only GAE trains the value head; the KL estimator is >= 0 (up to rounding).
     assert all((row["value_loss"] > 0) == (advantage == "gae") for row in ppo)
     assert all(np.isfinite(row["kl_to_sft"]) and row["kl_to_sft"] >= -1e-6 for row in ppo)
+
+
+@pytest.mark.parametrize("head", ["global", "local"])
+def test_output_gradient_variance_measures_the_spread_across_batches(small_task, head) -> None:
+    policy = GloRank(TINY.replace(head=head)).setup(small_task).modules["policy"]
+    rows = small_task.requests("valid")[:16]
+    lists = np.tile(np.arange(4), (16, 1))
+    # The same mini-batch twice: the gradient does not vary.
+    same = output_gradient_variance(
+        policy, small_task, np.tile(rows[:8], 2), np.tile(lists[:8], (2, 1)), batch_size=8
+    )
+    assert same["variance"] < 1e-12 * max(same["mean_norm2"], 1) and same["mean_norm2"] > 0
+    other = output_gradient_variance(policy, small_task, rows, lists, batch_size=4)
+    assert other["batches"] == 4 and other["variance"] > 0 and np.isfinite(other["relative"])
+    with pytest.raises(ValueError, match="a variance needs at least 2"):
+        output_gradient_variance(policy, small_task, rows[:4], lists[:4], batch_size=4)

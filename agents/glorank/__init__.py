@@ -24,11 +24,13 @@ candidates so every list is valid.
 
 The package: :mod:`~agents.glorank.config` (:class:`GloRankConfig`),
 :mod:`~agents.glorank.model` (:class:`GloRankPolicy`), :mod:`~agents.glorank.agent`
-(:class:`GloRank`: the training loop, top to bottom).
+(:class:`GloRank`: the training loop, top to bottom) and
+:mod:`~agents.glorank.diagnostics` (:func:`output_gradient_variance`).
 """
 
 from agents.glorank.agent import GloRank
 from agents.glorank.config import GloRankConfig
+from agents.glorank.diagnostics import output_gradient_variance
 from agents.glorank.model import GloRankPolicy
 
-__all__ = ["GloRank", "GloRankConfig", "GloRankPolicy"]
+__all__ = ["GloRank", "GloRankConfig", "GloRankPolicy", "output_gradient_variance"]
