@@ -163,7 +163,11 @@ class EpisodeBatch:
         requests_t = torch.as_tensor(self.request, device=task.device)
         # Per-episode rows, gathered once rather than at every step.
         self._users_t = task.users[requests_t]
-        self._candidates_t = torch.as_tensor(self.candidate_items, device=task.device)
+        self._candidates_t = (
+            task.candidates[requests_t]  # on the device, as the default always was
+            if candidates is None
+            else torch.tensor(self.candidate_items, device=task.device)
+        )
         self._histories_t = task.histories[requests_t]
         self.uniforms[:] = rows[:, 1:]
         self.slate.fill(PAD)

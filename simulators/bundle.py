@@ -475,9 +475,10 @@ def build_bundle(
             "diversity_strength": config.diversity_strength,
             "test_diagnostics": diagnostics,
         }
-        _write_manifest(staging, manifest)
         if semantic_ids is not None:
-            add_semantic_ids(staging, semantic_ids)
+            _save_semantic_ids(bundle, semantic_ids, default_kind)  # writes the manifest
+        else:
+            _write_manifest(staging, manifest)
         _replace_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -499,8 +500,12 @@ def add_semantic_ids(
         The manifest entry.
     """
     bundle = load_bundle(folder)
-    config = config or SemanticIdConfig()
     kind = kind or bundle.manifest.get("default_simulator", {}).get("kind", bundle.kinds[0])
+    return _save_semantic_ids(bundle, config or SemanticIdConfig(), kind)
+
+
+def _save_semantic_ids(bundle: SimulatorBundle, config: SemanticIdConfig, kind: str) -> dict:
+    """Fit, write ``semantic_ids.npz`` and the manifest (with the entry); returns the entry."""
     _, item_vectors = bundle.representations(kind)
     features, fit_rows = bundle.pool.semantic_id_inputs(item_vectors.numpy())
     ids = fit_semantic_ids(features, fit_rows, config)
@@ -516,12 +521,9 @@ def add_semantic_ids(
         "input_checksum": checksum,
         "report": report,
     }
-    manifest = dict(bundle.manifest, semantic_ids=entry)
-    manifest["files"] = {
-        **manifest["files"],
-        _SEMANTIC_IDS_FILE: _sha256(bundle.path / _SEMANTIC_IDS_FILE),
-    }
-    _write_manifest(bundle.path, manifest)
+    bundle.manifest["semantic_ids"] = entry
+    bundle.manifest["files"][_SEMANTIC_IDS_FILE] = _sha256(bundle.path / _SEMANTIC_IDS_FILE)
+    _write_manifest(bundle.path, bundle.manifest)
     return entry
 
 

@@ -22,7 +22,7 @@ from agents.common.sampling import request_gumbel, torch_generator
 from agents.common.scorers import SimulatorScorer
 from agents.common.training import gradient_step, minibatches, progress_bar, training_mode
 from agents.glorank.config import GloRankConfig
-from agents.glorank.model import GloRankPolicy
+from agents.glorank.model import GloRankPolicy, candidate_tokens
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
 from simulators.search import beam_search_slots
@@ -127,7 +127,7 @@ class GloRank(TrainableAgent):
                     with training_mode(policy):
                         log_probs, entropy, _, correct = policy.evaluate(
                             request_inputs(task, rows[batch]),
-                            self._candidate_tokens(task, rows[batch]),
+                            candidate_tokens(task, rows[batch]),
                             demonstrations[batch],
                         )
                         loss = -log_probs.mean()
@@ -155,14 +155,14 @@ class GloRank(TrainableAgent):
             list_rows = np.repeat(rows, group)
             policy.eval()
             lists, old_log_probs = policy.decode(
-                request_inputs(task, rows), self._candidate_tokens(task, rows), length,
+                request_inputs(task, rows), candidate_tokens(task, rows), length,
                 mode="sample", generator=list_rng, repeats=group,
             )  # fmt: skip
             rewards = self.reward.group_values(task, rows, lists.reshape(len(rows), group, -1))
             with torch.no_grad():
                 inputs, tokens = (
                     request_inputs(task, list_rows),
-                    self._candidate_tokens(task, list_rows),
+                    candidate_tokens(task, list_rows),
                 )
                 _, _, old_values, _ = policy.evaluate(inputs, tokens, lists)
                 reference_log_probs = (
@@ -175,7 +175,7 @@ class GloRank(TrainableAgent):
                     with training_mode(policy):
                         log_probs, entropy, values, _ = policy.evaluate(
                             request_inputs(task, list_rows[batch]),
-                            self._candidate_tokens(task, list_rows[batch]),
+                            candidate_tokens(task, list_rows[batch]),
                             lists[batch],
                         )
                         surrogate, stats = clipped_surrogate_loss(
@@ -274,11 +274,6 @@ class GloRank(TrainableAgent):
 
     # ------------------------------------------------------------------ serving
 
-    def _candidate_tokens(self, task: RerankTask, requests: np.ndarray) -> torch.Tensor:
-        """The requests' candidates' codes as tokens, long ``[B, N, levels]``."""
-        tokens = task.tokenizer.tokens[task.candidates_np[np.asarray(requests)]]
-        return torch.as_tensor(tokens, device=task.device)
-
     def _curve_point(
         self, task: RerankTask, requests: np.ndarray, sft_done: int, iteration: int
     ) -> dict[str, Any]:
@@ -306,7 +301,7 @@ class GloRank(TrainableAgent):
             empty_prefixes(len(requests), task.slate_length) if prefixes is None else prefixes
         )
         lists, _ = policy.decode(
-            request_inputs(task, requests), self._candidate_tokens(task, requests),
+            request_inputs(task, requests), candidate_tokens(task, requests),
             task.slate_length, mode=cfg.decode, beam_width=cfg.beam_width,
             prefix=torch.as_tensor(np.asarray(prefixes), device=task.device),
         )  # fmt: skip
@@ -336,7 +331,7 @@ class GloRank(TrainableAgent):
         noise = request_gumbel(seed, requests, (count, steps, actions))
         repeated = np.repeat(np.asarray(prefixes), count, axis=0)
         lists, _ = policy.decode(
-            request_inputs(task, requests), self._candidate_tokens(task, requests), length,
+            request_inputs(task, requests), candidate_tokens(task, requests), length,
             mode="sample", temperature=temperature, repeats=count,
             prefix=torch.as_tensor(repeated, device=task.device),
             gumbel=torch.as_tensor(noise, dtype=torch.float32, device=task.device).reshape(

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from agents.common.nn import request_inputs
-from agents.glorank.model import GloRankPolicy
+from agents.glorank.model import GloRankPolicy, candidate_tokens
 from rerank_env.task import RerankTask
 
 
@@ -55,7 +55,6 @@ def output_gradient_variance(
             "variance needs at least 2; pass more requests or a smaller batch_size"
         )
     parameters = policy.output_parameters()
-    tokens_of = task.tokenizer.tokens
     gradients = []
     policy.eval()
     for index in range(batches):
@@ -63,7 +62,7 @@ def output_gradient_variance(
         with torch.enable_grad():
             log_probs, _, _, _ = policy.evaluate(
                 request_inputs(task, rows),
-                torch.as_tensor(tokens_of[task.candidates_np[rows]], device=task.device),
+                candidate_tokens(task, rows),
                 torch.as_tensor(np.asarray(lists[index * batch_size : (index + 1) * batch_size]),
                                 device=task.device),
             )  # fmt: skip

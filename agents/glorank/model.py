@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,10 +31,20 @@ from agents.common.nn import (
     decoder_stack,
     masked_entropy,
 )
+from rerank_env.task import RerankTask
 from simulators.base import PAD
 
 Head = Literal["global", "local"]
 DecodeMode = Literal["greedy", "sample", "beam"]
+
+
+def candidate_tokens(task: RerankTask, requests: np.ndarray) -> torch.Tensor:
+    """The requests' candidates' semantic IDs as global tokens, long ``[B, N, levels]``.
+
+    :func:`~agents.common.nn.request_inputs`'s twin: the policy's other input.
+    """
+    tokens = task.tokenizer.tokens[task.candidates_np[np.asarray(requests)]]
+    return torch.as_tensor(tokens, device=task.device)
 
 
 class GloRankPolicy(nn.Module):

@@ -446,11 +446,11 @@ def load_semantic_ids(path: str | Path) -> tuple[SemanticIds, dict[str, Any]]:
                     f"reads version {SEMANTIC_ID_FORMAT_VERSION}: {fix}"
                 )
             config = SemanticIdConfig(**metadata["config"])
-            books = sorted(name for name in archive.files if name.startswith("codebook_"))
+            levels = sum(name.startswith("codebook_") for name in archive.files)
             ids = SemanticIds(
                 codes=archive["codes"].astype(np.int64),
                 raw_codes=archive["raw_codes"].astype(np.int64),
-                codebooks=[archive[f"codebook_{level}"] for level in range(len(books))],
+                codebooks=[archive[f"codebook_{level}"] for level in range(levels)],
                 mean=archive["mean"],
                 scale=archive["scale"],
                 config=config,
