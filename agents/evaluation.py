@@ -278,6 +278,34 @@ def reward_and_latency(agent: Agent, task: RerankTask, requests: np.ndarray) -> 
     return values
 
 
+def order_agreement(
+    agent: Agent, task: RerankTask, requests: np.ndarray, *, seed: int = 0
+) -> dict[str, float]:
+    """How much ``agent``'s lists depend on the order its candidates come in.
+
+    Each request's candidates are shuffled (seeded; every item keeps its initial
+    score, see :meth:`~rerank_env.task.RerankTask.with_candidate_order`) and ranked
+    again. Returns ``same_list`` (share of requests whose list of items is
+    identical), ``same_items`` (mean share of listed items found in both lists) and
+    ``reward_eval_shuffled`` (held-out reward of the lists made from the shuffled input).
+    """
+    requests = np.asarray(requests, dtype=np.int64)
+    generator = np.random.default_rng(seed)
+    order = np.argsort(generator.random((task.n_requests, task.num_candidates)), axis=1)
+    shuffled = task.with_candidate_order(order)
+    items = np.take_along_axis(task.candidates_np[requests], checked_rank(agent, task, requests), 1)
+    other_lists = checked_rank(agent, shuffled, requests)
+    other = np.take_along_axis(shuffled.candidates_np[requests], other_lists, 1)
+    shared = (items[:, :, None] == other[:, None, :]).any(axis=2).mean(axis=1)
+    return {
+        "same_list": float((items == other).all(axis=1).mean()),
+        "same_items": float(shared.mean()),
+        "reward_eval_shuffled": shuffled.expected_reward(requests, other_lists, "eval")
+        .mean()
+        .item(),
+    }
+
+
 def confidence_interval(
     values: np.ndarray, confidence: float = 0.95, seed: int = 0
 ) -> tuple[float, float, float]:

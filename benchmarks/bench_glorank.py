@@ -13,6 +13,16 @@ the training simulator's reward, the true reward in the synthetic world, greedy
 latency per request (one batched call) and fit time, as a table, a CSV
 (``heads.csv``, one row per run, written after every run) and a plot. The learning
 curves (validation reward under the training simulator) go to ``curves.csv``.
+Every run also measures input-order dependence
+(:func:`~agents.evaluation.order_agreement`: the same requests ranked again with
+their candidates shuffled; ``same_list``, ``same_items``).
+
+``--cold-start F`` trains on a task that withholds a share ``F`` of the items
+(``ColdStartConfig(F, seed=0)``: the same items for every seed) from the training
+and validation requests, the tokenizer and the agents' features; the test requests
+(nearly all of which hold withheld items at ``F = 0.2``) are ranked as usual, and
+``withheld_listed`` / ``withheld_offered`` say how often the lists show withheld
+items against how often they are among the candidates.
 
 ``sb3``: whether sb3-contrib's ``MaskablePPO`` (``MultiInputPolicy``, dense reward,
 8 environments) drives ``SlateRerankGlobal-v0`` itself: train ``--timesteps``
@@ -32,6 +42,7 @@ Usage::
     python benchmarks/bench_glorank.py sb3 --seeds 1 --requests 300
     python benchmarks/bench_glorank.py heads --budget quick --seeds 5
     python benchmarks/bench_glorank.py heads --env SlateRerankSynthetic-v0 --seeds 5
+    python benchmarks/bench_glorank.py heads --cold-start 0.2 --configs glorank glorank-local
     python benchmarks/bench_glorank.py heads --from-csv runs/bench-glorank/heads.csv
 """
 
@@ -49,8 +60,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from agents.compare import task_for_env  # noqa: E402
-from agents.evaluation import reward_and_latency, summarise, write_csv  # noqa: E402
+from agents.evaluation import (  # noqa: E402
+    order_agreement,
+    reward_and_latency,
+    summarise,
+    write_csv,
+)
 from agents.glorank import GloRank, GloRankConfig  # noqa: E402
+from rerank_env import ColdStartConfig  # noqa: E402
 
 #: The configurations of the heads study: label -> config overrides.
 HEADS = {
@@ -71,6 +88,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--requests", type=int, default=1000, help="test requests")
+    parser.add_argument(
+        "--cold-start", type=float, default=None, metavar="F",
+        help="heads: withhold this share of items from training (ColdStartConfig(F, seed=0))",
+    )  # fmt: skip
     parser.add_argument("--configs", nargs="+", default=list(HEADS), choices=list(HEADS))
     parser.add_argument("--out", type=Path, default=Path("runs/bench-glorank"))
     parser.add_argument(
@@ -88,9 +109,10 @@ def main() -> None:
     if args.study == "variance":
         gradient_variance(args)
         return
-    task = task_for_env(args.env, {})
+    cold = None if args.cold_start is None else ColdStartConfig(args.cold_start, seed=0)
+    task = task_for_env(args.env, {} if cold is None else {"cold_start": cold})
     requests = task.requests("test")[: args.requests]
-    print(f"task: {task.summary()}", flush=True)
+    print(f"task: {task.summary()}, cold start: {cold}", flush=True)
     rows: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -100,6 +122,9 @@ def main() -> None:
             agent.fit(task)
             fit = time.perf_counter() - start
             metrics = reward_and_latency(agent, task, requests)
+            metrics |= order_agreement(agent, task, requests, seed=seed)
+            if cold is not None:
+                metrics |= withheld_shares(agent, task, requests)
             rows.append({"agent": label, "seed": seed, **metrics, "fit_s": fit,
                          "parameters": agent.parameter_count()})  # fmt: skip
             curves += [
@@ -112,6 +137,18 @@ def main() -> None:
             write_csv(args.out / "heads.csv", rows)  # a stopped run keeps its rows
             write_csv(args.out / "curves.csv", curves)
     report(rows, args)
+
+
+def withheld_shares(agent: GloRank, task: Any, requests: Any) -> dict[str, float]:
+    """Share of listed items that are withheld, and of offered candidates that are."""
+    import numpy as np  # noqa: PLC0415
+
+    candidates = task.candidates_np[requests]
+    listed = np.take_along_axis(candidates, agent.rank(task, requests), axis=1)
+    return {
+        "withheld_listed": float(task.withheld_items[listed].mean()),
+        "withheld_offered": float(task.withheld_items[candidates].mean()),
+    }
 
 
 #: The variance study's configurations (stage 1 alone): label -> config overrides.
@@ -215,8 +252,12 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     metrics = [k for k in rows[0] if k not in ("agent", "seed")]
     summary = summarise(rows, metrics)
     seeds = len({row["seed"] for row in rows})
-    columns = [m for m in ("reward_eval", "reward_true", "reward_train") if m in metrics]
-    print(f"\nGloRank {args.study} on {args.env}, {seeds} seeds (mean [95% CI])")
+    columns = [
+        m for m in ("reward_eval", "reward_true", "reward_train", "same_list", "same_items",
+                    "withheld_listed", "withheld_offered") if m in metrics
+    ]  # fmt: skip
+    cold = "" if getattr(args, "cold_start", None) is None else f", cold start {args.cold_start}"
+    print(f"\nGloRank {args.study} on {args.env}{cold}, {seeds} seeds (mean [95% CI])")
     print("| configuration | " + " | ".join(columns) + " | ms/request | fit s | parameters |")
     print("|---|" + "---|" * (len(columns) + 3))
     for entry in summary:

@@ -45,6 +45,6 @@ register(
 VARIANTS["SlateRerankGlobal-v0"] = {}
 
 from rerank_env.core import InvalidActionError  # noqa: E402
-from rerank_env.task import RerankTask, make_task  # noqa: E402
+from rerank_env.task import ColdStartConfig, RerankTask, make_task  # noqa: E402
 
-__all__ = ["VARIANTS", "InvalidActionError", "RerankTask", "make_task"]
+__all__ = ["VARIANTS", "ColdStartConfig", "InvalidActionError", "RerankTask", "make_task"]

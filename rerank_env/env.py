@@ -33,6 +33,7 @@ _TASK_KWARGS = (
     "pipeline",
     "synthetic",
     "semantic_ids",
+    "cold_start",
     "device",
     "progress",
 )
@@ -187,9 +188,14 @@ class SlateRerankEnv(gym.Env):
         diversity_strength=None,  # diminishing returns (default 2)
         composed=True,            # False: the learned simulator alone
         bundle=None,              # a folder from `rerank-env simulator bundle`
+        cold_start=None,          # ColdStartConfig(fraction, seed): withheld items
         data_dir=None, pipeline=None, synthetic=None, device="cpu", render_mode=None,
     )
     ```
+
+    With ``cold_start=ColdStartConfig(...)`` a seeded share of items never occurs
+    in a ``"train"`` or ``"valid"`` request (``"test"`` requests still hold them);
+    see :class:`rerank_env.task.ColdStartConfig`.
 
     ## Version History
 

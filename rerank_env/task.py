@@ -43,13 +43,65 @@ from simulators.data.datasets import DATASETS, data_checksum
 from simulators.data.errors import ConfigError
 from simulators.data.paths import cache_dir
 from simulators.data.pipeline import PIPELINE_VERSION
-from simulators.data.semantic_ids import SemanticIdConfig, SemanticIds, cached_semantic_ids
+from simulators.data.semantic_ids import (
+    SemanticIdConfig,
+    SemanticIds,
+    cached_semantic_ids,
+    semantic_id_features,
+)
 from simulators.data.synthetic_config import SyntheticConfig
 from simulators.factory import MODEL_KINDS
 
 SimulatorKind = Literal["transformer", "pbm", "dcm", "cascade", "pointwise"]
 SimulatorRole = Literal["train", "eval", "true"]
 SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class ColdStartConfig:
+    """Cold start: a seeded share of items that agents never learn on.
+
+    The withheld items are removed from every request of ``splits`` (candidates,
+    histories, logged slates; see :meth:`~simulators.bundle.RequestPool.withholding`),
+    from the semantic-ID tokenizer's fit and from the agents' feature table (their
+    learned vectors are replaced by a ridge prediction from content, as for any item
+    without training interactions). The simulators, fitted beforehand on every
+    item, still score them, and test requests still hold them.
+
+    Attributes:
+        fraction: Share of the items withheld, in ``(0, 0.5]``.
+        seed: Chooses the items and the candidates that replace them.
+        splits: Splits whose requests never hold a withheld item (test must not
+            be one: it is where cold start is measured).
+    """
+
+    fraction: float = 0.1
+    seed: int = 0
+    splits: tuple[str, ...] = ("train", "valid")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fraction, bool) or not 0.0 < float(self.fraction) <= 0.5:
+            raise ConfigError(
+                f"ColdStartConfig.fraction must be in (0, 0.5], got {self.fraction!r}; "
+                "it is the share of items withheld from training"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise ConfigError(f"ColdStartConfig.seed must be an integer, got {self.seed!r}")
+        splits = tuple(self.splits)
+        if not splits or "test" in splits or not set(splits) <= {"train", "valid"}:
+            raise ConfigError(
+                f"ColdStartConfig.splits must be a non-empty subset of ('train', 'valid'), "
+                f"got {self.splits!r}; test requests keep the withheld items"
+            )
+        object.__setattr__(self, "splits", splits)
+
+    def withheld(self, n_items: int) -> np.ndarray:
+        """Bool ``[n_items]``: the withheld items (``round(fraction * n_items)``, at least 1)."""
+        count = max(1, round(self.fraction * n_items))
+        chosen = np.random.default_rng(self.seed).choice(n_items, size=count, replace=False)
+        mask = np.zeros(n_items, dtype=bool)
+        mask[chosen] = True
+        return mask
 
 
 class RerankTask:
@@ -71,6 +123,8 @@ class RerankTask:
             :class:`~simulators.data.semantic_ids.SemanticIdConfig`).
         stored_semantic_ids: Returns the bundle's saved semantic IDs and their
             manifest entry (or ``None``); used when their kind and config match.
+        cold_start: Withhold a seeded share of items from the requests agents learn
+            on (:class:`ColdStartConfig`); ``None`` for none.
     """
 
     def __init__(
@@ -87,7 +141,19 @@ class RerankTask:
         make_kwargs: dict[str, Any] | None = None,
         semantic_id_config: SemanticIdConfig | None = None,
         stored_semantic_ids: Callable[[], tuple[SemanticIds, dict[str, Any]] | None] | None = None,
+        cold_start: ColdStartConfig | None = None,
     ) -> None:
+        self.cold_start = cold_start
+        self.withheld_items = np.zeros(pool.n_items, dtype=bool)
+        if cold_start is not None:
+            self.withheld_items = cold_start.withheld(pool.n_items)
+            pool = pool.withholding(self.withheld_items, cold_start.splits, seed=cold_start.seed)
+            # What agents see of an item nobody learned on is its content alone.
+            item_vectors = torch.as_tensor(
+                semantic_id_features(
+                    pool.item_features, item_vectors.detach().cpu().numpy(), pool.trained_items()
+                )[:, pool.item_features.shape[1] :]
+            )
         self.pool = pool
         self.semantic_id_config = semantic_id_config or SemanticIdConfig()
         self._stored_semantic_ids = stored_semantic_ids
@@ -119,6 +185,7 @@ class RerankTask:
             self.item_table,
             self.candidates_np,
             self.scores_np,
+            self.withheld_items,
             *self._split_requests.values(),
         ):
             array.flags.writeable = False  # shared by every environment of the task
@@ -137,16 +204,20 @@ class RerankTask:
         (:meth:`~simulators.bundle.RequestPool.semantic_id_inputs`). The bundle's
         saved IDs are used when they were fitted on this simulator's vectors with
         this config; otherwise they are fitted once and kept in the user cache.
+        In cold start (:class:`ColdStartConfig`) withheld items are not fitted on
+        and get their codes from content alone.
         """
         stored = self._stored_semantic_ids() if self._stored_semantic_ids else None
-        if stored is not None:
+        if stored is not None and self.cold_start is None:
             ids, entry = stored
             if entry["kind"] == self.description.get("simulator") and (
                 ids.config == self.semantic_id_config
             ):
                 return _read_only(ids)
         content = self.pool.item_features.shape[1]
-        features, fit_rows = self.pool.semantic_id_inputs(self.item_table[:, content:])
+        features, fit_rows = self.pool.semantic_id_inputs(
+            self.item_table[:, content:], withheld=self.withheld_items
+        )
         ids = cached_semantic_ids(
             features, fit_rows, self.semantic_id_config, genres=self.pool.genres()
         )
@@ -210,20 +281,81 @@ class RerankTask:
             logged_clicks=pool.logged_clicks[rows],
             gr2_request=np.arange(queries, dtype=np.int64),
         )
-        user_features, item_features = pool.user_features.shape[1], pool.item_features.shape[1]
-        return RerankTask(
+        return self._view(
             view,
+            num_candidates=k,
+            slate_length=min(slate_length, k),
+            description={**self.description, "protocol": "gr2"},
+        )
+
+    def _view(
+        self, pool: RequestPool, *, num_candidates: int, slate_length: int, description: dict
+    ) -> RerankTask:
+        """A task over ``pool`` (these requests rearranged) sharing this task's parts.
+
+        Simulators, feature tables and semantic IDs are this task's (cold start
+        already applied to ``pool``).
+        """
+        user_features, item_features = pool.user_features.shape[1], pool.item_features.shape[1]
+        view = RerankTask(
+            pool,
             self.simulators,
             torch.tensor(self.user_table[:, user_features:]),
             torch.tensor(self.item_table[:, item_features:]),
-            num_candidates=k,
-            slate_length=min(slate_length, k),
+            num_candidates=num_candidates,
+            slate_length=slate_length,
             device=self.device,
-            description={**self.description, "protocol": "gr2"},
+            description=description,
             make_kwargs=None,
             semantic_id_config=self.semantic_id_config,
             stored_semantic_ids=self._stored_semantic_ids,
         )
+        view.cold_start, view.withheld_items = self.cold_start, self.withheld_items
+        if "tokenizer" in self.__dict__:  # already fitted: share it
+            view.__dict__["tokenizer"] = self.tokenizer
+        return view
+
+    def with_candidate_order(self, order: np.ndarray) -> RerankTask:
+        """The same task with each request's N candidates in another order.
+
+        Each candidate keeps its initial score; only the order in which they are
+        offered changes (``candidates[r] = self.candidates[r][order[r]]``). Lists of
+        the returned task index the reordered candidates. Use it to measure how much
+        an agent depends on the order of its input list.
+
+        Args:
+            order: int ``[R, N]``, a permutation of ``0 .. N-1`` per request.
+
+        Raises:
+            ValueError: ``order`` is not ``[R, N]`` permutations.
+        """
+        order = np.asarray(order)
+        shape = (self.n_requests, self.num_candidates)
+        if order.shape != shape or not np.issubdtype(order.dtype, np.integer):
+            raise ValueError(
+                f"order must be an integer array {shape} (a permutation of the N candidate "
+                f"positions per request), got {order.dtype} {order.shape}"
+            )
+        if not (np.sort(order, axis=1) == np.arange(self.num_candidates)).all():
+            raise ValueError(
+                f"every row of order must be a permutation of 0..{self.num_candidates - 1}"
+            )
+        pool = dataclasses.replace(
+            self.pool,
+            candidates=np.take_along_axis(self.candidates_np, order, axis=1),
+            candidate_scores=np.take_along_axis(self.scores_np, order, axis=1),
+        )
+        return self._view(
+            pool,
+            num_candidates=self.num_candidates,
+            slate_length=self.slate_length,
+            description={**self.description, "candidate_order": "reordered"},
+        )
+
+    def cold_start_requests(self, split: str = "test") -> np.ndarray:
+        """Requests of ``split`` whose candidates hold a withheld item (none without cold start)."""
+        requests = self.requests(split)
+        return requests[self.withheld_items[self.candidates_np[requests]].any(axis=1)]
 
     def has_simulator(self, role: str) -> bool:
         """Whether ``role`` (``"train"``, ``"eval"``, ``"true"``) exists for this task."""
@@ -330,6 +462,7 @@ def make_task(
     pipeline: PipelineConfig | None = None,
     synthetic: SyntheticConfig | None = None,
     semantic_ids: SemanticIdConfig | None = None,
+    cold_start: ColdStartConfig | None = None,
     device: str = "cpu",
     progress: bool = True,
 ) -> RerankTask:
@@ -362,6 +495,9 @@ def make_task(
         synthetic: The synthetic world (default ``SyntheticConfig(slate_length=L)``).
         semantic_ids: Tokenizer settings of ``task.semantic_ids`` (default
             ``SemanticIdConfig()``: RQ-KMeans, 3 levels of 64 codes).
+        cold_start: Withhold a seeded share of items from the training (and
+            validation) requests, the tokenizer's fit and the agents' features
+            (:class:`ColdStartConfig`); ``None`` (default) withholds nothing.
         device: Where simulators run (``"cpu"``, ``"cuda"``).
         progress: Progress bars while building.
 
@@ -383,6 +519,10 @@ def make_task(
         raise ConfigError(
             f"semantic_ids must be a SemanticIdConfig (simulators.data.semantic_ids) or None, "
             f"got {semantic_ids!r}"
+        )
+    if cold_start is not None and not isinstance(cold_start, ColdStartConfig):
+        raise ConfigError(
+            f"cold_start must be a ColdStartConfig (rerank_env.task) or None, got {cold_start!r}"
         )
     if not composed and (position_bias is not None or diversity_strength is not None):
         raise ConfigError(
@@ -435,6 +575,7 @@ def make_task(
             else diversity_strength
         ),
         "data_checksum": bundle_loaded.manifest["data_checksum"],
+        "cold_start": None if cold_start is None else dataclasses.asdict(cold_start),
     }
     return RerankTask(
         bundle_loaded.pool,
@@ -447,6 +588,7 @@ def make_task(
         description=description,
         semantic_id_config=semantic_ids,
         stored_semantic_ids=bundle_loaded.stored_semantic_ids,
+        cold_start=cold_start,
         make_kwargs={
             "dataset": dataset,
             "data_dir": source.data_dir,  # resolved: the working directory may change
@@ -460,6 +602,7 @@ def make_task(
             "pipeline": pipeline,
             "synthetic": synthetic,
             "semantic_ids": semantic_ids,
+            "cold_start": cold_start,
             "device": device,
         },  # fmt: skip
     )

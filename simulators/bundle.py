@@ -218,6 +218,85 @@ class RequestPool:
         features = semantic_id_features(self.item_features, item_vectors, fit_rows)
         return features, fit_rows
 
+    def withholding(
+        self,
+        withheld: np.ndarray,
+        splits: tuple[str, ...] = ("train", "valid"),
+        *,
+        seed: int = 0,
+    ) -> RequestPool:
+        """A copy in which ``withheld`` items never occur in a request of ``splits`` (cold start).
+
+        In each such request a withheld item is
+
+        * removed from the candidates; the others move up in their initial order
+          and the list is topped up at its end with items drawn at random (seeded)
+          among the items that are neither withheld, candidates nor in the
+          history, each scored like the last kept candidate;
+        * removed from the history and from the logged slate (the rest move up;
+          the end is ``-1`` padded, the clicks follow their items);
+        * GR2 requests of ``splits`` whose candidates hold a withheld item are dropped.
+
+        Requests of the other splits are unchanged, so test candidates still hold
+        withheld items; the simulators (fitted beforehand) score every item.
+
+        Args:
+            withheld: Bool ``[I]``, the items to withhold.
+            splits: Splits whose requests must not hold them.
+            seed: Seed of the top-up draw.
+
+        Raises:
+            ConfigError: ``withheld`` is not a bool ``[I]`` mask, leaves too few items
+                to fill a candidate list, or a split is unknown.
+        """
+        withheld = np.asarray(withheld)
+        if withheld.dtype != bool or withheld.shape != (self.n_items,):
+            raise ConfigError(
+                f"withheld must be a bool mask over the {self.n_items} items, got dtype "
+                f"{withheld.dtype} and shape {withheld.shape}"
+            )
+        unknown = [split for split in splits if split not in SPLITS]
+        if unknown:
+            raise ConfigError(f"unknown splits {unknown}; expected a subset of {SPLITS}")
+        available = np.flatnonzero(~withheld)
+        if len(available) < self.num_candidates + self.histories.shape[1]:
+            raise ConfigError(
+                f"withholding {int(withheld.sum())} of {self.n_items} items leaves "
+                f"{len(available)}, too few to fill lists of N = {self.num_candidates} "
+                "candidates; withhold fewer items"
+            )
+        generator = np.random.default_rng(seed)
+        rows = np.flatnonzero(np.isin(self.request_split, [SPLITS.index(s) for s in splits]))
+        candidates, scores = self.candidates.copy(), self.candidate_scores.copy()
+        for row in rows[withheld[candidates[rows]].any(axis=1)]:
+            keep = ~withheld[candidates[row]]
+            kept, kept_scores = candidates[row, keep], scores[row, keep]
+            missing = self.num_candidates - len(kept)
+            taken = np.concatenate([kept, self.histories[row, : self.history_lengths[row]]])
+            pool = available[~np.isin(available, taken)]
+            candidates[row] = np.concatenate([kept, generator.choice(pool, missing, replace=False)])
+            floor = kept_scores.min() if len(kept) else 0.0
+            scores[row] = np.concatenate([kept_scores, np.full(missing, floor, np.float32)])
+        histories = _compacted(self.histories, withheld, rows)
+        logged_items = _compacted(self.logged_items, withheld, rows)
+        kept_logged = _compaction_order(self.logged_items, withheld, rows)
+        logged_clicks = np.take_along_axis(self.logged_clicks, kept_logged, axis=1)
+        logged_clicks &= logged_items != -1
+        in_splits = np.isin(self.request_split[self.gr2_request], [SPLITS.index(s) for s in splits])
+        gr2_kept = ~(in_splits & withheld[self.gr2_candidates].any(axis=1))
+        return dataclasses.replace(
+            self,
+            candidates=candidates,
+            candidate_scores=scores,
+            histories=histories,
+            history_lengths=(histories != -1).sum(axis=1).astype(np.int64),
+            logged_items=logged_items,
+            logged_clicks=logged_clicks,
+            gr2_request=self.gr2_request[gr2_kept],
+            gr2_candidates=self.gr2_candidates[gr2_kept],
+            gr2_target_pos=self.gr2_target_pos[gr2_kept],
+        )
+
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array field by name (what :meth:`save` writes)."""
         return {
@@ -250,6 +329,25 @@ class RequestPool:
                 fields[f.name] = value.astype(np.int64) if value.dtype == np.int32 else value
         fields["dataset"] = str(fields["dataset"])
         return cls(**fields)
+
+
+def _compaction_order(items: np.ndarray, withheld: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Column order per row moving the kept entries of ``rows`` to the front, in order.
+
+    Kept: neither withheld nor ``-1``. Rows not in ``rows`` keep their order.
+    """
+    keep = items != -1
+    keep[rows] &= ~withheld[np.where(items[rows] == -1, 0, items[rows])]
+    return np.argsort(~keep, axis=1, kind="stable")
+
+
+def _compacted(items: np.ndarray, withheld: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``items`` with the withheld entries of ``rows`` removed, left-aligned, ``-1`` padded."""
+    order = _compaction_order(items, withheld, rows)
+    kept = items.copy()
+    dropped = withheld[np.where(items[rows] == -1, 0, items[rows])] & (items[rows] != -1)
+    kept[rows] = np.where(dropped, -1, items[rows])
+    return np.take_along_axis(kept, order, axis=1)
 
 
 @dataclass(frozen=True)
