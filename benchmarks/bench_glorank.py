@@ -35,7 +35,14 @@ token embeddings, and with a free output layer) and the local twin, untrained an
 after SFT alone: the SFT loss of the logged-positive lists of 512 validation
 requests in 16 mini-batches of 32.
 
+``latency``: greedy ranking time per request of GloRank (global and local heads)
+against DeGRe and Seq2Slate (their full presets, untrained: time does not depend
+on the weights) in one run: ``--repeats`` batched ``rank`` calls over ``--requests``
+test requests per agent, interleaved, reporting the median and the ratio to DeGRe.
+
 Usage::
+
+    python benchmarks/bench_glorank.py latency --budget full --repeats 7
 
     python benchmarks/bench_glorank.py variance --seeds 5
 
@@ -81,7 +88,8 @@ HEADS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("study", choices=["heads", "sb3", "variance"])
+    parser.add_argument("study", choices=["heads", "sb3", "variance", "latency"])
+    parser.add_argument("--repeats", type=int, default=7, help="latency: timed calls")
     parser.add_argument("--timesteps", type=int, default=65536, help="sb3: token steps")
     parser.add_argument("--env", default="SlateRerank-v0")
     parser.add_argument("--budget", default="quick", choices=["tiny", "quick", "full"])
@@ -108,6 +116,9 @@ def main() -> None:
         return
     if args.study == "variance":
         gradient_variance(args)
+        return
+    if args.study == "latency":
+        ranking_latency(args)
         return
     cold = None if args.cold_start is None else ColdStartConfig(args.cold_start, seed=0)
     task = task_for_env(args.env, {} if cold is None else {"cold_start": cold})
@@ -231,6 +242,35 @@ def maskable_ppo(args: argparse.Namespace) -> None:
               f"{np.mean(rewards):.4f} on {len(rewards)} test requests, "
               f"{latency:.1f} ms/request")  # fmt: skip
         write_csv(args.out / "sb3.csv", rows)
+
+
+def ranking_latency(args: argparse.Namespace) -> None:
+    """Median greedy ranking time per request, GloRank's heads against DeGRe's."""
+    import numpy as np  # noqa: PLC0415
+
+    from agents.registry import make_agent  # noqa: PLC0415
+
+    task = task_for_env(args.env, {})
+    requests = task.requests("test")[: args.requests]
+    agents = {
+        name: make_agent(name, budget=args.budget).setup(task)
+        for name in ("degre", "seq2slate", "glorank", "glorank-local")
+    }
+    times: dict[str, list[float]] = {name: [] for name in agents}
+    for agent in agents.values():
+        agent.rank(task, requests[:64])  # warm-up (lazy tables)
+    for _ in range(args.repeats):
+        for name, agent in agents.items():  # interleaved: drifts hit every agent alike
+            start = time.perf_counter()
+            agent.rank(task, requests)
+            times[name].append((time.perf_counter() - start) * 1000 / len(requests))
+    reference = float(np.median(times["degre"]))
+    print(f"\nGreedy ranking, {len(requests)} requests per call, median of {args.repeats}")
+    print("| agent | ms / request | x DeGRe |")
+    print("|---|---:|---:|")
+    for name in agents:
+        median = float(np.median(times[name]))
+        print(f"| {name} | {median:.3f} | {median / reference:.2f} |")
 
 
 def read_rows(paths: list[Path]) -> list[dict[str, Any]]:

@@ -221,3 +221,27 @@ def test_output_gradient_variance_measures_the_spread_across_batches(small_task,
     assert other["batches"] == 4 and other["variance"] > 0 and np.isfinite(other["relative"])
     with pytest.raises(ValueError, match="a variance needs at least 2"):
         output_gradient_variance(policy, small_task, rows[:4], lists[:4], batch_size=4)
+
+
+def test_decoder_cache_equals_the_full_decoder_step_by_step() -> None:
+    from agents.common.nn import DecoderCache, decoder_stack
+
+    torch.manual_seed(0)
+    decoder = decoder_stack(16, 2, 2).eval()
+    memory, sequence = torch.randn(5, 7, 16), torch.randn(5, 4, 16)
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(4)
+    with torch.no_grad():
+        full = decoder(sequence, memory, tgt_mask=causal, tgt_is_causal=True)
+        cache = DecoderCache(decoder, memory)
+        steps = [cache.step(sequence[:, t : t + 1]) for t in range(3)]
+        # Reordering rows (a beam's parents) keeps each row's own history.
+        rows = torch.tensor([4, 0, 0, 2, 1])
+        cache.select(rows)
+        last = cache.step(sequence[rows, 3:4])
+    torch.testing.assert_close(torch.cat(steps, dim=1), full[:, :3], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(last[:, 0], full[rows, 3], atol=1e-5, rtol=1e-5)
+    post_norm = torch.nn.TransformerDecoder(
+        torch.nn.TransformerDecoderLayer(16, 2, 32, batch_first=True), 1
+    )
+    with pytest.raises(ValueError, match="norm_first"):
+        DecoderCache(post_norm, memory)

@@ -10,6 +10,8 @@
   training and greedy or sampled decoding (sampling without replacement),
   batched over requests, completing given prefixes;
 * :func:`transformer_stack`: the pre-norm Transformer every model here uses;
+  :func:`decoder_stack` its cross-attending twin, with :class:`DecoderCache` for
+  incremental (key-value cached) decoding;
 * :func:`greedy_lists` / :func:`sampled_lists`: serve a pointer policy (sampling
   by Gumbel-max with per-request noise, :func:`~agents.common.sampling.request_gumbel`,
   so a request's lists do not depend on the batch);
@@ -155,6 +157,84 @@ def decoder_stack(dim: int, heads: int, layers: int, dropout: float = 0.0) -> nn
         dim, heads, 2 * dim, dropout=dropout, batch_first=True, norm_first=True
     )
     return nn.TransformerDecoder(layer, layers)
+
+
+class DecoderCache:
+    """Incremental decoding through a :func:`decoder_stack`: one new position per call.
+
+    ``nn.TransformerDecoder`` recomputes every position at every step; this runs
+    the same layers (pre-norm, batch-first) on the newest position only, keeping
+    each layer's self-attention keys and values of the positions so far and the
+    cross-attention keys and values of ``memory`` (projected once). Outputs equal
+    the full decoder's under a causal mask (tested); inference only (no dropout).
+
+    Args:
+        decoder: The decoder (its layers are used as they are, not copied).
+        memory: What the decoder cross-attends to, ``[M, N, d]``.
+    """
+
+    def __init__(self, decoder: nn.TransformerDecoder, memory: torch.Tensor) -> None:
+        self.decoder = decoder
+        self.self_keys: list[torch.Tensor | None] = [None] * len(decoder.layers)
+        self.self_values: list[torch.Tensor | None] = [None] * len(decoder.layers)
+        self.memory_keys, self.memory_values = [], []
+        for layer in decoder.layers:
+            if not layer.norm_first:
+                raise ValueError("DecoderCache runs pre-norm layers (norm_first=True) only")
+            attention = layer.multihead_attn
+            _, key, value = self._projections(attention, memory, parts=(1, 2))
+            self.memory_keys.append(key)
+            self.memory_values.append(value)
+
+    @staticmethod
+    def _projections(
+        attention: nn.MultiheadAttention, x: torch.Tensor, parts: tuple[int, ...]
+    ) -> list[torch.Tensor | None]:
+        """Query (0), key (1) and value (2) projections of ``x`` as ``[M, heads, T, d/h]``."""
+        dim, heads = attention.embed_dim, attention.num_heads
+        out: list[torch.Tensor | None] = [None, None, None]
+        for part in parts:
+            weight = attention.in_proj_weight[part * dim : (part + 1) * dim]
+            bias = attention.in_proj_bias[part * dim : (part + 1) * dim]
+            projected = nn.functional.linear(x, weight, bias)
+            out[part] = projected.reshape(*x.shape[:2], heads, dim // heads).transpose(1, 2)
+        return out
+
+    @staticmethod
+    def _attend(
+        attention: nn.MultiheadAttention,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+    ) -> torch.Tensor:
+        mixed = nn.functional.scaled_dot_product_attention(query, key, value)
+        mixed = mixed.transpose(1, 2).reshape(query.shape[0], query.shape[2], -1)
+        return attention.out_proj(mixed)
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder's output at the new position ``x`` ``[M, 1, d]`` (after the others)."""
+        for index, layer in enumerate(self.decoder.layers):
+            query, key, value = self._projections(layer.self_attn, layer.norm1(x), (0, 1, 2))
+            if self.self_keys[index] is not None:
+                key = torch.cat([self.self_keys[index], key], dim=2)
+                value = torch.cat([self.self_values[index], value], dim=2)
+            self.self_keys[index], self.self_values[index] = key, value
+            x = x + layer.dropout1(self._attend(layer.self_attn, query, key, value))
+            (query, _, _) = self._projections(layer.multihead_attn, layer.norm2(x), (0,))
+            memory = self._attend(
+                layer.multihead_attn, query, self.memory_keys[index], self.memory_values[index]
+            )
+            x = x + layer.dropout2(memory)
+            hidden = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm3(x)))))
+            x = x + layer.dropout3(hidden)
+        return x if self.decoder.norm is None else self.decoder.norm(x)
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep rows ``rows`` in that order (a beam's parents)."""
+        self.self_keys = [None if k is None else k[rows] for k in self.self_keys]
+        self.self_values = [None if v is None else v[rows] for v in self.self_values]
+        self.memory_keys = [k[rows] for k in self.memory_keys]
+        self.memory_values = [v[rows] for v in self.memory_values]
 
 
 class CandidateSetEncoder(nn.Module):

@@ -27,6 +27,7 @@ from torch import nn
 from agents.common.nn import (
     POINTER_CLIP,
     CandidateSetEncoder,
+    DecoderCache,
     RequestInputs,
     decoder_stack,
     masked_entropy,
@@ -146,13 +147,29 @@ class GloRankPolicy(nn.Module):
                 f"{steps - 1} decoder steps; this model was built for lists of at most "
                 f"{self.max_length} items"
             )
-        if self.head == "global":
-            read = self.sid_embedding(actions)
-        else:
-            read = torch.gather(encoded, 1, actions[..., None].expand(-1, -1, encoded.shape[2]))
-        sequence = torch.cat([user[:, None], read], dim=1) + self.position.weight[:steps]
+        sequence = torch.cat([user[:, None], self._read(encoded, actions)], dim=1)
+        sequence = sequence + self.position.weight[:steps]
         causal = nn.Transformer.generate_square_subsequent_mask(steps, device=encoded.device)
         return self.norm(self.decoder(sequence, encoded, tgt_mask=causal, tgt_is_causal=True))
+
+    def _read(self, encoded: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """What the decoder reads for ``actions`` ``[M, T]``: ``[M, T, d]``."""
+        if self.head == "global":
+            return self.sid_embedding(actions)
+        return torch.gather(encoded, 1, actions[..., None].expand(-1, -1, encoded.shape[2]))
+
+    def _next_input(
+        self, encoded: torch.Tensor, user: torch.Tensor, last: torch.Tensor | None, step: int
+    ) -> torch.Tensor:
+        """Decoder input at ``step`` ``[M, 1, d]``: the user first, then the last action."""
+        read = user[:, None] if last is None else self._read(encoded, last[:, None])
+        return read + self.position.weight[step]
+
+    def _check_steps(self, length: int) -> None:
+        if length > self.max_length:
+            raise ValueError(
+                f"lists of {length} items; this model was built for at most {self.max_length} items"
+            )
 
     def _logits(self, hidden: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
         """Unmasked logits ``[M, T, A]`` of decoder states ``[M, T, d]``."""
@@ -261,12 +278,12 @@ class GloRankPolicy(nn.Module):
         encoded, user, tokens = self.encode(inputs, candidate_tokens, repeats)
         if mode == "beam":
             return self._beam(encoded, user, tokens, length, beam_width, prefix)
-        batch = encoded.shape[0]
+        self._check_steps(length)
         cursor = _Cursor(tokens, self.head, self.vocab_size)
-        actions = torch.zeros(batch, 0, dtype=torch.long, device=encoded.device)
+        cache, choice = DecoderCache(self.decoder, encoded), None
         log_probs = []
         for step in range(length * self.steps_per_item):
-            hidden = self._hidden(encoded, user, actions)[:, -1:]
+            hidden = self.norm(cache.step(self._next_input(encoded, user, choice, step)))
             logits = self._logits(hidden, encoded)[:, 0]
             step_log_probs = torch.log_softmax(
                 logits.masked_fill(~cursor.mask(), float("-inf")) / temperature, dim=1
@@ -284,7 +301,6 @@ class GloRankPolicy(nn.Module):
                 choice = torch.where(kept, cursor.action_for(forced.clamp(min=0)), choice)
                 chosen = torch.where(kept, torch.zeros_like(chosen), chosen)
             cursor.advance(choice)
-            actions = torch.cat([actions, choice[:, None]], dim=1)
             log_probs.append(chosen)
         return cursor.lists(length), torch.stack(log_probs, dim=1)
 
@@ -303,13 +319,14 @@ class GloRankPolicy(nn.Module):
         tokens = tokens.repeat_interleave(width, 0)
         if prefix is not None:
             prefix = prefix.repeat_interleave(width, 0)
+        self._check_steps(length)
         cursor = _Cursor(tokens, self.head, self.vocab_size)
-        actions = torch.zeros(batch * width, 0, dtype=torch.long, device=device)
+        cache, choice = DecoderCache(self.decoder, encoded), None
         step_log_probs = torch.zeros(batch * width, 0, device=device)
         score = torch.full((batch, width), float("-inf"), device=device)
         score[:, 0] = 0.0  # one live beam until the first expansion
         for step in range(length * self.steps_per_item):
-            hidden = self._hidden(encoded, user, actions)[:, -1:]
+            hidden = self.norm(cache.step(self._next_input(encoded, user, choice, step)))
             logits = self._logits(hidden, encoded)[:, 0]
             mask = cursor.mask()
             if prefix is not None:
@@ -333,7 +350,7 @@ class GloRankPolicy(nn.Module):
             parent, choice = parent.reshape(-1), (index % choices).reshape(-1)
             chosen = log_probs[parent, choice]
             cursor.select(parent)
-            actions = torch.cat([actions[parent], choice[:, None]], dim=1)
+            cache.select(parent)
             step_log_probs = torch.cat([step_log_probs[parent], chosen[:, None]], dim=1)
             cursor.advance(choice)
         best = torch.arange(batch, device=device) * width + score.argmax(dim=1)
