@@ -232,6 +232,11 @@ register(
     kwargs={"head": "local"},
 )  # fmt: skip
 register(
+    "glorank-index", "agents.glorank:GloRank",
+    "GloRank's index twin: same backbone and stages, a Linear(d, N) over candidate positions",
+    kwargs={"head": "index"},
+)  # fmt: skip
+register(
     "glorank-sft", "agents.glorank:GloRank", "GloRank after stage 1 alone (SFT, no PPO)",
     kwargs={"ppo_iterations": 0},
 )  # fmt: skip

@@ -64,7 +64,7 @@ def _brute_force_masks(lists: np.ndarray, tokens: np.ndarray, vocab: int) -> np.
     n=st.integers(4, 9),
     levels=st.integers(1, 3),
     codebook=st.integers(2, 3),
-    head=st.sampled_from(["global", "local"]),
+    head=st.sampled_from(["global", "local", "index"]),
 )
 def test_decoded_lists_are_valid_and_match_teacher_forcing(seed, n, levels, codebook, head):
     """Random candidate sets whose codes collide on every level but the extra one."""
@@ -186,12 +186,26 @@ def test_bad_settings_are_refused_and_registered_variants_build() -> None:
         GloRankConfig(advantage="grpo", group_size=1)
     names = {
         name: make_agent(name, budget="tiny").name
-        for name in ("glorank", "glorank-local", "glorank-sft", "glorank-scratch")
+        for name in ("glorank", "glorank-local", "glorank-index", "glorank-sft", "glorank-scratch")
     }
     assert names == {
-        "glorank": "glorank", "glorank-local": "glorank-local",
+        "glorank": "glorank", "glorank-local": "glorank-local", "glorank-index": "glorank-index",
         "glorank-sft": "glorank-sft", "glorank-scratch": "glorank-scratch",
     }  # fmt: skip
+
+
+def test_index_head_scores_positions_and_refuses_more_candidates(small_task) -> None:
+    from rerank_env import make_task
+
+    agent = GloRank(TINY.replace(head="index", sft_epochs=1, ppo_iterations=1)).fit(small_task)
+    policy = agent.modules["policy"]
+    assert policy.output.out_features == small_task.num_candidates
+    assert policy.output_parameters() == [policy.output.weight]
+    lists = agent.rank(small_task, small_task.requests("test")[:16])
+    assert all(len(set(row)) == small_task.slate_length for row in lists.tolist())
+    wider = make_task(num_candidates=20, slate_length=4)
+    with pytest.raises(UnsupportedTaskError, match="index head over 10"):
+        agent.rank(wider, wider.requests("test")[:2])
 
 
 @pytest.mark.parametrize("advantage", ["group-mean", "grpo", "gae"])
@@ -207,7 +221,7 @@ def test_every_advantage_and_kl_to_the_sft_policy_train(small_task, advantage) -
     assert all(np.isfinite(row["kl_to_sft"]) and row["kl_to_sft"] >= -1e-6 for row in ppo)
 
 
-@pytest.mark.parametrize("head", ["global", "local"])
+@pytest.mark.parametrize("head", ["global", "local", "index"])
 def test_output_gradient_variance_measures_the_spread_across_batches(small_task, head) -> None:
     policy = GloRank(TINY.replace(head=head)).setup(small_task).modules["policy"]
     rows = small_task.requests("valid")[:16]

@@ -62,6 +62,7 @@ class GloRank(TrainableAgent):
             "user_dim": user_dim,
             "item_dim": item_dim,
             "max_length": task.slate_length,
+            "num_candidates": task.num_candidates,
             "vocab_size": tokenizer.vocab_size,
             "levels": tokenizer.n_levels,
             "semantic_ids": _checksum(tokenizer.tokens),
@@ -76,6 +77,7 @@ class GloRank(TrainableAgent):
                 decoder_layers=cfg.decoder_layers, heads=cfg.heads,
                 max_length=info["max_length"], initial_order=cfg.initial_order,
                 tied_output=cfg.tied_output, detach_value=cfg.detach_value,
+                max_candidates=info.get("num_candidates", 256),
             )  # fmt: skip
         self.modules = {"policy": policy}
 
@@ -93,6 +95,12 @@ class GloRank(TrainableAgent):
             raise UnsupportedTaskError(
                 f"{self.name!r} was built for lists of at most {self.build_info['max_length']} "
                 f"items; this task places L = {task.slate_length}"
+            )
+        positions = self.build_info.get("num_candidates", task.num_candidates)
+        if self.settings.head == "index" and task.num_candidates > positions:
+            raise UnsupportedTaskError(
+                f"{self.name!r} has an index head over {self.build_info['num_candidates']} "
+                f"candidate positions; this task offers N = {task.num_candidates}"
             )
         self._checked_tasks.add(task)
 

@@ -17,8 +17,10 @@ class GloRankConfig(AgentConfig):
     """Everything that defines a GloRank run (or its local-index twin).
 
     Attributes:
-        head: ``"global"`` (semantic-ID tokens, GloRank) or ``"local"`` (a pointer
-            over candidate positions: the paper's ablation, same everything else).
+        head: ``"global"`` (semantic-ID tokens, GloRank), ``"local"`` (a pointer
+            over candidate positions: the paper's ablation, same everything else)
+            or ``"index"`` (a ``Linear(d, N)`` over positions: output ``j`` is the
+            ``j``-th candidate, the local-index layer of the paper's variance argument).
         dim: Model width.
         encoder_layers: Candidate-set encoder depth.
         decoder_layers: Decoder depth.
@@ -66,7 +68,7 @@ class GloRankConfig(AgentConfig):
         seed: Initialisation, sampling and request-order seed.
     """
 
-    head: Literal["global", "local"] = "global"
+    head: Literal["global", "local", "index"] = "global"
     dim: int = 64
     encoder_layers: int = 2
     decoder_layers: int = 2
@@ -112,7 +114,7 @@ class GloRankConfig(AgentConfig):
 
     def validate(self) -> None:
         """Refuse out-of-range fields, naming the field, the value and what is valid."""
-        self._choice("head", ("global", "local"))
+        self._choice("head", ("global", "local", "index"))
         self._choice("sft_source", ("beam", "logged", "none"))
         self._choice("advantage", ("gae", "group-mean", "grpo"))
         self._choice("decode", ("greedy", "beam"))
@@ -148,7 +150,7 @@ class GloRankConfig(AgentConfig):
         ``glorank``, with ``-local`` for the twin, ``-sft`` (stage 1 alone) or
         ``-scratch`` (stage 2 alone).
         """
-        name = "glorank" + ("-local" if self.head == "local" else "")
+        name = "glorank" + ("" if self.head == "global" else f"-{self.head}")
         if self.ppo_iterations == 0:
             return name + "-sft"
         return name + ("-scratch" if self.sft_source == "none" else "")

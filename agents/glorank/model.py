@@ -7,6 +7,9 @@
 * ``head="local"`` (the paper's ablation, ``glorank-local``): each step points at a
   candidate position, as the pointer networks of the suite do; output ``j`` is a
   different item in every request.
+* ``head="index"`` (``glorank-index``): the literal local-index output of the
+  paper's variance argument, a ``Linear(d, N)`` whose row ``j`` scores the
+  candidate at position ``j``, whatever item that is.
 
 Both share everything else: the encoder reads each candidate's features, initial
 score, the user, and the embedding of the candidate's semantic ID; the decoder
@@ -35,7 +38,8 @@ from agents.common.nn import (
 from rerank_env.task import RerankTask
 from simulators.base import PAD
 
-Head = Literal["global", "local"]
+Head = Literal["global", "local", "index"]
+HEADS = ("global", "local", "index")
 DecodeMode = Literal["greedy", "sample", "beam"]
 
 
@@ -56,7 +60,8 @@ class GloRankPolicy(nn.Module):
         item_dim: Di.
         vocab_size: Semantic-ID tokens over all levels, V.
         levels: Tokens per item.
-        head: ``"global"`` (tokens) or ``"local"`` (candidate positions).
+        head: ``"global"`` (tokens), ``"local"`` (a pointer over candidate positions)
+            or ``"index"`` (a ``Linear(d, max_candidates)`` over positions).
         dim: Width.
         encoder_layers: Encoder depth.
         decoder_layers: Decoder depth.
@@ -68,6 +73,7 @@ class GloRankPolicy(nn.Module):
             encoder adds to each candidate holding ``v``; else a free ``Linear``.
         detach_value: The value head reads the decoder states without sending
             gradients into them (the critic does not reshape the policy).
+        max_candidates: Index head: the largest N (rows of its output layer).
     """
 
     def __init__(
@@ -86,10 +92,11 @@ class GloRankPolicy(nn.Module):
         initial_order: bool = True,
         tied_output: bool = True,
         detach_value: bool = True,
+        max_candidates: int = 256,
     ) -> None:
         super().__init__()
-        if head not in ("global", "local"):
-            raise ValueError(f"head must be 'global' or 'local', got {head!r}")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         self.head, self.levels, self.vocab_size = head, levels, vocab_size
         self.tied_output, self.detach_value = tied_output, detach_value
         self.max_length = max_length
@@ -108,6 +115,8 @@ class GloRankPolicy(nn.Module):
             self.output_bias = nn.Parameter(torch.zeros(vocab_size))
         elif head == "global":
             self.output = nn.Linear(dim, vocab_size)  # one neuron per code, in every request
+        elif head == "index":
+            self.output = nn.Linear(dim, max_candidates)  # one neuron per position
         else:
             self.query = nn.Linear(dim, dim)
             self.key = nn.Linear(dim, dim)
@@ -117,6 +126,8 @@ class GloRankPolicy(nn.Module):
         """The output layer's weights (the gradient-variance study measures these)."""
         if self.head == "global":
             return [self.sid_embedding.weight if self.tied_output else self.output.weight]
+        if self.head == "index":
+            return [self.output.weight]
         return [self.query.weight, self.key.weight]
 
     def action_count(self, candidates: int) -> int:
@@ -177,12 +188,20 @@ class GloRankPolicy(nn.Module):
             return hidden @ self.sid_embedding.weight.T + self.output_bias
         if self.head == "global":
             return self.output(hidden)
+        if self.head == "index":
+            n = encoded.shape[1]
+            if n > self.output.out_features:
+                raise ValueError(
+                    f"{n} candidates per request; this index head has "
+                    f"{self.output.out_features} outputs (max_candidates)"
+                )
+            return self.output(hidden)[..., :n]
         scores = torch.einsum("btd,bnd->btn", self.query(hidden), self.key(encoded))
         return POINTER_CLIP * torch.tanh(scores / math.sqrt(encoded.shape[2]))
 
     def actions_of(self, lists: torch.Tensor, candidate_tokens: torch.Tensor) -> torch.Tensor:
         """The decoder's actions writing ``lists`` (positions ``[M, L]``), ``[M, S]``."""
-        if self.head == "local":
+        if self.head != "global":
             return lists
         index = lists[..., None].expand(-1, -1, self.levels)
         return torch.gather(candidate_tokens, 1, index).reshape(len(lists), -1)
@@ -199,7 +218,7 @@ class GloRankPolicy(nn.Module):
         if length > 1:
             one_hot = torch.nn.functional.one_hot(lists[:, : length - 1], n).bool()
             earlier[:, 1:] = one_hot.cumsum(dim=1).bool()
-        if self.head == "local":
+        if self.head != "global":
             return ~earlier
         chosen = torch.gather(candidate_tokens, 1, lists[..., None].expand(-1, -1, self.levels))
         same = candidate_tokens[:, None] == chosen[:, :, None]  # [M, L, N, levels]
@@ -279,7 +298,7 @@ class GloRankPolicy(nn.Module):
         if mode == "beam":
             return self._beam(encoded, user, tokens, length, beam_width, prefix)
         self._check_steps(length)
-        cursor = _Cursor(tokens, self.head, self.vocab_size)
+        cursor = _Cursor(tokens, self.head == "global", self.vocab_size)
         cache, choice = DecoderCache(self.decoder, encoded), None
         log_probs = []
         for step in range(length * self.steps_per_item):
@@ -320,7 +339,7 @@ class GloRankPolicy(nn.Module):
         if prefix is not None:
             prefix = prefix.repeat_interleave(width, 0)
         self._check_steps(length)
-        cursor = _Cursor(tokens, self.head, self.vocab_size)
+        cursor = _Cursor(tokens, self.head == "global", self.vocab_size)
         cache, choice = DecoderCache(self.decoder, encoded), None
         step_log_probs = torch.zeros(batch * width, 0, device=device)
         score = torch.full((batch, width), float("-inf"), device=device)
@@ -362,12 +381,12 @@ class _Cursor:
 
     Args:
         tokens: Candidates' codes as tokens, long ``[M, N, levels]``.
-        head: ``"global"`` or ``"local"``.
+        tokens_out: Actions are semantic-ID tokens (global head), else positions.
         vocab_size: V (global head).
     """
 
-    def __init__(self, tokens: torch.Tensor, head: Head, vocab_size: int) -> None:
-        self.tokens, self.head, self.vocab_size = tokens, head, vocab_size
+    def __init__(self, tokens: torch.Tensor, tokens_out: bool, vocab_size: int) -> None:
+        self.tokens, self.tokens_out, self.vocab_size = tokens, tokens_out, vocab_size
         rows, n, self.levels = tokens.shape
         self.placed = torch.zeros(rows, n, dtype=torch.bool, device=tokens.device)
         self.matching = torch.ones_like(self.placed)
@@ -376,7 +395,7 @@ class _Cursor:
 
     def mask(self) -> torch.Tensor:
         """Valid actions now, bool ``[M, A]``."""
-        if self.head == "local":
+        if not self.tokens_out:
             return ~self.placed
         valid = (~self.placed & self.matching).float()
         mask = torch.zeros(len(valid), self.vocab_size, device=valid.device)
@@ -384,7 +403,7 @@ class _Cursor:
 
     def action_for(self, positions: torch.Tensor) -> torch.Tensor:
         """The action that continues writing candidate ``positions`` ``[M]``."""
-        if self.head == "local":
+        if not self.tokens_out:
             return positions
         rows = torch.arange(len(positions), device=positions.device)
         return self.tokens[rows, positions, self.level]
@@ -392,7 +411,7 @@ class _Cursor:
     def advance(self, actions: torch.Tensor) -> None:
         """Take ``actions`` ``[M]``; an item completes after its last token."""
         rows = torch.arange(len(actions), device=actions.device)
-        if self.head == "local":
+        if not self.tokens_out:
             self.placed[rows, actions] = True
             self._lists.append(actions)
             return
