@@ -277,11 +277,9 @@ class RequestPool:
             candidates[row] = np.concatenate([kept, generator.choice(pool, missing, replace=False)])
             floor = kept_scores.min() if len(kept) else 0.0
             scores[row] = np.concatenate([kept_scores, np.full(missing, floor, np.float32)])
-        histories = _compacted(self.histories, withheld, rows)
-        logged_items = _compacted(self.logged_items, withheld, rows)
-        kept_logged = _compaction_order(self.logged_items, withheld, rows)
-        logged_clicks = np.take_along_axis(self.logged_clicks, kept_logged, axis=1)
-        logged_clicks &= logged_items != -1
+        histories, _ = _compacted(self.histories, withheld, rows)
+        logged_items, order = _compacted(self.logged_items, withheld, rows)
+        logged_clicks = np.take_along_axis(self.logged_clicks, order, axis=1) & (logged_items != -1)
         in_splits = np.isin(self.request_split[self.gr2_request], [SPLITS.index(s) for s in splits])
         gr2_kept = ~(in_splits & withheld[self.gr2_candidates].any(axis=1))
         return dataclasses.replace(
@@ -331,23 +329,18 @@ class RequestPool:
         return cls(**fields)
 
 
-def _compaction_order(items: np.ndarray, withheld: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Column order per row moving the kept entries of ``rows`` to the front, in order.
+def _compacted(
+    items: np.ndarray, withheld: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``items`` without the withheld entries of ``rows``, and the column order used.
 
-    Kept: neither withheld nor ``-1``. Rows not in ``rows`` keep their order.
+    The other entries move up in their order and the end is ``-1`` padded.
     """
-    keep = items != -1
-    keep[rows] &= ~withheld[np.where(items[rows] == -1, 0, items[rows])]
-    return np.argsort(~keep, axis=1, kind="stable")
-
-
-def _compacted(items: np.ndarray, withheld: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``items`` with the withheld entries of ``rows`` removed, left-aligned, ``-1`` padded."""
-    order = _compaction_order(items, withheld, rows)
-    kept = items.copy()
-    dropped = withheld[np.where(items[rows] == -1, 0, items[rows])] & (items[rows] != -1)
-    kept[rows] = np.where(dropped, -1, items[rows])
-    return np.take_along_axis(kept, order, axis=1)
+    dropped = np.zeros(items.shape, dtype=bool)
+    dropped[rows] = withheld[items[rows].clip(min=0)] & (items[rows] != -1)
+    kept = np.where(dropped, -1, items)
+    order = np.argsort(kept == -1, axis=1, kind="stable")
+    return np.take_along_axis(kept, order, axis=1), order
 
 
 @dataclass(frozen=True)
