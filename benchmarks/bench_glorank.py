@@ -7,6 +7,8 @@
   is identical, so the difference is PPO's);
 * ``glorank-scratch``: PPO alone, from a random policy;
 * ``glorank-index`` (only when named in ``--configs``): the index twin, SFT + PPO;
+* ``glorank-unordered`` / ``glorank-local-unordered`` (only when named): both heads
+  with an encoder that does not see the initial rank (``initial_order=False``);
 
 and report, per configuration, the mean over seeds with a 95% bootstrap interval of
 the held-out reward (the evaluation simulator, on ``--requests`` test requests),
@@ -86,6 +88,8 @@ HEADS = {
     "glorank-local": {"head": "local"},
     "glorank-scratch": {"sft_source": "none"},
     "glorank-index": {"head": "index"},
+    "glorank-unordered": {"initial_order": False},
+    "glorank-local-unordered": {"head": "local", "initial_order": False},
 }
 
 
@@ -105,7 +109,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--configs", nargs="+", default=list(HEADS)[:5], choices=list(HEADS),
-        help="heads: configurations (default: all but glorank-index)",
+        help="heads: configurations (default: the first five)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("runs/bench-glorank"))
     parser.add_argument(
