@@ -99,7 +99,7 @@ class GloRank(TrainableAgent):
         positions = self.build_info.get("num_candidates", task.num_candidates)
         if self.settings.head == "index" and task.num_candidates > positions:
             raise UnsupportedTaskError(
-                f"{self.name!r} has an index head over {self.build_info['num_candidates']} "
+                f"{self.name!r} has an index head over {positions} "
                 f"candidate positions; this task offers N = {task.num_candidates}"
             )
         self._checked_tasks.add(task)
