@@ -17,6 +17,11 @@ oracle) are evaluated once and count for every seed. The run folder
 * ``config.json`` (the command, versions, task, data checksum);
 * ``logs/<agent>/seed<k>/``: each run's ``curves.csv`` and, when the ``tensorboard``
   package is installed, its TensorBoard events (``tensorboard --logdir runs/<name>/logs``).
+* ``runs/<agent>/seed<k>.json`` (``seed-all.json`` for an agent without randomness),
+  written as each run ends, and ``spec.json`` (the settings they were measured under):
+  ``--resume`` reads them back, so an interrupted comparison continues where it
+  stopped, and agents can be run in parts (``--agents a,b`` then ``--agents a,b,c,d
+  --resume``) and tabulated together. It refuses a folder made with other settings.
 
 Agents are registered names, ``beam-<B>``, entry points ``"module:Class"`` of your
 own :class:`~agents.base.Agent` subclasses, or (in Python) agent instances.
@@ -31,6 +36,7 @@ import datetime as dt
 import inspect
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -56,6 +62,7 @@ from agents.evaluation import (
 )
 from agents.registry import agent_names, make_agent
 from rerank_env.task import RerankTask, make_task
+from simulators._io import atomic_write
 from simulators.data.cache import package_version
 from simulators.data.errors import ConfigError
 
@@ -77,6 +84,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "glorank": ("initial-order", "prm", "seq2slate", "degre", "goalrank", "glorank-sft",
                 "glorank", "glorank-local", "beam-8"),
 }  # fmt: skip
+#: Version of the per-run records (``runs/<agent>/seed<k>.json``) that ``--resume`` reads.
+_RECORD_FORMAT = 1
 #: Environment keyword arguments that shape episodes, not the task.
 _EPISODE_KWARGS = ("reward_mode", "click_mode", "split", "features", "render_mode")
 
@@ -173,6 +182,7 @@ def run_compare(
     out: str | Path = "runs",
     name: str | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     device: str = "cpu",
     progress: bool = True,
 ) -> Path:
@@ -192,19 +202,31 @@ def run_compare(
         budget: ``"tiny"``, ``"quick"`` or ``"full"``: the agents' config presets.
         out: Parent folder of the run folder.
         name: Run folder name (default: env id and time).
-        overwrite: Reuse a non-empty run folder.
+        overwrite: Reuse a non-empty run folder, dropping its stored runs.
+        resume: Continue a run folder: every (agent, seed) run already stored in its
+            ``runs/`` is read back instead of run again. Refused when the folder was
+            made with other settings (environment, requests, budget, task, version);
+            the agents and the number of seeds may differ, so agents can be run in
+            parts and tabulated together.
         device: Torch device of the task and agents.
         progress: Progress bars (on terminals) or one log line per run, and the table.
     """
     factories = [_agent_factory(item, budget) for item in agents]  # fail before any work
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
+    if resume and overwrite:
+        raise ConfigError("give --resume or --overwrite, not both")
     name = name or f"{env_id}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     folder = Path(out) / name
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
+    if folder.exists() and any(folder.iterdir()) and not (overwrite or resume):
         raise ConfigError(
-            f"run folder {folder} exists and is not empty: choose another --name or pass "
-            "--overwrite"
+            f"run folder {folder} exists and is not empty: choose another --name, pass "
+            "--resume to continue it or --overwrite to start it again"
+        )
+    if resume and not (folder / "spec.json").exists():
+        raise ConfigError(
+            f"--resume: {folder} holds no spec.json, so it is not a compare run folder (or "
+            "was written before runs were resumable); start it without --resume"
         )
     started = time.perf_counter()
     task = task_for_env(env_id, dict(env_kwargs or {}), device)
@@ -214,7 +236,13 @@ def run_compare(
             candidate.check_task(task)
         except UnsupportedTaskError as err:
             raise ConfigError(f"agent {candidate.name!r} cannot run on {env_id}: {err}") from None
+    spec = _run_spec(env_id, env_kwargs, requests, permutations, beam_width, budget, task)
+    if resume:
+        _check_spec(folder, spec)
+    elif overwrite and (folder / "runs").exists():
+        shutil.rmtree(folder / "runs")  # --overwrite starts again: no stale run records
     folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "spec.json", spec)
     say = print if progress else (lambda *a, **k: None)
     say(f"task: {task.summary()}")
     evaluation = make_evaluation_set(
@@ -224,43 +252,29 @@ def run_compare(
     rows, curves, profiles, fit_seconds = [], [], [], {}
     curve_keys: dict[str, tuple[str, str]] = {}
     tensorboard = False
-    once: dict[str, dict[str, Any]] = {}
+    reused = 0  # runs read back from the folder
+    seed_free: dict[str, dict[str, Any]] = {}  # records that count for every seed
     bar = progress_bar(seeds * len(factories), "compare", progress)
     for seed in range(seeds):
         for make in factories:
             agent = make(seed)
             bar.set_description(f"seed {seed} {agent.name}")
-            if agent.name in once:
-                row = {**once[agent.name], "seed": seed}
+            record = seed_free.get(agent.name) or _read_record(folder, agent.name, seed)
+            if record is not None:
+                reused += agent.name not in seed_free
             else:
-                pretrained = isinstance(agent, TrainableAgent) and agent.fitted
                 log_dir = folder / "logs" / agent.name / f"seed{seed}"
-                fit_start = time.perf_counter()
-                if isinstance(agent, TrainableAgent) and not pretrained:
-                    agent.log_dir = log_dir
-                    agent.fit(task, progress=False)
-                fit_time = time.perf_counter() - fit_start
-                result = evaluate_agent(agent, evaluation)
-                row = {"agent": agent.name, "seed": seed, **result.metrics, "fit_s": fit_time}
-                profiles += [
-                    {"agent": agent.name, "seed": seed, "slot": slot + 1, "click_prob": p}
-                    for slot, p in enumerate(result.position_clicks)
-                ]
-                curves += [
-                    {"agent": agent.name, "seed": seed, **point}
-                    for point in getattr(agent, "history", [])
-                ]
-                if getattr(agent, "curve", None) is not None:
-                    curve_keys[agent.name] = agent.curve
-                writer = tensorboard_writer(log_dir)
-                if writer is not None:  # the held-out metrics beside the training log
-                    tensorboard = True
-                    for metric, value in result.metrics.items():
-                        if not math.isnan(value):
-                            writer.add_scalar(f"eval/{metric}", value, 0)
-                    writer.close()
-                if _deterministic(agent) or pretrained:  # the same lists for every seed
-                    once[agent.name] = row
+                record = _run_one(agent, seed, task, evaluation, log_dir)
+                tensorboard |= record.pop("tensorboard")
+                _write_record(folder, agent.name, seed, record)
+            if record["all_seeds"]:
+                seed_free[agent.name] = record
+            row = {**record["row"], "seed": seed}
+            if record.get("curve_key") is not None:
+                curve_keys[agent.name] = tuple(record["curve_key"])
+            if not record["all_seeds"] or seed == record["row"]["seed"]:
+                profiles += record["profiles"]
+                curves += record["curves"]
             fit_seconds.setdefault(agent.name, []).append(row["fit_s"])
             rows.append(row)
             bar.update()
@@ -268,6 +282,7 @@ def run_compare(
                 say(
                     f"seed {seed} {agent.name}: fit {row['fit_s']:.1f} s, held-out reward "
                     f"{row['reward_eval']:.4f}, {row['latency_ms']:.2f} ms/request"
+                    + (" (from an earlier run)" if record.get("from_file") else "")
                 )
     bar.close()
     summary = summarise(rows)
@@ -300,6 +315,7 @@ def run_compare(
             "numpy": np.__version__,
         },  # fmt: skip
         "tensorboard": tensorboard,
+        "resumed_runs": reused,
         "wall_s": time.perf_counter() - started,
         "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -312,6 +328,116 @@ def run_compare(
             "curves.csv holds the same)"
         )
     return folder
+
+
+#: What must match for ``--resume`` to reuse a run folder's records.
+_SPEC_KEYS = ("env_id", "env_kwargs", "requests", "permutations", "beam_width", "budget",
+              "task", "rerank-env")  # fmt: skip
+
+
+def _run_spec(
+    env_id: str,
+    env_kwargs: dict[str, Any] | None,
+    requests: int | None,
+    permutations: int,
+    beam_width: int,
+    budget: str,
+    task: RerankTask,
+) -> dict[str, Any]:
+    """What a run folder's records were measured under (``spec.json``)."""
+    return {
+        "format": _RECORD_FORMAT,
+        "env_id": env_id,
+        "env_kwargs": {k: repr(v) for k, v in sorted((env_kwargs or {}).items())},
+        "requests": requests,
+        "permutations": permutations,
+        "beam_width": beam_width,
+        "budget": budget,
+        "task": json.loads(json.dumps(task.description, default=str)),
+        "rerank-env": package_version(),
+    }
+
+
+def _check_spec(folder: Path, spec: dict[str, Any]) -> None:
+    """Refuse ``--resume`` on a folder whose records were measured otherwise."""
+    stored = json.loads((folder / "spec.json").read_text())
+    if stored.get("format") != _RECORD_FORMAT:
+        raise ConfigError(
+            f"--resume: {folder} was written in record format {stored.get('format')!r}, this "
+            f"version reads {_RECORD_FORMAT}; start a new run folder"
+        )
+    for key in _SPEC_KEYS:
+        if stored.get(key) != spec[key]:
+            raise ConfigError(
+                f"--resume: {folder} was run with {key} = {stored.get(key)!r}, this command "
+                f"has {spec[key]!r}; repeat the first command's settings or start a new run "
+                "folder"
+            )
+
+
+def _record_path(folder: Path, agent: str, seed: int | str) -> Path:
+    return folder / "runs" / agent / f"seed{seed}.json"
+
+
+def _read_record(folder: Path, agent: str, seed: int) -> dict[str, Any] | None:
+    """The stored result of ``agent`` at ``seed`` (or of its one seed-free run), if any."""
+    for path in (_record_path(folder, agent, seed), _record_path(folder, agent, "-all")):
+        if path.exists():
+            return {**json.loads(path.read_text()), "from_file": True}
+    return None
+
+
+def _write_record(folder: Path, agent: str, seed: int, record: dict[str, Any]) -> None:
+    """Store one run's result atomically; a seed-free agent's counts for every seed."""
+    path = _record_path(folder, agent, "-all" if record["all_seeds"] else seed)
+    _write_json(path, record)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    text = json.dumps(payload, indent=1, default=_json_value) + "\n"
+    atomic_write(path, lambda out: out.write(text.encode()))
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return str(value)
+
+
+def _run_one(
+    agent: Agent, seed: int, task: RerankTask, evaluation: EvaluationSet, log_dir: Path
+) -> dict[str, Any]:
+    """Train (when untrained) and evaluate one agent: its record for the run folder."""
+    pretrained = isinstance(agent, TrainableAgent) and agent.fitted
+    fit_start = time.perf_counter()
+    if isinstance(agent, TrainableAgent) and not pretrained:
+        agent.log_dir = log_dir
+        agent.fit(task, progress=False)
+    fit_time = time.perf_counter() - fit_start
+    result = evaluate_agent(agent, evaluation)
+    row = {"agent": agent.name, "seed": seed, **result.metrics, "fit_s": fit_time}
+    writer = tensorboard_writer(log_dir)
+    if writer is not None:  # the held-out metrics beside the training log
+        for metric, value in result.metrics.items():
+            if not math.isnan(value):
+                writer.add_scalar(f"eval/{metric}", value, 0)
+        writer.close()
+    return {
+        "row": row,
+        # the same lists for every seed: evaluated once, counted for each
+        "all_seeds": _deterministic(agent) or pretrained,
+        "profiles": [
+            {"agent": agent.name, "seed": seed, "slot": slot + 1, "click_prob": float(p)}
+            for slot, p in enumerate(result.position_clicks)
+        ],
+        "curves": [
+            {"agent": agent.name, "seed": seed, **point} for point in getattr(agent, "history", [])
+        ],
+        "curve_key": getattr(agent, "curve", None),
+        "tensorboard": writer is not None,
+    }
 
 
 def learning_curves(
@@ -457,7 +583,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--out", default="runs", help="parent folder of the run folder")
     parser.add_argument("--name", help="run folder name (default: env id and time)")
-    parser.add_argument("--overwrite", action="store_true", help="reuse a non-empty run folder")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="start a non-empty run folder again (its stored runs are dropped)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue the run folder --name: reuse its stored (agent, seed) runs, run the rest",
+    )  # fmt: skip
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or log")
 
@@ -481,6 +614,7 @@ def _handle(args: argparse.Namespace) -> int:
         out=args.out,
         name=args.name,
         overwrite=args.overwrite,
+        resume=args.resume,
         device=args.device,
         progress=not args.no_progress,
     )

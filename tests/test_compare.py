@@ -186,3 +186,40 @@ def test_python_dash_m_agents_compare_help() -> None:
     )
     assert result.returncode == 0
     assert "--quick" in result.stdout and "seq2slate" in result.stdout
+
+
+def test_compare_resumes_a_run_folder_reusing_its_stored_runs(tmp_path) -> None:
+    """An interrupted or partial comparison continues: stored (agent, seed) runs are read back."""
+    settings = {"env_kwargs": TINY, "requests": 20, "permutations": 20, "budget": "tiny",
+                "out": tmp_path, "name": "parts", "progress": False}  # fmt: skip
+    folder = run_compare(agents=["initial-order", "random"], seeds=2, **settings)
+    first = {(r["agent"], r["seed"]): r for r in csv.DictReader((folder / "per_seed.csv").open())}
+    stored = sorted(
+        p.relative_to(folder / "runs").as_posix() for p in (folder / "runs").rglob("*.json")
+    )
+    assert stored == ["initial-order/seed-all.json", "random/seed0.json", "random/seed1.json"]
+
+    folder = run_compare(
+        agents=["initial-order", "random", LastCandidatesFirst()], seeds=3, resume=True, **settings
+    )
+    config = json.loads((folder / "config.json").read_text())
+    assert config["resumed_runs"] == 1 + 2  # initial-order's seed-free record, random's two
+    rows = {(r["agent"], r["seed"]): r for r in csv.DictReader((folder / "per_seed.csv").open())}
+    assert len(rows) == 3 * 3
+    for key, row in first.items():  # read back exactly, not run again
+        assert rows[key] == row
+    assert rows[("random", "2")]["reward_eval"] != rows[("random", "0")]["reward_eval"]
+    summary = {r["agent"]: r for r in csv.DictReader((folder / "results.csv").open())}
+    assert summary["random"]["seeds"] == "3" and summary["last-first"]["seeds"] == "3"
+
+    # Records measured under other settings are never mixed in.
+    with pytest.raises(ConfigError, match=r"was run with requests = 20, this command has 30"):
+        run_compare(agents=["random"], seeds=1, resume=True, **{**settings, "requests": 30})
+    with pytest.raises(ConfigError, match="--resume or --overwrite, not both"):
+        run_compare(agents=["random"], resume=True, overwrite=True, **settings)
+    with pytest.raises(ConfigError, match="holds no spec.json"):
+        run_compare(agents=["random"], resume=True, **{**settings, "name": "elsewhere"})
+    # --overwrite starts again: the stored runs are dropped.
+    folder = run_compare(agents=["random"], seeds=1, overwrite=True, **settings)
+    assert sorted(p.name for p in (folder / "runs").rglob("*.json")) == ["seed0.json"]
+    assert json.loads((folder / "config.json").read_text())["resumed_runs"] == 0
