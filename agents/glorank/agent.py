@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import weakref
 from typing import Any
 
@@ -25,6 +24,7 @@ from agents.glorank.config import GloRankConfig
 from agents.glorank.model import GloRankPolicy, candidate_tokens
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
+from simulators.data.semantic_ids import codes_checksum
 from simulators.search import beam_search_slots
 
 
@@ -65,7 +65,7 @@ class GloRank(TrainableAgent):
             "num_candidates": task.num_candidates,
             "vocab_size": tokenizer.vocab_size,
             "levels": tokenizer.n_levels,
-            "semantic_ids": _checksum(tokenizer.tokens),
+            "semantic_ids": codes_checksum(tokenizer.tokens),
         }
 
     def _build(self, task: RerankTask | None = None) -> None:
@@ -85,7 +85,7 @@ class GloRank(TrainableAgent):
         """Refuse a task whose semantic IDs differ from those the agent was trained on."""
         if not self.build_info or task in self._checked_tasks:
             return
-        if _checksum(task.tokenizer.tokens) != self.build_info["semantic_ids"]:
+        if codes_checksum(task.tokenizer.tokens) != self.build_info["semantic_ids"]:
             raise UnsupportedTaskError(
                 f"{self.name!r} was trained on other semantic IDs than this task's: its "
                 "output tokens would name other items. Use the task (and semantic_ids "
@@ -347,8 +347,3 @@ class GloRank(TrainableAgent):
             ),
         )  # fmt: skip
         return lists.cpu().numpy().reshape(len(requests), count, length)
-
-
-def _checksum(tokens: np.ndarray) -> str:
-    """Short SHA-256 of a code table (a model's output tokens mean these codes)."""
-    return hashlib.sha256(np.ascontiguousarray(tokens, dtype=np.int64).tobytes()).hexdigest()[:16]

@@ -401,6 +401,16 @@ def input_checksum(features: np.ndarray, fit_rows: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def codes_checksum(tokens: np.ndarray) -> str:
+    """Short SHA-256 of a code table: a model's output tokens mean these codes.
+
+    Agents that read or write semantic IDs record it when trained and refuse a task
+    whose codes differ.
+    """
+    table = np.ascontiguousarray(tokens, dtype=np.int64)
+    return hashlib.sha256(table.tobytes()).hexdigest()[:16]
+
+
 def save_semantic_ids(path: str | Path, ids: SemanticIds, metadata: dict[str, Any]) -> Path:
     """Write ``ids`` (codes, raw codes, codebooks, standardisation) to ``path`` atomically.
 

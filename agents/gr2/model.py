@@ -1,0 +1,165 @@
+"""GR2's student: a small ``transformers`` causal LM built from a config, and its I/O.
+
+No weights are downloaded: the model is ``LlamaForCausalLM(LlamaConfig(...))`` with
+GR2's own vocabulary (:mod:`agents.gr2.language`), trained from scratch.
+``transformers`` is an optional extra (``pip install -e ".[lm]"``).
+
+* :func:`build_student`: the model from :class:`~agents.gr2.config.GR2Config` sizes.
+* :func:`left_pad` / :func:`right_pad`: batches of variable-length sequences
+  (left for generation, right for training), with attention masks.
+* :func:`generate`: constrained greedy or sampled continuation of prompts through
+  ``model.generate`` and :class:`~agents.gr2.constraint.ConstraintLogitsProcessor`.
+* :func:`token_log_probs`: log-probabilities of written tokens under the
+  constraint's masks (what SFT and DAPO optimise), with their entropies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.gr2.constraint import ConstraintLogitsProcessor, DecodingConstraint
+from agents.gr2.language import GR2Vocabulary
+from simulators.data.errors import ConfigError
+
+
+def require_transformers() -> Any:
+    """The ``transformers`` module, or a :class:`ConfigError` naming the extra."""
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError(
+            'GR2\'s student is a transformers model: pip install -e ".[lm]" (or pip install '
+            "'transformers>=5')"
+        ) from None
+    return transformers
+
+
+def build_student(
+    vocab: GR2Vocabulary, *, dim: int, layers: int, heads: int, intermediate: int, max_length: int
+) -> torch.nn.Module:
+    """An untrained ``LlamaForCausalLM`` over GR2's vocabulary (seed the caller's RNG)."""
+    transformers = require_transformers()
+    config = transformers.LlamaConfig(
+        vocab_size=vocab.size, hidden_size=dim, intermediate_size=intermediate,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=max_length, tie_word_embeddings=True,
+        pad_token_id=vocab.id("<pad>"), bos_token_id=vocab.id("<bos>"),
+        eos_token_id=vocab.id("<eos>"),
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(config)
+    model.generation_config = transformers.GenerationConfig(
+        pad_token_id=vocab.id("<pad>"), bos_token_id=vocab.id("<bos>"),
+        eos_token_id=vocab.id("<eos>"), do_sample=False, top_k=None, top_p=None,
+    )  # fmt: skip
+    return model
+
+
+def left_pad(sequences: Sequence[np.ndarray], pad: int, device: Any) -> tuple[torch.Tensor, ...]:
+    """``(ids, attention)`` ``[B, T]``: sequences right-aligned (for generation)."""
+    width = max(len(s) for s in sequences)
+    ids = np.full((len(sequences), width), pad, dtype=np.int64)
+    attention = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, sequence in enumerate(sequences):
+        ids[row, width - len(sequence) :] = sequence
+        attention[row, width - len(sequence) :] = 1
+    return torch.as_tensor(ids, device=device), torch.as_tensor(attention, device=device)
+
+
+def right_pad(sequences: Sequence[np.ndarray], pad: int, device: Any) -> tuple[torch.Tensor, ...]:
+    """``(ids, attention)`` ``[B, T]``: sequences left-aligned (for training)."""
+    width = max(len(s) for s in sequences)
+    ids = np.full((len(sequences), width), pad, dtype=np.int64)
+    attention = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = sequence
+        attention[row, : len(sequence)] = 1
+    return torch.as_tensor(ids, device=device), torch.as_tensor(attention, device=device)
+
+
+def positions(attention: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (as ``generate`` does)."""
+    return (attention.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def continuation_length(vocab: GR2Vocabulary, max_reasoning: int) -> int:
+    """Tokens after ``<think>`` in the longest output: reasoning, ``</think> <rank>``, answer."""
+    return max_reasoning + 2 + vocab.candidates * vocab.levels + 1
+
+
+def generate(
+    model: torch.nn.Module,
+    vocab: GR2Vocabulary,
+    prompts: Sequence[np.ndarray],
+    candidate_sids: torch.Tensor,
+    max_reasoning: int,
+    *,
+    sample: bool = False,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, DecodingConstraint]:
+    """Constrained continuation of ``prompts``: ``(written [M, T], final constraint state)``.
+
+    Sampling draws from torch's global generator: call it inside
+    :func:`simulators.base.isolated_torch_rng` with a seed.
+
+    Args:
+        model: The student.
+        vocab: Its vocabulary.
+        prompts: One prompt per row (repeat a prompt for several samples).
+        candidate_sids: ``[M, K, levels]``, each row's candidates in prompt order.
+        max_reasoning: L_max.
+        sample: Sample (``temperature``) instead of greedy decoding.
+        temperature: Sampling temperature.
+    """
+    device = candidate_sids.device
+    ids, attention = left_pad(prompts, vocab.id("<pad>"), device)
+    constraint = DecodingConstraint(vocab, candidate_sids, max_reasoning)
+    transformers = require_transformers()
+    processor = ConstraintLogitsProcessor(constraint, ids.shape[1])
+    with torch.no_grad():
+        output = model.generate(
+            input_ids=ids, attention_mask=attention,
+            max_new_tokens=continuation_length(vocab, max_reasoning),
+            do_sample=sample, temperature=temperature if sample else None,
+            logits_processor=transformers.LogitsProcessorList([processor]),
+        )  # fmt: skip
+    written = output[:, ids.shape[1] :]
+    # generate stops once every row is done: replay the last token to finish the state.
+    constraint.advance(written[:, -1])
+    return written, constraint
+
+
+def token_log_probs(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    attention: torch.Tensor,
+    masks: torch.Tensor | None,
+    start: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability and entropy of each token from ``start`` on, ``[B, T - 1]`` each.
+
+    Entry ``t`` is about token ``t + 1`` given tokens ``0 .. t``. Where ``masks`` is
+    given (bool ``[B, T - 1, V]``), the distribution is the constrained one (the
+    softmax over allowed tokens); entries before ``start`` (``[B]``, the first
+    scored token's index) or on padding are 0.
+    """
+    logits = (
+        model(input_ids=ids, attention_mask=attention, position_ids=positions(attention))
+        .logits[:, :-1]
+        .float()
+    )
+    if masks is not None:
+        logits = logits.masked_fill(~masks, float("-inf"))
+    log_p = torch.log_softmax(logits, dim=-1)
+    target = ids[:, 1:]
+    chosen = log_p.gather(2, target[:, :, None]).squeeze(2)
+    probs = log_p.exp()
+    entropy = -(probs * log_p.nan_to_num(neginf=0.0)).sum(dim=-1)
+    steps = torch.arange(target.shape[1], device=ids.device)
+    scored = (steps[None, :] + 1 >= start[:, None]) & (attention[:, 1:] > 0)
+    return chosen.where(scored, torch.zeros_like(chosen)), entropy.where(
+        scored, torch.zeros_like(entropy)
+    )
