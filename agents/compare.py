@@ -83,7 +83,12 @@ PRESETS: dict[str, tuple[str, ...]] = {
                  "multi-gen-eval", "goalrank", "goalrank-sim", "beam-8"),
     "glorank": ("initial-order", "prm", "seq2slate", "degre", "goalrank", "glorank-sft",
                 "glorank", "glorank-local", "beam-8"),
+    "gr2": ("initial-order", "pointwise-greedy", "degre", "glorank", "gr2-targeted-sft",
+            "gr2-sft", "gr2", "gr2-unconditional", "beam-8"),
 }  # fmt: skip
+#: The environment a preset runs on when ``--env`` is not given.
+PRESET_ENVS = {"gr2": "SlateRerankGR2-v0"}
+DEFAULT_ENV = "SlateRerank-v0"
 #: Version of the per-run records (``runs/<agent>/seed<k>.json``) that ``--resume`` reads.
 _RECORD_FORMAT = 1
 #: Environment keyword arguments that shape episodes, not the task.
@@ -558,7 +563,10 @@ def _description() -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """The options of ``compare`` (shared by ``python -m agents.compare``)."""
-    parser.add_argument("--env", default="SlateRerank-v0", help="environment id")
+    parser.add_argument(
+        "--env",
+        help=f"environment id (default {DEFAULT_ENV}; --preset gr2: {PRESET_ENVS['gr2']})",
+    )
     parser.add_argument(
         "--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
         help="environment keyword argument, repeatable (e.g. num_candidates=10)",
@@ -602,8 +610,9 @@ def _handle(args: argparse.Namespace) -> int:
         agents = [a.strip() for a in args.agents.split(",") if a.strip()]
     else:
         agents = list(PRESETS[args.preset or ("quick" if args.quick else "full")])
+    env_id = args.env or PRESET_ENVS.get(args.preset, DEFAULT_ENV)
     run_compare(
-        env_id=args.env,
+        env_id=env_id,
         env_kwargs=parse_env_kwargs(args.env_kwarg),
         agents=agents,
         seeds=5 if args.seeds is None else args.seeds,
@@ -621,8 +630,8 @@ def _handle(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m agents.compare``: the same as ``rerank-env compare``."""
+def _parser() -> argparse.ArgumentParser:
+    """``python -m agents.compare``'s parser."""
     parser = argparse.ArgumentParser(
         prog="python -m agents.compare",
         description=_description(),
@@ -630,7 +639,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     configure(parser)
     parser.set_defaults(handler=_handle, command="compare")
-    return run_handler(parser.parse_args(sys.argv[1:] if argv is None else argv))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agents.compare``: the same as ``rerank-env compare``."""
+    return run_handler(_parser().parse_args(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -249,4 +249,27 @@ register(
     "GloRank with SFT on the logged positives instead of beam-search lists",
     kwargs={"sft_source": "logged"},
 )  # fmt: skip
+register(
+    "gr2", "agents.gr2:GR2",
+    "GR2: a small LM over semantic IDs; mid-training, rejection-sampled reasoning SFT, DAPO "
+    "(GR2 protocol tasks; needs the lm extra)",
+)  # fmt: skip
+register(
+    "gr2-sft", "agents.gr2:GR2", "GR2 after reasoning SFT alone (no DAPO)",
+    kwargs={"dapo_iterations": 0},
+)  # fmt: skip
+register(
+    "gr2-targeted-sft", "agents.gr2:GR2",
+    "GR2's SFT on targeted traces (the answer revealed to the teacher), no DAPO",
+    kwargs={"teacher": "targeted", "dapo_iterations": 0},
+)  # fmt: skip
+register(
+    "gr2-unconditional", "agents.gr2:GR2",
+    "GR2 with an unconditional format reward (invites copying the input order)",
+    kwargs={"format_reward": "unconditional"},
+)  # fmt: skip
+register(
+    "gr2-no-mid", "agents.gr2:GR2", "GR2 without mid-training",
+    kwargs={"mid_steps": 0},
+)  # fmt: skip
 register("oracle", "agents.baselines:OracleAgent", "exhaustive search (small N, L only)")

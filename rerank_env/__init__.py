@@ -29,6 +29,8 @@ VARIANTS: dict[str, dict] = {
     "SlateRerank-DCM-v0": {"simulator": "dcm"},
     "SlateRerank-Cascade-v0": {"simulator": "cascade"},
     "SlateRerankSynthetic-v0": {"dataset": "synthetic"},
+    # The GR2 protocol: K = 10 pre-ranked candidates holding the true next item.
+    "SlateRerankGR2-v0": {"protocol": "gr2", "slate_length": 5},
 }
 
 for _env_id, _kwargs in VARIANTS.items():

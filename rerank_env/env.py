@@ -33,6 +33,7 @@ _TASK_KWARGS = (
     "pipeline",
     "synthetic",
     "semantic_ids",
+    "protocol",
     "cold_start",
     "device",
     "progress",

@@ -55,6 +55,8 @@ from simulators.factory import MODEL_KINDS
 SimulatorKind = Literal["transformer", "pbm", "dcm", "cascade", "pointwise"]
 SimulatorRole = Literal["train", "eval", "true"]
 SPLITS = ("train", "valid", "test")
+#: What a request offers: the first N of the initial ranking, or the GR2 protocol's K.
+PROTOCOLS = ("rerank", "gr2")
 
 
 @dataclass(frozen=True)
@@ -463,6 +465,7 @@ def make_task(
     synthetic: SyntheticConfig | None = None,
     semantic_ids: SemanticIdConfig | None = None,
     cold_start: ColdStartConfig | None = None,
+    protocol: str = "rerank",
     device: str = "cpu",
     progress: bool = True,
 ) -> RerankTask:
@@ -498,6 +501,11 @@ def make_task(
         cold_start: Withhold a seeded share of items from the training (and
             validation) requests, the tokenizer's fit and the agents' features
             (:class:`ColdStartConfig`); ``None`` (default) withholds nothing.
+        protocol: ``"rerank"`` (default): each request offers the first N of the
+            initial ranking. ``"gr2"``: the GR2 protocol, :meth:`RerankTask.gr2_task`
+            of that task with ``slate_length`` slots: each request offers the
+            pre-ranker's K candidates (the pipeline's ``gr2_candidates``, 10), one
+            of which is the user's true next item (``pool.gr2_target_pos``).
         device: Where simulators run (``"cpu"``, ``"cuda"``).
         progress: Progress bars while building.
 
@@ -506,6 +514,11 @@ def make_task(
         simulators.data.DataNotFoundError: ``data_dir`` or the raw files are missing.
     """
     _check_arguments(dataset, simulator, num_candidates, slate_length, data_dir, bundle)
+    if protocol not in PROTOCOLS:
+        raise ConfigError(
+            f"protocol must be one of {PROTOCOLS}, got {protocol!r} ('gr2': K pre-ranked "
+            "candidates holding the true next item)"
+        )
     if dataset == "synthetic":
         synthetic = synthetic or SyntheticConfig(slate_length=slate_length)
         if synthetic.slate_length != slate_length:
@@ -577,7 +590,7 @@ def make_task(
         "data_checksum": bundle_loaded.manifest["data_checksum"],
         "cold_start": None if cold_start is None else dataclasses.asdict(cold_start),
     }
-    return RerankTask(
+    task = RerankTask(
         bundle_loaded.pool,
         simulators,
         user_vectors,
@@ -606,6 +619,22 @@ def make_task(
             "device": device,
         },  # fmt: skip
     )
+    if protocol == "rerank":
+        return task
+    k = task.pool.gr2_candidates.shape[1]
+    if not len(task.pool.gr2_request):
+        raise ConfigError(
+            f"protocol='gr2' needs GR2 requests, and this {dataset} task has none (the "
+            "pipeline keeps a request only if its pre-ranked top K holds the next item)"
+        )
+    if slate_length > k:
+        raise ConfigError(
+            f"protocol='gr2' offers K = {k} candidates per request: slate_length must be "
+            f"<= {k}, got {slate_length}"
+        )
+    view = task.gr2_task(slate_length)
+    view.make_kwargs = {**task.make_kwargs, "protocol": "gr2"}
+    return view
 
 
 def _check_arguments(

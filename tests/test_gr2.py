@@ -274,6 +274,10 @@ def test_config_refuses_bad_values_and_names_the_ablations() -> None:
     assert GR2Config(teacher="targeted", dapo_iterations=0).name == "gr2-targeted-sft"
     assert GR2Config(format_reward="unconditional").name == "gr2-unconditional"
     assert GR2Config(mid_steps=0).name == "gr2-no-mid"
+    from agents.registry import make_agent
+
+    for name in ("gr2", "gr2-sft", "gr2-targeted-sft", "gr2-unconditional", "gr2-no-mid"):
+        assert make_agent(name, budget="tiny").name == name
 
 
 def test_a_tiny_fit_ranks_validly_logs_every_stage_and_is_seeded(trained, gr2_task) -> None:
@@ -309,3 +313,25 @@ def test_checkpoints_round_trip_and_refuse_other_tasks(trained, gr2_task, small_
     np.testing.assert_array_equal(loaded.rank(gr2_task, requests), trained.rank(gr2_task, requests))
     with pytest.raises(UnsupportedTaskError, match="GR2 protocol"):
         trained.rank(small_task, small_task.requests("test")[:2])
+
+
+def test_compare_runs_gr2_on_the_gr2_protocol_environment(tmp_path, monkeypatch) -> None:
+    """``--preset gr2`` picks SlateRerankGR2-v0; GR2 runs there and reports recall."""
+    import csv
+
+    from agents import compare
+
+    seen = {}
+    monkeypatch.setattr(compare, "run_compare", lambda **kwargs: seen.update(kwargs))
+    compare._handle(compare._parser().parse_args(["--preset", "gr2", "--quick"]))
+    assert seen["env_id"] == "SlateRerankGR2-v0" and "gr2" in seen["agents"]
+    monkeypatch.undo()
+    folder = compare.run_compare(  # L = 3 keeps the exhaustive reference small
+        env_id="SlateRerankGR2-v0", env_kwargs={"slate_length": 3},
+        agents=["initial-order", "gr2"], seeds=1, requests=40,
+        permutations=20, budget="tiny", out=tmp_path, name="gr2", progress=False,
+    )  # fmt: skip
+    rows = {row["agent"]: row for row in csv.DictReader((folder / "results.csv").open())}
+    assert 0 <= float(rows["gr2"]["gr2_recall@5"]) <= 1
+    # The pre-ranker's recall@1 is the share of requests whose next item it put first.
+    assert float(rows["initial-order"]["gr2_recall@1"]) > 0
