@@ -17,7 +17,7 @@ from agents.gr2 import language as lang  # noqa: E402
 from agents.gr2.agent import GR2  # noqa: E402
 from agents.gr2.config import GR2Config  # noqa: E402
 from agents.gr2.constraint import DecodingConstraint, replay_masks  # noqa: E402
-from agents.gr2.model import build_student, generate  # noqa: E402
+from agents.gr2.model import build_student, generate, token_log_probs  # noqa: E402
 from agents.gr2.rewards import (  # noqa: E402
     format_reward,
     informative_groups,
@@ -335,3 +335,59 @@ def test_compare_runs_gr2_on_the_gr2_protocol_environment(tmp_path, monkeypatch)
     assert 0 <= float(rows["gr2"]["gr2_recall@5"]) <= 1
     # The pre-ranker's recall@1 is the share of requests whose next item it put first.
     assert float(rows["initial-order"]["gr2_recall@1"]) > 0
+
+
+def test_the_dapo_loss_equals_trl_grpo_trainers_on_one_tiny_batch(tmp_path) -> None:
+    """TRL's GRPOTrainer (loss_type="dapo") and the shared loss agree on the same inputs."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+    from trl import GRPOConfig, GRPOTrainer
+
+    vocab = lang.GR2Vocabulary(3, 2, 2, 4, (4, 4))
+    names = [*lang.CONTROL, *vocab.words] + [f"<sid_{i}>" for i in range(8)]
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(
+            models.WordLevel({name: i for i, name in enumerate(names)}, unk_token="<pad>")
+        ),
+        pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_student(vocab, dim=16, layers=1, heads=2, intermediate=32, max_length=64)
+    args = GRPOConfig(
+        output_dir=str(tmp_path), loss_type="dapo", epsilon=0.2, epsilon_high=0.28, beta=0.0,
+        per_device_train_batch_size=4, num_generations=2, max_completion_length=8,
+        report_to=[], use_cpu=True,
+    )  # fmt: skip
+    trainer = GRPOTrainer(
+        model=model, args=args, processing_class=tokenizer,
+        reward_funcs=[lambda completions, **_: [0.0] * len(completions)],
+        train_dataset=Dataset.from_dict({"prompt": ["<bos> <cands>"] * 4}),
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(1)
+    prompt = torch.randint(len(lang.CONTROL), vocab.size, (3, 5), generator=generator)
+    completion = torch.randint(len(lang.CONTROL), vocab.size, (3, 4), generator=generator)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0]])
+    advantages = torch.tensor([1.0, -0.5, 2.0])
+    model.eval()
+    with torch.no_grad():
+        ids = torch.cat([prompt, completion], dim=1)
+        attention = torch.cat([torch.ones_like(prompt), mask], dim=1)
+        new, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, attention, 4)
+        # Old log-probs on both sides of the clip range, so clip-higher matters.
+        shift = torch.tensor([[0.3, -0.4, 0.05, 0.0], [-0.3, 0.2, 0.0, 0.1], [0.5, -0.5, 0.0, 0]])
+        old = new + shift
+        inputs = {
+            "prompt_ids": prompt, "prompt_mask": torch.ones_like(prompt),
+            "completion_ids": completion, "completion_mask": mask, "advantages": advantages,
+            "old_per_token_logps": old, "num_items_in_batch": mask.sum(),
+        }  # fmt: skip
+        reference = trainer._compute_loss(model, inputs)
+    ours, _ = clipped_surrogate_loss(
+        new, old, advantages, mask=mask.bool(), clip_low=0.2, clip_high=0.28, token_level=True
+    )
+    assert ours.item() == pytest.approx(reference.item(), abs=1e-6)
+    # Our own token log-probs of the same model agree with TRL's (fused head) closely.
+    ours_lp, _ = token_log_probs(model, ids, attention, None, torch.full((3,), 5))
+    assert ((ours_lp[:, 4:] - new) * mask).abs().max() < 1e-3
