@@ -8,6 +8,7 @@ semantic IDs, writes a rationale, then ranks all K.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,8 @@ class GR2(TrainableAgent):
         reward: The training simulator as a list scorer (the teacher's planner).
         teacher_stats: Acceptance of the last fit's teacher (``None`` before).
         mid_report: What mid-training taught, before and after (``None`` before).
+        stage_seconds: Wall time of the last fit's stages (``mid``, ``sft``: teacher
+            and SFT, ``dapo``).
     """
 
     config_class = GR2Config
@@ -64,6 +67,7 @@ class GR2(TrainableAgent):
         self.reward = SimulatorScorer("train")
         self.teacher_stats: dict[str, float] | None = None
         self.mid_report: dict[str, float] | None = None
+        self.stage_seconds: dict[str, float] = {}
 
     # ------------------------------------------------------------------ building
 
@@ -152,6 +156,7 @@ class GR2(TrainableAgent):
         targets = task.pool.gr2_target_pos
 
         # Stage 0: mid-training, what semantic IDs mean (measured before and after).
+        clock = time.perf_counter()
         captioned, held_out = self._caption_split(task, rng)
         before = self._mid_training_report(task, facts, valid, held_out)
         if cfg.mid_steps:
@@ -177,6 +182,8 @@ class GR2(TrainableAgent):
             **{f"{k}_after": v for k, v in after.items()},
         }
         logger.log("mid_report", **self.mid_report)
+        self.stage_seconds = {"mid": time.perf_counter() - clock}
+        clock = time.perf_counter()
 
         # Stage 1: teacher traces (rejection-sampled or targeted), then SFT on them.
         kept = teach(
@@ -193,6 +200,8 @@ class GR2(TrainableAgent):
         if len(kept.requests):
             self._sft(task, facts, kept, rng, logger, progress)
         logger.log("curve", **self._curve_point(task, valid, 0))
+        self.stage_seconds["sft"] = time.perf_counter() - clock
+        clock = time.perf_counter()
 
         # Stage 2: DAPO on the verifiable rank reward (+ format reward), no KL.
         optimiser = torch.optim.AdamW(student.parameters(), lr=cfg.learning_rate)
@@ -237,6 +246,8 @@ class GR2(TrainableAgent):
             if iteration % cfg.eval_every == 0 or iteration == cfg.dapo_iterations:
                 logger.log("curve", **self._curve_point(task, valid, iteration))
         bar.close()
+        self.stage_seconds["dapo"] = time.perf_counter() - clock
+        logger.log("timing", **{f"{k}_s": v for k, v in self.stage_seconds.items()})
         logger.close()
         student.eval()
         self.fitted = True
@@ -550,14 +561,39 @@ class GR2(TrainableAgent):
 
     def _rankings(self, task: RerankTask, requests: np.ndarray) -> np.ndarray:
         """Greedy constrained rankings of all K candidates, positions ``[B, K]``."""
-        facts = ItemFacts.from_task(task, self.vocab)
+        return self.outputs(task, requests)["rankings"]
+
+    def outputs(self, task: RerankTask, requests: np.ndarray) -> dict[str, Any]:
+        """The student's greedy outputs for ``requests``, batched.
+
+        Returns:
+            ``rankings`` (positions ``[B, K]``), ``written`` (the tokens after
+            ``<think>``, one array per request, up to ``<eos>``), ``well_formed``
+            (bool ``[B]``: the rationale follows the grammar) and
+            ``reasoning_length`` (``[B]``).
+        """
+        self._require_built()
+        self.check_task(task)
+        requests = np.asarray(requests, dtype=np.int64)
+        vocab = self.vocab
+        facts = ItemFacts.from_task(task, vocab)
         student = self.modules["student"].to(task.device).eval()
-        parts = []
+        rankings, written, formed, lengths = [], [], [], []
         for start in range(0, len(requests), SERVE_BATCH):
             prompts, sids = self._prompts(task, facts, requests[start : start + SERVE_BATCH])
-            _, state = generate(student, self.vocab, prompts, sids, self.max_reasoning_tokens)
-            parts.append(state.ranking.cpu().numpy())
-        return np.concatenate(parts) if parts else np.zeros((0, task.num_candidates), np.int64)
+            tokens, state = generate(student, vocab, prompts, sids, self.max_reasoning_tokens)
+            rankings.append(state.ranking.cpu().numpy())
+            lengths.append(state.reasoning_length.cpu().numpy())
+            for row, codes in zip(tokens.cpu().numpy(), sids.cpu().numpy(), strict=True):
+                written.append(_trimmed(vocab, row))
+                formed.append(lang.well_formed(vocab, _reasoning(vocab, row), codes))
+        k = task.num_candidates
+        return {
+            "rankings": np.concatenate(rankings) if rankings else np.zeros((0, k), np.int64),
+            "written": written,
+            "well_formed": np.array(formed, dtype=bool),
+            "reasoning_length": np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
+        }
 
     def rank(
         self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
@@ -578,14 +614,7 @@ class GR2(TrainableAgent):
 
     def explain(self, task: RerankTask, requests: np.ndarray) -> list[str]:
         """The student's greedy output for ``requests`` as readable text (rationale, ranking)."""
-        self._require_built()
-        self.check_task(task)
-        facts = ItemFacts.from_task(task, self.vocab)
-        prompts, sids = self._prompts(task, facts, np.asarray(requests))
-        written, _ = generate(
-            self.modules["student"].eval(), self.vocab, prompts, sids, self.max_reasoning_tokens
-        )
-        return [self.vocab.describe(_trimmed(self.vocab, w)) for w in written.cpu().numpy()]
+        return [self.vocab.describe(w) for w in self.outputs(task, requests)["written"]]
 
 
 def _attribute_tokens(vocab: GR2Vocabulary, facts: ItemFacts, item: int) -> np.ndarray:

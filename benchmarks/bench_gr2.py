@@ -1,0 +1,239 @@
+"""GR2 studies: what each stage adds, rejection vs targeted traces, and reward hacking.
+
+``stages``: for every seed, train on ``--env`` (default ``SlateRerankGR2-v0``: K = 10
+pre-ranked candidates holding the true next item) the configurations of
+``--configs``:
+
+* ``gr2-targeted-sft``: SFT on targeted traces (the answer revealed to the teacher);
+* ``gr2-sft``: SFT on rejection-sampled traces;
+* ``gr2``: the same SFT, then DAPO with the conditional format reward (same seed:
+  the mid-training and SFT parts are identical, so the difference is DAPO's);
+* ``gr2-unconditional``: the same with the unconditional format reward;
+* ``gr2-no-mid`` (only when named): ``gr2`` without mid-training;
+
+and report, per configuration, the mean over seeds with a 95% bootstrap interval
+of Recall@1, Recall@5 and NDCG@5 of the true item on the ``--split`` requests
+(``test``: the 243 of ML-100K), the evaluation simulator's reward of the top L,
+how much the greedy outputs copy the input order (identical share, Kendall's tau),
+the true item's mean rank, the share of malformed rationales, mid-training's
+report (next-SID recall@1 and held-out captioning accuracy, before and after), the
+teacher's acceptance rate and the fit time. The pre-ranker (the input order) is a
+row of its own. Rows go to ``stages.csv`` after every run, DAPO's per-iteration
+diagnostics to ``dapo.csv``; ``stages.png`` plots the recall metrics and
+``hacking.png`` the copy share and the true item's rank over DAPO iterations.
+
+``time``: the wall time of one fit per preset (``--budgets``), stage by stage.
+
+Usage::
+
+    python benchmarks/bench_gr2.py time --budgets quick full
+    python benchmarks/bench_gr2.py stages --budget quick --seeds 5
+    python benchmarks/bench_gr2.py stages --from-csv runs/bench-gr2/stages.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from agents.compare import task_for_env  # noqa: E402
+from agents.evaluation import summarise, write_csv  # noqa: E402
+from agents.gr2 import GR2, GR2Config  # noqa: E402
+from agents.gr2.rewards import kendall_tau_to_input  # noqa: E402
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "gr2-targeted-sft": {"teacher": "targeted", "dapo_iterations": 0},
+    "gr2-sft": {"dapo_iterations": 0},
+    "gr2": {},
+    "gr2-unconditional": {"format_reward": "unconditional"},
+    "gr2-no-mid": {"mid_steps": 0},
+}
+COLUMNS = ("recall@1", "recall@5", "ndcg@5", "reward_eval", "copy_share", "kendall_tau",
+           "target_rank", "format_breaks")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("study", choices=["stages", "time"])
+    parser.add_argument("--env", default="SlateRerankGR2-v0")
+    parser.add_argument("--budget", default="quick", choices=["tiny", "quick", "full"])
+    parser.add_argument("--budgets", nargs="+", default=["quick", "full"], help="time: presets")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--split", default="test", choices=["valid", "test"])
+    parser.add_argument(
+        "--configs", nargs="+", default=list(CONFIGS)[:4], choices=list(CONFIGS),
+        help="stages: configurations (default: the first four)",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-gr2"))
+    parser.add_argument(
+        "--from-csv", nargs="+", type=Path, default=None, metavar="CSV",
+        help="train nothing: summarise and plot these CSVs of earlier runs",
+    )  # fmt: skip
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.from_csv:
+        report(read_rows(args.from_csv), read_rows([args.out / "dapo.csv"], optional=True), args)
+        return
+    task = task_for_env(args.env, {})
+    print(f"task: {task.summary()}", flush=True)
+    if args.study == "time":
+        preset_times(task, args)
+        return
+    requests = task.requests(args.split)
+    rows = [{"agent": "pre-ranker", "seed": 0, **ranking_metrics(task, requests, None)}]
+    dapo: list[dict[str, Any]] = []
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for label in args.configs:
+            agent = GR2(GR2Config.preset(args.budget, seed=seed, **CONFIGS[label]))
+            start = time.perf_counter()
+            agent.fit(task)
+            fit = time.perf_counter() - start
+            outputs = agent.outputs(task, requests)
+            metrics = ranking_metrics(task, requests, outputs)
+            rows.append({
+                "agent": label, "seed": seed, **metrics, **agent.mid_report,
+                "acceptance_rate": agent.teacher_stats["acceptance_rate"], "fit_s": fit,
+            })  # fmt: skip
+            dapo += [
+                {"agent": label, "seed": seed, **row}
+                for row in agent.history if row["stage"] == "dapo"
+            ]  # fmt: skip
+            print(f"seed {seed} {label}: recall@1 {metrics['recall@1']:.3f}, recall@5 "
+                  f"{metrics['recall@5']:.3f}, copy {metrics['copy_share']:.3f}, "
+                  f"fit {fit:.0f} s", flush=True)  # fmt: skip
+            write_csv(args.out / "stages.csv", rows)  # a stopped run keeps its rows
+            if dapo:
+                write_csv(args.out / "dapo.csv", dapo)
+    report(rows, dapo, args)
+
+
+def ranking_metrics(task: Any, requests: np.ndarray, outputs: dict | None) -> dict[str, float]:
+    """Recall@1/5, NDCG@5, held-out reward and copy diagnostics (``None``: the input order)."""
+    k = task.num_candidates
+    if outputs is None:
+        rankings = np.tile(np.arange(k), (len(requests), 1))
+        formed = np.full(len(requests), np.nan)
+    else:
+        rankings, formed = outputs["rankings"], outputs["well_formed"].astype(float)
+    targets = task.pool.gr2_target_pos[requests]
+    rank = (rankings == targets[:, None]).argmax(axis=1)
+    lists = rankings[:, : task.slate_length]
+    return {
+        "recall@1": float((rank < 1).mean()),
+        "recall@5": float((rank < 5).mean()),
+        "ndcg@5": float(np.where(rank < 5, 1 / np.log2(rank + 2.0), 0).mean()),
+        "reward_eval": float(task.expected_reward(requests, lists, "eval").mean()),
+        "copy_share": float((rankings == np.arange(k)).all(axis=1).mean()),
+        "kendall_tau": float(kendall_tau_to_input(rankings).mean()),
+        "target_rank": float((rank + 1).mean()),
+        "format_breaks": float(1 - np.mean(formed)),
+    }
+
+
+def preset_times(task: Any, args: argparse.Namespace) -> None:
+    """One fit per preset, timed stage by stage from the training log."""
+    print("| preset | parameters | mid-training | teacher + SFT | DAPO | total |")
+    print("|---|---|---|---|---|---|")
+    for budget in args.budgets:
+        agent = GR2(GR2Config.preset(budget, seed=args.first_seed))
+        start = time.perf_counter()
+        agent.fit(task)
+        total = time.perf_counter() - start
+        times = agent.stage_seconds
+        print(f"| {budget} | {agent.parameter_count():,} | {times['mid']:.0f} s | "
+              f"{times['sft']:.0f} s | {times['dapo']:.0f} s | {total:.0f} s |",
+              flush=True)  # fmt: skip
+
+
+def read_rows(paths: list[Path], optional: bool = False) -> list[dict[str, Any]]:
+    """The rows of CSVs written by this script (numbers as floats)."""
+    rows = []
+    for path in paths:
+        if optional and not path.exists():
+            continue
+        with path.open(newline="") as handle:
+            rows += [
+                {k: v if k == "agent" else float(v or "nan") for k, v in row.items()}
+                for row in csv.DictReader(handle)
+            ]  # fmt: skip
+    if not rows and not optional:
+        raise SystemExit(f"no rows in {', '.join(map(str, paths))}")
+    return rows
+
+
+def report(rows: list[dict[str, Any]], dapo: list[dict[str, Any]], args) -> None:
+    """Print the table (mean [95% CI] over seeds) and plot it and DAPO's diagnostics."""
+    extra = [k for k in ("next_sid_recall@1_before", "next_sid_recall@1_after",
+                         "caption_genre_accuracy_before", "caption_genre_accuracy_after",
+                         "acceptance_rate", "fit_s") if k in rows[-1]]  # fmt: skip
+    for row in rows:
+        for key in extra:
+            row.setdefault(key, float("nan"))
+    summary = summarise(rows, [*COLUMNS, *extra])
+    seeds = len({row["seed"] for row in rows if row["agent"] != "pre-ranker"})
+    print(f"\nGR2 stages on {args.env} ({args.split}), budget {args.budget}, {seeds} seeds "
+          "(mean [95% CI])")  # fmt: skip
+    print("| configuration | " + " | ".join(COLUMNS) + " | fit s |")
+    print("|---|" + "---|" * (len(COLUMNS) + 1))
+    for entry in summary:
+        cells = [
+            "-" if np.isnan(entry[m]) else
+            f"{entry[m]:.3f}" if entry[m + "_low"] == entry[m + "_high"] else
+            f"{entry[m]:.3f} [{entry[m + '_low']:.3f}, {entry[m + '_high']:.3f}]"
+            for m in COLUMNS
+        ]  # fmt: skip
+        fit = entry.get("fit_s", float("nan"))
+        print(f"| {entry['agent']} | " + " | ".join(cells) + f" | {fit:.0f} |")
+    if "next_sid_recall@1_after" in extra:
+        print("\n| configuration | next-SID recall@1 before / after | caption genre accuracy "
+              "before / after | teacher acceptance |")  # fmt: skip
+        print("|---|---|---|---|")
+        for entry in summary[1:]:
+            print(f"| {entry['agent']} | {entry['next_sid_recall@1_before']:.3f} / "
+                  f"{entry['next_sid_recall@1_after']:.3f} | "
+                  f"{entry['caption_genre_accuracy_before']:.3f} / "
+                  f"{entry['caption_genre_accuracy_after']:.3f} | "
+                  f"{entry['acceptance_rate']:.3f} |")  # fmt: skip
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for axis, metric in zip(axes, ("recall@1", "recall@5", "ndcg@5"), strict=True):
+        for index, entry in enumerate(summary):
+            mean, low, high = entry[metric], entry[metric + "_low"], entry[metric + "_high"]
+            axis.errorbar(index, mean, yerr=[[mean - low], [high - mean]], fmt="o", capsize=4)
+        axis.set_xticks(range(len(summary)), [e["agent"] for e in summary], rotation=30,
+                        ha="right", fontsize=8)  # fmt: skip
+        axis.set_title(metric)
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"GR2 on {args.env} ({args.split}), {seeds} seeds, 95% CI")
+    figure.tight_layout()
+    figure.savefig(args.out / "stages.png", dpi=120)
+    plt.close(figure)
+    if dapo:
+        figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for label in dict.fromkeys(row["agent"] for row in dapo):
+            mine = [row for row in dapo if row["agent"] == label]
+            steps = sorted({row["iteration"] for row in mine})
+            for axis, key in zip(axes, ("copy_share", "target_rank_after"), strict=True):
+                means = [np.mean([r[key] for r in mine if r["iteration"] == s]) for s in steps]
+                axis.plot(steps, means, label=label)
+                axis.set_xlabel("DAPO iteration")
+                axis.set_ylabel(key.replace("_", " ") + " (sampled outputs)")
+        axes[0].legend(fontsize=8)
+        figure.suptitle(f"Reward hacking: copying the input order, mean over {seeds} seeds")
+        figure.tight_layout()
+        figure.savefig(args.out / "hacking.png", dpi=120)
+        plt.close(figure)
+    print(f"plots: {args.out / 'stages.png'}, {args.out / 'hacking.png'}")
+
+
+if __name__ == "__main__":
+    main()
