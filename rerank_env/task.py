@@ -519,6 +519,8 @@ def make_task(
             f"protocol must be one of {PROTOCOLS}, got {protocol!r} ('gr2': K pre-ranked "
             "candidates holding the true next item)"
         )
+    if protocol == "gr2" and bundle is None:  # refuse before building anything
+        _check_gr2_slots(slate_length, (pipeline or PipelineConfig()).gr2_candidates)
     if dataset == "synthetic":
         synthetic = synthetic or SyntheticConfig(slate_length=slate_length)
         if synthetic.slate_length != slate_length:
@@ -627,14 +629,18 @@ def make_task(
             f"protocol='gr2' needs GR2 requests, and this {dataset} task has none (the "
             "pipeline keeps a request only if its pre-ranked top K holds the next item)"
         )
+    _check_gr2_slots(slate_length, k)
+    view = task.gr2_task(slate_length)
+    view.make_kwargs = {**task.make_kwargs, "protocol": "gr2"}
+    return view
+
+
+def _check_gr2_slots(slate_length: int, k: int) -> None:
     if slate_length > k:
         raise ConfigError(
             f"protocol='gr2' offers K = {k} candidates per request: slate_length must be "
             f"<= {k}, got {slate_length}"
         )
-    view = task.gr2_task(slate_length)
-    view.make_kwargs = {**task.make_kwargs, "protocol": "gr2"}
-    return view
 
 
 def _check_arguments(

@@ -405,3 +405,19 @@ def test_pointwise_simulator_on_the_default_dataset_is_fitted_into_the_cache(dat
     assert task.description["bundle"].startswith(os.environ["RERANK_ENV_CACHE"])
     with pytest.raises(ConfigError, match="composed=False they would be ignored"):
         make_task(composed=False, position_bias=2.0)
+
+
+def test_the_gr2_protocol_task_offers_k_candidates_holding_the_next_item() -> None:
+    task = make_task(protocol="gr2", slate_length=5)
+    assert task.description["protocol"] == "gr2" and task.make_kwargs["protocol"] == "gr2"
+    assert (task.num_candidates, task.slate_length) == (10, 5)
+    requests = task.requests("test")
+    targets = task.pool.gr2_target_pos[requests]
+    assert len(requests) == 243 and ((targets >= 0) & (targets < 10)).all()
+    # The request's next item is among its candidates, where gr2_target_pos says.
+    rebuilt = make_task(**task.make_kwargs)
+    assert np.array_equal(rebuilt.candidates_np, task.candidates_np)
+    with pytest.raises(ConfigError, match="protocol must be one of"):
+        make_task(protocol="listwise")
+    with pytest.raises(ConfigError, match="slate_length must be <= 10"):
+        make_task(protocol="gr2", slate_length=12, num_candidates=50)
