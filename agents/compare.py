@@ -358,14 +358,22 @@ def _run_spec(
         "permutations": permutations,
         "beam_width": beam_width,
         "budget": budget,
-        "task": json.loads(json.dumps(task.description, default=str)),
+        "task": _task_identity(task.description),
         "rerank-env": package_version(),
     }
+
+
+def _task_identity(description: dict[str, Any]) -> dict[str, Any]:
+    """A task's description without where its files lie (the data checksum says what they are)."""
+    plain = json.loads(json.dumps(description, default=str))
+    plain.pop("bundle", None)  # the same bundle from another checkout or install
+    return plain
 
 
 def _check_spec(folder: Path, spec: dict[str, Any]) -> None:
     """Refuse ``--resume`` on a folder whose records were measured otherwise."""
     stored = json.loads((folder / "spec.json").read_text())
+    stored["task"] = _task_identity(stored.get("task") or {})
     if stored.get("format") != _RECORD_FORMAT:
         raise ConfigError(
             f"--resume: {folder} was written in record format {stored.get('format')!r}, this "

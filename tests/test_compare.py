@@ -219,6 +219,11 @@ def test_compare_resumes_a_run_folder_reusing_its_stored_runs(tmp_path) -> None:
         run_compare(agents=["random"], resume=True, overwrite=True, **settings)
     with pytest.raises(ConfigError, match="holds no spec.json"):
         run_compare(agents=["random"], resume=True, **{**settings, "name": "elsewhere"})
+    # Where the bundle lies is not part of the settings (another checkout resumes it).
+    spec = json.loads((folder / "spec.json").read_text())
+    spec["task"]["bundle"] = "/elsewhere/simulators/bundles/ml-100k"
+    (folder / "spec.json").write_text(json.dumps(spec))
+    run_compare(agents=["initial-order"], seeds=1, resume=True, **settings)
     # --overwrite starts again: the stored runs are dropped.
     folder = run_compare(agents=["random"], seeds=1, overwrite=True, **settings)
     assert sorted(p.name for p in (folder / "runs").rglob("*.json")) == ["seed0.json"]

@@ -89,6 +89,13 @@ def test_any_walk_the_constraint_allows_ends_in_a_complete_ranking(seed, k, size
         tokens = written[row].tolist()
         close = tokens.index(vocab.id("</think>"))
         assert close <= max_reasoning and tokens[close + 1] == vocab.id("<rank>")
+        # Every complete citation in the rationale names a distinct candidate.
+        candidate_codes = [tuple(c) for c in codes[row].tolist()]
+        starts = [i for i, t in enumerate(tokens[:close]) if t == vocab.id("<cand>")]
+        cited = [tuple(tokens[i + 1 : i + 1 + len(sizes)]) for i in starts]
+        cited = [c for c, i in zip(cited, starts, strict=True) if i + len(sizes) < close]
+        assert all(c in candidate_codes for c in cited) and len(set(cited)) == len(cited)
+        assert constraint.cited[row].sum() == len(cited)
         answer = tokens[close + 2 : close + 2 + k * len(sizes)]
         # The codes written are those of the ranking, in order.
         expected = codes[row][constraint.ranking[row]].reshape(-1).tolist()

@@ -196,10 +196,10 @@ class GR2(TrainableAgent):
             "acceptance_rate": kept.acceptance_rate, "mean_attempts": float(kept.attempts.mean()),
         }  # fmt: skip
         logger.log("teacher", **self.teacher_stats)
-        logger.log("curve", **self._curve_point(task, valid, 0))
+        logger.log("curve", sft_done=0, **self._curve_point(task, valid, 0))
         if len(kept.requests):
             self._sft(task, facts, kept, rng, logger, progress)
-        logger.log("curve", **self._curve_point(task, valid, 0))
+        logger.log("curve", sft_done=1, **self._curve_point(task, valid, 0))
         self.stage_seconds["sft"] = time.perf_counter() - clock
         clock = time.perf_counter()
 
@@ -222,8 +222,10 @@ class GR2(TrainableAgent):
                             task, [sequences[r] for r in rows], batch["starts"][rows],
                             batch["sids"][rows],
                         )  # fmt: skip
+                        # Right-padded: a narrower mini-batch is a prefix of the columns.
+                        old_rows = old[rows][:, : log_probs.shape[1]]
                         loss, stats = clipped_surrogate_loss(
-                            log_probs, old[rows], advantage[rows].to(log_probs.dtype),
+                            log_probs, old_rows, advantage[rows].to(log_probs.dtype),
                             mask=mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
                             token_level=True,
                         )  # fmt: skip
@@ -244,7 +246,7 @@ class GR2(TrainableAgent):
             bar.update()
             bar.set_postfix(reward=f"{rewards.mean():.3f}")
             if iteration % cfg.eval_every == 0 or iteration == cfg.dapo_iterations:
-                logger.log("curve", **self._curve_point(task, valid, iteration))
+                logger.log("curve", sft_done=1, **self._curve_point(task, valid, iteration))
         bar.close()
         self.stage_seconds["dapo"] = time.perf_counter() - clock
         logger.log("timing", **{f"{k}_s": v for k, v in self.stage_seconds.items()})

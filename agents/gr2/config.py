@@ -92,8 +92,8 @@ class GR2Config(AgentConfig):
     rejection_attempts: int = 8
     sft_epochs: int = 20
     sft_batch_size: int = 64
-    sft_learning_rate: float = 5e-4
-    reasoning_weight: float = 0.3
+    sft_learning_rate: float = 1e-3
+    reasoning_weight: float = 0.5
     answer_weight: float = 1.0
     dapo_iterations: int = 200
     prompts_per_batch: int = 16
@@ -114,7 +114,7 @@ class GR2Config(AgentConfig):
     seed: int = 0
 
     QUICK: ClassVar[dict[str, Any]] = {
-        "mid_steps": 500, "sft_epochs": 8, "dapo_iterations": 60,
+        "mid_steps": 500, "sft_epochs": 20, "dapo_iterations": 100,
     }  # fmt: skip
     TINY: ClassVar[dict[str, Any]] = {
         "dim": 32, "layers": 2, "heads": 2, "intermediate": 64, "history_items": 8,

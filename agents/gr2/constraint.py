@@ -5,8 +5,10 @@ after ``<think>``:
 
 1. **reasoning**: any reasoning word, semantic-ID token, ``<user>``, ``<cand>``,
    ``<div>`` or ``</think>`` (so the model *can* break the rationale grammar: the
-   format reward and the diagnostics measure whether it does); after
-   ``max_reasoning`` tokens only ``</think>`` (a forced close, a format break);
+   format reward and the diagnostics measure whether it does), except that the
+   code after ``<cand>`` (a citation) follows a prefix trie over the candidates
+   not yet cited, so a citation always names a distinct candidate of the request;
+   after ``max_reasoning`` tokens only ``</think>`` (a forced close, a format break);
 2. ``<rank>``;
 3. **ranking**: the next token of an unplaced candidate's code, by a prefix trie
    over the request's candidates, until all K are placed (so every ranking is a
@@ -28,6 +30,45 @@ from agents.gr2.language import CONTROL, GR2Vocabulary
 REASONING, OPEN_RANK, RANKING, CLOSE, DONE = range(5)
 
 
+class _Trie:
+    """Rows writing candidates' codes token by token, each candidate at most once.
+
+    Args:
+        sids: ``[M, K, levels]`` candidate codes as token ids.
+    """
+
+    def __init__(self, sids: torch.Tensor) -> None:
+        self.sids = sids
+        rows, self.k, self.levels = sids.shape
+        self.level = torch.zeros(rows, dtype=torch.long, device=sids.device)
+        self.matching = torch.ones(rows, self.k, dtype=torch.bool, device=sids.device)
+        self.used = torch.zeros(rows, self.k, dtype=torch.bool, device=sids.device)
+
+    def _at_level(self) -> torch.Tensor:
+        index = self.level[:, None, None].expand(-1, self.k, 1)
+        return self.sids.gather(2, index).squeeze(2)
+
+    def mask(self, active: torch.Tensor, size: int) -> torch.Tensor:
+        """Next code tokens of unused candidates for ``active`` rows, bool ``[M, V]``."""
+        valid = (~self.used & self.matching & active[:, None]).float()
+        trie = torch.zeros(len(active), size, device=self.sids.device)
+        return trie.scatter_add_(1, self._at_level(), valid) > 0
+
+    def advance(self, active: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Take ``tokens`` in ``active`` rows; the position each completed (-1 where none)."""
+        self.matching &= ~active[:, None] | (self._at_level() == tokens[:, None])
+        self.level += active.long()
+        complete = active & (self.level == self.levels)
+        # The first unused candidate with this code (codes are unique per item).
+        position = (~self.used & self.matching).float().argmax(dim=1)
+        done = torch.where(complete, position, torch.full_like(position, -1))
+        rows = torch.nonzero(complete).flatten()
+        self.used[rows, position[rows]] = True
+        self.matching[complete] = True
+        self.level[complete] = 0
+        return done
+
+
 class DecodingConstraint:
     """The grammar state of ``M`` rows, advanced one written token at a time.
 
@@ -39,6 +80,7 @@ class DecodingConstraint:
 
     Attributes:
         ranking: Candidate positions placed so far, long ``[M, K]`` (-1 where not yet).
+        cited: Candidates the rationale cited, bool ``[M, K]``.
         reasoning_length: Reasoning tokens written (``</think>`` not counted), ``[M]``.
         forced_close: Rows whose ``</think>`` was forced at L_max, bool ``[M]``.
     """
@@ -47,47 +89,47 @@ class DecodingConstraint:
         self, vocab: GR2Vocabulary, candidate_sids: torch.Tensor, max_reasoning: int
     ) -> None:
         self.vocab, self.max_reasoning = vocab, max_reasoning
-        self.sids = candidate_sids
         rows, self.k, self.levels = candidate_sids.shape
         device = candidate_sids.device
         self.phase = torch.full((rows,), REASONING, dtype=torch.long, device=device)
         self.reasoning_length = torch.zeros(rows, dtype=torch.long, device=device)
         self.forced_close = torch.zeros(rows, dtype=torch.bool, device=device)
-        self.level = torch.zeros(rows, dtype=torch.long, device=device)
-        self.matching = torch.ones(rows, self.k, dtype=torch.bool, device=device)
-        self.placed = torch.zeros(rows, self.k, dtype=torch.bool, device=device)
+        self.citing = torch.zeros(rows, dtype=torch.bool, device=device)
+        self._citations = _Trie(candidate_sids)
+        self._ranking = _Trie(candidate_sids)
         self.ranking = torch.full((rows, self.k), -1, dtype=torch.long, device=device)
-        self._rows = torch.arange(rows, device=device)
         reasoning = torch.zeros(vocab.size, dtype=torch.bool, device=device)
         reasoning[vocab.id("<user>") : vocab.id("<div>") + 1] = True  # <user> <cand> <div>
         reasoning[vocab.id("</think>")] = True
         reasoning[len(CONTROL) :] = True  # every word and semantic-ID token
         self._reasoning_tokens = reasoning
-        self._ids = {name: vocab.id(name) for name in ("</think>", "<rank>", "<eos>", "<pad>")}
+        self._ids = {
+            name: vocab.id(name) for name in ("</think>", "<rank>", "<eos>", "<pad>", "<cand>")
+        }
+
+    @property
+    def cited(self) -> torch.Tensor:
+        """Candidates the rationale cited, bool ``[M, K]``."""
+        return self._citations.used
 
     def allowed(self) -> torch.Tensor:
         """Tokens each row may write next, bool ``[M, V]``."""
         rows, size = len(self.phase), self.vocab.size
         mask = torch.zeros(rows, size, dtype=torch.bool, device=self.phase.device)
         thinking = self.phase == REASONING
-        mask[thinking] = self._reasoning_tokens
-        mask[thinking & (self.reasoning_length >= self.max_reasoning)] = False
-        mask[thinking & (self.reasoning_length >= self.max_reasoning), self._ids["</think>"]] = True
+        free = thinking & ~self.citing
+        mask[free] = self._reasoning_tokens
+        # No citation can start once every candidate has been cited.
+        mask[free & self.cited.all(dim=1), self._ids["<cand>"]] = False
+        mask |= self._citations.mask(thinking & self.citing, size)
+        full = thinking & (self.reasoning_length >= self.max_reasoning)
+        mask[full] = False
+        mask[full, self._ids["</think>"]] = True
         mask[self.phase == OPEN_RANK, self._ids["<rank>"]] = True
         mask[self.phase == CLOSE, self._ids["<eos>"]] = True
         mask[self.phase == DONE, self._ids["<pad>"]] = True
-        ranking = self.phase == RANKING
-        if ranking.any():
-            at_level = self._tokens_at_level()
-            valid = (~self.placed & self.matching & ranking[:, None]).float()
-            trie = torch.zeros(rows, size, device=mask.device).scatter_add_(1, at_level, valid)
-            mask |= trie > 0
+        mask |= self._ranking.mask(self.phase == RANKING, size)
         return mask
-
-    def _tokens_at_level(self) -> torch.Tensor:
-        """Each candidate's code token at the row's current level, ``[M, K]``."""
-        index = self.level[:, None, None].expand(-1, self.k, 1)
-        return self.sids.gather(2, index).squeeze(2)
 
     def advance(self, tokens: torch.Tensor) -> None:
         """Take the written ``tokens`` ``[M]`` (each must be allowed; not checked here)."""
@@ -96,24 +138,22 @@ class DecodingConstraint:
         closing = thinking & (tokens == self._ids["</think>"])
         self.forced_close |= closing & (self.reasoning_length >= self.max_reasoning)
         self.reasoning_length += (thinking & ~closing).long()
+        # A citation: <cand> then one uncited candidate's code (a forced close ends it).
+        citing = thinking & self.citing & ~closing
+        finished = self._citations.advance(citing, tokens) >= 0
+        self.citing &= ~finished & ~closing
+        self.citing |= thinking & ~self.citing & (tokens == self._ids["<cand>"]) & ~finished
         self.phase[closing] = OPEN_RANK
         self.phase[phase == OPEN_RANK] = RANKING
         self.phase[phase == CLOSE] = DONE
         ranking = phase == RANKING
-        if ranking.any():
-            self.matching &= ~ranking[:, None] | (self._tokens_at_level() == tokens[:, None])
-            self.level += ranking.long()
-            complete = ranking & (self.level == self.levels)
-            if complete.any():
-                # The first unplaced candidate with this code (codes are unique per item).
-                position = (~self.placed & self.matching).float().argmax(dim=1)
-                rows = self._rows[complete]
-                self.placed[rows, position[complete]] = True
-                slot = self.placed.sum(dim=1) - 1
-                self.ranking[rows, slot[complete]] = position[complete]
-                self.matching[complete] = True
-                self.level[complete] = 0
-                self.phase[complete & (slot == self.k - 1)] = CLOSE
+        placed = self._ranking.advance(ranking, tokens)
+        complete = placed >= 0
+        if complete.any():
+            slot = self._ranking.used.sum(dim=1) - 1
+            rows = torch.nonzero(complete).flatten()
+            self.ranking[rows, slot[rows]] = placed[rows]
+            self.phase[complete & (slot == self.k - 1)] = CLOSE
 
 
 def replay_masks(
