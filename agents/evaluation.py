@@ -388,6 +388,28 @@ def results_markdown(
     return "\n".join(lines) + "\n"
 
 
+def read_csv(paths: Sequence[str | Path], text_columns: Sequence[str] = ("agent",)) -> list[dict]:
+    """Rows of CSVs written by :func:`write_csv`: numbers as floats, empty cells NaN.
+
+    Args:
+        paths: The files, read in order.
+        text_columns: Columns kept as text.
+
+    Raises:
+        ValueError: The files hold no rows.
+    """
+    rows = []
+    for path in paths:
+        with Path(path).open(newline="") as handle:
+            rows += [
+                {k: v if k in text_columns else float(v or "nan") for k, v in row.items()}
+                for row in csv.DictReader(handle)
+            ]  # fmt: skip
+    if not rows:
+        raise ValueError(f"no rows in {', '.join(map(str, paths))}")
+    return rows
+
+
 def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     """Write dict rows (union of keys as columns, first-seen order) to ``path``."""
     path = Path(path)

@@ -60,7 +60,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +72,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from agents.compare import task_for_env  # noqa: E402
 from agents.evaluation import (  # noqa: E402
     order_agreement,
+    read_csv,
     reward_and_latency,
     summarise,
     write_csv,
@@ -119,7 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.from_csv:
-        report(read_rows(args.from_csv), args)
+        report(read_csv(args.from_csv), args)
         return
     if args.study == "sb3":
         maskable_ppo(args)
@@ -282,20 +282,6 @@ def ranking_latency(args: argparse.Namespace) -> None:
     for name in agents:
         median = float(np.median(times[name]))
         print(f"| {name} | {median:.3f} | {median / reference:.2f} |")
-
-
-def read_rows(paths: list[Path]) -> list[dict[str, Any]]:
-    """The rows of CSVs written by this script (numbers as floats)."""
-    rows = []
-    for path in paths:
-        with path.open(newline="") as handle:
-            rows += [
-                {k: v if k == "agent" else float(v or "nan") for k, v in row.items()}
-                for row in csv.DictReader(handle)
-            ]  # fmt: skip
-    if not rows:
-        raise SystemExit(f"no rows in {', '.join(map(str, paths))}")
-    return rows
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:

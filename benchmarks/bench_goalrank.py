@@ -37,7 +37,6 @@ also against the true user model).
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import time
 from pathlib import Path
@@ -53,7 +52,7 @@ import torch  # noqa: E402
 from agents.base import Agent, TrainableAgent  # noqa: E402
 from agents.baselines import InitialOrder, PointwiseGreedy  # noqa: E402
 from agents.compare import task_for_env  # noqa: E402
-from agents.evaluation import reward_and_latency, summarise, write_csv  # noqa: E402
+from agents.evaluation import read_csv, reward_and_latency, summarise, write_csv  # noqa: E402
 from agents.generator_evaluator import GeneratorEvaluator  # noqa: E402
 from agents.goalrank import SIZE_PRESETS, GoalRank, group_agreement  # noqa: E402
 from agents.prm import PRM  # noqa: E402
@@ -135,7 +134,7 @@ def main() -> None:
             parser.error(
                 "--from-csv summarises the groups, scaling, matched and temperature studies"
             )
-        rows = read_rows(args.from_csv)
+        rows = read_csv(args.from_csv)
         swept = {label: value for label, (value, _) in configurations(args, 0).items()}
         report(rows, swept, args, f"the requests of {', '.join(map(str, args.from_csv))}", out)
         return
@@ -165,19 +164,6 @@ def main() -> None:
                   f"fit {fit:.0f} s", flush=True)  # fmt: skip
             write_csv(out / f"{args.study}.csv", rows)  # so far: a stopped run keeps its rows
     report(rows, swept, args, f"{len(requests)} {args.split} requests", out)
-
-
-def read_rows(paths: list[Path]) -> list[dict[str, Any]]:
-    """The rows of CSVs written by this script (numbers as floats, empty cells NaN)."""
-    rows = []
-    for path in paths:
-        with path.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                rows.append({key: value if key == "agent" else float(value or "nan")
-                             for key, value in row.items()})  # fmt: skip
-    if not rows:
-        raise SystemExit(f"no rows in {', '.join(map(str, paths))}")
-    return rows
 
 
 def report(

@@ -34,7 +34,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from agents.compare import task_for_env  # noqa: E402
-from agents.evaluation import summarise, write_csv  # noqa: E402
+from agents.evaluation import read_csv, summarise, write_csv  # noqa: E402
 from agents.gr2 import GR2, GR2Config  # noqa: E402
 from agents.gr2.rewards import kendall_tau_to_input  # noqa: E402
 
@@ -82,7 +81,12 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.from_csv:
-        report(read_rows(args.from_csv), read_rows([args.out / "dapo.csv"], optional=True), args)
+        dapo_csv = args.out / "dapo.csv"
+        report(
+            read_csv(args.from_csv),
+            read_csv([dapo_csv], ("agent", "stage")) if dapo_csv.exists() else [],
+            args,
+        )
         return
     task = task_for_env(args.env, {})
     print(f"task: {task.summary()}", flush=True)
@@ -153,22 +157,6 @@ def preset_times(task: Any, args: argparse.Namespace) -> None:
         print(f"| {budget} | {agent.parameter_count():,} | {times['mid']:.0f} s | "
               f"{times['sft']:.0f} s | {times['dapo']:.0f} s | {total:.0f} s |",
               flush=True)  # fmt: skip
-
-
-def read_rows(paths: list[Path], optional: bool = False) -> list[dict[str, Any]]:
-    """The rows of CSVs written by this script (numbers as floats)."""
-    rows = []
-    for path in paths:
-        if optional and not path.exists():
-            continue
-        with path.open(newline="") as handle:
-            rows += [
-                {k: v if k == "agent" else float(v or "nan") for k, v in row.items()}
-                for row in csv.DictReader(handle)
-            ]  # fmt: skip
-    if not rows and not optional:
-        raise SystemExit(f"no rows in {', '.join(map(str, paths))}")
-    return rows
 
 
 def report(rows: list[dict[str, Any]], dapo: list[dict[str, Any]], args) -> None:

@@ -228,3 +228,18 @@ def test_compare_resumes_a_run_folder_reusing_its_stored_runs(tmp_path) -> None:
     folder = run_compare(agents=["random"], seeds=1, overwrite=True, **settings)
     assert sorted(p.name for p in (folder / "runs").rglob("*.json")) == ["seed0.json"]
     assert json.loads((folder / "config.json").read_text())["resumed_runs"] == 0
+
+
+def test_read_csv_reads_back_what_write_csv_wrote(tmp_path) -> None:
+    from agents.evaluation import read_csv, write_csv
+
+    rows = [{"agent": "a", "seed": 0, "reward": 1.5}, {"agent": "b", "seed": 1, "extra": 2.0}]
+    path = write_csv(tmp_path / "rows.csv", rows)
+    back = read_csv([path])
+    assert back[0] == {"agent": "a", "seed": 0.0, "reward": 1.5, "extra": back[0]["extra"]}
+    assert math.isnan(back[0]["extra"]) and back[1]["extra"] == 2.0
+    with pytest.raises(ValueError, match="could not convert"):
+        read_csv([write_csv(tmp_path / "text.csv", [{"agent": "a", "stage": "sft"}])])
+    assert read_csv([tmp_path / "text.csv"], ("agent", "stage"))[0]["stage"] == "sft"
+    with pytest.raises(ValueError, match="no rows"):
+        read_csv([write_csv(tmp_path / "empty.csv", [])])
