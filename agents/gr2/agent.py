@@ -22,7 +22,7 @@ from agents.gr2 import language as lang
 from agents.gr2.config import GR2Config
 from agents.gr2.constraint import replay_masks
 from agents.gr2.language import GR2Vocabulary, ItemFacts
-from agents.gr2.model import build_student, generate, right_pad, token_log_probs
+from agents.gr2.model import build_student, generate, pad, token_log_probs
 from agents.gr2.rewards import (
     format_reward,
     informative_groups,
@@ -155,12 +155,16 @@ class GR2(TrainableAgent):
         valid = task.requests("valid")[: cfg.eval_requests]
         targets = task.pool.gr2_target_pos
 
+        # The training simulator's value of each candidate in slot 1: the grammar
+        # corpus's rationales and the teacher's first pick both start from it.
+        slot_one = slot_one_values(task, pool, self.reward)
+
         # Stage 0: mid-training, what semantic IDs mean (measured before and after).
         clock = time.perf_counter()
         captioned, held_out = self._caption_split(task, rng)
         before = self._mid_training_report(task, facts, valid, held_out)
         if cfg.mid_steps:
-            corpus = self._mid_training_corpus(task, facts, pool, captioned, rng)
+            corpus = self._mid_training_corpus(task, facts, pool, slot_one, captioned)
             optimiser = torch.optim.AdamW(student.parameters(), lr=cfg.mid_learning_rate)
             bar = progress_bar(cfg.mid_steps, "GR2 mid-training", progress)
             for step in range(1, cfg.mid_steps + 1):
@@ -189,7 +193,7 @@ class GR2(TrainableAgent):
         kept = teach(
             task, pool, targets[pool], self.reward, rng, mode=cfg.teacher,
             temperature=cfg.teacher_temperature, attempts=cfg.rejection_attempts,
-            beam_width=cfg.teacher_beam_width,
+            beam_width=cfg.teacher_beam_width, values=slot_one,
         )  # fmt: skip
         self.teacher_stats = {
             "offered": kept.offered, "kept": len(kept.requests),
@@ -207,7 +211,7 @@ class GR2(TrainableAgent):
         optimiser = torch.optim.AdamW(student.parameters(), lr=cfg.learning_rate)
         bar = progress_bar(cfg.dapo_iterations, "GR2 DAPO", progress)
         for iteration in range(1, cfg.dapo_iterations + 1):
-            batch = self._rollouts(task, facts, pool, rng, iteration)
+            batch = self._rollouts(task, facts, pool, rng)
             written, rewards = batch["written"], batch["rewards"]
             advantage = group_relative_advantages(torch.as_tensor(rewards)).reshape(-1)
             pairs = zip(batch["prompts"], written, strict=True)
@@ -308,7 +312,6 @@ class GR2(TrainableAgent):
         facts: ItemFacts,
         pool: np.ndarray,
         rng: np.random.Generator,
-        iteration: int,
     ) -> dict[str, Any]:
         """One DAPO batch: G samples per prompt, rewards, dynamic sampling."""
         cfg, vocab = self.settings, self.vocab
@@ -399,11 +402,11 @@ class GR2(TrainableAgent):
         marks written tokens that were a choice (more than one token allowed).
         """
         vocab = self.vocab
-        pad = vocab.id("<pad>")
-        ids, attention = right_pad(sequences, pad, task.device)
+        pad_id = vocab.id("<pad>")
+        ids, attention = pad(sequences, pad_id, task.device)
         batch, width = ids.shape
         written = torch.full(
-            (batch, width - int(starts.min())), pad, dtype=torch.long, device=task.device
+            (batch, width - int(starts.min())), pad_id, dtype=torch.long, device=task.device
         )
         for row, (sequence, start) in enumerate(zip(sequences, starts, strict=True)):
             written[row, : len(sequence) - start] = torch.as_tensor(sequence[start:])
@@ -422,7 +425,7 @@ class GR2(TrainableAgent):
         self, task: RerankTask, sequences: list[np.ndarray], starts: np.ndarray
     ) -> tuple[torch.Tensor, float]:
         """Cross-entropy of every token from ``starts`` on (no constraint), and accuracy."""
-        ids, attention = right_pad(sequences, self.vocab.id("<pad>"), task.device)
+        ids, attention = pad(sequences, self.vocab.id("<pad>"), task.device)
         student = self.modules["student"]
         start = torch.as_tensor(starts, device=task.device)
         log_probs, _ = token_log_probs(student, ids, attention, None, start)
@@ -446,10 +449,13 @@ class GR2(TrainableAgent):
         task: RerankTask,
         facts: ItemFacts,
         pool: np.ndarray,
+        slot_one: np.ndarray,
         captioned: np.ndarray,
-        rng: np.random.Generator,
     ) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
-        """Sequences (and the index of their first scored token) of each mid-training task."""
+        """Sequences (and the index of their first scored token) of each mid-training task.
+
+        ``slot_one`` is :func:`~agents.gr2.teacher.slot_one_values` of ``pool``.
+        """
         cfg, vocab = self.settings, self.vocab
         corpus: dict[str, tuple[list[np.ndarray], np.ndarray]] = {}
         if "next-sid" in cfg.mid_tasks:
@@ -477,8 +483,7 @@ class GR2(TrainableAgent):
                                                           descriptions]))  # fmt: skip
         if "grammar" in cfg.mid_tasks:
             # Rationales of the simulator's own top candidates, no answer, no x*.
-            values = slot_one_values(task, pool, self.reward)
-            order = np.argsort(-values, axis=1, kind="stable")
+            order = np.argsort(-slot_one, axis=1, kind="stable")
             histories = lang.recent_history(task, pool, cfg.history_items)
             candidates = task.candidates_np[pool]
             sequences, starts = [], []
@@ -513,7 +518,7 @@ class GR2(TrainableAgent):
                 starts.append(len(head))
         with torch.no_grad():
             log_probs, _ = token_log_probs(
-                student, *right_pad(sequences, vocab.id("<pad>"), device), None,
+                student, *pad(sequences, vocab.id("<pad>"), device), None,
                 torch.as_tensor(np.array(starts), device=device),
             )  # fmt: skip
         scores = log_probs.sum(dim=1).reshape(len(requests), k).cpu().numpy()
@@ -523,7 +528,7 @@ class GR2(TrainableAgent):
         prompts = [np.concatenate([vocab.ids(["<bos>", "<caption>"]), facts.sid_tokens[item],
                                    vocab.ids(["<attr>"])]) for item in held_out]  # fmt: skip
         if prompts:
-            ids, attention = right_pad(prompts, vocab.id("<pad>"), device)
+            ids, attention = pad(prompts, vocab.id("<pad>"), device)
             with torch.no_grad():
                 logits = student(input_ids=ids, attention_mask=attention).logits[:, -1]
             for kind, truth in (

@@ -114,14 +114,15 @@ class GR2Vocabulary:
 
     def word_range(self, kind: str) -> tuple[int, int]:
         """``[first, end)`` ids of a word kind: genre, year, pop, pos, fit or div."""
-        prefix = {"genre": "genre_", "year": "year_", "pop": "pop_", "pos": "pos_",
-                  "fit": "fit_", "div": "div_"}[kind]  # fmt: skip
-        ids = [i for i, word in enumerate(self.words) if word.startswith(prefix)]
-        return len(CONTROL) + ids[0], len(CONTROL) + ids[-1] + 1
+        return self._word_ranges[kind]
 
-    def is_sid(self, tokens: np.ndarray) -> np.ndarray:
-        """Which ``tokens`` are semantic-ID tokens, bool."""
-        return np.asarray(tokens) >= self.sid_offset
+    @cached_property
+    def _word_ranges(self) -> dict[str, tuple[int, int]]:
+        ranges = {}
+        for kind in ("genre", "year", "pop", "pos", "fit", "div"):
+            ids = [i for i, word in enumerate(self.words) if word.startswith(f"{kind}_")]
+            ranges[kind] = (len(CONTROL) + ids[0], len(CONTROL) + ids[-1] + 1)
+        return ranges
 
     def describe(self, tokens: Sequence[int]) -> str:
         """Readable text of a token sequence; an item's code reads ``<a_12><b_3><c_40>``."""

@@ -5,8 +5,8 @@ GR2's own vocabulary (:mod:`agents.gr2.language`), trained from scratch.
 ``transformers`` is an optional extra (``pip install -e ".[lm]"``).
 
 * :func:`build_student`: the model from :class:`~agents.gr2.config.GR2Config` sizes.
-* :func:`left_pad` / :func:`right_pad`: batches of variable-length sequences
-  (left for generation, right for training), with attention masks.
+* :func:`pad`: batches of variable-length sequences (right-padded for training,
+  left-padded for generation), with attention masks.
 * :func:`generate`: constrained greedy or sampled continuation of prompts through
   ``model.generate`` and :class:`~agents.gr2.constraint.ConstraintLogitsProcessor`.
 * :func:`token_log_probs`: log-probabilities of written tokens under the
@@ -58,25 +58,21 @@ def build_student(
     return model
 
 
-def left_pad(sequences: Sequence[np.ndarray], pad: int, device: Any) -> tuple[torch.Tensor, ...]:
-    """``(ids, attention)`` ``[B, T]``: sequences right-aligned (for generation)."""
+def pad(
+    sequences: Sequence[np.ndarray], pad_id: int, device: Any, *, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, attention)`` ``[B, T]`` of variable-length sequences.
+
+    Right-padded (sequences left-aligned) for training; ``left=True`` right-aligns
+    them, as batched generation with a decoder-only model needs.
+    """
     width = max(len(s) for s in sequences)
-    ids = np.full((len(sequences), width), pad, dtype=np.int64)
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
     attention = np.zeros((len(sequences), width), dtype=np.int64)
     for row, sequence in enumerate(sequences):
-        ids[row, width - len(sequence) :] = sequence
-        attention[row, width - len(sequence) :] = 1
-    return torch.as_tensor(ids, device=device), torch.as_tensor(attention, device=device)
-
-
-def right_pad(sequences: Sequence[np.ndarray], pad: int, device: Any) -> tuple[torch.Tensor, ...]:
-    """``(ids, attention)`` ``[B, T]``: sequences left-aligned (for training)."""
-    width = max(len(s) for s in sequences)
-    ids = np.full((len(sequences), width), pad, dtype=np.int64)
-    attention = np.zeros((len(sequences), width), dtype=np.int64)
-    for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = sequence
-        attention[row, : len(sequence)] = 1
+        columns = slice(width - len(sequence), width) if left else slice(0, len(sequence))
+        ids[row, columns] = sequence
+        attention[row, columns] = 1
     return torch.as_tensor(ids, device=device), torch.as_tensor(attention, device=device)
 
 
@@ -115,7 +111,7 @@ def generate(
         temperature: Sampling temperature.
     """
     device = candidate_sids.device
-    ids, attention = left_pad(prompts, vocab.id("<pad>"), device)
+    ids, attention = pad(prompts, vocab.id("<pad>"), device, left=True)
     constraint = DecodingConstraint(vocab, candidate_sids, max_reasoning)
     transformers = require_transformers()
     processor = ConstraintLogitsProcessor(constraint, ids.shape[1])

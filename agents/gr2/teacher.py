@@ -72,6 +72,7 @@ def teach(
     temperature: float = 0.5,
     attempts: int = 8,
     beam_width: int = 4,
+    values: np.ndarray | None = None,
 ) -> TeacherRankings:
     """Teacher rankings of ``requests`` whose first item is the target.
 
@@ -85,6 +86,7 @@ def teach(
         temperature: Temperature of the first pick.
         attempts: Samples per request (rejection).
         beam_width: Beam width of the rest of the ranking.
+        values: :func:`slot_one_values` of ``requests`` if already computed.
 
     Raises:
         ValueError: Unknown ``mode``.
@@ -92,7 +94,7 @@ def teach(
     requests, targets = np.asarray(requests), np.asarray(targets)
     if mode not in ("rejection", "targeted"):
         raise ValueError(f"teacher mode must be 'rejection' or 'targeted', got {mode!r}")
-    values = slot_one_values(task, requests, scorer)
+    values = slot_one_values(task, requests, scorer) if values is None else values
     if mode == "targeted":
         keep = np.ones(len(requests), dtype=bool)
         used = np.ones(len(requests), dtype=np.int64)
