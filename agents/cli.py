@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from agents import compare
 from agents.common.commands import run_handler
 from simulators import cli as simulator_cli
+from simulators.cli_help import HelpFormatter
 from simulators.data import cli as data_cli
 from simulators.data.cache import package_version
 
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rerank-env",
         description="Slate-reranking environments, click simulators and rerankers.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -38,6 +38,7 @@ import json
 import math
 import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,11 +52,12 @@ import rerank_env
 from agents.base import Agent, TrainableAgent, UnsupportedTaskError
 from agents.common.commands import run_handler
 from agents.common.telemetry import tensorboard_writer, write_rows_csv
-from agents.common.training import progress_bar
 from agents.evaluation import (
     EvaluationSet,
+    compact_table,
     evaluate_agent,
     make_evaluation_set,
+    read_csv,
     results_markdown,
     summarise,
     write_csv,
@@ -63,8 +65,10 @@ from agents.evaluation import (
 from agents.registry import agent_names, make_agent
 from rerank_env.task import RerankTask, make_task
 from simulators._io import atomic_write
+from simulators.cli_help import HelpFormatter, plain
 from simulators.data.cache import package_version
 from simulators.data.errors import ConfigError
+from simulators.progress import LogProgress, log_line, progress_bar
 
 #: The README's main job: every reference and baseline, 5 seeds, small budgets.
 QUICK_AGENTS = (
@@ -214,7 +218,10 @@ def run_compare(
             the agents and the number of seeds may differ, so agents can be run in
             parts and tabulated together.
         device: Torch device of the task and agents.
-        progress: Progress bars (on terminals) or one log line per run, and the table.
+        progress: Progress on stderr: bars on a terminal; elsewhere (a pipe, a log
+            file) timestamped lines as each run starts and ends and at least every
+            10 s while an agent trains. The results are never printed here (see
+            :func:`results_text`); ``False`` is silent.
     """
     factories = [_agent_factory(item, budget) for item in agents]  # fail before any work
     if seeds < 1:
@@ -248,28 +255,42 @@ def run_compare(
         shutil.rmtree(folder / "runs")  # --overwrite starts again: no stale run records
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / "spec.json", spec)
-    say = print if progress else (lambda *a, **k: None)
-    say(f"task: {task.summary()}")
-    evaluation = make_evaluation_set(
-        task, requests=requests, permutations=permutations, beam_width=beam_width
+    log_line(f"task: {task.summary()}", progress)
+    log_line(
+        f"references: beam-{beam_width}, pointwise greedy and {permutations} random lists per "
+        f"request on {requests or 'all'} test requests",
+        progress,
     )
-    say(evaluation.headroom_line())
+    evaluation = make_evaluation_set(
+        task,
+        requests=requests,
+        permutations=permutations,
+        beam_width=beam_width,
+        progress=progress,
+    )
     rows, curves, profiles, fit_seconds = [], [], [], {}
     curve_keys: dict[str, tuple[str, str]] = {}
     tensorboard = False
     reused = 0  # runs read back from the folder
     seed_free: dict[str, dict[str, Any]] = {}  # records that count for every seed
     bar = progress_bar(seeds * len(factories), "compare", progress)
+    lines_only = isinstance(bar, LogProgress)  # no bar to show which run is in progress
     for seed in range(seeds):
         for make in factories:
             agent = make(seed)
-            bar.set_description(f"seed {seed} {agent.name}")
+            if not lines_only:  # log lines name the run themselves
+                bar.set_description(f"seed {seed} {agent.name}")
             record = seed_free.get(agent.name) or _read_record(folder, agent.name, seed)
             if record is not None:
                 reused += agent.name not in seed_free
             else:
+                trains = isinstance(agent, TrainableAgent) and not agent.fitted
+                log_line(
+                    f"seed {seed} {agent.name}: {'training' if trains else 'evaluating'}",
+                    lines_only,
+                )
                 log_dir = folder / "logs" / agent.name / f"seed{seed}"
-                record = _run_one(agent, seed, task, evaluation, log_dir)
+                record = _run_one(agent, seed, task, evaluation, log_dir, progress)
                 tensorboard |= record.pop("tensorboard")
                 _write_record(folder, agent.name, seed, record)
             if record["all_seeds"]:
@@ -282,13 +303,13 @@ def run_compare(
                 curves += record["curves"]
             fit_seconds.setdefault(agent.name, []).append(row["fit_s"])
             rows.append(row)
+            log_line(
+                f"seed {seed} {agent.name}: fit {row['fit_s']:.1f} s, held-out reward "
+                f"{row['reward_eval']:.4f}, {row['latency_ms']:.2f} ms/request"
+                + (" (from an earlier run)" if record.get("from_file") else ""),
+                progress and not (record["all_seeds"] and seed > 0),  # once for seed-free
+            )
             bar.update()
-            if bar.disable:  # no bar (not a terminal): one log line per run instead
-                say(
-                    f"seed {seed} {agent.name}: fit {row['fit_s']:.1f} s, held-out reward "
-                    f"{row['reward_eval']:.4f}, {row['latency_ms']:.2f} ms/request"
-                    + (" (from an earlier run)" if record.get("from_file") else "")
-                )
     bar.close()
     summary = summarise(rows)
     for entry in summary:
@@ -313,6 +334,7 @@ def run_compare(
         "task": task.summary(),
         "task_description": task.description,
         "headroom": evaluation.headroom,
+        "headroom_line": evaluation.headroom_line(),
         "versions": {
             "rerank-env": package_version(),
             "torch": torch.__version__,
@@ -325,14 +347,49 @@ def run_compare(
         "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    say((folder / "results.md").read_text())
-    say(f"wrote {folder} in {config['wall_s']:.0f} s")
-    if not tensorboard:
-        say(
-            "(TensorBoard logs skipped: pip install -e '.[tensorboard]' to get them; "
-            "curves.csv holds the same)"
-        )
+    log_line(f"wrote {folder} in {config['wall_s']:.0f} s", progress)
     return folder
+
+
+def results_text(folder: str | Path, full: bool = False, width: int = 100) -> str:
+    """What ``rerank-env compare`` prints at the end, from a run folder.
+
+    Args:
+        folder: A folder :func:`run_compare` wrote.
+        full: ``results.md`` (every metric with its 95% interval) instead of the
+            compact table (:func:`~agents.evaluation.compact_table`).
+        width: Columns the sentences around the table are wrapped to.
+    """
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+
+    def prose(text: str) -> str:
+        return textwrap.fill(text, width=width, break_long_words=False, break_on_hyphens=False)
+
+    if full:
+        body = (folder / "results.md").read_text()
+    else:
+        summary = read_csv([folder / "results.csv"])
+        title = (
+            f"rerank-env compare: {config['env_id']}, {config['requests']} test requests, "
+            f"{config['seeds']} seed(s)"
+        )
+        legend = (
+            "held-out reward: mean ± half its 95% bootstrap interval over seeds; every metric "
+            "with its interval: results.md, or --full-table"
+        )
+        body = (
+            f"{prose(title)}\n{prose(config['headroom_line'])}\n\n{compact_table(summary)}"
+            f"{prose(legend)}\n"
+        )
+    notes = [f"wrote {folder} in {config['wall_s']:.0f} s: results.md, results.csv, "
+             "learning_curves.png, pareto.png, credit_profile.png"]  # fmt: skip
+    if not config["tensorboard"]:
+        notes.append(
+            "TensorBoard logs skipped: pip install -e '.[tensorboard]' (the tensorboard extra) "
+            "to get them; curves.csv holds the same"
+        )
+    return body + "\n" + "\n".join(map(prose, notes))
 
 
 #: What must match for ``--resume`` to reuse a run folder's records.
@@ -420,14 +477,19 @@ def _json_value(value: Any) -> Any:
 
 
 def _run_one(
-    agent: Agent, seed: int, task: RerankTask, evaluation: EvaluationSet, log_dir: Path
+    agent: Agent,
+    seed: int,
+    task: RerankTask,
+    evaluation: EvaluationSet,
+    log_dir: Path,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Train (when untrained) and evaluate one agent: its record for the run folder."""
     pretrained = isinstance(agent, TrainableAgent) and agent.fitted
     fit_start = time.perf_counter()
     if isinstance(agent, TrainableAgent) and not pretrained:
         agent.log_dir = log_dir
-        agent.fit(task, progress=False)
+        agent.fit(task, progress=progress)
     fit_time = time.perf_counter() - fit_start
     result = evaluate_agent(agent, evaluation)
     row = {"agent": agent.name, "seed": seed, **result.metrics, "fit_s": fit_time}
@@ -514,14 +576,18 @@ def plot_results(
     figure.savefig(folder / "learning_curves.png", dpi=120)
     plt.close(figure)
 
-    # Reward vs latency.
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
-    for entry in summary:
+    # Reward vs latency. A legend, not labels beside the points: agents with close
+    # rewards and latencies would print their names on top of each other.
+    figure, axis = plt.subplots(figsize=(8.5, 4.5))
+    markers = "osD^vP*Xh<>p"
+    for index, entry in enumerate(summary):
         latency, reward = entry["latency_ms"], entry["reward_eval"]
         error = [[reward - entry["reward_eval_low"]], [entry["reward_eval_high"] - reward]]
-        axis.errorbar(latency, reward, yerr=error, fmt="o", capsize=3)
-        axis.annotate(entry["agent"], (latency, reward), textcoords="offset points", xytext=(5, 4),
-                      fontsize=8)  # fmt: skip
+        axis.errorbar(
+            latency, reward, yerr=error, fmt=markers[index % len(markers)], capsize=3,
+            color=plt.get_cmap("tab10")(index % 10), label=entry["agent"],
+        )  # fmt: skip
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     axis.set_xscale("log")
     axis.set_xlabel("inference latency, ms per request (batched, log scale)")
     axis.set_ylabel("expected clicks, held-out simulator")
@@ -531,8 +597,8 @@ def plot_results(
     figure.savefig(folder / "pareto.png", dpi=120)
     plt.close(figure)
 
-    # Per-position credit profile.
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    # Per-slot click profile: where in the list each agent earns its clicks.
+    figure, axis = plt.subplots(figsize=(8.5, 4.5))
     for agent in dict.fromkeys(row["agent"] for row in profiles):
         mine = [row for row in profiles if row["agent"] == agent]
         slots = sorted({row["slot"] for row in mine})
@@ -540,8 +606,10 @@ def plot_results(
         axis.plot(slots, means, marker="o", label=agent)
     axis.set_xlabel("slot")
     axis.set_ylabel("mean click probability (held-out simulator)")
-    axis.set_title(f"Per-position reward profile, {len(evaluation.requests)} test requests")
-    axis.legend(fontsize=7)
+    axis.set_title(
+        f"Per-slot click profile (held-out simulator, {len(evaluation.requests)} test requests)"
+    )
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(folder / "credit_profile.png", dpi=120)
@@ -554,51 +622,87 @@ def add_parser(subparsers: Any) -> None:
         "compare",
         help="train and evaluate agents on an environment; write tables and figures",
         description=_description(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     configure(parser)
     parser.set_defaults(handler=_handle)
 
 
+#: Wall time of each preset for 5 seeds on 2 cores (docs/benchmarks.md), for --help.
+PRESET_TIMES = {
+    "quick": "with --quick, the README's main job: about 5.5 min",
+    "full": "about 25 min",
+    "degre": "about 76 min, 500 requests",
+    "goalrank": "about 19 min, 500 requests",
+    "glorank": "about 5 h, 500 requests; GloRank's fits dominate",
+    "gr2": "not timed yet; GR2 alone takes about 17 min a seed with --quick",
+}
+
+
 def _description() -> str:
-    """The command's help text: what it does and every agent name."""
+    """The command's help text: what it does, the presets and every agent name."""
+
+    def item(name: str, text: str, indent: int) -> str:  # HelpFormatter wraps it under text
+        return f"  {name:{indent - 4}s}  {text}"
+
+    intro = plain(__doc__.split("\n\n")[0]).replace("\n", " ")
+    presets = "\n".join(
+        item(name, f"{', '.join(agents)} ({PRESET_TIMES[name]})", 12)
+        for name, agents in PRESETS.items()
+    )
+    agents = "\n".join(item(name, plain(text), 21) for name, text in agent_names().items())
     return (
-        __doc__.split("\n\n")[0]
-        + "\n\nagents (or an entry point module:Class of your own Agent subclass):\n"
-        + "\n".join(f"  {name:18s} {text}" for name, text in agent_names().items())
+        f"{intro}\n\nWithout --agents or --preset it runs the 'full' preset, or the 'quick' one "
+        "with --quick.\n\npresets (time for 5 seeds on 2 idle cores, full budgets unless said):\n"
+        f"{presets}\n\nagents (or module:Class, an Agent subclass of your own):\n{agents}"
     )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """The options of ``compare`` (shared by ``python -m agents.compare``)."""
     parser.add_argument(
-        "--env",
-        help=f"environment id (default {DEFAULT_ENV}; --preset gr2: {PRESET_ENVS['gr2']})",
-    )
+        "--env", metavar="ENV_ID",
+        help=f"environment id, one of {', '.join(sorted(rerank_env.VARIANTS))} (default: "
+        f"{DEFAULT_ENV}; with --preset gr2, {PRESET_ENVS['gr2']})",
+    )  # fmt: skip
     parser.add_argument(
         "--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
-        help="environment keyword argument, repeatable (e.g. num_candidates=10)",
+        help="environment keyword argument, repeatable, e.g. num_candidates=10 (default: the "
+        "environment's own)",
     )  # fmt: skip
     parser.add_argument(
         "--agents",
-        help="comma-separated agent names (see above) or entry points, e.g. mypkg.mod:MyAgent",
+        help="comma-separated agent names (listed above) or entry points, e.g. "
+        "prm,beam-8,mypkg.mod:MyAgent (default: the preset's agents)",
     )
     parser.add_argument(
         "--preset", choices=sorted(PRESETS),
-        help="a named agent set: " + "; ".join(f"{k}: {','.join(v)}" for k, v in PRESETS.items()),
+        help="a named agent set, listed above with its time (default: full, or quick with "
+        "--quick)",
     )  # fmt: skip
-    parser.add_argument("--seeds", type=int, help="seeds per agent (default 5)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per agent")
     parser.add_argument(
-        "--requests", type=int, help="test requests evaluated (default 500; --quick 200)"
+        "--requests", type=int, help="test requests evaluated (default: 500; 200 with --quick)"
     )
-    parser.add_argument("--permutations", type=int, default=200, help="random lists for HR@k%%")
-    parser.add_argument("--beam-width", type=int, default=8, help="beam-search reference width")
+    parser.add_argument(
+        "--permutations", type=int, default=200, help="random lists per request for HR@k%%"
+    )
+    parser.add_argument(
+        "--beam-width", type=int, default=8, help="width of the beam-search reference"
+    )
     parser.add_argument(
         "--quick", action="store_true",
-        help="small training budgets and 200 requests: every baseline in a few minutes",
+        help="the agents' quick training budgets and 200 requests (the README's main job); "
+        "without --agents or --preset it runs the quick preset. --preset quick alone runs "
+        "the same agents at their full budgets",
+    )  # fmt: skip
+    parser.add_argument(
+        "--budget", choices=("tiny", "quick", "full"),
+        help="the agents' training budgets: tiny (seconds, smoke tests), quick or full "
+        "(default: full; quick with --quick)",
     )  # fmt: skip
     parser.add_argument("--out", default="runs", help="parent folder of the run folder")
-    parser.add_argument("--name", help="run folder name (default: env id and time)")
+    parser.add_argument("--name", help="run folder name (default: the environment id and the time)")
     parser.add_argument(
         "--overwrite", action="store_true",
         help="start a non-empty run folder again (its stored runs are dropped)",
@@ -607,34 +711,54 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true",
         help="continue the run folder --name: reuse its stored (agent, seed) runs, run the rest",
     )  # fmt: skip
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars or log")
+    parser.add_argument("--device", default="cpu", help="torch device of task and agents (cuda)")
+    parser.add_argument(
+        "--quiet", "--no-progress", dest="quiet", action="store_true",
+        help="no progress bars or log lines; the results are still printed",
+    )  # fmt: skip
+    parser.add_argument(
+        "--full-table", action="store_true",
+        help="print results.md (every metric with its interval) instead of the compact table",
+    )  # fmt: skip
 
 
-def _handle(args: argparse.Namespace) -> int:
+def compare_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`run_compare`'s keyword arguments from parsed ``compare`` options."""
     if args.agents and args.preset:
         raise ConfigError("give --agents or --preset, not both")
+    preset = args.preset or ("quick" if args.quick else "full")
     if args.agents:
         agents = [a.strip() for a in args.agents.split(",") if a.strip()]
     else:
-        agents = list(PRESETS[args.preset or ("quick" if args.quick else "full")])
-    env_id = args.env or PRESET_ENVS.get(args.preset, DEFAULT_ENV)
-    run_compare(
-        env_id=env_id,
-        env_kwargs=parse_env_kwargs(args.env_kwarg),
-        agents=agents,
-        seeds=5 if args.seeds is None else args.seeds,
-        requests=args.requests if args.requests is not None else 200 if args.quick else 500,
-        permutations=args.permutations,
-        beam_width=args.beam_width,
-        budget="quick" if args.quick else "full",
-        out=args.out,
-        name=args.name,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+        agents = list(PRESETS[preset])
+        log_line(
+            f"preset {preset}: {len(agents)} agents x {args.seeds} seed(s)"
+            + (f"; for 5 seeds on 2 cores {PRESET_TIMES[preset]}" if not args.quick else ""),
+            not args.quiet,
+        )
+    return {
+        "env_id": args.env or PRESET_ENVS.get(args.preset, DEFAULT_ENV),
+        "env_kwargs": parse_env_kwargs(args.env_kwarg),
+        "agents": agents,
+        "seeds": args.seeds,
+        "requests": args.requests if args.requests is not None else 200 if args.quick else 500,
+        "permutations": args.permutations,
+        "beam_width": args.beam_width,
+        "budget": args.budget or ("quick" if args.quick else "full"),
+        "out": args.out,
+        "name": args.name,
+        "overwrite": args.overwrite,
+        "resume": args.resume,
+        "device": args.device,
+        "progress": not args.quiet,
+    }
+
+
+def _handle(args: argparse.Namespace) -> int:
+    folder = run_compare(**compare_kwargs(args))
+    # sentences wrapped to the terminal (at most 100 columns), or 100 in a pipe or file
+    width = min(100, shutil.get_terminal_size((100, 24)).columns) if sys.stdout.isatty() else 100
+    print(results_text(folder, full=args.full_table, width=width), flush=True)
     return 0
 
 
@@ -643,7 +767,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m agents.compare",
         description=_description(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     configure(parser)
     parser.set_defaults(handler=_handle, command="compare")

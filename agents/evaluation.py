@@ -388,6 +388,58 @@ def results_markdown(
     return "\n".join(lines) + "\n"
 
 
+#: The columns of :func:`compact_table` (the terminal summary), with two-line headers.
+COMPACT_COLUMNS: dict[str, tuple[str, str]] = {
+    "reward_eval": ("held-out", "reward"),
+    "pct_beam": ("% of", "beam"),
+    "hr@1%": ("", "HR@1%"),
+    "ndcg": ("", "NDCG@L"),
+    "latency_ms": ("ms per", "request"),
+    "fit_s": ("fit", "s"),
+}
+
+
+def compact_table(summary: list[dict[str, Any]]) -> str:
+    """:func:`summarise`'s entries as a plain-text table for a terminal.
+
+    The held-out reward keeps its ± (half the 95% interval); the other columns are
+    means (``results.md`` has every metric with its interval). Headers take two
+    lines so that the values set the widths: with the README's agents the table is
+    78 columns wide. A ``seeds`` column is shown only where agents have different
+    seed counts. Agent names are never cut.
+    """
+    columns = dict(COMPACT_COLUMNS)
+    if len({entry["seeds"] for entry in summary}) > 1:
+        columns = {"seeds": ("", "seeds"), **columns}
+    header = [("", "agent"), *columns.values()]
+    rows = []
+    for entry in summary:
+        cells = [str(entry["agent"])]
+        for metric in columns:
+            value = entry.get(metric, math.nan)
+            if metric == "reward_eval":
+                cells.append(_cell(entry, metric))
+            elif value is None or math.isnan(value):
+                cells.append("-")
+            else:
+                digits = {"pct_beam": 1, "latency_ms": 2, "fit_s": 0, "seeds": 0}.get(metric, 3)
+                cells.append(f"{value:.{digits}f}")
+        rows.append(cells)
+    widths = [
+        max(len(text) for text in [*header[i], *(row[i] for row in rows)])
+        for i in range(len(header))
+    ]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            text.ljust(width) if i == 0 else text.rjust(width)
+            for i, (text, width) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    top, bottom = [top for top, _ in header], [bottom for _, bottom in header]
+    return "\n".join([line(top), line(bottom), *map(line, rows)]) + "\n"
+
+
 def read_csv(paths: Sequence[str | Path], text_columns: Sequence[str] = ("agent",)) -> list[dict]:
     """Rows of CSVs written by :func:`write_csv`: numbers as floats, empty cells NaN.
 

@@ -21,10 +21,11 @@ from torch import nn
 from agents.base import ScoringAgent, TrainableAgent, complete_by_scores
 from agents.common.config import AgentConfig
 from agents.common.nn import CandidateSetEncoder, input_dims, request_inputs
-from agents.common.training import gradient_step, minibatches, progress_bar, training_mode
+from agents.common.training import gradient_step, minibatches, training_mode
 from agents.metrics import log_metrics
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
+from simulators.progress import progress_bar
 
 
 class PRMModel(nn.Module):

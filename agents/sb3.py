@@ -40,6 +40,7 @@ from rerank_env.env import SlateRerankEnv
 from rerank_env.task import RerankTask
 from simulators.base import PAD, isolated_torch_rng
 from simulators.data.errors import ConfigError
+from simulators.progress import progress_bar
 
 InvalidActions = Literal["mask", "remap"]
 
@@ -101,16 +102,18 @@ class _TrainingLog(BaseCallback):
     updates, what it recorded (loss, approximate KL, clip fraction, entropy, ...;
     stage ``"policy"``). SB3 records an update's values in its logger and writes them
     out only at the next rollout's end, so they are read at the next rollout's start
-    and at the end of training.
+    and at the end of training. ``bar`` (:func:`~simulators.progress.progress_bar`)
+    follows the timesteps.
     """
 
-    def __init__(self, every: int, logger: TrainingLogger) -> None:
+    def __init__(self, every: int, logger: TrainingLogger, bar: Any) -> None:
         super().__init__()
-        self.every, self.log, self.rewards = every, logger, []
+        self.every, self.log, self.rewards, self.bar = every, logger, [], bar
         self.next_point = every
         self._updates = 0  # the algorithm's gradient steps at the last row
 
     def _on_step(self) -> bool:
+        self.bar.update(self.num_timesteps - self.bar.n)
         for info in self.locals.get("infos", []):
             if "list_reward" in info:
                 self.rewards.append(info["list_reward"])
@@ -286,11 +289,12 @@ class SB3Agent(TrainableAgent):
         logger = self.training_logger()
         with preserved_global_rng():  # SB3 draws from (and seeds) the global generators
             self.model.set_random_seed(self.seed)  # setup's seeding was undone on its exit
+            # our bar, not SB3's (rich): it also logs lines when stderr is not a terminal
+            bar = progress_bar(self.total_timesteps, self.name, progress)
             self.model.learn(
-                self.total_timesteps,
-                callback=_TrainingLog(self.curve_every, logger),
-                progress_bar=progress,
+                self.total_timesteps, callback=_TrainingLog(self.curve_every, logger, bar)
             )
+            bar.close()
         logger.close()
         self.fitted = True
         return self

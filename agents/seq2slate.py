@@ -28,10 +28,11 @@ from agents.common.nn import request_inputs
 from agents.common.pointer_agent import PointerAgent
 from agents.common.sampling import torch_generator
 from agents.common.scorers import SimulatorScorer
-from agents.common.training import gradient_step, progress_bar, training_mode
+from agents.common.training import gradient_step, training_mode
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
 from simulators.data.errors import ConfigError
+from simulators.progress import progress_bar
 
 __all__ = ["Seq2Slate", "Seq2SlateConfig", "advantages"]
 

@@ -28,6 +28,15 @@ Features = Literal["dense", "indices"]
 ROWS_PER_DRAW = 64
 
 
+#: What an algorithm that ignores action masks (SB3's PPO, A2C, DQN) should do instead.
+_MASKING_HINT = (
+    "An algorithm without action masking picks placed candidates: use one that masks "
+    "(sb3-contrib's MaskablePPO calls action_masks()), or remap invalid actions with "
+    "agents.sb3.SB3Agent(algorithm, invalid_actions='remap') (the wrapper "
+    "agents.sb3.RemapInvalidActions for your own loop)"
+)
+
+
 class InvalidActionError(ValueError):
     """An action that is masked, out of range, or not an integer."""
 
@@ -281,7 +290,7 @@ class EpisodeBatch:
             raise InvalidActionError(
                 f"action {int(actions[env])}{self._where(env)} places a candidate that is "
                 f"already in the slate {self.slate[env, : self.t].tolist()}; valid: "
-                f"{self._valid(env)}"
+                f"{self._valid(env)}. {_MASKING_HINT}"
             )
         return actions
 

@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from simulators._io import atomic_write
 from simulators.base import ClickSimulator
@@ -58,6 +57,7 @@ from simulators.data.semantic_ids import (
     semantic_id_report,
 )
 from simulators.factory import MODEL_KINDS, SimulatorSpec, build_simulator, evaluation_split
+from simulators.progress import progress_bar
 
 BUNDLE_FORMAT_VERSION = 1
 #: History items simulators are fitted, evaluated and served with (``logged_slates``).
@@ -529,7 +529,9 @@ def build_bundle(
         pool.save(staging / _POOL_FILE)
         users, items = torch.as_tensor(pool.user_features), torch.as_tensor(pool.item_features)
         simulators: dict[str, Any] = {}
-        for kind in tqdm(config.kinds, desc="bundle", disable=None if progress else True):
+        for kind in progress_bar(
+            description="bundle", enabled=progress, iterable=config.kinds, leave=True
+        ):
             spec = SimulatorSpec.for_data(
                 data, kind, dim=config.dim, seed=config.seed, ensemble_size=config.members
             )

@@ -13,6 +13,7 @@ import torch
 
 from simulators.bundle import BundleConfig, build_bundle, load_bundle
 from simulators.checkpoint import CheckpointError, load_simulator, save_simulator
+from simulators.cli_help import HelpFormatter, field_docs
 from simulators.data.datasets import DATASETS, data_checksum, load_rerank_data
 from simulators.data.paths import cache_dir
 from simulators.factory import MODEL_KINDS, SimulatorSpec, build_simulator, learned_members
@@ -21,29 +22,27 @@ from simulators.training import evaluate_simulator, fit_members, fit_simulator
 
 def _add_fit_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``train`` and ``report``: data, fitting, composition."""
-    parser.add_argument("--dataset", choices=DATASETS, default="ml-100k")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--dim", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--position-bias", type=float, default=1.0)
-    parser.add_argument("--diversity-strength", type=float, default=2.0)
+    parser.add_argument("--dataset", choices=DATASETS, default="ml-100k", help="raw data")
+    parser.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
+    parser.add_argument("--dim", type=int, default=32, help="attractiveness and Transformer width")
+    parser.add_argument(
+        "--epochs", type=int, default=20,
+        help="maximum epochs (early stopping on validation likelihood)",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling")
+    parser.add_argument(
+        "--position-bias", type=float, default=1.0,
+        help="examination exponent of the composed simulator (DCG-like position bias)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--diversity-strength", type=float, default=2.0,
+        help="diminishing-returns strength of the composed simulator",
+    )  # fmt: skip
 
 
-_BUNDLE_HELP = {
-    "kinds": "simulator kinds to fit, one checkpoint each",
-    "members": "ensemble members per kind; the last is the held-out evaluation simulator",
-    "bootstrap": "fit each member on a bootstrap resample of the training slates",
-    "dim": "attractiveness and Transformer width",
-    "epochs": "maximum epochs (early stopping on validation likelihood)",
-    "learning_rate": "Adam step size",
-    "weight_decay": "Adam L2 weight decay",
-    "seed": "member k uses seed + k",
-    "history_length": "history items stored per request",
-    "position_bias": "default examination exponent of the composed simulator",
-    "diversity_strength": "default diminishing-returns strength of the composed simulator",
-    "headroom_requests": "test requests for the headroom recorded in the manifest",
-}
+_DATA_DIR_HELP = (
+    "the dataset folder or a folder holding it (default: $RERANK_ENV_DATA, then ../shared/data)"
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -54,6 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Fit click simulators on logged slates (train), judge a checkpoint "
         "(evaluate), compare every model side by side (report), or build the bundle an "
         "environment loads (bundle).",
+        formatter_class=HelpFormatter,
     )
     commands = parser.add_subparsers(dest="simulator_command", metavar="ACTION", required=True)
 
@@ -63,11 +63,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Fit a click simulator on the training slates (early stopping on "
         "validation likelihood), report AUC, logloss and ECE on valid and test, and save "
         "a versioned checkpoint.",
+        formatter_class=HelpFormatter,
     )
     _add_fit_options(train)
-    train.add_argument("--model", choices=MODEL_KINDS, default="transformer")
-    train.add_argument("--batch-size", type=int, default=256)
-    train.add_argument("--learning-rate", type=float, default=5e-3)
+    train.add_argument(
+        "--model", choices=MODEL_KINDS, default="transformer",
+        help="click model: context-aware Transformer, PBM, DCM, cascade or pointwise",
+    )  # fmt: skip
+    train.add_argument("--batch-size", type=int, default=256, help="slates per Adam step")
+    train.add_argument("--learning-rate", type=float, default=5e-3, help="Adam step size")
     train.add_argument(
         "--members",
         type=int,
@@ -92,10 +96,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "the context-aware model composed with examination and diminishing returns, and "
         "write a side-by-side report: AUC, logloss, ECE, reliability plot, headroom and "
         "order sensitivity.",
+        formatter_class=HelpFormatter,
     )
     _add_fit_options(report)
-    report.add_argument("--requests", type=int, default=200)
-    report.add_argument("--out", type=Path, default=Path("runs/simulator-report"))
+    report.add_argument(
+        "--requests", type=int, default=200,
+        help="test requests for headroom and order sensitivity",
+    )  # fmt: skip
+    report.add_argument(
+        "--out", type=Path, default=Path("runs/simulator-report"), help="report folder"
+    )
     report.set_defaults(handler=run_report)
 
     bundle = commands.add_parser(
@@ -107,13 +117,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "gym.make('SlateRerank-v0', bundle=DIR). From a source checkout, the embedded "
         "default is reproduced with `rerank-env simulator bundle --out "
         "simulators/bundles/ml-100k`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     bundle.add_argument("--dataset", choices=DATASETS, default="ml-100k", help="raw data")
-    bundle.add_argument("--data-dir", default=None, help="folder of the raw files")
+    bundle.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
+    docs = field_docs(BundleConfig)  # the config's docstring: help cannot drift from it
     for field in dataclasses.fields(BundleConfig):
         flag = "--" + field.name.replace("_", "-")
-        text = _BUNDLE_HELP[field.name]
+        text = docs[field.name]
         if field.name == "kinds":
             bundle.add_argument(
                 flag, nargs="+", choices=MODEL_KINDS, default=list(field.default), help=text
@@ -129,10 +140,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     bundle.set_defaults(handler=run_bundle)
 
-    evaluate = commands.add_parser("evaluate", help="report a checkpoint's metrics on a split")
-    evaluate.add_argument("checkpoint", type=Path)
-    evaluate.add_argument("--data-dir", default=None)
-    evaluate.add_argument("--split", choices=("train", "valid", "test"), default="test")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="report a checkpoint's metrics on a split",
+        description="AUC, logloss and ECE of a saved simulator on one split of the data it "
+        "was trained on.",
+        formatter_class=HelpFormatter,
+    )
+    evaluate.add_argument("checkpoint", type=Path, help="a .pt file from simulator train")
+    evaluate.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
+    evaluate.add_argument(
+        "--split", choices=("train", "valid", "test"), default="test", help="logged slates"
+    )
     evaluate.set_defaults(handler=run_evaluate)
 
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy.stats import rankdata
-from tqdm import tqdm
 
 from simulators.base import ClickSimulator, SlateBatch, isolated_torch_rng
 from simulators.data.pipeline import RerankData
+from simulators.progress import progress_bar
 
 
 def logged_slates(
@@ -95,8 +95,8 @@ def fit_simulator(
     generator = torch.Generator().manual_seed(seed)
     result = FitResult()
     best_state, best = copy.deepcopy(model.state_dict()), math.inf
-    bar = tqdm(
-        range(epochs), desc=f"fit {type(model).__name__}", disable=None if progress else True
+    bar = progress_bar(
+        description=f"fit {type(model).__name__}", enabled=progress, iterable=range(epochs)
     )
     # enable_grad: callers may be inside torch.no_grad() (e.g. an env built lazily).
     with isolated_torch_rng(seed), torch.enable_grad():  # dropout uses the global generator

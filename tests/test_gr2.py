@@ -322,17 +322,14 @@ def test_checkpoints_round_trip_and_refuse_other_tasks(trained, gr2_task, small_
         trained.rank(small_task, small_task.requests("test")[:2])
 
 
-def test_compare_runs_gr2_on_the_gr2_protocol_environment(tmp_path, monkeypatch) -> None:
+def test_compare_runs_gr2_on_the_gr2_protocol_environment(tmp_path) -> None:
     """``--preset gr2`` picks SlateRerankGR2-v0; GR2 runs there and reports recall."""
     import csv
 
     from agents import compare
 
-    seen = {}
-    monkeypatch.setattr(compare, "run_compare", lambda **kwargs: seen.update(kwargs))
-    compare._handle(compare._parser().parse_args(["--preset", "gr2", "--quick"]))
+    seen = compare.compare_kwargs(compare._parser().parse_args(["--preset", "gr2", "--quick"]))
     assert seen["env_id"] == "SlateRerankGR2-v0" and "gr2" in seen["agents"]
-    monkeypatch.undo()
     folder = compare.run_compare(  # L = 3 keeps the exhaustive reference small
         env_id="SlateRerankGR2-v0", env_kwargs={"slate_length": 3},
         agents=["initial-order", "gr2"], seeds=1, requests=40,

@@ -1,15 +1,16 @@
-"""Pieces every trained agent's loop shares: mini-batches, progress bars, threads."""
+"""Pieces every trained agent's loop shares: mini-batches, gradient steps, RNG guards.
+
+Progress bars are :func:`simulators.progress.progress_bar` (every layer uses them).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import random
-import sys
 from collections.abc import Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from agents.common.telemetry import grad_norm
 
@@ -21,17 +22,6 @@ def minibatches(
     order = generator.permutation(rows)
     for start in range(0, len(order), size):
         yield order[start : start + size]
-
-
-def progress_bar(total: int, description: str, enabled: bool) -> tqdm:
-    """A tqdm bar over ``total`` steps, shown only when enabled and on a terminal."""
-    return tqdm(
-        total=total,
-        desc=description,
-        disable=not enabled or not sys.stderr.isatty(),
-        leave=False,
-        dynamic_ncols=True,
-    )
 
 
 @contextlib.contextmanager

@@ -22,13 +22,14 @@ from agents.common.pointer_agent import PointerAgent
 from agents.common.sampling import torch_generator
 from agents.common.scorers import ListScorer, SimulatorScorer
 from agents.common.telemetry import TrainingLogger
-from agents.common.training import gradient_step, minibatches, progress_bar, training_mode
+from agents.common.training import gradient_step, minibatches, training_mode
 from agents.degre.config import DeGReConfig
 from agents.degre.evaluator import LookaheadEvaluator, LookaheadScorer, fit_evaluator
 from agents.degre.generator import dense_loss, list_weights
 from agents.degre.mining import MinedLists, mine, mining_calls_per_request
 from rerank_env.task import RerankTask
 from simulators.base import PAD, isolated_torch_rng
+from simulators.progress import progress_bar
 from simulators.search import beam_search_slots
 
 

@@ -24,10 +24,11 @@ from agents.common.nn import feature_tables, transformer_stack
 from agents.common.sampling import torch_generator
 from agents.common.scorers import ListScorer, PrefixScorer
 from agents.common.telemetry import TrainingLogger
-from agents.common.training import gradient_step, minibatches, progress_bar, training_mode
+from agents.common.training import gradient_step, minibatches, training_mode
 from agents.degre.config import DeGReConfig
 from rerank_env.task import RerankTask
 from simulators.base import SlateBatch
+from simulators.progress import progress_bar
 
 #: Sampling temperatures of the lists the evaluator is fitted on (``inf``: uniform
 #: random lists): from near the initial order to anywhere, so the evaluator has

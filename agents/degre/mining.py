@@ -17,8 +17,8 @@ import torch
 
 from agents.base import complete_by_scores
 from agents.common.scorers import ListScorer, PrefixScorer
-from agents.common.training import progress_bar
 from rerank_env.task import RerankTask
+from simulators.progress import progress_bar
 from simulators.search import beam_search_slots
 
 

@@ -19,12 +19,13 @@ from agents.common.losses import (
 from agents.common.nn import input_dims, request_inputs
 from agents.common.sampling import request_gumbel, torch_generator
 from agents.common.scorers import SimulatorScorer
-from agents.common.training import gradient_step, minibatches, progress_bar, training_mode
+from agents.common.training import gradient_step, minibatches, training_mode
 from agents.glorank.config import GloRankConfig
 from agents.glorank.model import GloRankPolicy, candidate_tokens
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
 from simulators.data.semantic_ids import codes_checksum
+from simulators.progress import progress_bar
 from simulators.search import beam_search_slots
 
 

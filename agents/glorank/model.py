@@ -35,6 +35,7 @@ from agents.common.nn import (
     decoder_stack,
     masked_entropy,
 )
+from agents.common.trie import CandidateTrie
 from rerank_env.task import RerankTask
 from simulators.base import PAD
 
@@ -379,6 +380,10 @@ class GloRankPolicy(nn.Module):
 class _Cursor:
     """Where each row's decoding is: placed candidates and (global) the code prefix.
 
+    The global head writes codes under :class:`~agents.common.trie.CandidateTrie`
+    (all rows advance together: every code is ``levels`` tokens long); the local
+    and index heads point at positions.
+
     Args:
         tokens: Candidates' codes as tokens, long ``[M, N, levels]``.
         tokens_out: Actions are semantic-ID tokens (global head), else positions.
@@ -386,49 +391,37 @@ class _Cursor:
     """
 
     def __init__(self, tokens: torch.Tensor, tokens_out: bool, vocab_size: int) -> None:
-        self.tokens, self.tokens_out, self.vocab_size = tokens, tokens_out, vocab_size
-        rows, n, self.levels = tokens.shape
-        self.placed = torch.zeros(rows, n, dtype=torch.bool, device=tokens.device)
-        self.matching = torch.ones_like(self.placed)
-        self.level = 0
+        self.tokens_out, self.vocab_size = tokens_out, vocab_size
+        self.trie = CandidateTrie(tokens)
         self._lists: list[torch.Tensor] = []
+        self._written = 0  # tokens written per row (global head)
 
     def mask(self) -> torch.Tensor:
         """Valid actions now, bool ``[M, A]``."""
         if not self.tokens_out:
-            return ~self.placed
-        valid = (~self.placed & self.matching).float()
-        mask = torch.zeros(len(valid), self.vocab_size, device=valid.device)
-        return mask.scatter_add_(1, self.tokens[:, :, self.level], valid) > 0
+            return ~self.trie.used
+        return self.trie.mask(self.vocab_size)
 
     def action_for(self, positions: torch.Tensor) -> torch.Tensor:
         """The action that continues writing candidate ``positions`` ``[M]``."""
         if not self.tokens_out:
             return positions
-        rows = torch.arange(len(positions), device=positions.device)
-        return self.tokens[rows, positions, self.level]
+        return self.trie.next_tokens().gather(1, positions[:, None]).squeeze(1)
 
     def advance(self, actions: torch.Tensor) -> None:
         """Take ``actions`` ``[M]``; an item completes after its last token."""
-        rows = torch.arange(len(actions), device=actions.device)
         if not self.tokens_out:
-            self.placed[rows, actions] = True
+            self.trie.used[torch.arange(len(actions), device=actions.device), actions] = True
             self._lists.append(actions)
             return
-        self.matching &= self.tokens[:, :, self.level] == actions[:, None]
-        self.level += 1
-        if self.level == self.levels:
-            # The first unplaced candidate with this code (codes are unique per item).
-            position = (~self.placed & self.matching).float().argmax(dim=1)
-            self.placed[rows, position] = True
-            self._lists.append(position)
-            self.matching.fill_(True)
-            self.level = 0
+        placed = self.trie.advance(actions)
+        self._written += 1
+        if self._written % self.trie.levels == 0:  # rows advance together: all complete
+            self._lists.append(placed)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep rows ``rows`` (a beam's parents), in that order."""
-        self.tokens, self.placed = self.tokens[rows], self.placed[rows]
-        self.matching = self.matching[rows]
+        self.trie.select(rows)
         self._lists = [column[rows] for column in self._lists]
 
     def lists(self, length: int) -> torch.Tensor:

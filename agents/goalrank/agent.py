@@ -17,10 +17,11 @@ from agents.common.reward_model import build_reward_model, fit_reward_model, rew
 from agents.common.sampling import torch_generator
 from agents.common.scorers import ClickModelScorer, ListScorer, SimulatorScorer
 from agents.common.specs import agent_from_spec, agent_spec
-from agents.common.training import gradient_step, progress_bar, training_mode
+from agents.common.training import gradient_step, training_mode
 from agents.goalrank.config import SIZE_PRESETS, GoalRankConfig
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
+from simulators.progress import progress_bar
 
 
 class GoalRank(PointerAgent):

@@ -17,7 +17,7 @@ import torch
 from agents.base import TrainableAgent, UnsupportedTaskError, complete_by_scores
 from agents.common.losses import clipped_surrogate_loss, group_relative_advantages
 from agents.common.scorers import SimulatorScorer
-from agents.common.training import gradient_step, minibatches, progress_bar, training_mode
+from agents.common.training import gradient_step, minibatches, training_mode
 from agents.gr2 import language as lang
 from agents.gr2.config import GR2Config
 from agents.gr2.constraint import replay_masks
@@ -34,6 +34,7 @@ from agents.gr2.teacher import TeacherRankings, slot_one_values, teach
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
 from simulators.data.semantic_ids import codes_checksum
+from simulators.progress import progress_bar
 
 #: Share of items held out of the captioning tasks to measure what mid-training taught.
 CAPTION_HOLDOUT = 0.1

@@ -25,48 +25,10 @@ from __future__ import annotations
 
 import torch
 
+from agents.common.trie import CandidateTrie
 from agents.gr2.language import CONTROL, GR2Vocabulary
 
 REASONING, OPEN_RANK, RANKING, CLOSE, DONE = range(5)
-
-
-class _Trie:
-    """Rows writing candidates' codes token by token, each candidate at most once.
-
-    Args:
-        sids: ``[M, K, levels]`` candidate codes as token ids.
-    """
-
-    def __init__(self, sids: torch.Tensor) -> None:
-        self.sids = sids
-        rows, self.k, self.levels = sids.shape
-        self.level = torch.zeros(rows, dtype=torch.long, device=sids.device)
-        self.matching = torch.ones(rows, self.k, dtype=torch.bool, device=sids.device)
-        self.used = torch.zeros(rows, self.k, dtype=torch.bool, device=sids.device)
-
-    def _at_level(self) -> torch.Tensor:
-        index = self.level[:, None, None].expand(-1, self.k, 1)
-        return self.sids.gather(2, index).squeeze(2)
-
-    def mask(self, active: torch.Tensor, size: int) -> torch.Tensor:
-        """Next code tokens of unused candidates for ``active`` rows, bool ``[M, V]``."""
-        valid = (~self.used & self.matching & active[:, None]).float()
-        trie = torch.zeros(len(active), size, device=self.sids.device)
-        return trie.scatter_add_(1, self._at_level(), valid) > 0
-
-    def advance(self, active: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Take ``tokens`` in ``active`` rows; the position each completed (-1 where none)."""
-        self.matching &= ~active[:, None] | (self._at_level() == tokens[:, None])
-        self.level += active.long()
-        complete = active & (self.level == self.levels)
-        # The first unused candidate with this code (codes are unique per item).
-        position = (~self.used & self.matching).float().argmax(dim=1)
-        done = torch.where(complete, position, torch.full_like(position, -1))
-        rows = torch.nonzero(complete).flatten()
-        self.used[rows, position[rows]] = True
-        self.matching[complete] = True
-        self.level[complete] = 0
-        return done
 
 
 class DecodingConstraint:
@@ -95,8 +57,8 @@ class DecodingConstraint:
         self.reasoning_length = torch.zeros(rows, dtype=torch.long, device=device)
         self.forced_close = torch.zeros(rows, dtype=torch.bool, device=device)
         self.citing = torch.zeros(rows, dtype=torch.bool, device=device)
-        self._citations = _Trie(candidate_sids)
-        self._ranking = _Trie(candidate_sids)
+        self._citations = CandidateTrie(candidate_sids)
+        self._ranking = CandidateTrie(candidate_sids)
         self.ranking = torch.full((rows, self.k), -1, dtype=torch.long, device=device)
         reasoning = torch.zeros(vocab.size, dtype=torch.bool, device=device)
         reasoning[vocab.id("<user>") : vocab.id("<div>") + 1] = True  # <user> <cand> <div>
@@ -121,14 +83,14 @@ class DecodingConstraint:
         mask[free] = self._reasoning_tokens
         # No citation can start once every candidate has been cited.
         mask[free & self.cited.all(dim=1), self._ids["<cand>"]] = False
-        mask |= self._citations.mask(thinking & self.citing, size)
+        mask |= self._citations.mask(size, thinking & self.citing)
         full = thinking & (self.reasoning_length >= self.max_reasoning)
         mask[full] = False
         mask[full, self._ids["</think>"]] = True
         mask[self.phase == OPEN_RANK, self._ids["<rank>"]] = True
         mask[self.phase == CLOSE, self._ids["<eos>"]] = True
         mask[self.phase == DONE, self._ids["<pad>"]] = True
-        mask |= self._ranking.mask(self.phase == RANKING, size)
+        mask |= self._ranking.mask(size, self.phase == RANKING)
         return mask
 
     def advance(self, tokens: torch.Tensor) -> None:
@@ -140,14 +102,14 @@ class DecodingConstraint:
         self.reasoning_length += (thinking & ~closing).long()
         # A citation: <cand> then one uncited candidate's code (a forced close ends it).
         citing = thinking & self.citing & ~closing
-        finished = self._citations.advance(citing, tokens) >= 0
+        finished = self._citations.advance(tokens, citing) >= 0
         self.citing &= ~finished & ~closing
         self.citing |= thinking & ~self.citing & (tokens == self._ids["<cand>"]) & ~finished
         self.phase[closing] = OPEN_RANK
         self.phase[phase == OPEN_RANK] = RANKING
         self.phase[phase == CLOSE] = DONE
         ranking = phase == RANKING
-        placed = self._ranking.advance(ranking, tokens)
+        placed = self._ranking.advance(tokens, ranking)
         complete = placed >= 0
         if complete.any():
             slot = self._ranking.used.sum(dim=1) - 1

@@ -8,6 +8,7 @@ import json
 import time
 import typing
 
+from simulators.cli_help import HelpFormatter, field_docs
 from simulators.data.datasets import DATASETS, cache_path, load_rerank_data
 from simulators.data.pipeline import PipelineConfig
 
@@ -21,8 +22,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "MovieLens dataset, or of the synthetic world (generated, no files needed), and "
         "print a summary: users, items, requests per split, positive rate, retriever "
         "recall@N on test, GR2 pre-ranker metrics.",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--dataset", choices=DATASETS, default="ml-100k")
+    parser.add_argument(
+        "--dataset", choices=DATASETS, default="ml-100k",
+        help="MovieLens 100K / 1M files, or the synthetic world (built from ML-1M's files)",
+    )  # fmt: skip
     parser.add_argument(
         "--data-dir",
         default=None,
@@ -32,17 +37,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rebuild", action="store_true", help="ignore and replace the cache")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     parser.add_argument("--json", action="store_true", help="print the summary numbers as JSON")
-    group = parser.add_argument_group("pipeline options (see docs/data.md)")
+    group = parser.add_argument_group(
+        "pipeline options", "The fields of PipelineConfig (docs/data.md explains their effects)."
+    )
     hints = typing.get_type_hints(PipelineConfig)
+    docs = field_docs(PipelineConfig)
     for field in dataclasses.fields(PipelineConfig):
         kind = hints[field.name]
         option = "--" + field.name.replace("_", "-")
         if typing.get_origin(kind) is typing.Literal:
-            group.add_argument(option, choices=typing.get_args(kind), default=field.default)
+            group.add_argument(
+                option, choices=typing.get_args(kind), default=field.default,
+                help=docs[field.name],
+            )  # fmt: skip
         else:
             group.add_argument(
-                option, type=kind, default=field.default, metavar=kind.__name__.upper()
-            )
+                option, type=kind, default=field.default, metavar=kind.__name__.upper(),
+                help=docs[field.name],
+            )  # fmt: skip
     parser.set_defaults(handler=run)
 
 

@@ -6,14 +6,13 @@ import dataclasses
 import os
 from pathlib import Path
 
-from tqdm import tqdm
-
 from simulators.data.cache import cache_key, files_checksum, read_cache, write_cache
 from simulators.data.errors import ConfigError
 from simulators.data.movielens import load_ml1m, load_movielens
 from simulators.data.paths import cache_dir, find_dataset_dir
 from simulators.data.pipeline import PipelineConfig, RerankData, build_rerank_data
 from simulators.data.synthetic_config import SyntheticConfig
+from simulators.progress import progress_bar
 
 MOVIELENS_DATASETS = ("ml-100k", "ml-1m")
 DATASETS = (*MOVIELENS_DATASETS, "synthetic")
@@ -99,9 +98,7 @@ def load_rerank_data(
     if use_cache and not rebuild and path.exists():
         data, _ = read_cache(path)
         return data
-    with tqdm(
-        total=1, desc=f"reading {dataset}", disable=None if progress else True, leave=False
-    ) as bar:
+    with progress_bar(1, f"reading {dataset}", progress) as bar:
         if dataset == "synthetic":
             ratings = dataclasses.replace(load_ml1m(folder), name="synthetic")
         else:

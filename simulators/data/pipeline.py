@@ -35,11 +35,11 @@ from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
-from tqdm import tqdm
 
 from simulators.data.errors import ConfigError
 from simulators.data.movielens import ML1M_AGE_CODES, MovieLensData
 from simulators.data.retrieval import ImplicitALS, Retriever, make_retriever
+from simulators.progress import progress_bar
 
 # Bump whenever a change to this module or to retrieval.py changes its output for an
 # unchanged config: the cache key includes it, so old cache files are not reused.
@@ -371,9 +371,7 @@ def build_rerank_data(
         progress: Show a progress bar over the steps.
     """
     config = config or PipelineConfig()
-    steps = tqdm(
-        total=5, desc=f"{ratings.name} pipeline", disable=None if progress else True, leave=False
-    )
+    steps = progress_bar(5, f"{ratings.name} pipeline", progress)
 
     # k-core, then dense re-indexing of the survivors.
     keep = k_core_mask(ratings.user, ratings.item, config.k_core)
