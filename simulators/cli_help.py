@@ -48,7 +48,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             if len(indent + line) <= width:
                 lines.append((indent + line).rstrip())
                 continue
-            # "  name    text" continues under "text"; other lines under their first word
+            # "  name    text" continues under "text"; other lines under their own indent
             column = re.match(r"\s*\S+ {2,}", line) or re.match(r"\s*", line)
             lines.append(
                 textwrap.fill(
