@@ -89,7 +89,6 @@ def field_docs(cls: type) -> dict[str, str]:
     name = None
     for line in lines[start + 1 :]:
         if not line.strip():
-            name = None if indent is None else name
             continue
         depth = len(line) - len(line.lstrip())
         indent = depth if indent is None else indent

@@ -39,8 +39,6 @@ class LogProgress:
         clock: Seconds for the interval and the elapsed time (tests pass a fake one).
     """
 
-    disable = False  # tqdm's attribute: callers test it to know whether a bar shows
-
     def __init__(
         self,
         iterable: Iterable[Any] | None = None,
@@ -105,10 +103,6 @@ class LogProgress:
         if not self.total:
             return f"{self.n} steps, {elapsed}"
         return f"{self.n}/{self.total} ({100 * self.n / self.total:.0f}%), {elapsed}"
-
-    def write(self, text: str) -> None:
-        """A line of its own, timestamped (as ``tqdm.write``)."""
-        log_line(text, stream=self.stream)
 
     def _write(self, text: str) -> None:
         self.last = self.clock()

@@ -76,8 +76,7 @@ def test_data_options_take_their_help_from_the_config_docstring() -> None:
     assert docs["k_core"] == "Minimum ratings per user and per item (applied until stable)"
     assert docs["split"].startswith('"user" (time-ordered split per user)')  # no markup
     assert set(field_docs(BundleConfig)) == set(BundleConfig.__dataclass_fields__)
-    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["data"]
-                         .format_help().split())  # fmt: skip
+    help_text = " ".join(dict(ALL_PARSERS)["rerank-env data"].format_help().split())
     assert "--k-core INT Minimum ratings per user and per item (applied until stable) " \
         "(default: 5)" in help_text  # fmt: skip
 

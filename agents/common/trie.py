@@ -39,6 +39,11 @@ class CandidateTrie:
         # GloRank's decoding loop runs 18 times per list.
         self._shared_level: int | None = 0
 
+    @property
+    def shared_level(self) -> int | None:
+        """The level every row is at while all rows advanced together, else ``None``."""
+        return self._shared_level
+
     def next_tokens(self) -> torch.Tensor:
         """Each candidate's token at its row's current level, long ``[M, K]``."""
         if self._shared_level is not None:

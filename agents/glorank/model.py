@@ -394,7 +394,6 @@ class _Cursor:
         self.tokens_out, self.vocab_size = tokens_out, vocab_size
         self.trie = CandidateTrie(tokens)
         self._lists: list[torch.Tensor] = []
-        self._written = 0  # tokens written per row (global head)
 
     def mask(self) -> torch.Tensor:
         """Valid actions now, bool ``[M, A]``."""
@@ -415,8 +414,7 @@ class _Cursor:
             self._lists.append(actions)
             return
         placed = self.trie.advance(actions)
-        self._written += 1
-        if self._written % self.trie.levels == 0:  # rows advance together: all complete
+        if self.trie.shared_level == 0:  # rows advance together: all just completed a code
             self._lists.append(placed)
 
     def select(self, rows: torch.Tensor) -> None:
