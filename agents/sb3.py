@@ -29,12 +29,14 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.base import TrainableAgent, UnsupportedTaskError, empty_prefixes
 from agents.common.config import AgentConfig
 from agents.common.telemetry import TrainingLogger
 from agents.common.training import preserved_global_rng
+from agents.sb3_policy import POLICIES
 from rerank_env.core import episode_arrays
 from rerank_env.env import SlateRerankEnv
 from rerank_env.task import RerankTask
@@ -154,7 +156,9 @@ class SB3AgentConfig(AgentConfig):
         n_envs: Environments stepped together while training.
         reward_mode: ``"dense"`` (per-slot rewards) or ``"sparse"`` (list reward).
         invalid_actions: ``"mask"`` (needs a maskable algorithm) or ``"remap"``.
-        policy: SB3 policy name.
+        policy: SB3 policy name (``"MultiInputPolicy"``, ...) or one of the suite's,
+            ``"SlatePolicy"`` (:mod:`agents.sb3_policy`: a pointer over the
+            candidates, for maskable algorithms).
         algorithm_kwargs: Passed to the algorithm's constructor (SB3's own options,
             e.g. ``{"n_steps": 256, "learning_rate": 1e-3}``).
         curve_every: Learning-curve point every this many timesteps.
@@ -228,6 +232,10 @@ class SB3Agent(TrainableAgent):
         ).lower()  # MaskablePPO -> maskable-ppo
         self.model: BaseAlgorithm | None = None
 
+    def _policy(self) -> type[BasePolicy] | str:
+        """The policy class (the suite's) or SB3 alias ``settings.policy`` names."""
+        return POLICIES.get(self.settings.policy, self.settings.policy)
+
     def _make_env(self, task: RerankTask) -> gym.Env:
         if not task.make_kwargs:
             raise ValueError(
@@ -254,27 +262,28 @@ class SB3Agent(TrainableAgent):
             kwargs = {"gamma": 1.0, **dict(self.algorithm_kwargs)}
             with preserved_global_rng():  # SB3 seeds the global generators
                 self.model = self.algorithm_class(
-                    self.settings.policy, envs, seed=self.seed, device=task.device, **kwargs
+                    self._policy(), envs, seed=self.seed, device=task.device, **kwargs
                 )
             self.modules = {"policy": self.model.policy}
             return
         # Loading: only the policy is needed to rank, rebuilt from the shapes.
         info = self.build_info
         n, length = info["n"], info["length"]
-        unbounded = np.float32(np.inf)
+        # Placeholder bounds: SB3's own policies ignore them, and what SlatePolicy
+        # derives from them (its feature scaling) is a buffer the checkpoint restores.
         observation_space = spaces.Dict(
             {
-                "user": spaces.Box(-unbounded, unbounded, (info["user_dim"],), np.float32),
-                "candidates": spaces.Box(-unbounded, unbounded, (n, info["item_dim"]), np.float32),
-                "initial_scores": spaces.Box(-unbounded, unbounded, (n,), np.float32),
+                "user": spaces.Box(-1, 1, (info["user_dim"],), np.float32),
+                "candidates": spaces.Box(-1, 1, (n, info["item_dim"]), np.float32),
+                "initial_scores": spaces.Box(-1, 1, (n,), np.float32),
                 "slate": spaces.Box(-1, n - 1, (length,), np.int64),
                 "step": spaces.Discrete(length + 1),
                 "action_mask": spaces.MultiBinary(n),
             }
         )
-        policy_class = self.algorithm_class.policy_aliases.get(
-            self.settings.policy, self.settings.policy
-        )
+        policy_class = self._policy()
+        if isinstance(policy_class, str):
+            policy_class = self.algorithm_class.policy_aliases.get(policy_class, policy_class)
         policy_kwargs = dict(self.algorithm_kwargs.get("policy_kwargs", {}))
         with isolated_torch_rng(self.seed):  # the weights are overwritten by the checkpoint
             policy = policy_class(

@@ -17,6 +17,7 @@ from rerank_env.core import (
     check_modes,
     reset_arguments,
 )
+from rerank_env.render import slate_image, slate_text
 from rerank_env.spaces import MaskedDiscrete, Permutation
 from rerank_env.task import RerankTask, make_task
 
@@ -91,6 +92,22 @@ def _start_episode(
         for key, value in env.episodes.episode_arrays(env.features).items()
     }
     return {"request": int(env.episodes.request[0])}
+
+
+def _check_render_mode(env: gym.Env, render_mode: str | None) -> None:
+    if render_mode is not None and render_mode not in env.metadata["render_modes"]:
+        raise ValueError(
+            f"render_mode must be None or one of {env.metadata['render_modes']}, "
+            f"got {render_mode!r}"
+        )
+
+
+def _render(env: SlateRerankEnv | SlateRerankListEnv) -> str | np.ndarray | None:
+    if env.render_mode == "ansi":
+        return slate_text(env.episodes)
+    if env.render_mode == "rgb_array":
+        return slate_image(env.episodes)
+    return None
 
 
 def _bounds(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -190,9 +207,15 @@ class SlateRerankEnv(gym.Env):
         composed=True,            # False: the learned simulator alone
         bundle=None,              # a folder from `rerank-env simulator bundle`
         cold_start=None,          # ColdStartConfig(fraction, seed): withheld items
-        data_dir=None, pipeline=None, synthetic=None, device="cpu", render_mode=None,
+        render_mode=None,         # "ansi" (text) or "rgb_array" (an image)
+        data_dir=None, pipeline=None, synthetic=None, device="cpu",
     )
     ```
+
+    ``render()`` shows the request and the slate so far with each slot's click
+    probability: a text with ``render_mode="ansi"``, an RGB uint8 array of fixed
+    size with ``"rgb_array"`` (for ``RecordVideo``, notebooks, and SB3's
+    ``make_vec_env``, which asks for it); see :mod:`rerank_env.render`.
 
     With ``cold_start=ColdStartConfig(...)`` a seeded share of items never occurs
     in a ``"train"`` or ``"valid"`` request (``"test"`` requests still hold them);
@@ -203,7 +226,7 @@ class SlateRerankEnv(gym.Env):
     * v0: initial version.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 2}
     #: The registered id (for messages).
     env_name = "SlateRerank-v0"
 
@@ -218,11 +241,7 @@ class SlateRerankEnv(gym.Env):
         **task_kwargs: Any,
     ) -> None:
         check_modes(reward_mode, click_mode, features, split)
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"render_mode must be None or one of {self.metadata['render_modes']}, "
-                f"got {render_mode!r}"
-            )
+        _check_render_mode(self, render_mode)
         self.task = _task(task_kwargs, self.env_name)
         self.render_mode = render_mode
         self.features = features
@@ -292,28 +311,9 @@ class SlateRerankEnv(gym.Env):
             info["clicks"] = e.clicks[0, : e.t].copy()
         return info
 
-    def render(self) -> str | None:
-        """``"ansi"``: the request and the slate so far, with click probabilities."""
-        if self.render_mode != "ansi":
-            return None
-        e = self.episodes
-        if not e.active and e.t == 0:
-            return "SlateRerank: call reset() first\n"
-        titles = self.task.pool.item_titles
-        lines = [
-            f"request {int(e.request[0])} (user {int(self.task.pool.request_user[e.request[0]])})"
-        ]
-        for slot in range(self.task.slate_length):
-            if slot < e.t:
-                position = int(e.slate[0, slot])
-                item = int(e.candidate_items[0, position])
-                probability = e.probs[0, slot]
-                lines.append(
-                    f"  {slot + 1}. [{position:2d}] {titles[item]}  p(click) = {probability:.3f}"
-                )
-            else:
-                lines.append(f"  {slot + 1}. -")
-        return "\n".join(lines) + "\n"
+    def render(self) -> str | np.ndarray | None:
+        """The request and the slate so far (see ``render_mode``); ``None`` without one."""
+        return _render(self)
 
 
 class SlateRerankListEnv(gym.Env):
@@ -347,14 +347,14 @@ class SlateRerankListEnv(gym.Env):
 
     ## Arguments
 
-    As ``SlateRerank-v0`` without ``reward_mode`` and ``render_mode``.
+    As ``SlateRerank-v0`` without ``reward_mode``.
 
     ## Version History
 
     * v0: initial version.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 1}
 
     def __init__(
         self,
@@ -362,10 +362,13 @@ class SlateRerankListEnv(gym.Env):
         click_mode: ClickMode = "expected",
         split: str = "train",
         features: Features = "dense",
+        render_mode: str | None = None,
         **task_kwargs: Any,
     ) -> None:
         check_modes("sparse", click_mode, features, split)
+        _check_render_mode(self, render_mode)
         self.task = _task(task_kwargs, "SlateRerankList-v0")
+        self.render_mode = render_mode
         self.features = features
         self.episodes = EpisodeBatch(
             self.task, 1, split=split, reward_mode="sparse", click_mode=click_mode
@@ -409,6 +412,10 @@ class SlateRerankListEnv(gym.Env):
         del final["list_reward"]  # the step's reward
         info.update({key: float(value[0]) for key, value in final.items()})
         return self._observation(), float(rewards[0]), True, False, info
+
+    def render(self) -> str | np.ndarray | None:
+        """The request and, after the step, its list (see ``render_mode``)."""
+        return _render(self)
 
     def _check_list(self, action: Any) -> None:
         raw = np.asarray(action)

@@ -227,7 +227,7 @@ class SlateRerankGlobalEnv(SlateRerankEnv):
     * v0: initial version.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
     env_name = "SlateRerankGlobal-v0"
 
     def _init_actions(self) -> None:

@@ -61,6 +61,62 @@ def test_check_env_passes_with_warnings_as_errors(env_id) -> None:
     env.close()
 
 
+@pytest.mark.parametrize("env_id", ["SlateRerank-v0", "SlateRerankList-v0"])
+@pytest.mark.parametrize("render_mode", ["ansi", "rgb_array"])
+def test_check_env_is_clean_with_every_render_mode(env_id, render_mode) -> None:
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    env = gym.make(env_id, render_mode=render_mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env.unwrapped)
+    # SB3's checker passes; it only advises a custom policy for the [N, D] candidate
+    # features, which is what agents.sb3_policy.SlatePolicy is.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sb3_check_env(env.unwrapped, warn=True)
+    assert [str(w.message) for w in caught if "unconventional shape" not in str(w.message)] == []
+    assert any("candidates has an unconventional shape" in str(w.message) for w in caught)
+    env.close()
+
+
+def test_rgb_array_frames_have_one_size_and_show_the_slate() -> None:
+    env = gym.make("SlateRerank-v0", render_mode="rgb_array", num_candidates=10, slate_length=4)
+    obs, _ = env.reset(seed=0)
+    frames = [env.render()]
+    for action in (3, 0, 7, 1):
+        env.step(action)
+        frames.append(env.render())
+    for frame in frames:
+        assert frame.dtype == np.uint8 and frame.shape == frames[0].shape
+        assert frame.shape[2] == 3
+    # Each placement draws a coloured bar: every frame differs from the one before.
+    for before, after in zip(frames, frames[1:], strict=False):
+        assert np.abs(before.astype(int) - after.astype(int)).sum() > 0
+    list_env = gym.make("SlateRerankList-v0", render_mode="rgb_array")
+    list_env.reset(seed=0)
+    empty = list_env.render()
+    list_env.step(np.arange(6))
+    assert list_env.render().shape == empty.shape
+    assert not np.array_equal(list_env.render(), empty)
+    with pytest.raises(ValueError, match="render_mode must be None or one of"):
+        gym.make("SlateRerank-v0", render_mode="human")
+
+
+def test_sb3_make_vec_env_works_unchanged() -> None:
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    envs = make_vec_env("SlateRerank-v0", n_envs=4, seed=0)  # asks for rgb_array
+    assert envs.render_mode == "rgb_array"
+    envs.reset()
+    frames = envs.get_images()
+    assert len(frames) == 4 and frames[0].dtype == np.uint8
+    model = MaskablePPO("MultiInputPolicy", envs, n_steps=16, batch_size=32, seed=0)
+    model.learn(64)
+    assert model.num_timesteps == 64
+
+
 @pytest.mark.slow
 def test_synthetic_variant_passes_check_env_and_reports_true_reward() -> None:
     # A small world (the default one costs about a minute to generate and fit); the

@@ -41,6 +41,9 @@ def _tiny_agents() -> list[TrainableAgent]:
         ),  # fmt: skip
         SB3Agent("MaskablePPO", total_timesteps=128, n_envs=2,
                  algorithm_kwargs={"n_steps": 64, "batch_size": 64, "n_epochs": 1}),
+        SB3Agent("MaskablePPO", policy="SlatePolicy", total_timesteps=128, n_envs=2,
+                 algorithm_kwargs={"n_steps": 64, "batch_size": 64, "n_epochs": 1,
+                                   "policy_kwargs": {"features_extractor_kwargs": {"dim": 16}}}),
         SB3Agent("PPO", total_timesteps=128, n_envs=2, invalid_actions="remap",
                  algorithm_kwargs={"n_steps": 64, "batch_size": 64, "n_epochs": 1}),
         DeGRe(**TINY_DEGRE),

@@ -352,6 +352,16 @@ class PointerDecoder(nn.Module):
             slots: The list so far, long ``[B, T]``; step ``t``'s logits see
                 ``slots[:, :t]`` and mask those candidates.
         """
+        return self.states_and_logits(encoded, user, slots)[1]
+
+    def states_and_logits(
+        self, encoded: torch.Tensor, user: torch.Tensor, slots: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(decoder states [B, T, d], logits [B, T, N])`` of every step (see :meth:`logits`).
+
+        The state of step ``t`` summarises the user and the candidates placed
+        before it: what an actor-critic's value head reads (:mod:`agents.sb3_policy`).
+        """
         batch, steps = slots.shape
         self._check_length(steps)
         n = encoded.shape[1]
@@ -368,7 +378,7 @@ class PointerDecoder(nn.Module):
         if steps > 1:
             one_hot = torch.nn.functional.one_hot(slots[:, : steps - 1], n).bool()
             earlier[:, 1:] = one_hot.cumsum(dim=1).bool()
-        return logits.masked_fill(earlier, float("-inf"))
+        return hidden, logits.masked_fill(earlier, float("-inf"))
 
     def decode(
         self,
