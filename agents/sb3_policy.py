@@ -90,7 +90,8 @@ class SlateFeaturesExtractor(BaseFeaturesExtractor):
 
     Args:
         observation_space: ``SlateRerank-v0``'s dense ``Dict`` observation space.
-        dim: Width of the encoder and decoder.
+        dim: Width of the encoder and decoder (the defaults, small, learned fastest
+            within a few thousand PPO steps: docs/benchmarks.md).
         encoder_layers: Transformer layers over the candidates.
         decoder_layers: Causal layers over the slate so far.
         heads: Attention heads.
@@ -101,8 +102,8 @@ class SlateFeaturesExtractor(BaseFeaturesExtractor):
         self,
         observation_space: spaces.Dict,
         *,
-        dim: int = 64,
-        encoder_layers: int = 2,
+        dim: int = 32,
+        encoder_layers: int = 1,
         decoder_layers: int = 1,
         heads: int = 4,
         initial_order: bool = True,

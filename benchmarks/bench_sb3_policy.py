@@ -67,8 +67,9 @@ def ppo_runs(
                 done = checkpoint
             fit = time.perf_counter() - start
             metrics = reward_and_latency(agent, task, requests)
-            rows.append({"agent": f"{policy} {checkpoint}", "policy": policy,
-                         "timesteps": checkpoint, "seed": seed, **metrics, "fit_s": fit})  # fmt: skip
+            label = f"{policy} {checkpoint}"
+            rows.append({"agent": label, "policy": policy, "timesteps": checkpoint,
+                         "seed": seed, **metrics, "fit_s": fit})  # fmt: skip
             print(f"seed {seed} {policy} at {checkpoint} steps: held-out "
                   f"{metrics['reward_eval']:.4f}, fit {fit:.0f} s", flush=True)  # fmt: skip
     return rows
@@ -133,7 +134,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     greedy = {row["seed"]: row["reward_eval"] for row in rows if row["agent"] == "pointwise-greedy"}
     print("\npaired difference to pointwise greedy (same seed):")
     for entry in summary:
-        if not entry["agent"].split(" ")[0] in POLICIES:
+        if entry["agent"].split(" ")[0] not in POLICIES:
             continue
         gaps = np.array([row["reward_eval"] - greedy[row["seed"]] for row in rows
                          if row["agent"] == entry["agent"] and row["seed"] in greedy])  # fmt: skip
@@ -143,7 +144,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     plot(summary, rows, args)
 
 
-def plot(summary: list[dict[str, Any]], rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+def plot(
+    summary: list[dict[str, Any]], rows: list[dict[str, Any]], args: argparse.Namespace
+) -> None:
     """Held-out reward against training steps, one line per policy, references dashed."""
     figure, axis = plt.subplots(figsize=(6, 4))
     by_agent = {entry["agent"]: entry for entry in summary}
