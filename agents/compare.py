@@ -542,18 +542,17 @@ def plot_results(
     evaluation: EvaluationSet,
 ) -> None:
     """``learning_curves.png``, ``pareto.png`` and ``credit_profile.png`` in ``folder``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figures without pyplot: no global backend switch, no figure left open in a
+    # notebook's session (importing or running compare never changes its plots).
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     # Learning curves: one panel per trained agent, mean over seeds with min-max band.
     trained = list(dict.fromkeys(row["agent"] for row in curves))
     columns = max(1, min(3, len(trained)))
     panels = max(1, math.ceil(len(trained) / columns))
-    figure, axes = plt.subplots(
-        panels, columns, figsize=(4.5 * columns, 3.3 * panels), squeeze=False
-    )
+    figure = Figure(figsize=(4.5 * columns, 3.3 * panels))
+    axes = figure.subplots(panels, columns, squeeze=False)
     for axis, agent in zip(axes.flat, trained, strict=False):
         mine = [row for row in curves if row["agent"] == agent]
         xs = sorted({row["x"] for row in mine})
@@ -574,18 +573,18 @@ def plot_results(
     figure.suptitle("Learning curves (mean over seeds, band: min-max)")
     figure.tight_layout()
     figure.savefig(folder / "learning_curves.png", dpi=120)
-    plt.close(figure)
 
     # Reward vs latency. A legend, not labels beside the points: agents with close
     # rewards and latencies would print their names on top of each other.
-    figure, axis = plt.subplots(figsize=(8.5, 4.5))
+    figure = Figure(figsize=(8.5, 4.5))
+    axis = figure.subplots()
     markers = "osD^vP*Xh<>p"
     for index, entry in enumerate(summary):
         latency, reward = entry["latency_ms"], entry["reward_eval"]
         error = [[reward - entry["reward_eval_low"]], [entry["reward_eval_high"] - reward]]
         axis.errorbar(
             latency, reward, yerr=error, fmt=markers[index % len(markers)], capsize=3,
-            color=plt.get_cmap("tab10")(index % 10), label=entry["agent"],
+            color=colormaps["tab10"](index % 10), label=entry["agent"],
         )  # fmt: skip
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     axis.set_xscale("log")
@@ -595,10 +594,10 @@ def plot_results(
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(folder / "pareto.png", dpi=120)
-    plt.close(figure)
 
     # Per-slot click profile: where in the list each agent earns its clicks.
-    figure, axis = plt.subplots(figsize=(8.5, 4.5))
+    figure = Figure(figsize=(8.5, 4.5))
+    axis = figure.subplots()
     for agent in dict.fromkeys(row["agent"] for row in profiles):
         mine = [row for row in profiles if row["agent"] == agent]
         slots = sorted({row["slot"] for row in mine})
@@ -613,7 +612,6 @@ def plot_results(
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(folder / "credit_profile.png", dpi=120)
-    plt.close(figure)
 
 
 def add_parser(subparsers: Any) -> None:

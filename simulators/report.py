@@ -15,18 +15,17 @@ import math
 import time
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+# Figures without pyplot: no global backend switch for whoever imports this.
+from matplotlib.figure import Figure
 
-from simulators.base import ClickSimulator, SlateBatch  # noqa: E402
-from simulators.data.pipeline import RerankData  # noqa: E402
-from simulators.ensemble import SimulatorEnsemble  # noqa: E402
-from simulators.search import beam_search, order_sensitivity  # noqa: E402
-from simulators.training import (  # noqa: E402
+from simulators.base import ClickSimulator, SlateBatch
+from simulators.data.pipeline import RerankData
+from simulators.ensemble import SimulatorEnsemble
+from simulators.search import beam_search, order_sensitivity
+from simulators.training import (
     calibration_bins,
     logged_slates,
     prediction_metrics,
@@ -184,7 +183,8 @@ def write_report(
         for name, values in results.items():
             writer.writerow([name, *(f"{values[c]:.6g}" for c in columns)])
 
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
     for name, (predicted, observed) in curves.items():
         ax.plot(predicted, observed, marker="o", label=name)
@@ -193,9 +193,9 @@ def write_report(
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "reliability.png", dpi=120)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig = Figure(figsize=(6, 3))
+    ax = fig.subplots()
     names = list(results)
     ax.bar(names, [100 * results[n]["headroom"] for n in names])
     ax.axhline(5, color="grey", linestyle=":", label="5% target")
@@ -204,7 +204,6 @@ def write_report(
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "headroom.png", dpi=120)
-    plt.close(fig)
 
     lines = [
         f"# Simulator validation report ({data.name}, {split} split)",

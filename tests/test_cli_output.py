@@ -208,3 +208,28 @@ def test_piped_compare_logs_progress_before_it_ends_and_quiet_keeps_the_results(
     )  # fmt: skip
     assert quiet.stderr == ""
     assert "seq2slate" in quiet.stdout and "Headroom:" in quiet.stdout
+
+
+def test_figures_leave_the_callers_matplotlib_backend_alone(tmp_path) -> None:
+    # A notebook that imports the suite and runs compare still shows its own plots:
+    # no module switches the global backend (they draw on pyplot-free Figures).
+    code = (
+        "import types, matplotlib\n"
+        "import simulators.report\n"
+        "from agents.compare import plot_results\n"
+        "summary = [{'agent': 'a', 'latency_ms': 1.0, 'reward_eval': 2.0,\n"
+        "            'reward_eval_low': 1.9, 'reward_eval_high': 2.1}]\n"
+        "curves = [{'agent': 'a', 'seed': 0, 'x': 1, 'y': 1.0, 'x_key': 'step', 'y_key': 'r'}]\n"
+        "profiles = [{'agent': 'a', 'slot': 1, 'click_prob': 0.5}]\n"
+        f"plot_results(__import__('pathlib').Path({str(tmp_path)!r}), summary, curves, profiles,\n"
+        "             types.SimpleNamespace(requests=[0]))\n"
+        "print(matplotlib.get_backend())\n"
+    )
+    environment = {**os.environ, "MPLBACKEND": "svg"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment, check=True
+    )
+    assert result.stdout.strip() == "svg"
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "learning_curves.png", "pareto.png", "credit_profile.png"
+    }  # fmt: skip
