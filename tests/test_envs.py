@@ -100,7 +100,12 @@ def test_rgb_array_frames_have_one_size_and_show_the_slate() -> None:
     assert list_env.render().shape == empty.shape
     assert not np.array_equal(list_env.render(), empty)
     with pytest.raises(ValueError, match="render_mode must be None or one of"):
-        gym.make("SlateRerank-v0", render_mode="human")
+        gym.make("SlateRerank-v0", render_mode="pixels")
+    # "human" is Gymnasium's: gym.make wraps an rgb_array env in HumanRendering.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        human = gym.make("SlateRerank-v0", render_mode="human")
+    assert isinstance(human, gym.wrappers.HumanRendering)
 
 
 def test_sb3_make_vec_env_works_unchanged() -> None:
