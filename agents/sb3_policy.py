@@ -34,10 +34,15 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, create_mlp
 from torch import nn
 
-from agents.common.nn import CandidateSetEncoder, PointerDecoder, RequestInputs
+from agents.common.nn import (
+    CandidateSetEncoder,
+    PointerDecoder,
+    RequestInputs,
+    standardised_scores,
+)
 
 #: Logit of a placed candidate: finite (SB3's categorical computes ``p log p``),
 #: far below any pointer logit (those lie in ``[-10, 10]``).
@@ -86,7 +91,8 @@ class SlateFeaturesExtractor(BaseFeaturesExtractor):
     (``PLACED_LOGIT`` for placed candidates), the decoder's state at that slot and
     the mean candidate encoding. User and candidate features are scaled by their
     observation-space bounds onto ``[-1, 1]``; initial scores are standardised
-    within each request (as :func:`~agents.common.nn.request_inputs` does).
+    within each request (:func:`~agents.common.nn.standardised_scores`, as every
+    reranker of the suite reads them).
 
     Args:
         observation_space: ``SlateRerank-v0``'s dense ``Dict`` observation space.
@@ -123,18 +129,16 @@ class SlateFeaturesExtractor(BaseFeaturesExtractor):
             self.register_buffer(name, value)
         self.encoder = CandidateSetEncoder(
             observation_space["user"].shape[0], item_dim, dim=dim, layers=encoder_layers,
-            heads=heads, initial_order=initial_order, max_candidates=max(n, 1),
+            heads=heads, initial_order=initial_order, max_candidates=n,
         )  # fmt: skip
         self.decoder = PointerDecoder(dim, layers=decoder_layers, heads=heads, max_length=length)
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[B, N + 2d]`` features of a batch of (SB3-preprocessed) observations."""
-        scores = observations["initial_scores"]
-        spread = scores.std(dim=1, keepdim=True).clamp(min=1e-6) if scores.shape[1] > 1 else 1.0
         inputs = RequestInputs(
             (observations["user"] - self.user_offset) / self.user_scale,
             (observations["candidates"] - self.item_offset) / self.item_scale,
-            (scores - scores.mean(dim=1, keepdim=True)) / spread,
+            standardised_scores(observations["initial_scores"]),
         )
         encoded, user = self.encoder(inputs)
         # SB3 one-hot encodes the Discrete "step" ([B, L + 1], or [B, 1, L + 1] from
@@ -165,13 +169,11 @@ class SlateHeads(nn.Module):
     def __init__(self, num_candidates: int, state_dim: int, value_hidden: list[int]) -> None:
         super().__init__()
         self.num_candidates = num_candidates
-        layers: list[nn.Module] = []
-        width = state_dim
-        for size in value_hidden:
-            layers += [nn.Linear(width, size), nn.Tanh()]
-            width = size
-        self.value_mlp = nn.Sequential(*layers)
-        self.latent_dim_pi, self.latent_dim_vf = num_candidates, width
+        # SB3's own MLP builder (Linear + Tanh per hidden size, no output layer), as
+        # its MlpExtractor makes the critic of its default policies.
+        self.value_mlp = nn.Sequential(*create_mlp(state_dim, -1, value_hidden, nn.Tanh))
+        self.latent_dim_pi = num_candidates
+        self.latent_dim_vf = value_hidden[-1] if value_hidden else state_dim
 
     def forward_actor(self, features: torch.Tensor) -> torch.Tensor:
         """The pointer logits, ``[B, N]``."""

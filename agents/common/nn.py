@@ -114,13 +114,20 @@ def request_inputs(task: RerankTask, requests: np.ndarray | torch.Tensor) -> Req
     """The features of ``requests`` (indices into the task's requests)."""
     tables = feature_tables(task)
     rows = torch.tensor(np.asarray(requests), dtype=torch.long, device=task.device)
-    scores = tables.scores[rows]
-    spread = scores.std(dim=1, keepdim=True).clamp(min=1e-6)
     return RequestInputs(
         tables.users[tables.request_user[rows]],
         tables.items[task.candidates[rows]],
-        (scores - scores.mean(dim=1, keepdim=True)) / spread,
+        standardised_scores(tables.scores[rows]),
     )
+
+
+def standardised_scores(scores: torch.Tensor) -> torch.Tensor:
+    """Initial-ranker scores ``[B, N]`` standardised within each request (row).
+
+    A row of one candidate, or of equal scores, becomes zeros.
+    """
+    spread = scores.std(dim=1, keepdim=True).nan_to_num(1.0).clamp(min=1e-6)
+    return (scores - scores.mean(dim=1, keepdim=True)) / spread
 
 
 def masked_entropy(log_probs: torch.Tensor) -> torch.Tensor:
