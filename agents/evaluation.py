@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -471,3 +472,96 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+# ---------------------------------------------------------------------- rliable aggregates
+
+
+def _rliable() -> tuple[Any, Any]:
+    """``(rliable.library, rliable.metrics)``, or an error saying how to install them."""
+    try:
+        from rliable import library, metrics  # noqa: PLC0415
+    except ImportError as error:  # pragma: no cover - depends on the installed extras
+        raise ImportError(
+            "robust aggregates (IQM, stratified bootstrap, probability of improvement) use "
+            f'rliable: pip install -e ".[stats]" ({error})'
+        ) from error
+    return library, metrics
+
+
+def iqm_intervals(
+    scores: dict[str, np.ndarray], *, reps: int = 2000, seed: int = 0
+) -> dict[str, tuple[float, float, float]]:
+    """Interquartile mean of each method's scores with a 95% stratified bootstrap interval.
+
+    ``rliable``'s estimators (Agarwal et al., 2021): runs are resampled within each
+    task (stratified), and the IQM is taken over all runs and tasks.
+
+    Args:
+        scores: Method name -> scores ``[runs, tasks]`` (one column per task, e.g. per
+            (N, L) cell; one column for a single task).
+        reps: Bootstrap resamples.
+        seed: Seed of the resampling (no global random state is used).
+
+    Returns:
+        Method name -> ``(iqm, low, high)``.
+    """
+    library, metrics = _rliable()
+    checked = {name: _score_matrix(name, values) for name, values in scores.items()}
+    with warnings.catch_warnings():  # arch deprecates RandomState; rliable still passes one
+        warnings.simplefilter("ignore", FutureWarning)
+        points, intervals = library.get_interval_estimates(
+            checked,
+            lambda x: np.array([metrics.aggregate_iqm(x)]),
+            reps=reps,
+            random_state=np.random.RandomState(seed),
+        )
+    return {
+        name: (float(points[name][0]), float(intervals[name][0, 0]), float(intervals[name][1, 0]))
+        for name in checked
+    }
+
+
+def improvement_probability(
+    x: np.ndarray, y: np.ndarray, *, reps: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """``P(X > Y)``: a run of X beats a run of Y on the same task (ties count half).
+
+    ``rliable``'s probability of improvement, averaged over tasks, with a 95%
+    stratified bootstrap interval.
+
+    Args:
+        x: Scores of method X ``[runs, tasks]``.
+        y: Scores of method Y ``[runs, tasks]`` (same tasks; runs may differ).
+        reps: Bootstrap resamples.
+        seed: Seed of the resampling.
+
+    Returns:
+        ``(probability, low, high)``.
+    """
+    library, metrics = _rliable()
+    x, y = _score_matrix("x", x), _score_matrix("y", y)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} tasks and y has {y.shape[1]}; pair the same tasks")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        points, intervals = library.get_interval_estimates(
+            {"pair": [x, y]},
+            metrics.probability_of_improvement,
+            reps=reps,
+            random_state=np.random.RandomState(seed),
+        )
+    low, high = np.asarray(intervals["pair"]).reshape(-1)[:2]
+    return float(np.asarray(points["pair"]).reshape(-1)[0]), float(low), float(high)
+
+
+def _score_matrix(name: str, values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.ndim != 2 or values.shape[0] < 2 or np.isnan(values).any():
+        raise ValueError(
+            f"scores of {name!r} must be [runs >= 2, tasks] without NaN, got shape "
+            f"{values.shape}{' with NaN' if np.isnan(values).any() else ''}"
+        )
+    return values

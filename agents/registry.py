@@ -168,6 +168,16 @@ register(
     kwargs={"reward": "dense"},
 )  # fmt: skip
 register(
+    "rloo", "agents.policy_gradient:PolicyGradient",
+    "pointer network, REINFORCE with a leave-one-out group baseline (RLOO)",
+    kwargs={"baseline": "leave-one-out"},
+)  # fmt: skip
+register(
+    "ppo-gae", "agents.policy_gradient:PolicyGradient",
+    "pointer network, PPO with GAE and a learned critic, dense per-slot rewards",
+    kwargs={"estimator": "ppo", "credit": "dense"},
+)  # fmt: skip
+register(
     "gen-eval", "agents.generator_evaluator:GeneratorEvaluator",
     "pointwise generator (16 Plackett-Luce lists), training simulator as evaluator",
     kwargs={"lists_per_generator": 16}, components={"generators": ("pointwise-greedy",)},

@@ -16,6 +16,7 @@ from agents.glorank import GloRank, GloRankConfig
 from agents.goalrank import GoalRank
 from agents.metrics import log_metrics
 from agents.nn import PointerPolicy, input_dims, request_inputs, torch_generator
+from agents.policy_gradient import PolicyGradient, PolicyGradientConfig
 from agents.prm import PRM, PRMConfig
 from agents.registry import agent_from_spec, agent_spec, make_agent
 from agents.sb3 import SB3Agent, remap_actions
@@ -53,6 +54,11 @@ def _tiny_agents() -> list[TrainableAgent]:
         GloRank(GloRankConfig.tiny(sft_source="logged", sft_epochs=1, ppo_iterations=2)),
         GloRank(GloRankConfig.tiny(head="local", sft_epochs=1, ppo_iterations=2,
                                    decode="beam", beam_width=2)),
+        PolicyGradient(PolicyGradientConfig.tiny(simulator_calls=256, batch_size=16,
+                                                 samples=4, baseline="leave-one-out")),
+        PolicyGradient(PolicyGradientConfig.tiny(estimator="ppo", credit="dense",
+                                                 simulator_calls=256, batch_size=16, samples=4,
+                                                 ppo_epochs=1, ppo_minibatches=2)),
     ]  # fmt: skip
 
 

@@ -69,6 +69,10 @@ class RequestInputs:
             self.scores.repeat_interleave(times, 0),
         )
 
+    def select(self, rows: torch.Tensor) -> RequestInputs:
+        """The requests at ``rows`` (long ``[b]``), in that order."""
+        return RequestInputs(self.user[rows], self.items[rows], self.scores[rows])
+
 
 class FeatureTables:
     """A task's standardised feature tables, on the task's device (built once per task).
@@ -508,6 +512,17 @@ class PointerPolicy(nn.Module):
         """
         encoded, user = self.encode(inputs, repeats)
         return self.decoder.logits(encoded, user, slots)
+
+    def step_states_and_logits(
+        self, inputs: RequestInputs, slots: torch.Tensor, repeats: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(decoder states [B * repeats, L, d], masked logits [B * repeats, L, N])``.
+
+        The state of step ``t`` summarises the user and the items above slot ``t``:
+        what a critic reads (:mod:`agents.policy_gradient`'s PPO).
+        """
+        encoded, user = self.encode(inputs, repeats)
+        return self.decoder.states_and_logits(encoded, user, slots)
 
     def step_log_probs(
         self, inputs: RequestInputs, slots: torch.Tensor, repeats: int = 1

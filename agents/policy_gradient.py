@@ -1,0 +1,485 @@
+"""Policy-gradient estimators for one pointer policy: the credit-assignment study's agent.
+
+One :class:`~agents.common.nn.PointerPolicy`, trained on the task's *training*
+simulator for a fixed number of simulator calls (lists scored), by one of:
+
+* ``estimator="reinforce"``: REINFORCE. ``credit="sparse"`` credits every slot
+  with the list reward, ``credit="dense"`` credits slot ``t`` with its
+  reward-to-go (the rewards of ``SlateRerankDense-v0`` from ``t`` on).
+  ``baseline`` is the mean of the request's ``samples`` lists (``"mean"``, what
+  Seq2Slate uses), the mean of the *other* lists (``"leave-one-out"``: RLOO,
+  unbiased), or none (``"none"``: the plain estimator, as a reference).
+* ``estimator="ppo"``: PPO with GAE(1, ``gae_lambda``) advantages from a learned
+  critic (a value head on the decoder state of each step), clipped surrogate,
+  ``ppo_epochs`` passes over each batch. ``credit="dense"`` pays ``r_t`` at each
+  step, ``credit="sparse"`` pays the list reward at the last step only (the
+  critic must then learn what the prefix is worth).
+
+``clicks="expected"`` rewards slot ``t`` with its click probability ``p_t``;
+``clicks="sampled"`` with a click drawn with probability ``p_t`` (the env's
+``click_mode="sampled"``), which is what a logged-feedback learner would see.
+
+Every estimator spends the same budget: ``simulator_calls`` lists scored, one call
+per list (a top-down simulator values every prefix of a list in one pass).
+:meth:`PolicyGradient.slot_gradients` measures each estimator's gradient per slot
+across independent batches (its variance and signal-to-noise ratio), the
+quantity ``benchmarks/bench_credit.py`` relates to the reward gap.
+
+The pieces are the suite's shared ones (:mod:`agents.common.losses`,
+:mod:`agents.common.nn`, :mod:`agents.common.telemetry`); the loop below reads top
+to bottom.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.common.config import AgentConfig
+from agents.common.losses import (
+    Credit,
+    clipped_surrogate_loss,
+    generalized_advantages,
+    group_baseline,
+    reinforce_loss,
+    slot_returns,
+)
+from agents.common.nn import RequestInputs, masked_entropy, request_inputs
+from agents.common.pointer_agent import PointerAgent
+from agents.common.sampling import torch_generator
+from agents.common.scorers import SimulatorScorer
+from agents.common.training import gradient_step, training_mode
+from rerank_env.task import RerankTask
+from simulators.base import isolated_torch_rng
+from simulators.data.errors import ConfigError
+from simulators.progress import progress_bar
+
+__all__ = ["PolicyGradient", "PolicyGradientConfig", "Rollout"]
+
+Estimator = Literal["reinforce", "ppo"]
+Clicks = Literal["expected", "sampled"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyGradientConfig(AgentConfig):
+    """Settings of :class:`PolicyGradient`.
+
+    Attributes:
+        estimator: ``"reinforce"`` or ``"ppo"`` (GAE with a learned critic).
+        credit: ``"sparse"`` (list reward) or ``"dense"`` (per-slot rewards).
+        baseline: REINFORCE's baseline: ``"mean"`` of the request's lists,
+            ``"leave-one-out"`` (RLOO) or ``"none"``. PPO uses its critic instead
+            (the field must stay ``"mean"``, its default).
+        clicks: ``"expected"`` (click probabilities) or ``"sampled"`` (clicks).
+        simulator_calls: Training budget: lists the training simulator scores.
+        batch_size: Training requests per iteration.
+        samples: Lists sampled per request per iteration.
+        learning_rate: Adam step size.
+        entropy: Weight of an entropy bonus.
+        ppo_epochs: PPO: passes over each iteration's lists.
+        ppo_minibatches: PPO: minibatches (of whole requests) per pass.
+        clip: PPO: clip range of the probability ratio.
+        gae_lambda: PPO: GAE's lambda (1: Monte-Carlo returns minus the critic).
+        value_weight: PPO: weight of the critic's squared error.
+        dim: Width of the pointer policy.
+        encoder_layers: Candidate-set encoder layers.
+        decoder_layers: Pointer decoder layers.
+        heads: Attention heads.
+        curve_points: Learning-curve points (greedy reward on validation requests).
+        eval_requests: Validation requests per curve point.
+        seed: Initialisation, request, list and click sampling seed.
+    """
+
+    estimator: Estimator = "reinforce"
+    credit: Credit = "sparse"
+    baseline: Literal["mean", "leave-one-out", "none"] = "mean"
+    clicks: Clicks = "expected"
+    simulator_calls: int = 150_000
+    batch_size: int = 64
+    samples: int = 8
+    learning_rate: float = 1e-3
+    entropy: float = 0.0
+    ppo_epochs: int = 4
+    ppo_minibatches: int = 4
+    clip: float = 0.2
+    gae_lambda: float = 0.95
+    value_weight: float = 0.5
+    dim: int = 64
+    encoder_layers: int = 2
+    decoder_layers: int = 1
+    heads: int = 4
+    curve_points: int = 10
+    eval_requests: int = 256
+    seed: int = 0
+
+    QUICK: ClassVar[dict[str, Any]] = {"simulator_calls": 30_720}
+    TINY: ClassVar[dict[str, Any]] = {
+        "simulator_calls": 5_120, "batch_size": 32, "curve_points": 2, "eval_requests": 128,
+        "dim": 32, "encoder_layers": 1,
+    }  # fmt: skip
+
+    def validate(self) -> None:
+        """Refuse out-of-range fields."""
+        self._choice("estimator", ("reinforce", "ppo"))
+        self._choice("credit", ("sparse", "dense"))
+        self._choice("baseline", ("mean", "leave-one-out", "none"))
+        self._choice("clicks", ("expected", "sampled"))
+        if self.estimator == "ppo" and self.baseline != "mean":
+            raise ConfigError(
+                f"baseline={self.baseline!r} applies to estimator='reinforce'; PPO's baseline "
+                "is its critic: leave baseline at its default"
+            )
+        grouped = self.baseline in ("mean", "leave-one-out") and self.estimator == "reinforce"
+        if grouped and self.samples < 2:
+            raise ConfigError(
+                f"baseline={self.baseline!r} needs samples >= 2 lists per request, got "
+                f"{self.samples}; raise samples or use baseline='none'"
+            )
+        self._at_least(1, "simulator_calls", "batch_size", "samples", "ppo_epochs",
+                       "ppo_minibatches", "dim", "encoder_layers", "decoder_layers", "heads",
+                       "curve_points", "eval_requests")  # fmt: skip
+        if self.ppo_minibatches > self.batch_size:
+            raise ConfigError(
+                f"ppo_minibatches={self.ppo_minibatches} exceeds batch_size={self.batch_size} "
+                "(minibatches hold whole requests)"
+            )
+        if not 0 <= self.gae_lambda <= 1:
+            raise ConfigError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        if self.clip <= 0:
+            raise ConfigError(f"clip must be > 0, got {self.clip}")
+
+    @property
+    def label(self) -> str:
+        """A short name: estimator, credit and clicks (``"rloo-dense-sampled"``)."""
+        head = {"mean": "reinforce", "leave-one-out": "rloo", "none": "reinforce-nobase"}
+        name = "ppo-gae" if self.estimator == "ppo" else head[self.baseline]
+        return f"{name}-{self.credit}" + ("-sampled" if self.clicks == "sampled" else "")
+
+    def iterations_for(self) -> int:
+        """Iterations the budget buys: ``ceil(simulator_calls / (batch_size * samples))``."""
+        return max(1, math.ceil(self.simulator_calls / (self.batch_size * self.samples)))
+
+
+@dataclasses.dataclass
+class Rollout:
+    """One iteration's lists and their rewards (``M = B * samples`` lists, request-major).
+
+    Attributes:
+        requests: Training request of each list ``[M]``.
+        inputs: The ``B`` requests' encoder inputs.
+        slots: The lists ``[M, L]``.
+        rewards: Per-slot rewards ``r_t`` ``[M, L]`` (probabilities or clicks).
+    """
+
+    requests: np.ndarray
+    inputs: RequestInputs
+    slots: torch.Tensor
+    rewards: torch.Tensor
+
+
+class PolicyGradient(PointerAgent):
+    """A pointer policy trained by one policy-gradient estimator (see the module docstring).
+
+    Args:
+        config: A :class:`PolicyGradientConfig` (default: its defaults).
+        **overrides: Config fields to change, e.g. ``PolicyGradient(baseline="leave-one-out")``.
+
+    Attributes:
+        simulator_calls: Lists the training simulator scored in ``fit``.
+    """
+
+    config_class = PolicyGradientConfig
+    curve = ("simulator_calls", "valid_reward")
+
+    def __init__(self, config: PolicyGradientConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        self.settings: PolicyGradientConfig = self._settings_from(config, overrides)
+        self.name = self.settings.label
+        self.scorer = SimulatorScorer("train")
+
+    @property
+    def simulator_calls(self) -> int:
+        """Lists the training simulator scored in ``fit``."""
+        return self.scorer.calls
+
+    def _build(self, task: RerankTask | None = None) -> None:
+        cfg = self.settings
+        with isolated_torch_rng(cfg.seed):
+            policy = self._pointer_policy(
+                dim=cfg.dim, encoder_layers=cfg.encoder_layers,
+                decoder_layers=cfg.decoder_layers, heads=cfg.heads,
+            )  # fmt: skip
+            self.modules = {"policy": policy}
+            if cfg.estimator == "ppo":
+                # The critic reads the policy's decoder state of each step (shared trunk).
+                self.modules["critic"] = nn.Sequential(
+                    nn.Linear(cfg.dim, cfg.dim), nn.Tanh(), nn.Linear(cfg.dim, 1)
+                )
+
+    # ------------------------------------------------------------------ training
+
+    def fit(self, task: RerankTask, *, progress: bool = False) -> PolicyGradient:
+        """Train on the training requests until ``simulator_calls`` lists are scored."""
+        cfg = self.settings
+        self.setup(task)
+        self.scorer = SimulatorScorer("train")
+        logger = self.training_logger()
+        modules = [m.to(task.device) for m in self.modules.values()]
+        parameters = [p for m in modules for p in m.parameters()]
+        optimiser = torch.optim.Adam(parameters, lr=cfg.learning_rate)
+        request_rng = np.random.default_rng(cfg.seed)
+        list_rng = torch_generator(cfg.seed, task.device)
+        click_rng = torch_generator(cfg.seed + 1, task.device)
+        curve_requests = task.requests("valid")[: cfg.eval_requests]
+        iterations = cfg.iterations_for()
+        every = max(1, math.ceil(iterations / cfg.curve_points))
+        logger.log(
+            "curve", **self.curve_point(task, curve_requests, iteration=0, simulator_calls=0)
+        )
+        bar = progress_bar(iterations, self.name, progress)
+        for iteration in range(1, iterations + 1):
+            rollout = self.rollout(task, cfg.batch_size, request_rng, list_rng, click_rng)
+            if cfg.estimator == "reinforce":
+                with training_mode(*modules):
+                    log_probs, entropy = self.modules["policy"].step_log_probs_and_entropy(
+                        rollout.inputs, rollout.slots, repeats=cfg.samples
+                    )
+                    loss = reinforce_loss(log_probs, self.reinforce_advantages(rollout.rewards))
+                    loss = loss - cfg.entropy * entropy.mean()
+                    norm = gradient_step(optimiser, loss, parameters)
+                stats = {"loss": loss.item(), "entropy": entropy.mean().item(), "grad_norm": norm}
+            else:
+                stats = self._ppo_update(rollout, optimiser, parameters, request_rng)
+            list_reward = rollout.rewards.sum(dim=1).mean().item()
+            logger.log("policy", **stats, reward=list_reward, simulator_calls=self.simulator_calls)
+            bar.update()
+            bar.set_postfix(reward=f"{list_reward:.3f}")
+            if iteration % every == 0 or iteration == iterations:
+                point = self.curve_point(
+                    task, curve_requests, iteration=iteration, simulator_calls=self.simulator_calls
+                )
+                logger.log("curve", **point)
+        bar.close()
+        logger.close()
+        for module in modules:
+            module.eval()
+        self.fitted = True
+        return self
+
+    def rollout(
+        self,
+        task: RerankTask,
+        batch_size: int,
+        request_rng: np.random.Generator,
+        list_rng: torch.Generator,
+        click_rng: torch.Generator,
+    ) -> Rollout:
+        """Sample ``samples`` lists for each of ``batch_size`` training requests and score them."""
+        cfg = self.settings
+        rows = task.sample_requests("train", batch_size, request_rng)
+        inputs = request_inputs(task, rows)
+        requests = np.repeat(rows, cfg.samples)
+        with torch.no_grad():
+            slots, _ = self.modules["policy"].generate(
+                inputs, task.slate_length, greedy=False, generator=list_rng, repeats=cfg.samples
+            )
+            prefix = self.scorer.prefix_values(task, requests, slots)
+            rewards = torch.diff(prefix, dim=1, prepend=torch.zeros_like(prefix[:, :1]))
+            if cfg.clicks == "sampled":
+                draws = torch.rand(rewards.shape, generator=click_rng, device=rewards.device)
+                rewards = (draws < rewards).to(rewards.dtype)
+        return Rollout(requests, inputs, slots, rewards)
+
+    def reinforce_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        """REINFORCE's per-slot advantages ``[M, L]``: credited returns minus the baseline."""
+        cfg = self.settings
+        returns = slot_returns(rewards.cumsum(dim=1), cfg.credit)
+        if cfg.baseline == "none":
+            return returns
+        return group_baseline(returns, cfg.samples, cfg.baseline)
+
+    def step_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
+        """What PPO is paid at each step: ``r_t`` (dense), or the list reward at the end."""
+        if self.settings.credit == "dense":
+            return rewards
+        paid = torch.zeros_like(rewards)
+        paid[:, -1] = rewards.sum(dim=1)
+        return paid
+
+    def values_and_log_probs(
+        self, inputs: RequestInputs, slots: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(critic values, step log-probabilities, step entropies)``, each ``[M, L]``."""
+        states, logits = self.modules["policy"].step_states_and_logits(
+            inputs, slots, repeats=self.settings.samples
+        )
+        log_probs = torch.log_softmax(logits, dim=2)
+        chosen = log_probs.gather(2, slots[..., None])[..., 0]
+        entropy = masked_entropy(log_probs)
+        return self.modules["critic"](states)[..., 0], chosen, entropy
+
+    def ppo_advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """GAE advantages and critic targets of a rollout under the current critic, ``[M, L]``."""
+        with torch.no_grad():
+            values, _, _ = self.values_and_log_probs(rollout.inputs, rollout.slots)
+        return generalized_advantages(
+            self.step_rewards(rollout.rewards), values, gamma=1.0, lam=self.settings.gae_lambda
+        )
+
+    def _ppo_update(
+        self,
+        rollout: Rollout,
+        optimiser: torch.optim.Optimizer,
+        parameters: list[torch.nn.Parameter],
+        rng: np.random.Generator,
+    ) -> dict[str, float]:
+        """``ppo_epochs`` passes of clipped-surrogate + value steps over one rollout."""
+        cfg = self.settings
+        advantage, targets = self.ppo_advantages(rollout)
+        advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+        with torch.no_grad():
+            _, old_log_probs, _ = self.values_and_log_probs(rollout.inputs, rollout.slots)
+        sums: dict[str, float] = {}
+        updates = 0
+        for _ in range(cfg.ppo_epochs):
+            for group in np.array_split(rng.permutation(cfg.batch_size), cfg.ppo_minibatches):
+                lists = torch.as_tensor(
+                    (group[:, None] * cfg.samples + np.arange(cfg.samples)).reshape(-1),
+                    device=rollout.slots.device,
+                )
+                inputs = rollout.inputs.select(torch.as_tensor(group, device=lists.device))
+                with training_mode(*self.modules.values()):
+                    values, log_probs, entropy = self.values_and_log_probs(
+                        inputs, rollout.slots[lists]
+                    )
+                    surrogate, stats = clipped_surrogate_loss(
+                        log_probs, old_log_probs[lists], advantage[lists], clip_low=cfg.clip
+                    )
+                    value_loss = (values - targets[lists]).pow(2).mean()
+                    loss = surrogate + cfg.value_weight * value_loss - cfg.entropy * entropy.mean()
+                    norm = gradient_step(optimiser, loss, parameters)
+                for key, value in {
+                    "loss": surrogate.item(), "value_loss": value_loss.item(),
+                    "entropy": entropy.mean().item(), "grad_norm": norm,
+                    "clip_fraction": stats.clip_fraction, "approx_kl": stats.approx_kl,
+                }.items():  # fmt: skip
+                    sums[key] = sums.get(key, 0.0) + value
+                updates += 1
+        return {key: value / updates for key, value in sums.items()}
+
+    # ------------------------------------------------------------------ measurement
+
+    def slot_gradients(
+        self,
+        task: RerankTask,
+        *,
+        resamples: int = 16,
+        batch_size: int | None = None,
+        seed: int = 0,
+        critic_warmup: int = 0,
+    ) -> dict[str, np.ndarray]:
+        """This estimator's gradient, slot by slot, over ``resamples`` independent batches.
+
+        For each batch (fresh training requests, fresh lists and clicks from the
+        current policy) and each slot ``t``, the gradient of slot ``t``'s term of the
+        surrogate, ``-mean_lists A_t log pi(a_t)``, with respect to every policy
+        weight. PPO's ``A_t`` is its GAE advantage (not standardised, so every
+        estimator's gradient is in clicks); ``critic_warmup`` critic-only steps on
+        fresh rollouts first fit its critic to the current policy.
+
+        Args:
+            task: The task (its training simulator scores the lists).
+            resamples: Independent batches (at least 2).
+            batch_size: Requests per batch (default: the config's).
+            seed: Seed of the batches (not the agent's: the measurement only reads it).
+            critic_warmup: PPO only: critic steps before measuring.
+
+        Returns:
+            ``variance`` ``[L]``: the trace of the gradient's covariance across
+            batches; ``signal`` ``[L]``: the squared norm of its mean; ``snr``
+            ``[L]``: signal / variance; ``mean_norm`` ``[L]``: mean gradient norm;
+            ``whole`` ``[3]``: variance, signal and SNR of the whole gradient (the
+            sum of the slots' terms).
+        """
+        if resamples < 2:
+            raise ValueError(f"resamples must be >= 2 (a variance needs two), got {resamples}")
+        self._require_built()
+        cfg = self.settings
+        batch_size = batch_size or cfg.batch_size
+        request_rng = np.random.default_rng(seed)
+        list_rng = torch_generator(seed, task.device)
+        click_rng = torch_generator(seed + 1, task.device)
+        policy = self.modules["policy"].to(task.device)
+        parameters = [p for p in policy.parameters() if p.requires_grad]
+        calls_before = self.scorer.calls
+        if cfg.estimator == "ppo" and critic_warmup:
+            self._fit_critic(task, critic_warmup, batch_size, request_rng, list_rng, click_rng)
+        length = task.slate_length
+        gradients = np.zeros(
+            (resamples, length, sum(p.numel() for p in parameters)), dtype=np.float32
+        )
+        for sample in range(resamples):
+            rollout = self.rollout(task, batch_size, request_rng, list_rng, click_rng)
+            if cfg.estimator == "reinforce":
+                advantage = self.reinforce_advantages(rollout.rewards)
+            else:
+                advantage = self.ppo_advantages(rollout)[0]
+            with training_mode(policy):
+                log_probs = policy.step_log_probs(rollout.inputs, rollout.slots, cfg.samples)
+                for t in range(length):
+                    term = -(advantage[:, t].detach() * log_probs[:, t]).mean()
+                    grads = torch.autograd.grad(term, parameters, retain_graph=t < length - 1)
+                    gradients[sample, t] = torch.cat([g.reshape(-1) for g in grads]).cpu().numpy()
+        self.scorer.calls = calls_before  # a measurement, not training
+        variance, signal = _variance_and_signal(gradients)
+        whole_variance, whole_signal = _variance_and_signal(gradients.sum(axis=1, keepdims=True))
+        return {
+            "variance": variance,
+            "signal": signal,
+            "snr": signal / np.maximum(variance, 1e-30),
+            "mean_norm": np.linalg.norm(gradients, axis=2).mean(axis=0),
+            "whole": np.array(
+                [
+                    whole_variance[0],
+                    whole_signal[0],
+                    whole_signal[0] / max(whole_variance[0], 1e-30),
+                ]
+            ),
+        }
+
+    def _fit_critic(
+        self,
+        task: RerankTask,
+        steps: int,
+        batch_size: int,
+        request_rng: np.random.Generator,
+        list_rng: torch.Generator,
+        click_rng: torch.Generator,
+    ) -> None:
+        """Critic-only regression on fresh rollouts of the current (frozen) policy."""
+        critic = self.modules["critic"].to(task.device)
+        optimiser = torch.optim.Adam(critic.parameters(), lr=self.settings.learning_rate * 3)
+        for _ in range(steps):
+            rollout = self.rollout(task, batch_size, request_rng, list_rng, click_rng)
+            paid = self.step_rewards(rollout.rewards)
+            targets = paid.flip(1).cumsum(1).flip(1)  # Monte-Carlo returns (gamma = 1)
+            with torch.no_grad():
+                states, _ = self.modules["policy"].step_states_and_logits(
+                    rollout.inputs, rollout.slots, repeats=self.settings.samples
+                )
+            with training_mode(critic):
+                loss = (critic(states)[..., 0] - targets).pow(2).mean()
+                gradient_step(optimiser, loss, list(critic.parameters()))
+
+
+def _variance_and_signal(gradients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per slot of ``[resamples, slots, weights]``: trace of the covariance, squared mean norm."""
+    mean = gradients.mean(axis=0, dtype=np.float64)
+    centred = gradients - mean
+    variance = (centred.astype(np.float64) ** 2).sum(axis=(0, 2)) / (len(gradients) - 1)
+    return variance, (mean**2).sum(axis=1)
