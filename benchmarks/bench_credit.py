@@ -395,6 +395,9 @@ def _plot_slots(slot_rows: list[dict], cells: list, path: Path) -> None:
         bottom.set_title("credit profile: share of the gradient signal per slot", fontsize=8)
         bottom.set_xlabel("slot", fontsize=8)
     axes[0, 0].legend(fontsize=6)
+    for index in range(len(cells), rows * cols):  # an incomplete last row
+        axes[2 * (index // cols), index % cols].set_visible(False)
+        axes[2 * (index // cols) + 1, index % cols].set_visible(False)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
