@@ -323,10 +323,19 @@ class PolicyGradient(PointerAgent):
         entropy = masked_entropy(log_probs)
         return self.modules["critic"](states)[..., 0], chosen, entropy
 
-    def ppo_advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        """GAE advantages and critic targets of a rollout under the current critic, ``[M, L]``."""
-        with torch.no_grad():
-            values, _, _ = self.values_and_log_probs(rollout.inputs, rollout.slots)
+    def ppo_advantages(
+        self, rollout: Rollout, values: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """GAE advantages and critic targets of a rollout, ``[M, L]``.
+
+        Args:
+            rollout: The lists and their rewards.
+            values: The critic's values of its steps, if already computed (default:
+                one pass of the current critic).
+        """
+        if values is None:
+            with torch.no_grad():
+                values, _, _ = self.values_and_log_probs(rollout.inputs, rollout.slots)
         return generalized_advantages(
             self.step_rewards(rollout.rewards), values, gamma=1.0, lam=self.settings.gae_lambda
         )
@@ -340,10 +349,10 @@ class PolicyGradient(PointerAgent):
     ) -> dict[str, float]:
         """``ppo_epochs`` passes of clipped-surrogate + value steps over one rollout."""
         cfg = self.settings
-        advantage, targets = self.ppo_advantages(rollout)
+        with torch.no_grad():  # one pass gives the critic's values and the old log-probs
+            values, old_log_probs, _ = self.values_and_log_probs(rollout.inputs, rollout.slots)
+        advantage, targets = self.ppo_advantages(rollout, values)
         advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
-        with torch.no_grad():
-            _, old_log_probs, _ = self.values_and_log_probs(rollout.inputs, rollout.slots)
         sums: dict[str, float] = {}
         updates = 0
         for _ in range(cfg.ppo_epochs):

@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> None:
 
 def _write_reference(out: Path, task: RerankTask, budget: Budget) -> None:
     """The initial order's rewards on the cell's test requests (what every arm starts above)."""
-    path = out / "runs" / f"N{task.num_candidates}_L{task.slate_length}" / "reference.json"
+    path = _cell_dir(out, (task.num_candidates, task.slate_length)) / "reference.json"
     if path.exists():
         return
     requests = task.requests("test")[: budget.test_requests]
@@ -262,7 +262,7 @@ def report(args: argparse.Namespace) -> None:
         if not scores:
             continue
         iqm = iqm_intervals(scores, seed=0)
-        reference_path = out / "runs" / f"N{n}_L{length}" / "reference.json"
+        reference_path = _cell_dir(out, (n, length)) / "reference.json"
         metric_role = args.metric.removeprefix("reward_")
         start = (
             json.loads(reference_path.read_text())[f"initial_{metric_role}"]
@@ -352,11 +352,8 @@ def _plot_curves(records: list[dict], cells: list, arms: list[str], path: Path) 
             if not curves or not curves[0]:
                 continue
             points = min(len(c) for c in curves)
-            xs = (
-                np.array([c[i]["simulator_calls"] for c in curves for i in range(points)])
-                .reshape(len(curves), points)
-                .mean(0)
-            )
+            xs = np.array([[c[i]["simulator_calls"] for i in range(points)] for c in curves])
+            xs = xs.mean(0)
             ys = np.array([[c[i]["valid_reward"] for i in range(points)] for c in curves])
             axis.plot(xs, ys.mean(0), marker="o", markersize=2, label=arm)
             axis.fill_between(xs, ys.min(0), ys.max(0), alpha=0.15)
@@ -460,8 +457,12 @@ def _parse_cell(text: str) -> tuple[int, int]:
     return n, length
 
 
+def _cell_dir(out: Path, cell: tuple[int, int]) -> Path:
+    return out / "runs" / f"N{cell[0]}_L{cell[1]}"
+
+
 def _record_path(out: Path, cell: tuple[int, int], arm: str, seed: int) -> Path:
-    return out / "runs" / f"N{cell[0]}_L{cell[1]}" / arm / f"seed{seed}.json"
+    return _cell_dir(out, cell) / arm / f"seed{seed}.json"
 
 
 def _check_spec(out: Path, spec: dict[str, Any]) -> None:
