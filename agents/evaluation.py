@@ -30,11 +30,12 @@ papers' protocol asks):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ import scipy.stats
 
 from agents.base import Agent, UnsupportedTaskError, checked_rank, validated_lists
 from agents.baselines import BeamSearchAgent, OracleAgent, PointwiseGreedy
+from agents.common.training import preserved_global_rng
 from agents.metrics import coverage, intra_list_diversity, log_metrics, permutation_percentile
 from rerank_env.task import RerankTask
 
@@ -477,6 +479,21 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
 # ---------------------------------------------------------------------- rliable aggregates
 
 
+@contextlib.contextmanager
+def _seeded_rliable(seed: int) -> Iterator[None]:
+    """Run rliable reproducibly without touching the caller's global random state.
+
+    rliable 1.2's stratified bootstraps draw their resampling indices from NumPy's
+    *global* generator (``np.random.choice``), whatever ``random_state`` says; so
+    the global generator is seeded here and restored afterwards. arch's warning
+    that ``random_state`` is deprecated (rliable still passes one) is silenced.
+    """
+    with preserved_global_rng(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        np.random.seed(seed)  # noqa: NPY002
+        yield
+
+
 def _rliable() -> tuple[Any, Any]:
     """``(rliable.library, rliable.metrics)``, or an error saying how to install them."""
     try:
@@ -508,8 +525,7 @@ def iqm_intervals(
     """
     library, metrics = _rliable()
     checked = {name: _score_matrix(name, values) for name, values in scores.items()}
-    with warnings.catch_warnings():  # arch deprecates RandomState; rliable still passes one
-        warnings.simplefilter("ignore", FutureWarning)
+    with _seeded_rliable(seed):
         points, intervals = library.get_interval_estimates(
             checked,
             lambda x: np.array([metrics.aggregate_iqm(x)]),
@@ -543,8 +559,7 @@ def improvement_probability(
     x, y = _score_matrix("x", x), _score_matrix("y", y)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x has {x.shape[1]} tasks and y has {y.shape[1]}; pair the same tasks")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
+    with _seeded_rliable(seed):
         points, intervals = library.get_interval_estimates(
             {"pair": [x, y]},
             metrics.probability_of_improvement,

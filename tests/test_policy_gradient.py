@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from agents.common.sampling import torch_generator
+from agents.evaluation import improvement_probability, iqm_intervals
 from agents.policy_gradient import PolicyGradient, PolicyGradientConfig
 from agents.registry import make_agent
 from simulators.data.errors import ConfigError
@@ -211,3 +212,18 @@ def test_credit_study_runs_spend_equal_calls_and_report(small_task, tmp_path) ->
         "credit_gap_vs_snr_reward_eval.png",
     ):
         assert (folder / figure).stat().st_size > 10_000
+
+
+def test_rliable_aggregates_are_seeded_and_leave_global_state_alone() -> None:
+    scores = {"a": np.arange(15.0).reshape(5, 3), "b": np.arange(15.0).reshape(5, 3)[::-1] * 0.9}
+    np.random.seed(123)  # noqa: NPY002
+    state = np.random.get_state()  # noqa: NPY002
+    first = iqm_intervals(scores, reps=200, seed=4)
+    assert first == iqm_intervals(scores, reps=200, seed=4)
+    pair = improvement_probability(scores["a"], scores["b"], reps=200, seed=4)
+    assert pair == improvement_probability(scores["a"], scores["b"], reps=200, seed=4)
+    assert first["a"][1] <= first["a"][0] <= first["a"][2] and pair[1] <= pair[0] <= pair[2]
+    after = np.random.get_state()  # noqa: NPY002
+    assert after[0] == state[0] and np.array_equal(after[1], state[1])
+    with pytest.raises(ValueError, match="runs >= 2"):
+        iqm_intervals({"a": np.ones((1, 3))})
