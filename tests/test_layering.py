@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,9 @@ def test_library_code_uses_no_global_random_state() -> None:
                      "np.random.choice(", "np.random.normal(", "torch.manual_seed(",
                      "random.random(", "random.seed(")  # fmt: skip
     # simulators/base.py: isolated_torch_rng seeds torch inside fork_rng (state restored).
-    allowed = {("base.py", "torch.manual_seed(")}
+    # agents/evaluation.py: rliable draws from NumPy's global generator, so _seeded_rliable
+    # seeds it inside preserved_global_rng (state restored; tested in test_policy_gradient).
+    allowed = {("base.py", "torch.manual_seed("), ("evaluation.py", "np.random.seed(")}
     offenders = []
     for package in ("simulators", "rerank_env", "agents"):
         for path in (ROOT / package).rglob("*.py"):
@@ -47,7 +50,9 @@ def test_library_code_uses_no_global_random_state() -> None:
             offenders += [
                 f"{path.name}: {call}"
                 for call in pattern_calls
-                if call in text and (path.name, call) not in allowed
+                # The stdlib's random.* must not match inside np.random.*.
+                if re.search(r"(?<![\w.])" + re.escape(call), text)
+                and (path.name, call) not in allowed
             ]
     assert not offenders
 
