@@ -4,27 +4,47 @@ Usage::
 
     python benchmarks/bench_sim_to_real.py [--requests 500] [--weight-decay 1e-3] \
         [--world sessions_per_user=75,n_users=2000]
+    python benchmarks/bench_sim_to_real.py --study fidelity --seeds 3 [--budget quick] \
+        [--requests 200] [--out runs/bench-fidelity]
 
-Fits every learned simulator on the synthetic world's logs (the same pipeline as
-real data) and prints, for random 6-item lists of test requests' candidates, the
-Spearman correlation between each simulator's expected clicks and the true model's,
-plus test AUC on logged slates (the true model's own AUC is the ceiling).
-Issue 3's target: Spearman rho >= 0.9.
+``--study rank`` (default) fits every learned simulator on the synthetic world's
+logs (the same pipeline as real data) and prints, for random 6-item lists of test
+requests' candidates, the Spearman correlation between each simulator's expected
+clicks and the true model's, plus test AUC on logged slates (the true model's own
+AUC is the ceiling). Issue 3's target: Spearman rho >= 0.9.
+
+``--study fidelity`` (issue 20) measures what matters for reranking on the task's
+simulators (``make_task(dataset="synthetic")``: the training ensemble and its
+held-out member) in one world per seed (``SyntheticConfig(seed=k)``), with
+:mod:`simulators.fidelity`: argmax-transfer regret of beam-8, Kendall's tau with
+the truth over each request's alternative lists (random, and neighbours of the
+truth's beam list), the click-level ratio, and the **lead ratio** of beam-8, DeGRe
+and GoalRank over pointwise greedy under each judge (training simulator, held-out
+member) against the truth. Targets: regret <= 3%, tau >= 0.8, the held-out judge's
+lead ratio for beam-8 in [0.8, 1.25]. One JSON per seed in ``--out``; the table
+gives the mean and a bootstrap 95% interval over seeds.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
+from pathlib import Path
 
 import torch
 from scipy.stats import spearmanr
 
+from agents.evaluation import confidence_interval
+from agents.registry import make_agent
+from rerank_env.task import make_task
+from simulators._io import atomic_write
 from simulators.base import SlateBatch
 from simulators.data import load_rerank_data
 from simulators.data.synthetic_config import SyntheticConfig
 from simulators.factory import MODEL_KINDS, SimulatorSpec, build_simulator
+from simulators.fidelity import Requests, fidelity_metrics, lead_ratio
 from simulators.synthetic import SyntheticWorld, TrueClickModel, true_simulator_for
 from simulators.training import evaluate_simulator, fit_simulator, logged_slates, roc_auc
 
@@ -43,18 +63,37 @@ def _world(overrides: str) -> SyntheticConfig:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--study", choices=["rank", "fidelity"], default="rank")
+    parser.add_argument("--requests", type=int, default=None, help="rank: 500, fidelity: 200")
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--weight-decay", type=float, default=1e-3)
     parser.add_argument(
         "--world", default="", help="SyntheticConfig overrides, e.g. sessions_per_user=75"
     )
+    parser.add_argument("--seeds", type=int, default=3, help="fidelity: worlds (one per seed)")
+    parser.add_argument("--budget", default="quick", help="fidelity: the agents' preset")
+    parser.add_argument(
+        "--agents",
+        nargs="*",
+        default=list(LEAD_AGENTS),
+        help="fidelity: agents whose lead is judged",
+    )
+    parser.add_argument("--out", default="runs/bench-fidelity", help="fidelity: records")
     args = parser.parse_args()
+    if args.study == "fidelity":
+        fidelity_study(args)
+    else:
+        rank_study(args)
+
+
+def rank_study(args: argparse.Namespace) -> None:
+    """Spearman rho of every learned simulator against the truth on random lists."""
+    requests = args.requests or 500
     world = _world(args.world)
     print(f"world: {world}")
     data = load_rerank_data("synthetic", synthetic=world, progress=False)
     truth = true_simulator_for(data, world).eval()
-    test = data.split_indices("test")[: args.requests]
+    test = data.split_indices("test")[:requests]
     generator = torch.Generator().manual_seed(0)
     candidates = torch.as_tensor(data.candidates[test])
     slots = torch.stack(
@@ -96,6 +135,116 @@ def main() -> None:
         rho = spearmanr(reward, true_reward).statistic
         auc = evaluate_simulator(model, data, "test")["auc"]
         print(f"| {kind} | {rho:.3f} | {auc:.4f} | {seconds:.1f} |")
+
+
+#: Agents whose lead over pointwise greedy each judge reports (beam-8 needs no fit).
+LEAD_AGENTS = ("beam-8", "degre", "goalrank")
+#: The judges: the simulator the agents train on, and the held-out ensemble member.
+JUDGES = {"train": "training simulator", "eval": "held-out member"}
+
+
+def fidelity_study(args: argparse.Namespace) -> None:
+    """Fidelity of the task's simulators per world seed, then the table over seeds."""
+    out = Path(args.out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    for seed in range(args.seeds):
+        path = out / "runs" / f"seed{seed}.json"
+        if path.exists():
+            print(f"seed {seed}: stored, reused ({path})")
+            continue
+        record = fidelity_run(seed, args)
+        atomic_write(path, lambda handle, r=record: handle.write(json.dumps(r, indent=1).encode()))
+    records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("seed*.json"))]
+    table = fidelity_table(records)
+    (out / "fidelity.md").write_text(table)
+    print(table)
+
+
+def fidelity_run(seed: int, args: argparse.Namespace) -> dict:
+    """Every fidelity metric in the world of ``seed`` (its task, agents and truth)."""
+    world = dataclasses.replace(_world(args.world), seed=seed)
+    task = make_task(dataset="synthetic", synthetic=world, progress=True)
+    test = task.requests("test")[: args.requests or 200]
+    index = torch.as_tensor(test.copy())  # the task's arrays are read-only
+    requests = Requests(
+        task.users[index], task.histories[index], task.candidates[index][:, : task.num_candidates]
+    )
+    train, held_out, truth = (task.simulators[role] for role in ("train", "eval", "true"))
+    length = task.slate_length
+    start = time.perf_counter()
+    record: dict = {"seed": seed, "world": dataclasses.asdict(world), "requests": len(test)}
+    record["simulators"] = {
+        role: fidelity_metrics(task.simulators[role], truth, requests, length, seed=seed)
+        for role in JUDGES
+    }
+    # The held-out member as the judge of the training simulator's beam lists.
+    record["simulators"]["train"]["lead_ratio_eval_judge"] = fidelity_metrics(
+        train, truth, requests, length, judge=held_out, seed=seed
+    )["lead_ratio"]
+
+    def lists_of(name: str) -> torch.Tensor:
+        agent = make_agent(name, seed=seed, budget=args.budget)
+        if hasattr(agent, "fit"):
+            agent.fit(task)
+        slots = torch.as_tensor(agent.rank(task, test))
+        return torch.gather(requests.candidates, 1, slots)
+
+    baseline = lists_of("pointwise-greedy")
+    record["leads"] = {}
+    for name in args.agents:
+        lists = lists_of(name)
+        record["leads"][name] = {
+            role: lead_ratio(task.simulators[role], truth, requests, lists, baseline)
+            for role in JUDGES
+        }
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def fidelity_table(records: list[dict]) -> str:
+    """Markdown: simulator metrics and lead ratios, mean [95% CI] over world seeds."""
+
+    def cell(values: list[float], digits: int = 3) -> str:
+        mean, low, high = confidence_interval(values)
+        return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+    seeds = len(records)
+    lines = [
+        f"Synthetic world, {seeds} seed(s) (one world each), "
+        f"{records[0]['requests']} test requests; mean [95% bootstrap CI] over seeds.",
+        "",
+        "| simulator | argmax regret % | tau, random lists | tau, near the optimum "
+        "| click level / truth | lead ratio of its beam (own judge) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for role, label in JUDGES.items():
+        rows = [r["simulators"][role] for r in records]
+        lines.append(
+            f"| {label} | {cell([m['regret_pct'] for m in rows], 2)} "
+            f"| {cell([m['kendall_tau_random'] for m in rows])} "
+            f"| {cell([m['kendall_tau_local'] for m in rows])} "
+            f"| {cell([m['click_level_ratio'] for m in rows])} "
+            f"| {cell([m['lead_ratio'] for m in rows], 2)} |"
+        )
+    lines += [
+        "",
+        "Lead over pointwise greedy (relative gain in expected clicks) under each judge and "
+        "in truth; the lead ratio is judge / truth (1 = an honest judge):",
+        "",
+        "| agent | lead, training sim | lead, held-out | lead, truth "
+        "| ratio, training sim | ratio, held-out |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in records[0]["leads"]:
+        leads = [r["leads"][name] for r in records]
+        lines.append(
+            f"| {name} | {cell([100 * m['train']['judge_lead'] for m in leads], 1)}% "
+            f"| {cell([100 * m['eval']['judge_lead'] for m in leads], 1)}% "
+            f"| {cell([100 * m['eval']['true_lead'] for m in leads], 1)}% "
+            f"| {cell([m['train']['lead_ratio'] for m in leads], 2)} "
+            f"| {cell([m['eval']['lead_ratio'] for m in leads], 2)} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

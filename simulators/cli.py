@@ -218,6 +218,7 @@ def run_report(args: argparse.Namespace) -> int:
     """Run ``rerank-env simulator report``."""
     from simulators.composed import ComposedSimulator  # noqa: PLC0415
     from simulators.report import write_report  # noqa: PLC0415  (matplotlib is slow to import)
+    from simulators.synthetic import true_simulator_for  # noqa: PLC0415
 
     data = load_rerank_data(args.dataset, args.data_dir)
     users, items = torch.as_tensor(data.user_features), torch.as_tensor(data.item_features)
@@ -239,14 +240,22 @@ def run_report(args: argparse.Namespace) -> int:
     name = f"transformer+composed(bias={args.position_bias:g},div={args.diversity_strength:g})"
     models[name] = composed
     extra[name] = extra["transformer"]
+    # In the synthetic world the truth is known: the report adds the fidelity metrics.
+    truth = true_simulator_for(data) if args.dataset == "synthetic" else None
     results = write_report(
-        models, data, args.out, requests=args.requests, seed=args.seed, extra=extra
+        models, data, args.out, requests=args.requests, seed=args.seed, extra=extra, truth=truth
     )
     width = max(len(n) for n in results)
     for model_name, values in results.items():
         print(
             f"{model_name.ljust(width)}  auc {values['auc']:.4f}  logloss {values['logloss']:.4f}  "
             f"ece {values['ece']:.4f}  headroom {100 * values['headroom']:.2f}%"
+            + (
+                f"  regret {values['regret_pct']:.2f}%  tau(local) "
+                f"{values['kendall_tau_local']:.3f}  lead ratio {values['lead_ratio']:.2f}"
+                if truth is not None
+                else ""
+            )
         )
     print(f"report: {args.out / 'report.md'}")
     return 0

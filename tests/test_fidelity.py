@@ -1,0 +1,159 @@
+"""Fidelity metrics: learned simulators judged against a known truth (issue 20)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from scipy.stats import kendalltau
+
+from simulators.data import PipelineConfig, load_rerank_data
+from simulators.data.synthetic_config import SyntheticConfig
+from simulators.fidelity import (
+    Requests,
+    alternative_lists,
+    argmax_transfer,
+    fidelity_metrics,
+    kendall_tau_rows,
+    lead_ratio,
+    pointwise_sort,
+    within_request_agreement,
+)
+from simulators.report import FIDELITY_COLUMNS, write_report
+from simulators.synthetic import SyntheticWorld, TrueClickModel, true_simulator_for
+
+WORLD = SyntheticConfig(n_users=80, n_items=150, sessions_per_user=8, seed=5)
+LENGTH = 6
+
+
+@pytest.fixture(scope="module")
+def world():
+    data = load_rerank_data(
+        "synthetic", config=PipelineConfig(num_candidates=20, retriever="pop"), synthetic=WORLD,
+        progress=False,
+    )  # fmt: skip
+    index = data.split_indices("test")[:40]
+    requests = Requests(
+        torch.as_tensor(data.request_user[index]),
+        torch.as_tensor(data.history(index, 20)[0]),
+        torch.as_tensor(data.candidates[index]),
+    )
+    truth = true_simulator_for(data, WORLD)
+    # The truth without its list effects: right about items, blind to composition.
+    blind = TrueClickModel(
+        SyntheticWorld(dataclasses.replace(WORLD, satiation=0.0, complementarity=0.0)),
+        user_index=data.user_ids - 1,
+        item_index=data.item_ids - 1,
+    )
+    return requests, truth, blind, data
+
+
+def test_the_truth_judged_against_itself_is_perfect(world) -> None:
+    requests, truth, *_ = world
+    metrics = fidelity_metrics(truth, truth, requests, LENGTH, lists=12)
+    assert metrics["regret_pct"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["kendall_tau_random"] == pytest.approx(1.0)
+    assert metrics["kendall_tau_local"] == pytest.approx(1.0)
+    assert metrics["lead_ratio"] == pytest.approx(1.0)
+    assert metrics["click_level_ratio"] == pytest.approx(1.0)
+    assert metrics["true_lead"] > 0  # beam beats the pointwise sort in this world
+
+
+def test_a_composition_blind_model_is_caught(world) -> None:
+    requests, truth, blind, _ = world
+    metrics = fidelity_metrics(blind, truth, requests, LENGTH, lists=16)
+    # Searching it lists same-category items together, which the truth punishes.
+    assert metrics["regret_pct"] > 1.0
+    assert metrics["kendall_tau_local"] < 0.9
+    # It still knows which items users like: far better than chance on random lists.
+    assert metrics["kendall_tau_random"] > 0.3
+    # Without satiation every item looks better than it is: clicks overestimated.
+    assert metrics["click_level_ratio"] > 1.0
+
+
+def test_kendall_tau_rows_matches_scipy_with_ties() -> None:
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 4, (5, 9), generator=generator).double()
+    b = torch.randn(5, 9, generator=generator, dtype=torch.float64)
+    b[:, :3] = b[:, :1]  # ties in b as well
+    ours = kendall_tau_rows(a, b)
+    for row in range(5):
+        expected = kendalltau(a[row].numpy(), b[row].numpy(), variant="b").statistic
+        assert ours[row].item() == pytest.approx(expected)
+    assert kendall_tau_rows(torch.ones(1, 4), torch.arange(4.0)[None]).isnan().all()
+
+
+def test_alternative_lists_are_valid_lists_of_the_requests_candidates(world) -> None:
+    requests, truth, *_ = world
+    generator = torch.Generator().manual_seed(1)
+    reference = pointwise_sort(truth, requests, LENGTH)
+    for pool in ("random", "local"):
+        lists = alternative_lists(requests, LENGTH, 8, generator, pool=pool, reference=reference)
+        assert lists.shape == (len(requests.users), 8, LENGTH)
+        for row in range(len(requests.users)):
+            candidates = set(requests.candidates[row].tolist())
+            for items in lists[row].tolist():
+                assert len(set(items)) == LENGTH and set(items) <= candidates
+    local = alternative_lists(requests, LENGTH, 8, generator, pool="local", reference=reference)
+    # Two moves change at most 4 positions of the reference.
+    assert ((local != reference[:, None]).sum(-1) <= 4).all()
+    assert (local != reference[:, None]).any()
+
+
+def test_pointwise_sort_puts_the_best_single_item_first(world) -> None:
+    requests, truth, *_ = world
+    lists = pointwise_sort(truth, requests, LENGTH)
+    first = requests.lists(lists[:, :1])
+    for slot in range(requests.candidates.shape[1]):
+        other = requests.lists(requests.candidates[:, slot : slot + 1])
+        assert (truth.expected_reward(first) >= truth.expected_reward(other) - 1e-6).all()
+
+
+def test_lead_ratio_and_transfer_report_what_they_are_given(world) -> None:
+    requests, truth, blind, _ = world
+    baseline = pointwise_sort(truth, requests, LENGTH)
+    same = lead_ratio(blind, truth, requests, baseline, baseline)
+    assert same["judge_lead"] == 0 and same["true_lead"] == 0
+    assert same["lead_ratio"] != same["lead_ratio"]  # NaN: no lead to compare with
+    transfer = argmax_transfer(truth, truth, requests, LENGTH, width=4)
+    assert transfer["learned_argmax_true"] == pytest.approx(transfer["true_argmax_true"])
+
+
+def test_bad_inputs_get_clear_errors(world) -> None:
+    requests, truth, *_ = world
+    generator = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="pool must be one of"):
+        alternative_lists(requests, LENGTH, 4, generator, pool="nearby")
+    with pytest.raises(ValueError, match="pass reference="):
+        alternative_lists(requests, LENGTH, 4, generator, pool="local")
+    with pytest.raises(ValueError, match=">= 2 lists"):
+        alternative_lists(requests, LENGTH, 1, generator)
+    with pytest.raises(ValueError, match="length must be in"):
+        alternative_lists(requests, 99, 4, generator)
+    bad_reference = requests.candidates[:, :LENGTH].clone()
+    bad_reference[0, 1] = bad_reference[0, 0]  # a repeated item
+    with pytest.raises(ValueError, match="L distinct items"):
+        alternative_lists(requests, LENGTH, 4, generator, pool="local", reference=bad_reference)
+    with pytest.raises(ValueError, match="one B"):
+        Requests(requests.users[:3], requests.histories, requests.candidates)
+    with pytest.raises(ValueError, match="one list per request"):
+        requests.lists(requests.candidates[:2, :LENGTH])
+    with pytest.raises(ValueError, match="alternatives hold"):
+        within_request_agreement(truth, truth, requests, torch.zeros(2, 4, LENGTH).long())
+
+
+def test_the_simulator_report_adds_fidelity_columns_when_the_truth_is_known(
+    world, tmp_path: Path
+) -> None:
+    _, truth, blind, data = world
+    write_report({"truth": truth, "blind": blind}, data, tmp_path, requests=20, truth=truth)
+    with open(tmp_path / "metrics.csv", newline="") as handle:
+        rows = {row["simulator"]: row for row in csv.DictReader(handle)}
+    assert set(FIDELITY_COLUMNS) <= set(rows["truth"])
+    assert float(rows["truth"]["regret_pct"]) == pytest.approx(0.0, abs=1e-4)
+    assert float(rows["truth"]["kendall_tau_local"]) == pytest.approx(1.0)
+    assert float(rows["blind"]["kendall_tau_local"]) < 0.95
+    assert "kendall_tau_local" in (tmp_path / "report.md").read_text()
