@@ -20,11 +20,21 @@ With ``position_bias = 0`` and ``diversity_strength = 0`` it is the base simulat
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from simulators.base import PAD, ClickSimulator, SlateBatch
+
+if TYPE_CHECKING:
+    from simulators.data.pipeline import RerankData
+    from simulators.training import FitResult
 
 
 def dcg_examination(positions: int, position_bias: float = 1.0) -> torch.Tensor:
@@ -69,8 +79,66 @@ def examination_from_randomised_logs(
     return torch.as_tensor(rate / rate.max(), dtype=torch.float32)
 
 
+#: How the similarities to the items above add up into an item's redundancy.
+REDUNDANCY_FORMS = ("max", "sum")
+
+
+@dataclass(frozen=True)
+class Composition:
+    """The list effects of a composed simulator, as numbers (for manifests and reports).
+
+    Attributes:
+        examination: Examination probability per position.
+        diversity_strength: Logit penalty per unit of redundancy (negative: a bonus).
+        redundancy: ``"max"`` (similarity to the most similar item above) or
+            ``"sum"`` (summed over the items above; with one-hot categories, the count
+            of same-category items above, the synthetic world's satiation).
+        complementarity: ``[G, G]`` logit bonus of an item for each item above, by
+            their (unit) feature vectors ``u_k^T P u_j``; ``None``: no such term.
+        position_bias: The DCG exponent that best fits ``examination`` (least squares
+            on log examination; exact for a DCG curve), a one-number summary.
+    """
+
+    examination: tuple[float, ...]
+    diversity_strength: float
+    redundancy: str
+    complementarity: tuple[tuple[float, ...], ...] | None
+    position_bias: float
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready fields."""
+        return dataclasses.asdict(self)
+
+
+def implied_position_bias(examination: torch.Tensor) -> float:
+    """The exponent ``b`` of ``(1 / log2(k + 2)) ** b`` closest to ``examination``.
+
+    Least squares on the log scale through position 0 (where both are 1 after
+    scaling by the first position); NaN with a single position.
+    """
+    exam = torch.as_tensor(examination, dtype=torch.float64).clamp(min=1e-6)
+    if len(exam) < 2:
+        return math.nan
+    k = torch.arange(len(exam), dtype=torch.float64)
+    x = -torch.log(torch.log2(k + 2.0))[1:]
+    y = torch.log(exam / exam[0])[1:]
+    return float((x * y).sum() / (x * x).sum())
+
+
 class ComposedSimulator(ClickSimulator):
-    """A learned simulator composed with examination and diminishing returns.
+    """A learned simulator composed with examination and list effects.
+
+    ``P(click_k) = exam_k * sigmoid(base_logit_k - diversity_strength * redundancy_k
+    + complement_k)``, where ``redundancy_k`` is the max (or sum) of the clipped
+    cosine similarities of item ``k`` to the items above, and ``complement_k =
+    sum_{j<k} u_k^T P u_j`` over the unit item vectors ``u``.
+
+    The effects are either *assumed* (set by hand: a DCG examination curve and a
+    strength) or *fitted*: with ``trainable=True`` the examination of every position
+    after the first, the strength and (with ``complementarity`` given) the pair
+    matrix are parameters, fitted by maximum likelihood with the base
+    (:func:`~simulators.training.fit_simulator` on this module; see
+    :func:`fit_composition`).
 
     Args:
         base: The learned simulator (its click probabilities are the base logits).
@@ -78,8 +146,14 @@ class ComposedSimulator(ClickSimulator):
         examination: Examination probability per position, ``[K]``; default
             :func:`dcg_examination` with ``position_bias``.
         position_bias: Exponent of the DCG prior (0 = no position effect).
-        diversity_strength: Logit penalty per unit of similarity to the most similar
-            item above (0 = no composition effect).
+        diversity_strength: Logit penalty per unit of redundancy (0 = no
+            diminishing returns).
+        max_positions: K.
+        redundancy: ``"max"`` (default) or ``"sum"`` (:class:`Composition`).
+        complementarity: ``[d, d]`` pair matrix ``P`` (made symmetric); ``None``: no
+            complementarity term (with ``trainable``, pass zeros to fit one).
+        trainable: Make the effects parameters (examination of position 0 stays
+            fixed: with a free base bias only the ratios are identified).
     """
 
     def __init__(
@@ -90,6 +164,10 @@ class ComposedSimulator(ClickSimulator):
         position_bias: float = 1.0,
         diversity_strength: float = 2.0,
         max_positions: int = 6,
+        *,
+        redundancy: str = "max",
+        complementarity: torch.Tensor | None = None,
+        trainable: bool = False,
     ) -> None:
         super().__init__(base.n_users, base.n_items, max_positions)
         if item_vectors.shape[0] != base.n_items:
@@ -97,56 +175,215 @@ class ComposedSimulator(ClickSimulator):
                 f"item_vectors has {item_vectors.shape[0]} rows, the base simulator "
                 f"{base.n_items} items"
             )
-        if diversity_strength < 0 or position_bias < 0:
+        if not trainable and (diversity_strength < 0 or position_bias < 0):
             raise ValueError(
                 "diversity_strength and position_bias must be >= 0, got "
-                f"{diversity_strength} and {position_bias}"
+                f"{diversity_strength} and {position_bias} (a fitted composition, "
+                "trainable=True, may find a negative strength)"
             )
+        if redundancy not in REDUNDANCY_FORMS:
+            raise ValueError(f"redundancy must be one of {REDUNDANCY_FORMS}, got {redundancy!r}")
         self.base = base
+        self.redundancy_form = redundancy
+        self.trainable = trainable
         exam = dcg_examination(max_positions, position_bias) if examination is None else examination
         exam = torch.as_tensor(exam, dtype=torch.float32)
         if exam.shape != (max_positions,) or not ((exam >= 0) & (exam <= 1)).all():
             raise ValueError(
                 f"examination must be {max_positions} probabilities in [0, 1], got {exam.tolist()}"
             )
-        self.register_buffer("examination", exam)
         self.register_buffer("unit_vectors", F.normalize(item_vectors.float(), dim=1))
-        self.diversity_strength = diversity_strength
+        dim = item_vectors.shape[1]
+        if complementarity is not None and tuple(complementarity.shape) != (dim, dim):
+            raise ValueError(
+                f"complementarity must be [{dim}, {dim}] (item_vectors' width), got "
+                f"{tuple(complementarity.shape)}"
+            )
+        strength = torch.tensor(float(diversity_strength))
+        pairs = None if complementarity is None else torch.as_tensor(complementarity).float()
+        if trainable:
+            # Logits of positions 1..K-1; position 0 is a fixed buffer.
+            self.register_buffer("first_examination", exam[:1].clone())
+            self.examination_logits = nn.Parameter(torch.logit(exam[1:].clamp(1e-4, 1 - 1e-4)))
+            self.strength = nn.Parameter(strength)
+            self.pair_matrix = None if pairs is None else nn.Parameter(pairs)
+        else:
+            self.register_buffer("fixed_examination", exam)
+            self.register_buffer("strength", strength)
+            self.register_buffer("pair_matrix", pairs)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # Checkpoints written before fitted compositions (0.1.0) held the curve as
+        # "examination" and kept the strength in the spec only.
+        legacy = prefix + "examination"
+        if legacy in state_dict and not self.trainable:
+            state_dict[prefix + "fixed_examination"] = state_dict.pop(legacy)
+            state_dict.setdefault(prefix + "strength", self.strength.clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def examination(self) -> torch.Tensor:
+        """Examination probability per position, ``[K]``."""
+        if self.trainable:
+            return torch.cat([self.first_examination, torch.sigmoid(self.examination_logits)])
+        return self.fixed_examination
+
+    @property
+    def diversity_strength(self) -> float:
+        """The redundancy penalty's strength."""
+        return float(self.strength.detach())
+
+    def composition(self) -> Composition:
+        """The effects as numbers (:class:`Composition`)."""
+        exam = self.examination.detach().cpu()
+        pairs = None if self.pair_matrix is None else self._symmetric_pairs().detach().cpu()
+        return Composition(
+            examination=tuple(exam.tolist()),
+            diversity_strength=self.diversity_strength,
+            redundancy=self.redundancy_form,
+            complementarity=None if pairs is None else tuple(map(tuple, pairs.tolist())),
+            position_bias=implied_position_bias(exam),
+        )
 
     def with_base(self, base: ClickSimulator) -> ComposedSimulator:
-        """The same composition effects over another base simulator."""
+        """The same composition effects (their current values, fixed) over another base."""
         return ComposedSimulator(
             base,
             self.unit_vectors,
-            examination=self.examination,
+            examination=self.examination.detach(),
             diversity_strength=self.diversity_strength,
             max_positions=self.max_positions,
+            redundancy=self.redundancy_form,
+            complementarity=None if self.pair_matrix is None else self._symmetric_pairs().detach(),
         )
 
+    def _symmetric_pairs(self) -> torch.Tensor:
+        """``P`` made symmetric with a zero diagonal: an item's own features are the
+        redundancy term's, so the pairs only say how *different* features combine."""
+        pairs = (self.pair_matrix + self.pair_matrix.T) / 2
+        return pairs - torch.diag(torch.diagonal(pairs))
+
+    def _list_effect(
+        self, below: torch.Tensor, above: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Logit change of items ``below`` [B, M, d] from items ``above`` [B, A, d].
+
+        ``mask`` (bool ``[B, M, A]``) says which item above counts for which below.
+        """
+        similarity = torch.where(mask, (below @ above.transpose(1, 2)).clamp(min=0), 0.0)
+        redundancy = similarity.amax(dim=2) if self.redundancy_form == "max" else similarity.sum(2)
+        effect = -self.strength * redundancy
+        if self.pair_matrix is not None:
+            bonus = below @ self._symmetric_pairs() @ above.transpose(1, 2)
+            effect = effect + torch.where(mask, bonus, 0.0).sum(dim=2)
+        return effect
+
     def redundancy(self, items: torch.Tensor) -> torch.Tensor:
-        """Max similarity of each position's item to the items above it, ``[B, K]``."""
+        """Redundancy of each position's item given the items above it, ``[B, K]``."""
         vectors = self.unit_vectors[items.clamp(min=0)] * (items != PAD)[..., None]
         similarity = (vectors @ vectors.transpose(1, 2)).clamp(min=0)
         above = torch.tril(torch.ones_like(similarity[0], dtype=torch.bool), diagonal=-1)
-        return torch.where(above, similarity, 0.0).amax(dim=2)
+        similarity = torch.where(above, similarity, 0.0)
+        return similarity.amax(dim=2) if self.redundancy_form == "max" else similarity.sum(dim=2)
 
     def last_click_probs(self, batch: SlateBatch) -> torch.Tensor:
         """The same formula for the last position only (one row of similarities)."""
         self._check_length(batch)
         k = batch.items.shape[1]
         base = self.base.last_click_probs(batch).clamp(1e-6, 1 - 1e-6)
+        logits = torch.logit(base)
         if k > 1:
-            last = self.unit_vectors[batch.items[:, -1]]
+            last = self.unit_vectors[batch.items[:, -1:]]
             above = self.unit_vectors[batch.items[:, :-1]]
-            redundancy = (above @ last[:, :, None]).squeeze(-1).clamp(min=0).amax(dim=1)
-        else:
-            redundancy = torch.zeros_like(base)
-        logits = torch.logit(base) - self.diversity_strength * redundancy
+            mask = torch.ones(len(base), 1, k - 1, dtype=torch.bool, device=base.device)
+            logits = logits + self._list_effect(last, above, mask)[:, 0]
         return self.examination[k - 1] * torch.sigmoid(logits)
 
     def position_click_probs(self, batch: SlateBatch) -> torch.Tensor:
-        """``exam_k * sigmoid(base logit - strength * redundancy)``."""
+        """``exam_k * sigmoid(base logit - strength * redundancy + complement)``."""
         k = batch.items.shape[1]
         base = self.base.click_probs(batch, validate=False).clamp(1e-6, 1 - 1e-6)
-        logits = torch.logit(base) - self.diversity_strength * self.redundancy(batch.items)
-        return self.examination[:k] * torch.sigmoid(logits)
+        vectors = self.unit_vectors[batch.items.clamp(min=0)] * batch.mask[..., None]
+        above = torch.tril(torch.ones(k, k, dtype=torch.bool, device=base.device), diagonal=-1)
+        effect = self._list_effect(vectors, vectors, above.expand(len(base), k, k))
+        return self.examination[:k] * torch.sigmoid(torch.logit(base) + effect)
+
+
+#: When the composition is fitted: with the base (``"joint"``) or on a fitted base.
+FIT_MODES = ("joint", "after")
+
+
+def fit_composition(
+    base: ClickSimulator,
+    data: RerankData,
+    item_vectors: torch.Tensor,
+    *,
+    mode: str = "joint",
+    redundancy: str = "sum",
+    complementarity: bool = True,
+    max_positions: int | None = None,
+    progress: bool = False,
+    **fit_options: object,
+) -> tuple[ComposedSimulator, FitResult]:
+    """Fit examination and list effects by maximum likelihood on the training logs.
+
+    The examination of every position after the first, the redundancy strength and
+    (with ``complementarity``) a pair matrix over the item vectors are parameters of
+    a :class:`ComposedSimulator` around ``base``; :func:`fit_simulator` maximises the
+    logged clicks' likelihood, stopping early on the validation slates. The list
+    effects start at zero and the examination at the DCG prior (a flat start would
+    sit where the sigmoid is saturated), so a strength the fit reports is one the
+    logs support.
+
+    What the logs can identify depends on how they were collected: a position
+    effect only where items appear at several positions, a list effect only where
+    lists vary in composition (the synthetic world's exploratory logging policy
+    does; MovieLens pseudo-slates, ordered by time, carry no list effect at all).
+
+    Args:
+        base: The attractiveness model. ``mode="joint"``: fitted here together with
+            the effects (best with a position- and list-blind base, e.g. the
+            pointwise model, whose parameters cannot absorb them); ``"after"``:
+            already fitted, kept fixed.
+        data: Processed data (train slates fit, valid slates select).
+        item_vectors: ``[I, d]`` item features the similarity and pairs use.
+        mode: ``"joint"`` or ``"after"``.
+        redundancy: ``"sum"`` (default) or ``"max"``.
+        complementarity: Fit the pair matrix too.
+        max_positions: K (default: the logged slates' length).
+        progress: Progress bar over epochs.
+        **fit_options: For :func:`fit_simulator` (``epochs``, ``learning_rate``,
+            ``weight_decay``, ``patience``, ``seed``, ``device``).
+
+    Returns:
+        The fitted (trainable) simulator, and the fit's record. ``.composition()``
+        gives the fitted values; ``.with_base(base)`` a fixed copy for serving.
+
+    Raises:
+        ValueError: An unknown ``mode`` or ``redundancy``.
+    """
+    from simulators.training import fit_simulator  # noqa: PLC0415  (training imports data)
+
+    if mode not in FIT_MODES:
+        raise ValueError(f"mode must be one of {FIT_MODES}, got {mode!r}")
+    positions = max_positions or data.logged_items.shape[1]
+    width = item_vectors.shape[1]
+    composed = ComposedSimulator(
+        base,
+        item_vectors,
+        examination=dcg_examination(positions, 1.0),
+        diversity_strength=0.0,
+        max_positions=positions,
+        redundancy=redundancy,
+        complementarity=torch.zeros(width, width) if complementarity else None,
+        trainable=True,
+    )
+    frozen = [p for p in base.parameters() if p.requires_grad] if mode == "after" else []
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    try:
+        result = fit_simulator(composed, data, progress=progress, **fit_options)
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
+    return composed, result

@@ -10,7 +10,7 @@ import torch
 
 from simulators.base import SlateBatch
 from simulators.click_models import Attractiveness, PointwiseModel
-from simulators.composed import ComposedSimulator, dcg_examination
+from simulators.composed import ComposedSimulator, dcg_examination, implied_position_bias
 from simulators.context_model import ContextAwareSimulator
 from simulators.search import beam_search, order_sensitivity
 
@@ -141,3 +141,80 @@ def test_examination_from_randomised_logs_refuses_too_few_clicks(data_root) -> N
         examination_from_randomised_logs(clicks, shown)
     with pytest.raises(ValueError, match="same length"):
         examination_from_randomised_logs(np.ones(3), np.ones(4))
+
+
+def _fitted_like(strength: float = 1.5) -> ComposedSimulator:
+    """A trainable composition at set values (sum redundancy, a pair matrix)."""
+    users, items = _features()
+    base = PointwiseModel(Attractiveness(users, items, dim=4, init_std=0.8))
+    pairs = torch.randn(5, 5, generator=torch.Generator().manual_seed(2))
+    return ComposedSimulator(
+        base, items, examination=torch.tensor([1.0, 0.7, 0.5, 0.3]), diversity_strength=strength,
+        max_positions=4, redundancy="sum", complementarity=pairs, trainable=True,
+    )  # fmt: skip
+
+
+def test_trainable_composition_matches_its_fixed_copy_and_the_formula() -> None:
+    sim = _fitted_like()
+    fixed = sim.with_base(sim.base)
+    assert not fixed.trainable and not [n for n, _ in fixed.named_parameters() if "base" not in n]
+    users, histories, candidates = _requests()
+    batch = SlateBatch(users, candidates[:, :4], histories)
+    with torch.no_grad():
+        probs = sim.click_probs(batch)
+        torch.testing.assert_close(fixed.click_probs(batch), probs)
+        # Last-position fast path = the full computation's last column, every prefix.
+        for k in range(1, 5):
+            prefix = SlateBatch(users, candidates[:, :k], histories)
+            torch.testing.assert_close(sim.last_click_probs(prefix), probs[:, k - 1])
+        # The formula by hand for position 2 of row 0.
+        u = torch.nn.functional.normalize(_features()[1][batch.items[0]], dim=1)
+        pairs = (sim.pair_matrix + sim.pair_matrix.T) / 2
+        pairs = pairs - torch.diag(torch.diagonal(pairs))
+        effect = -1.5 * (u[2] @ u[:2].T).clamp(min=0).sum() + (u[2] @ pairs @ u[:2].T).sum()
+        base = sim.base.click_probs(batch)[0, 2]
+        expected = 0.5 * torch.sigmoid(torch.logit(base) + effect)
+    torch.testing.assert_close(probs[0, 2], expected)
+    composition = sim.composition()
+    assert composition.examination[0] == 1.0 and composition.redundancy == "sum"
+    assert composition.diversity_strength == pytest.approx(1.5)
+    assert all(composition.complementarity[i][i] == 0 for i in range(5))
+
+
+def test_trainable_effects_get_gradients_and_position_zero_stays_fixed() -> None:
+    sim = _fitted_like()
+    users, histories, candidates = _requests()
+    clicks = torch.zeros(3, 4, dtype=torch.bool)
+    clicks[:, 1] = True
+    loss = -sim.log_likelihood(SlateBatch(users, candidates[:, :4], histories), clicks).mean()
+    loss.backward()
+    for name in ("examination_logits", "strength", "pair_matrix"):
+        assert getattr(sim, name).grad.abs().sum() > 0, name
+    assert "first_examination" in dict(sim.named_buffers())
+
+
+def test_implied_position_bias_inverts_the_dcg_curve() -> None:
+    for bias in (0.0, 0.5, 1.0, 2.5):
+        assert implied_position_bias(dcg_examination(6, bias)) == pytest.approx(bias, abs=1e-5)
+
+
+def test_checkpoints_of_the_fixed_composition_before_fitting_existed_still_load() -> None:
+    sim = _composed(strength=2.0, bias=1.0)
+    state = sim.state_dict()
+    legacy = {("examination" if k == "fixed_examination" else k): v for k, v in state.items()}
+    del legacy["strength"]  # the old format kept it in the spec only
+    fresh = _composed(strength=2.0, bias=1.0)
+    fresh.load_state_dict(legacy)
+    torch.testing.assert_close(fresh.examination, sim.examination)
+
+
+def test_composition_arguments_are_checked() -> None:
+    users, items = _features()
+    base = PointwiseModel(Attractiveness(users, items, dim=4))
+    with pytest.raises(ValueError, match="redundancy must be one of"):
+        ComposedSimulator(base, items, redundancy="mean")
+    with pytest.raises(ValueError, match=r"complementarity must be \[5, 5\]"):
+        ComposedSimulator(base, items, complementarity=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="may find a negative strength"):
+        ComposedSimulator(base, items, diversity_strength=-1.0)
+    ComposedSimulator(base, items, diversity_strength=-1.0, trainable=True)  # fitted: allowed
