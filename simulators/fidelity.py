@@ -260,6 +260,8 @@ def within_request_agreement(
         truth.expected_reward(flat).view(batch, lists),
     )
     tau = tau[~tau.isnan()]
+    if not len(tau):  # every request's lists tie under one of the two: no ordering to compare
+        return {"kendall_tau": math.nan, "kendall_tau_q10": math.nan, "kendall_tau_q90": math.nan}
     return {
         "kendall_tau": float(tau.mean()),
         "kendall_tau_q10": float(tau.quantile(0.1)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,9 @@ def test_bad_inputs_get_clear_errors(world) -> None:
         Requests(requests.users[:3], requests.histories, requests.candidates)
     with pytest.raises(ValueError, match="one list per request"):
         requests.lists(requests.candidates[:2, :LENGTH])
+    # Lists that all tie (the same list M times): no ordering, NaN rather than an error.
+    same = requests.candidates[:, None, :LENGTH].expand(-1, 4, -1)
+    assert math.isnan(within_request_agreement(truth, truth, requests, same)["kendall_tau"])
     with pytest.raises(ValueError, match="alternatives hold"):
         within_request_agreement(truth, truth, requests, torch.zeros(2, 4, LENGTH).long())
 
