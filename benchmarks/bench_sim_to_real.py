@@ -42,6 +42,7 @@ from rerank_env.task import make_task
 from simulators._io import atomic_write
 from simulators.base import SlateBatch
 from simulators.data import load_rerank_data
+from simulators.data.errors import ConfigError
 from simulators.data.synthetic_config import SyntheticConfig
 from simulators.factory import MODEL_KINDS, SimulatorSpec, build_simulator
 from simulators.fidelity import Requests, fidelity_metrics, lead_ratio
@@ -50,15 +51,11 @@ from simulators.training import evaluate_simulator, fit_simulator, logged_slates
 
 
 def _world(overrides: str) -> SyntheticConfig:
-    """``SyntheticConfig`` with ``key=value,...`` overrides (values parsed as numbers)."""
-    fields = {field.name: field.type for field in dataclasses.fields(SyntheticConfig)}
-    changes = {}
-    for item in filter(None, overrides.split(",")):
-        key, _, value = item.partition("=")
-        if key not in fields:
-            raise SystemExit(f"--world: unknown field {key!r}; fields: {', '.join(fields)}")
-        changes[key] = float(value) if "." in value or "e" in value else int(value)
-    return dataclasses.replace(SyntheticConfig(), **changes)
+    """The default world with ``--world key=value,...`` overrides."""
+    try:
+        return SyntheticConfig().with_overrides(overrides)
+    except ConfigError as error:
+        raise SystemExit(f"--world: {error}") from None
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ _TASK_KWARGS = (
     "composed",
     "position_bias",
     "diversity_strength",
+    "composition",
     "pipeline",
     "synthetic",
     "semantic_ids",

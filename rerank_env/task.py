@@ -29,12 +29,14 @@ import torch
 from simulators.base import PAD, ClickSimulator, SlateBatch
 from simulators.bundle import (
     BUNDLE_FORMAT_VERSION,
+    COMPOSITIONS,
     DEFAULT_BUNDLE_DIR,
     SIMULATOR_HISTORY,
     BundleConfig,
     RequestPool,
     SimulatorBundle,
     build_bundle,
+    fitted_summary,
     load_bundle,
 )
 from simulators.checkpoint import CHECKPOINT_FORMAT_VERSION, CheckpointError
@@ -461,6 +463,7 @@ def make_task(
     composed: bool = True,
     position_bias: float | None = None,
     diversity_strength: float | None = None,
+    composition: str = "assumed",
     pipeline: PipelineConfig | None = None,
     synthetic: SyntheticConfig | None = None,
     semantic_ids: SemanticIdConfig | None = None,
@@ -493,6 +496,12 @@ def make_task(
             returns (see ``simulators.composed``).
         position_bias: Examination exponent (``None``: the bundle's default, 1).
         diversity_strength: Diminishing-returns strength (``None``: the default, 2).
+        composition: ``"assumed"`` (default: the examination exponent and strength
+            above, set by hand) or ``"fitted"``: both simulators' examination,
+            redundancy strength and complementarity fitted on the training logs on
+            top of each ensemble member (``SimulatorBundle.fitted_composition``;
+            fitted on first use and cached). The task's ``description`` records
+            the fitted values and their spread over the members.
         pipeline: Data pipeline settings for a non-embedded dataset (default:
             ``PipelineConfig(num_candidates=max(N, 50), slate_length=L)``).
         synthetic: The synthetic world (default ``SyntheticConfig(slate_length=L)``).
@@ -539,6 +548,19 @@ def make_task(
         raise ConfigError(
             f"cold_start must be a ColdStartConfig (rerank_env.task) or None, got {cold_start!r}"
         )
+    if composition not in COMPOSITIONS:
+        raise ConfigError(
+            f"composition must be one of {COMPOSITIONS}, got {composition!r} ('fitted': "
+            "examination and list effects fitted on the training logs)"
+        )
+    if composition == "fitted" and (
+        not composed or position_bias is not None or diversity_strength is not None
+    ):
+        raise ConfigError(
+            "composition='fitted' takes its examination and strengths from the logs: it "
+            "needs composed=True and no position_bias or diversity_strength (those set "
+            "the assumed composition)"
+        )
     if not composed and (position_bias is not None or diversity_strength is not None):
         raise ConfigError(
             "position_bias and diversity_strength compose the simulator; with composed=False "
@@ -563,6 +585,7 @@ def make_task(
         composed=composed,
         position_bias=position_bias,
         diversity_strength=diversity_strength,
+        composition=composition,
     )
     simulators = {"train": train, "eval": held_out}
     if true_simulator is not None:
@@ -589,6 +612,12 @@ def make_task(
             if diversity_strength is None
             else diversity_strength
         ),
+        "composition": composition if composed else None,
+        "fitted_composition": (
+            fitted_summary(bundle_loaded.fitted_composition(simulator))
+            if composed and composition == "fitted"
+            else None
+        ),
         "data_checksum": bundle_loaded.manifest["data_checksum"],
         "cold_start": None if cold_start is None else dataclasses.asdict(cold_start),
     }
@@ -614,6 +643,7 @@ def make_task(
             "composed": composed,
             "position_bias": position_bias,
             "diversity_strength": diversity_strength,
+            "composition": composition,
             "pipeline": pipeline,
             "synthetic": synthetic,
             "semantic_ids": semantic_ids,

@@ -41,9 +41,10 @@ import torch
 from simulators._io import atomic_write
 from simulators.base import ClickSimulator
 from simulators.checkpoint import CheckpointError, load_simulator, save_simulator
-from simulators.composed import ComposedSimulator
+from simulators.composed import ComposedSimulator, fit_composition
 from simulators.data.cache import package_version
 from simulators.data.errors import ConfigError
+from simulators.data.paths import cache_dir
 from simulators.data.pipeline import PIPELINE_VERSION, SPLITS, RerankData
 from simulators.data.semantic_ids import (
     SemanticIdConfig,
@@ -343,6 +344,14 @@ def _compacted(
     return np.take_along_axis(kept, order, axis=1), order
 
 
+#: How a composed simulator's effects are set: by hand (``"assumed"``: a DCG
+#: examination curve and a diminishing-returns strength) or by maximum likelihood on
+#: the bundle's training logs (``"fitted"``, :meth:`SimulatorBundle.fitted_composition`).
+COMPOSITIONS = ("assumed", "fitted")
+#: Version of the cached fitted-composition files; a file of another version is refitted.
+COMPOSITION_FORMAT = 1
+
+
 @dataclass(frozen=True)
 class BundleConfig:
     """How a bundle's simulators are fitted.
@@ -431,20 +440,47 @@ class SimulatorBundle:
         composed: bool = True,
         position_bias: float | None = None,
         diversity_strength: float | None = None,
+        composition: str = "assumed",
     ) -> tuple[ClickSimulator, ClickSimulator]:
         """``(training simulator, held-out evaluation simulator)`` of one kind.
 
         Args:
             kind: One of :attr:`kinds`.
-            composed: Wrap both in the examination prior and diminishing returns.
-            position_bias: Examination exponent; ``None`` uses the bundle's default.
-            diversity_strength: Diminishing-returns strength; ``None`` uses the default.
+            composed: Wrap both in examination and list effects.
+            position_bias: Examination exponent of the assumed composition; ``None``
+                uses the bundle's default.
+            diversity_strength: Diminishing-returns strength of the assumed
+                composition; ``None`` uses the default.
+            composition: ``"assumed"`` (default: the DCG prior and the strength
+                above) or ``"fitted"``: each member's effects fitted on the training
+                logs (:meth:`fitted_composition`); the training simulator takes the
+                mean of its members' values, the held-out member its own.
+
+        Raises:
+            ConfigError: An unknown ``composition``, or ``"fitted"`` with
+                ``position_bias``, ``diversity_strength`` or ``composed=False``.
         """
         if kind not in self.ensembles:
             raise ValueError(f"this bundle has no {kind!r} simulator; it has {self.kinds}")
+        if composition not in COMPOSITIONS:
+            raise ConfigError(f"composition must be one of {COMPOSITIONS}, got {composition!r}")
+        if composition == "fitted" and (
+            not composed or position_bias is not None or diversity_strength is not None
+        ):
+            raise ConfigError(
+                "composition='fitted' takes its examination and strengths from the logs: "
+                "it needs composed=True and no position_bias or diversity_strength "
+                "(those set an assumed composition)"
+            )
         train, held_out = evaluation_split(self.ensembles[kind])
         if not composed:
             return train, held_out
+        if composition == "fitted":
+            members = self.fitted_composition(kind)["members"]
+            return (
+                self._composed(train, _mean_composition(members[:-1])),
+                self._composed(held_out, members[-1]),
+            )
         defaults = self.manifest["bundle_config"]
         composed_train = ComposedSimulator(
             train,
@@ -456,6 +492,87 @@ class SimulatorBundle:
             max_positions=self.pool.slate_length,
         )
         return composed_train, composed_train.with_base(held_out)
+
+    def _composed(self, base: ClickSimulator, values: dict[str, Any]) -> ComposedSimulator:
+        """``base`` with a fitted composition's values (fixed)."""
+        pairs = values["complementarity"]
+        return ComposedSimulator(
+            base,
+            self.similarity_vectors(),
+            examination=torch.tensor(values["examination"]),
+            diversity_strength=values["diversity_strength"],
+            max_positions=self.pool.slate_length,
+            redundancy=values["redundancy"],
+            complementarity=None if pairs is None else torch.tensor(pairs),
+        )
+
+    def fitted_composition(self, kind: str = "transformer", *, progress: bool = False) -> dict:
+        """Examination and list effects fitted on the training logs, one fit per member.
+
+        Each member of ``kind``'s ensemble is the attractiveness model, kept fixed
+        (:func:`~simulators.composed.fit_composition` with ``mode="after"``,
+        ``redundancy="sum"`` and a complementarity matrix over the genre vectors):
+        what the composition adds is the list effect the member has not learned
+        itself. Fitted on first use and cached in ``$RERANK_ENV_CACHE/compositions``
+        (versioned, keyed by the member checkpoint's checksum, written atomically),
+        never into the bundle folder (the embedded one is part of the package).
+
+        Returns:
+            ``{"format", "kind", "simulator_sha256", "mode", "members": [per member:
+            Composition fields, best_epoch, valid_nll], "summary": {field: {mean,
+            min, max}} over the members}``: the spread over members is the fit's
+            interval.
+        """
+        if kind not in self.ensembles:
+            raise ValueError(f"this bundle has no {kind!r} simulator; it has {self.kinds}")
+        checksum = self.manifest["files"][f"{kind}.pt"]
+        path = cache_dir() / "compositions" / f"{kind}-{checksum[:16]}-v{COMPOSITION_FORMAT}.json"
+        if path.exists():
+            entry = json.loads(path.read_text())
+            if (
+                entry.get("format") == COMPOSITION_FORMAT
+                and entry.get("simulator_sha256") == checksum
+            ):
+                return entry
+        members = []
+        for index, member in enumerate(self.ensembles[kind].members):
+            model, result = fit_composition(
+                member,
+                self.pool,
+                self.similarity_vectors(),
+                mode="after",
+                redundancy="sum",
+                complementarity=True,
+                max_positions=self.pool.slate_length,
+                seed=index,
+                progress=progress,
+            )
+            members.append(
+                {
+                    **model.composition().to_dict(),
+                    "best_epoch": result.best_epoch,
+                    "valid_nll": result.valid_nll[result.best_epoch],
+                }
+            )
+        entry = {
+            "format": COMPOSITION_FORMAT,
+            "rerank-env": package_version(),
+            "kind": kind,
+            "simulator_sha256": checksum,
+            "mode": "after",
+            "members": members,
+            "summary": {
+                name: {
+                    "mean": float(np.mean([m[name] for m in members])),
+                    "min": float(np.min([m[name] for m in members])),
+                    "max": float(np.max([m[name] for m in members])),
+                }
+                for name in ("diversity_strength", "position_bias")
+            },
+        }
+        text = json.dumps(entry, indent=1).encode()
+        atomic_write(path, lambda handle: handle.write(text))
+        return entry
 
     def stored_semantic_ids(self) -> tuple[SemanticIds, dict[str, Any]] | None:
         """``(semantic IDs, their manifest entry)`` saved in the bundle, or ``None``.
@@ -479,6 +596,31 @@ class SimulatorBundle:
                 first.attractiveness.user_vectors(every_user),
                 first.attractiveness.item_vectors(every_item),
             )
+
+
+def fitted_summary(entry: dict[str, Any]) -> dict[str, Any]:
+    """The short form of :meth:`SimulatorBundle.fitted_composition`'s entry.
+
+    Mean, min and max over the members of the redundancy strength and the position
+    exponent, and the members' mean examination curve (for task descriptions).
+    """
+    return {
+        "mode": entry["mode"],
+        "members": len(entry["members"]),
+        **entry["summary"],
+        "examination": np.mean([m["examination"] for m in entry["members"]], axis=0).tolist(),
+    }
+
+
+def _mean_composition(members: list[dict[str, Any]]) -> dict[str, Any]:
+    """Field-wise mean of several fitted compositions (same form)."""
+    pairs = [m["complementarity"] for m in members]
+    return {
+        "examination": np.mean([m["examination"] for m in members], axis=0).tolist(),
+        "diversity_strength": float(np.mean([m["diversity_strength"] for m in members])),
+        "redundancy": members[0]["redundancy"],
+        "complementarity": None if pairs[0] is None else np.mean(pairs, axis=0).tolist(),
+    }
 
 
 def _sha256(path: Path) -> str:

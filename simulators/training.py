@@ -65,6 +65,7 @@ def fit_simulator(
     progress: bool = True,
     device: str | torch.device = "cpu",
     train_rows: np.ndarray | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> FitResult:
     """Maximise the model's log-likelihood of the training slates (Adam).
 
@@ -84,6 +85,11 @@ def fit_simulator(
         device: Where to train.
         train_rows: Rows of the training slates to fit on, with repeats allowed (a
             bootstrap resample); ``None`` uses all of them.
+        optimizer: An optimizer over the model's parameters (e.g. Adam with a
+            parameter group per learning rate, as
+            :func:`~simulators.composed.fit_composition` builds);
+            ``None``: Adam with ``learning_rate`` and ``weight_decay``. Build it
+            after moving the model to ``device``.
     """
     model.to(device)
     train, train_clicks = logged_slates(data, "train", device=device)
@@ -91,7 +97,10 @@ def fit_simulator(
         picked = torch.as_tensor(train_rows, dtype=torch.long, device=device)
         train, train_clicks = _rows(train, picked), train_clicks[picked]
     valid, valid_clicks = logged_slates(data, "valid", device=device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    if optimizer is None:
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=learning_rate, weight_decay=weight_decay
+        )
     generator = torch.Generator().manual_seed(seed)
     result = FitResult()
     best_state, best = copy.deepcopy(model.state_dict()), math.inf

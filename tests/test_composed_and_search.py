@@ -215,6 +215,9 @@ def test_composition_arguments_are_checked() -> None:
         ComposedSimulator(base, items, redundancy="mean")
     with pytest.raises(ValueError, match=r"complementarity must be \[5, 5\]"):
         ComposedSimulator(base, items, complementarity=torch.zeros(3, 3))
-    with pytest.raises(ValueError, match="may find a negative strength"):
-        ComposedSimulator(base, items, diversity_strength=-1.0)
-    ComposedSimulator(base, items, diversity_strength=-1.0, trainable=True)  # fitted: allowed
+    with pytest.raises(ValueError, match="position_bias must be >= 0"):
+        ComposedSimulator(base, items, position_bias=-1.0)
+    # A negative strength is a similarity bonus, as a fit may find; a fitted one
+    # must survive being fixed for serving.
+    fitted = ComposedSimulator(base, items, diversity_strength=-1.0, trainable=True)
+    assert fitted.with_base(base).diversity_strength == -1.0

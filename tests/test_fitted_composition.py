@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -56,3 +58,76 @@ def test_an_unknown_fit_mode_is_refused() -> None:
     data = _world_data(satiation=1.0, position_bias=1.0)
     with pytest.raises(ValueError, match="mode must be one of"):
         _fit(data, mode="before")
+
+
+def test_a_joint_fit_recovers_satiation_and_position_at_the_default_world_size() -> None:
+    # The recovery study's setting (600 users, a pointwise base fitted jointly) on one
+    # world: within 30% here (the study's target, 20%, is over seeds; it measured
+    # 1.71 and 1.89 mean for 2 and 2). Before the effects had their own step size
+    # the same fit gave 0.5-0.7 for a satiation of 4.
+    world = SyntheticConfig(satiation=2.0, position_bias=2.0, seed=0)
+    data = load_rerank_data(
+        "synthetic", config=PipelineConfig(num_candidates=30, retriever="pop"), synthetic=world,
+        progress=False,
+    )  # fmt: skip
+    users, items = torch.as_tensor(data.user_features), torch.as_tensor(data.item_features)
+    base = build_simulator(SimulatorSpec.for_data(data, "pointwise", dim=16), users, items)
+    model, _ = fit_composition(base, data, items[:, :-1], epochs=80, patience=5)
+    fitted = model.composition()
+    assert fitted.diversity_strength == pytest.approx(2.0, rel=0.3)
+    assert fitted.position_bias == pytest.approx(2.0, rel=0.3)
+
+
+def test_a_task_with_a_fitted_composition(monkeypatch: pytest.MonkeyPatch) -> None:
+    import simulators.bundle as bundle_module
+    from rerank_env import make_task
+    from simulators.data.paths import cache_dir
+
+    task = make_task(dataset="synthetic", simulator="pbm", composition="fitted", progress=False)
+    fitted = task.description["fitted_composition"]
+    assert task.description["composition"] == "fitted"
+    assert fitted["mode"] == "after" and fitted["members"] == 2
+    assert fitted["diversity_strength"]["min"] <= fitted["diversity_strength"]["mean"]
+    assert fitted["diversity_strength"]["mean"] <= fitted["diversity_strength"]["max"]
+    assert len(fitted["examination"]) == task.pool.slate_length
+    # The held-out simulator carries its own member's values, the training one the
+    # mean of the others' (here one), all fixed.
+    cached = list((cache_dir() / "compositions").glob("pbm-*-v1.json"))
+    assert len(cached) == 1
+    entry = json.loads(cached[0].read_text())
+    held_out = task.simulators["eval"].composition()
+    assert held_out.redundancy == "sum"
+    assert held_out.diversity_strength == pytest.approx(entry["members"][-1]["diversity_strength"])
+    assert task.simulators["train"].composition().diversity_strength == pytest.approx(
+        entry["members"][0]["diversity_strength"]
+    )
+    assert not any(p.requires_grad for p in task.simulators["eval"].effect_parameters())
+    # Cached: a second task does not fit again.
+    monkeypatch.setattr(bundle_module, "fit_composition", _refuse)
+    again = make_task(dataset="synthetic", simulator="pbm", composition="fitted", progress=False)
+    assert again.description["fitted_composition"] == fitted
+    # A file of another format is not trusted: it is fitted again.
+    entry["format"] = 0
+    cached[0].write_text(json.dumps(entry))
+    with pytest.raises(AssertionError, match="fitted again"):
+        make_task(dataset="synthetic", simulator="pbm", composition="fitted", progress=False)
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("fitted again")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"composition": "learned"}, "composition must be one of"),
+        ({"composition": "fitted", "position_bias": 2.0}, "needs composed=True and no"),
+        ({"composition": "fitted", "composed": False}, "needs composed=True and no"),
+    ],
+)
+def test_bad_composition_arguments_are_refused(kwargs: dict, message: str) -> None:
+    from rerank_env import make_task
+    from simulators.data.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        make_task(**kwargs)

@@ -65,6 +65,32 @@ class SyntheticConfig:
                 f"{self.n_items} - {self.pool_size}"
             )
 
+    def with_overrides(self, text: str) -> SyntheticConfig:
+        """A copy with ``"key=value,..."`` overrides (for command lines).
+
+        Values are parsed as the field's type (``int`` or ``float``).
+
+        Raises:
+            ConfigError: An unknown field or a value that is not a number.
+        """
+        types = {field.name: field.type for field in dataclasses.fields(self)}
+        changes: dict[str, float | int] = {}
+        for item in filter(None, text.split(",")):
+            key, _, value = item.partition("=")
+            if key not in types:
+                raise ConfigError(
+                    f"unknown SyntheticConfig field {key!r} in {text!r}; fields: {', '.join(types)}"
+                )
+            number = int if types[key] in (int, "int") else float
+            try:
+                changes[key] = number(value)
+            except ValueError:
+                raise ConfigError(
+                    f"SyntheticConfig.{key} must be a{'n int' if number is int else ' float'}, "
+                    f"got {value!r} in {text!r}"
+                ) from None
+        return dataclasses.replace(self, **changes)
+
     def key(self) -> str:
         """Short hash identifying this world."""
         text = json.dumps(dataclasses.asdict(self), sort_keys=True)
