@@ -6,6 +6,7 @@ Usage::
         [--world sessions_per_user=75,n_users=2000]
     python benchmarks/bench_sim_to_real.py --study fidelity --seeds 3 [--budget quick] \
         [--requests 200] [--out runs/bench-fidelity]
+    python benchmarks/bench_sim_to_real.py --study judges --seeds 3 [--out runs/bench-judges]
 
 ``--study rank`` (default) fits every learned simulator on the synthetic world's
 logs (the same pipeline as real data) and prints, for random 6-item lists of test
@@ -23,6 +24,13 @@ and GoalRank over pointwise greedy under each judge (training simulator, held-ou
 member) against the truth. Targets: regret <= 3%, tau >= 0.8, the held-out judge's
 lead ratio for beam-8 in [0.8, 1.25]. One JSON per seed in ``--out``; the table
 gives the mean and a bootstrap 95% interval over seeds.
+
+``--study judges`` (issue 20) asks which held-out judge is most independent of the
+training simulator: beam-8's lead over pointwise greedy (both on the training
+simulator) under judges fitted on the same logs with another seed (the bundles'
+held-out member), on the other half of every user's sessions, on the other half of
+the users, or of another family (PBM), each with the assumed and the fitted
+composition, against its lead in truth.
 """
 
 from __future__ import annotations
@@ -40,14 +48,22 @@ from agents.evaluation import confidence_interval
 from agents.registry import make_agent
 from rerank_env.task import make_task
 from simulators._io import atomic_write
-from simulators.base import SlateBatch
-from simulators.data import load_rerank_data
+from simulators.base import ClickSimulator, SlateBatch
+from simulators.composed import ComposedSimulator, fit_composition
+from simulators.data import PipelineConfig, load_rerank_data
 from simulators.data.errors import ConfigError
 from simulators.data.synthetic_config import SyntheticConfig
 from simulators.factory import MODEL_KINDS, SimulatorSpec, build_simulator
-from simulators.fidelity import Requests, fidelity_metrics, lead_ratio
+from simulators.fidelity import Requests, fidelity_metrics, lead_ratio, pointwise_sort
+from simulators.search import beam_search
 from simulators.synthetic import SyntheticWorld, TrueClickModel, true_simulator_for
-from simulators.training import evaluate_simulator, fit_simulator, logged_slates, roc_auc
+from simulators.training import (
+    disjoint_halves,
+    evaluate_simulator,
+    fit_simulator,
+    logged_slates,
+    roc_auc,
+)
 
 
 def _world(overrides: str) -> SyntheticConfig:
@@ -60,7 +76,7 @@ def _world(overrides: str) -> SyntheticConfig:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--study", choices=["rank", "fidelity"], default="rank")
+    parser.add_argument("--study", choices=["rank", "fidelity", "judges"], default="rank")
     parser.add_argument("--requests", type=int, default=None, help="rank: 500, fidelity: 200")
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--weight-decay", type=float, default=1e-3)
@@ -70,15 +86,25 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="fidelity: worlds (one per seed)")
     parser.add_argument("--budget", default="quick", help="fidelity: the agents' preset")
     parser.add_argument(
+        "--composition",
+        choices=["assumed", "fitted"],
+        default="assumed",
+        help="fidelity: the task's composition (make_task(composition=...))",
+    )
+    parser.add_argument(
         "--agents",
         nargs="*",
         default=list(LEAD_AGENTS),
         help="fidelity: agents whose lead is judged",
     )
-    parser.add_argument("--out", default="runs/bench-fidelity", help="fidelity: records")
+    parser.add_argument(
+        "--out", default=None, help="fidelity / judges: records (runs/bench-<study>)"
+    )
     args = parser.parse_args()
     if args.study == "fidelity":
         fidelity_study(args)
+    elif args.study == "judges":
+        judges_study(args)
     else:
         rank_study(args)
 
@@ -142,7 +168,7 @@ JUDGES = {"train": "training simulator", "eval": "held-out member"}
 
 def fidelity_study(args: argparse.Namespace) -> None:
     """Fidelity of the task's simulators per world seed, then the table over seeds."""
-    out = Path(args.out)
+    out = Path(args.out or "runs/bench-fidelity")
     (out / "runs").mkdir(parents=True, exist_ok=True)
     for seed in range(args.seeds):
         path = out / "runs" / f"seed{seed}.json"
@@ -160,7 +186,9 @@ def fidelity_study(args: argparse.Namespace) -> None:
 def fidelity_run(seed: int, args: argparse.Namespace) -> dict:
     """Every fidelity metric in the world of ``seed`` (its task, agents and truth)."""
     world = dataclasses.replace(_world(args.world), seed=seed)
-    task = make_task(dataset="synthetic", synthetic=world, progress=True)
+    task = make_task(
+        dataset="synthetic", synthetic=world, composition=args.composition, progress=True
+    )
     test = task.requests("test")[: args.requests or 200]
     index = torch.as_tensor(test.copy())  # the task's arrays are read-only
     requests = Requests(
@@ -169,7 +197,12 @@ def fidelity_run(seed: int, args: argparse.Namespace) -> dict:
     train, held_out, truth = (task.simulators[role] for role in ("train", "eval", "true"))
     length = task.slate_length
     start = time.perf_counter()
-    record: dict = {"seed": seed, "world": dataclasses.asdict(world), "requests": len(test)}
+    record: dict = {
+        "seed": seed,
+        "world": dataclasses.asdict(world),
+        "requests": len(test),
+        "composition": args.composition,
+    }
     record["simulators"] = {
         role: fidelity_metrics(task.simulators[role], truth, requests, length, seed=seed)
         for role in JUDGES
@@ -208,7 +241,9 @@ def fidelity_table(records: list[dict]) -> str:
     seeds = len(records)
     lines = [
         f"Synthetic world, {seeds} seed(s) (one world each), "
-        f"{records[0]['requests']} test requests; mean [95% bootstrap CI] over seeds.",
+        f"{records[0]['requests']} test requests, "
+        f"{records[0].get('composition', 'assumed')} composition; "
+        "mean [95% bootstrap CI] over seeds.",
         "",
         "| simulator | argmax regret % | tau, random lists | tau, near the optimum "
         "| click level / truth | lead ratio of its beam (own judge) |",
@@ -241,6 +276,140 @@ def fidelity_table(records: list[dict]) -> str:
             f"| {cell([m['train']['lead_ratio'] for m in leads], 2)} "
             f"| {cell([m['eval']['lead_ratio'] for m in leads], 2)} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+#: Training simulator and judge per variant: ``(the rows each is fitted on, judge kind)``.
+JUDGE_VARIANTS = {
+    "same logs": "both on every training slate, seeds 0 and 1 (the bundles' held-out member)",
+    "session halves": "each on one half of every user's slates",
+    "user halves": "each on the slates of one half of the users",
+    "other family": "judge: a PBM on every training slate",
+}
+
+
+def judges_study(args: argparse.Namespace) -> None:
+    """Which held-out judge's lead ratio is closest to the truth, per world seed."""
+    out = Path(args.out or "runs/bench-judges")
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    for seed in range(args.seeds):
+        path = out / "runs" / f"seed{seed}.json"
+        if path.exists():
+            print(f"seed {seed}: stored, reused ({path})")
+            continue
+        record = judges_run(seed, args)
+        text = json.dumps(record, indent=1).encode()
+        atomic_write(path, lambda handle, text=text: handle.write(text))
+    records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("seed*.json"))]
+    table = judges_table(records)
+    (out / "judges.md").write_text(table)
+    print(table)
+
+
+def judges_run(seed: int, args: argparse.Namespace) -> dict:
+    """Beam-8's lead over pointwise greedy under each judge variant and in truth."""
+    world = dataclasses.replace(_world(args.world), seed=seed)
+    task = make_task(dataset="synthetic", synthetic=world, progress=False)
+    data = load_rerank_data(
+        "synthetic",
+        config=PipelineConfig(num_candidates=max(task.num_candidates, 50), slate_length=6),
+        synthetic=world,
+        progress=False,
+    )
+    truth = task.simulators["true"]
+    test = task.requests("test")[: args.requests or 200]
+    index = torch.as_tensor(test.copy())
+    requests = Requests(
+        task.users[index], task.histories[index], task.candidates[index][:, : task.num_candidates]
+    )
+    users, items = torch.as_tensor(data.user_features), torch.as_tensor(data.item_features)
+    genres = items[:, :-1]  # the composition's item vectors, as in bundles
+    length = task.slate_length
+
+    def member(kind: str, member_seed: int, rows: dict | None) -> ClickSimulator:
+        model = build_simulator(
+            SimulatorSpec.for_data(data, kind, dim=32, seed=member_seed), users, items
+        )
+        fit_simulator(
+            model,
+            data,
+            seed=member_seed,
+            progress=False,
+            train_rows=None if rows is None else rows["train"],
+            valid_rows=None if rows is None else rows["valid"],
+        )
+        return model.eval()
+
+    def composed(model: ClickSimulator, composition: str, rows: dict | None) -> ClickSimulator:
+        if composition == "assumed":  # the bundles' default
+            return ComposedSimulator(model, genres, max_positions=length).eval()
+        fitted, _ = fit_composition(
+            model,
+            data,
+            genres,
+            mode="after",
+            max_positions=length,
+            train_rows=None if rows is None else rows["train"],
+            valid_rows=None if rows is None else rows["valid"],
+        )
+        return fitted.with_base(model).eval()
+
+    start = time.perf_counter()
+    every = member("transformer", 0, None)
+    pairs = {"same logs": ((every, None), (member("transformer", 1, None), None))}
+    for by, name in (("sessions", "session halves"), ("users", "user halves")):
+        first, second = disjoint_halves(data, by=by, seed=seed)
+        pairs[name] = (
+            (member("transformer", 0, first), first),
+            (member("transformer", 1, second), second),
+        )
+    pairs["other family"] = ((every, None), (member("pbm", 1, None), None))
+    record: dict = {"seed": seed, "world": dataclasses.asdict(world), "requests": len(test)}
+    record["variants"] = {}
+    for composition in ("assumed", "fitted"):
+        for name, ((train_model, train_rows), (judge_model, judge_rows)) in pairs.items():
+            train = composed(train_model, composition, train_rows)
+            judge = composed(judge_model, composition, judge_rows)
+            with torch.no_grad():
+                lists, _ = beam_search(
+                    train, requests.users, requests.histories, requests.candidates, length,
+                    width=8,
+                )  # fmt: skip
+            baseline = pointwise_sort(train, requests, length)
+            record["variants"][f"{name} / {composition}"] = {
+                "judge": lead_ratio(judge, truth, requests, lists, baseline),
+                "own": lead_ratio(train, truth, requests, lists, baseline),
+            }
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def judges_table(records: list[dict]) -> str:
+    """Markdown: beam-8's lead ratio under each judge, mean [95% CI] over world seeds."""
+
+    def cell(values: list[float], digits: int = 2) -> str:
+        mean, low, high = confidence_interval(values)
+        return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+    lines = [
+        f"Synthetic world, {len(records)} seed(s) (one world each), "
+        f"{records[0]['requests']} test requests; beam-8 on the training simulator against "
+        "its pointwise greedy list; mean [95% bootstrap CI] over seeds. Lead ratio = lead "
+        "under the judge / lead in truth (1 = honest; target for the held-out judge: 0.8-1.25).",
+        "",
+        "| judge / composition | lead, judge | lead, truth | lead ratio, judge "
+        "| lead ratio, training simulator |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for variant in records[0]["variants"]:
+        rows = [r["variants"][variant] for r in records]
+        lines.append(
+            f"| {variant} | {cell([100 * m['judge']['judge_lead'] for m in rows], 1)}% "
+            f"| {cell([100 * m['judge']['true_lead'] for m in rows], 1)}% "
+            f"| {cell([m['judge']['lead_ratio'] for m in rows])} "
+            f"| {cell([m['own']['lead_ratio'] for m in rows])} |"
+        )
+    lines += ["", *(f"- {name}: {text}" for name, text in JUDGE_VARIANTS.items())]
     return "\n".join(lines) + "\n"
 
 

@@ -65,6 +65,7 @@ def fit_simulator(
     progress: bool = True,
     device: str | torch.device = "cpu",
     train_rows: np.ndarray | None = None,
+    valid_rows: np.ndarray | None = None,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> FitResult:
     """Maximise the model's log-likelihood of the training slates (Adam).
@@ -85,6 +86,9 @@ def fit_simulator(
         device: Where to train.
         train_rows: Rows of the training slates to fit on, with repeats allowed (a
             bootstrap resample); ``None`` uses all of them.
+        valid_rows: Rows of the validation slates that select the epoch (e.g. the
+            same users' half as ``train_rows``, :func:`disjoint_halves`); ``None``
+            uses all of them.
         optimizer: An optimizer over the model's parameters (e.g. Adam with a
             parameter group per learning rate, as
             :func:`~simulators.composed.fit_composition` builds);
@@ -97,6 +101,9 @@ def fit_simulator(
         picked = torch.as_tensor(train_rows, dtype=torch.long, device=device)
         train, train_clicks = _rows(train, picked), train_clicks[picked]
     valid, valid_clicks = logged_slates(data, "valid", device=device)
+    if valid_rows is not None:
+        picked = torch.as_tensor(valid_rows, dtype=torch.long, device=device)
+        valid, valid_clicks = _rows(valid, picked), valid_clicks[picked]
     if optimizer is None:
         optimizer = torch.optim.Adam(
             model.parameters(), lr=learning_rate, weight_decay=weight_decay
@@ -193,6 +200,57 @@ def bootstrap_slates(data: RerankData, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     count = len(data.split_indices("train"))
     return np.sort(rng.integers(0, count, size=count))
+
+
+#: How :func:`disjoint_halves` splits the logs.
+HALF_SPLITS = ("users", "sessions")
+
+
+def disjoint_halves(
+    data: RerankData, by: str = "users", seed: int = 0
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Two halves of the logged slates that share no slate, for independent models.
+
+    ``by="users"``: a random half of the users and their slates, the other half
+    theirs (a model fitted on one half meets the other half's users cold: only
+    their features and histories tell it anything). ``by="sessions"``: every
+    user's slates dealt alternately, in a random order, to the two halves (both
+    halves know every user with at least two slates).
+
+    Args:
+        data: Processed data (or a request pool).
+        by: ``"users"`` or ``"sessions"``.
+        seed: Seed of the split.
+
+    Returns:
+        Two dicts ``{"train": rows, "valid": rows}`` of row indices into the
+        ``train`` and ``valid`` logged slates (:func:`logged_slates`), for
+        :func:`fit_simulator`'s ``train_rows`` and ``valid_rows``.
+
+    Raises:
+        ValueError: An unknown ``by``.
+    """
+    if by not in HALF_SPLITS:
+        raise ValueError(f"by must be one of {HALF_SPLITS}, got {by!r}")
+    rng = np.random.default_rng(seed)
+    every_user = np.unique(data.request_user)
+    first_users = set(rng.permutation(every_user)[: len(every_user) // 2].tolist())
+    halves: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {})
+    for split in ("train", "valid"):
+        users = np.asarray(data.request_user[data.split_indices(split)])
+        if by == "users":
+            first = np.isin(users, list(first_users))
+        else:
+            # A random order, then each user's slates counted in it: even ones first.
+            order = rng.permutation(len(users))
+            grouped = order[np.argsort(users[order], kind="stable")]
+            starts = np.searchsorted(users[grouped], users[grouped], side="left")
+            rank = np.empty(len(users), dtype=np.int64)
+            rank[grouped] = np.arange(len(users)) - starts
+            first = rank % 2 == 0
+        halves[0][split] = np.flatnonzero(first)
+        halves[1][split] = np.flatnonzero(~first)
+    return halves
 
 
 def fit_members(

@@ -7,12 +7,14 @@ import dataclasses
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from scipy.stats import kendalltau
 
 from simulators.data import PipelineConfig, load_rerank_data
 from simulators.data.synthetic_config import SyntheticConfig
+from simulators.factory import SimulatorSpec, build_simulator
 from simulators.fidelity import (
     Requests,
     alternative_lists,
@@ -25,6 +27,7 @@ from simulators.fidelity import (
 )
 from simulators.report import FIDELITY_COLUMNS, write_report
 from simulators.synthetic import SyntheticWorld, TrueClickModel, true_simulator_for
+from simulators.training import disjoint_halves, fit_simulator
 
 WORLD = SyntheticConfig(n_users=80, n_items=150, sessions_per_user=8, seed=5)
 LENGTH = 6
@@ -161,3 +164,44 @@ def test_the_simulator_report_adds_fidelity_columns_when_the_truth_is_known(
     assert float(rows["truth"]["kendall_tau_local"]) == pytest.approx(1.0)
     assert float(rows["blind"]["kendall_tau_local"]) < 0.95
     assert "kendall_tau_local" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("by", ["users", "sessions"])
+def test_disjoint_halves_share_no_slate(world, by: str) -> None:
+    data = world[3]
+    first, second = disjoint_halves(data, by=by, seed=3)
+    for split in ("train", "valid"):
+        rows = len(data.split_indices(split))
+        a, b = first[split], second[split]
+        assert len(np.intersect1d(a, b)) == 0 and len(a) + len(b) == rows
+        users = data.request_user[data.split_indices(split)]
+        shared = np.intersect1d(users[a], users[b])
+        if by == "users":
+            assert len(shared) == 0  # a user's slates all go one way
+        else:
+            # every user with two or more slates is in both halves, evenly dealt
+            counts = np.bincount(users)
+            assert set(shared) == set(np.flatnonzero(counts >= 2))
+            assert abs(np.bincount(users[a], minlength=len(counts)) - counts / 2).max() <= 0.5
+    again = disjoint_halves(data, by=by, seed=3)
+    assert all(np.array_equal(first[s], again[0][s]) for s in ("train", "valid"))
+    with pytest.raises(ValueError, match="by must be one of"):
+        disjoint_halves(data, by="items")
+
+
+def test_a_fit_on_one_half_only_sees_that_half(world) -> None:
+    # valid_rows select the epoch on the half's own validation slates: a model fitted
+    # on half the users is judged on those users, and its fit differs from the other's.
+    data = world[3]
+    first, second = disjoint_halves(data, by="users", seed=0)
+    users, items = torch.as_tensor(data.user_features), torch.as_tensor(data.item_features)
+    fits = []
+    for half in (first, second):
+        model = build_simulator(SimulatorSpec.for_data(data, "pointwise", dim=4), users, items)
+        result = fit_simulator(
+            model, data, epochs=2, progress=False,
+            train_rows=half["train"], valid_rows=half["valid"],
+        )  # fmt: skip
+        fits.append(result)
+    assert fits[0].train_nll != fits[1].train_nll
+    assert fits[0].valid_nll != fits[1].valid_nll
