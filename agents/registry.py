@@ -231,6 +231,13 @@ register(
     components={"auxiliary": ("initial-order", "pointwise-greedy")},
 )  # fmt: skip
 register(
+    "goalrank-composed", "agents.goalrank:GoalRank",
+    "GoalRank, learned reward model fitted inside a learned composition (examination, "
+    "redundancy, complementarity)",
+    kwargs={"reward_model_composition": True},
+    components={"auxiliary": ("initial-order", "pointwise-greedy")},
+)  # fmt: skip
+register(
     "goalrank-sim", "agents.goalrank:GoalRank", "GoalRank, training simulator as reward",
     kwargs={"reward_model": "simulator"},
     components={"auxiliary": ("initial-order", "pointwise-greedy")},

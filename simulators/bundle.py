@@ -546,6 +546,9 @@ class SimulatorBundle:
                 max_positions=self.pool.slate_length,
                 seed=index,
                 progress=progress,
+                # where the (shared, frozen) member already is: moving it would move
+                # every task's simulator
+                device=next(member.parameters()).device,
             )
             members.append(
                 {

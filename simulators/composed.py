@@ -322,6 +322,78 @@ class ComposedSimulator(ClickSimulator):
 FIT_MODES = ("joint", "after")
 
 
+def fittable_composition(
+    base: ClickSimulator,
+    item_vectors: torch.Tensor,
+    max_positions: int,
+    *,
+    redundancy: str = "sum",
+    complementarity: bool = True,
+) -> ComposedSimulator:
+    """A trainable composition around ``base`` at its fit's starting point.
+
+    The list effects start at zero and the examination at the DCG prior (a flat
+    start would sit where the sigmoid is saturated), so a strength a fit reports
+    is one the logs support.
+    """
+    width = item_vectors.shape[1]
+    return ComposedSimulator(
+        base,
+        item_vectors,
+        examination=dcg_examination(max_positions, 1.0),
+        diversity_strength=0.0,
+        max_positions=max_positions,
+        redundancy=redundancy,
+        complementarity=torch.zeros(width, width) if complementarity else None,
+        trainable=True,
+    )
+
+
+def composition_optimizer(
+    composed: ComposedSimulator,
+    *,
+    mode: str = "joint",
+    learning_rate: float = 5e-3,
+    weight_decay: float = 1e-5,
+    effect_learning_rate: float = 0.05,
+    pair_learning_rate: float = 5e-4,
+) -> torch.optim.Adam:
+    """Adam over a trainable composition: the effects, the pairs and (joint) the base.
+
+    Each group has its own step size (see :func:`fit_composition` for why); the
+    effects have no weight decay. ``mode="after"`` leaves the base out.
+
+    Raises:
+        ValueError: ``composed`` is not trainable, or an unknown ``mode``.
+    """
+    if not composed.trainable:
+        raise ValueError("composition_optimizer needs a trainable ComposedSimulator")
+    if mode not in FIT_MODES:
+        raise ValueError(f"mode must be one of {FIT_MODES}, got {mode!r}")
+    effects = composed.effect_parameters()
+    effect_ids = {id(p) for p in effects}
+    groups = [
+        {
+            "params": [p for p in effects if p is not composed.pair_matrix],
+            "lr": effect_learning_rate,
+            "weight_decay": 0.0,
+        }
+    ]
+    if composed.pair_matrix is not None:
+        groups.append(
+            {"params": [composed.pair_matrix], "lr": pair_learning_rate, "weight_decay": 0.0}
+        )
+    if mode == "joint":
+        groups.append(
+            {
+                "params": [p for p in composed.parameters() if id(p) not in effect_ids],
+                "lr": learning_rate,
+                "weight_decay": weight_decay,
+            }
+        )
+    return torch.optim.Adam(groups)
+
+
 def fit_composition(
     base: ClickSimulator,
     data: RerankData,
@@ -340,11 +412,9 @@ def fit_composition(
 
     The examination of every position after the first, the redundancy strength and
     (with ``complementarity``) a pair matrix over the item vectors are parameters of
-    a :class:`ComposedSimulator` around ``base``; :func:`fit_simulator` maximises the
-    logged clicks' likelihood, stopping early on the validation slates. The list
-    effects start at zero and the examination at the DCG prior (a flat start would
-    sit where the sigmoid is saturated), so a strength the fit reports is one the
-    logs support.
+    a :class:`ComposedSimulator` around ``base`` (:func:`fittable_composition`);
+    :func:`fit_simulator` maximises the logged clicks' likelihood, stopping early
+    on the validation slates.
 
     What the logs can identify depends on how they were collected: a position
     effect only where items appear at several positions, a list effect only where
@@ -389,40 +459,22 @@ def fit_composition(
 
     if mode not in FIT_MODES:
         raise ValueError(f"mode must be one of {FIT_MODES}, got {mode!r}")
-    positions = max_positions or data.logged_items.shape[1]
-    width = item_vectors.shape[1]
-    composed = ComposedSimulator(
+    composed = fittable_composition(
         base,
         item_vectors,
-        examination=dcg_examination(positions, 1.0),
-        diversity_strength=0.0,
-        max_positions=positions,
+        max_positions or data.logged_items.shape[1],
         redundancy=redundancy,
-        complementarity=torch.zeros(width, width) if complementarity else None,
-        trainable=True,
+        complementarity=complementarity,
     )
-    device = fit_options.get("device", "cpu")
-    composed.to(device)
-    effects = composed.effect_parameters()
-    effect_ids = {id(p) for p in effects}
-    pairs = [] if composed.pair_matrix is None else [composed.pair_matrix]
-    groups = [
-        {
-            "params": [p for p in effects if p is not composed.pair_matrix],
-            "lr": effect_learning_rate,
-            "weight_decay": 0.0,
-        },
-    ]
-    if pairs:
-        groups.append({"params": pairs, "lr": pair_learning_rate, "weight_decay": 0.0})
-    if mode == "joint":
-        groups.append(
-            {
-                "params": [p for p in composed.parameters() if id(p) not in effect_ids],
-                "lr": float(fit_options.get("learning_rate", 5e-3)),
-                "weight_decay": float(fit_options.get("weight_decay", 1e-5)),
-            }
-        )
+    composed.to(fit_options.get("device", "cpu"))
+    optimizer = composition_optimizer(
+        composed,
+        mode=mode,
+        learning_rate=float(fit_options.get("learning_rate", 5e-3)),
+        weight_decay=float(fit_options.get("weight_decay", 1e-5)),
+        effect_learning_rate=effect_learning_rate,
+        pair_learning_rate=pair_learning_rate,
+    )
     frozen = [p for p in base.parameters() if p.requires_grad] if mode == "after" else []
     for parameter in frozen:
         parameter.requires_grad_(False)
@@ -431,7 +483,7 @@ def fit_composition(
             composed,
             data,
             progress=progress,
-            optimizer=torch.optim.Adam(groups),
+            optimizer=optimizer,
             **fit_options,
         )
     finally:

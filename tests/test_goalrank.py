@@ -132,3 +132,25 @@ def test_invalid_options_are_refused() -> None:
     with pytest.raises(TypeError, match="cannot sample"):
         GoalRank(auxiliary=[RandomAgent()])
     assert GoalRank(auxiliary=[PointwiseGreedy()]).policy_lists == 8
+
+
+def test_a_composed_reward_model_is_learned_and_survives_a_checkpoint(small_task, tmp_path) -> None:
+    # The learned reward model fitted inside a composition: its effects move off
+    # their start (strength 0, DCG examination), and a saved agent scores lists
+    # exactly as the fitted one does.
+    agent = GoalRank(
+        reward_model="learned", reward_model_composition=True, reward_model_epochs=2,
+        train_requests=2000, iterations=2, batch_size=16, eval_every=1, eval_requests=32,
+    ).fit(small_task)  # fmt: skip
+    model = agent.modules["reward_model"]
+    composition = model.composition()
+    assert composition.redundancy == "sum" and composition.diversity_strength != 0.0
+    assert composition.examination[1] != pytest.approx(1 / np.log2(3))
+    loaded = GoalRank.load(agent.save(tmp_path / "goalrank.pt"))
+    rows = small_task.requests("test")[:8]
+    assert np.array_equal(loaded.rank(small_task, rows), agent.rank(small_task, rows))
+    torch.testing.assert_close(
+        loaded.modules["reward_model"].examination, model.examination.detach()
+    )
+    with pytest.raises(ValueError, match="reward_model_composition=True composes"):
+        GoalRank(reward_model="simulator", reward_model_composition=True)

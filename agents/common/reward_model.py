@@ -5,6 +5,13 @@ The generator-evaluator's ``evaluator="learned"`` and GoalRank's
 :mod:`simulators.context_model` (a causal Transformer over the list, so it values
 order and context), fitted on the training requests' logged slates and clicks. Its
 list reward is the expected number of clicks.
+
+With ``composition=True`` the model is wrapped in a trainable
+:class:`~simulators.composed.ComposedSimulator` (examination per position, a
+redundancy strength over the items' genre vectors summed over the items above, a
+complementarity matrix) fitted jointly with it, with the effects' own step sizes
+(:func:`~simulators.composed.composition_optimizer`): every part of it is learned
+from the logs, as the simulators' ``composition="fitted"`` is.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import torch
 
 from rerank_env.task import RerankTask
 from simulators.base import ClickSimulator, isolated_torch_rng
+from simulators.composed import ComposedSimulator, composition_optimizer, fittable_composition
 from simulators.factory import SimulatorSpec, build_simulator
 from simulators.training import fit_simulator
 
@@ -34,11 +42,14 @@ def reward_model_spec(task: RerankTask, seed: int) -> dict[str, Any]:
     ).to_dict()
 
 
-def build_reward_model(spec: dict[str, Any], task: RerankTask | None, seed: int) -> ClickSimulator:
+def build_reward_model(
+    spec: dict[str, Any], task: RerankTask | None, seed: int, *, composition: bool = False
+) -> ClickSimulator:
     """An untrained reward model from :func:`reward_model_spec`.
 
     ``task`` is ``None`` when loading a checkpoint (the weights restore the feature
-    tables).
+    tables, and the composition's item vectors). ``composition``: wrapped in a
+    trainable composition (module docstring).
     """
     features = (
         (None, None)
@@ -46,7 +57,16 @@ def build_reward_model(spec: dict[str, Any], task: RerankTask | None, seed: int)
         else (torch.as_tensor(task.pool.user_features), torch.as_tensor(task.pool.item_features))
     )
     with isolated_torch_rng(seed):
-        return build_simulator(SimulatorSpec(**spec), *features)
+        model = build_simulator(SimulatorSpec(**spec), *features)
+    if not composition:
+        return model
+    # The genre columns, as the bundles' compositions use (the last one is the year).
+    genres = (
+        torch.zeros(spec["n_items"], spec["item_feature_dim"] - 1)
+        if task is None
+        else torch.as_tensor(task.pool.item_features[:, :-1])
+    )
+    return fittable_composition(model, genres, spec["max_positions"])
 
 
 def fit_reward_model(
@@ -73,8 +93,12 @@ def fit_reward_model(
     available = len(task.pool.split_indices("train"))
     if train_requests is not None and train_requests < available:
         rows = np.sort(np.random.default_rng(seed + 2).permutation(available)[:train_requests])
+    optimizer = None
+    if isinstance(model, ComposedSimulator) and model.trainable:
+        optimizer = composition_optimizer(model.to(task.device))
     report = fit_simulator(
-        model, task.pool, epochs=epochs, seed=seed, progress=progress, train_rows=rows
-    )
+        model, task.pool, epochs=epochs, seed=seed, progress=progress, train_rows=rows,
+        optimizer=optimizer, device=task.device,
+    )  # fmt: skip
     model.eval()
     return list(report.valid_nll)

@@ -97,8 +97,9 @@ class GoalRank(PointerAgent):
         self.reward = SimulatorScorer("train")
         if cfg.reward_model == "learned":
             self.modules["reward_model"] = build_reward_model(
-                self.build_info["reward_model_spec"], task, cfg.seed
-            )
+                self.build_info["reward_model_spec"], task, cfg.seed,
+                composition=cfg.reward_model_composition,
+            )  # fmt: skip
             self.reward = ClickModelScorer(self.modules["reward_model"])
 
     def parameter_count(self) -> int:

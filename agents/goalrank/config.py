@@ -28,6 +28,9 @@ class GoalRankConfig(AgentConfig):
         reward_model: ``"learned"`` (click model fitted on the logs) or
             ``"simulator"`` (the task's training simulator).
         reward_model_epochs: Maximum epochs of the learned reward model.
+        reward_model_composition: Fit the learned reward model inside a
+            composition (examination, redundancy, complementarity) learned jointly
+            with it from the logs (:mod:`agents.common.reward_model`).
         train_requests: Training requests whose logged slates fit the learned reward
             model (a random subset, for tests and quick runs); ``None``: all.
         group_size: G, lists per request per step.
@@ -48,6 +51,7 @@ class GoalRankConfig(AgentConfig):
 
     reward_model: RewardModelKind = "learned"
     reward_model_epochs: int = 20
+    reward_model_composition: bool = False
     train_requests: int | None = None
     group_size: int = 16
     policy_share: float = 0.5
@@ -72,6 +76,12 @@ class GoalRankConfig(AgentConfig):
         if self.reward_model not in ("learned", "simulator"):
             raise ConfigError(
                 f"reward_model must be 'learned' or 'simulator', got {self.reward_model!r}"
+            )
+        if self.reward_model_composition and self.reward_model != "learned":
+            raise ConfigError(
+                "reward_model_composition=True composes the learned reward model; with "
+                f"reward_model={self.reward_model!r} there is none: set "
+                "reward_model='learned' or drop it"
             )
         if self.group_size < 2:
             raise ConfigError(
