@@ -131,3 +131,23 @@ def test_bad_composition_arguments_are_refused(kwargs: dict, message: str) -> No
 
     with pytest.raises(ConfigError, match=message):
         make_task(**kwargs)
+
+
+def test_the_composition_optimizer_gives_each_part_its_step() -> None:
+    from simulators.composed import ComposedSimulator, composition_optimizer, fittable_composition
+
+    data = _world_data(satiation=1.0, position_bias=1.0)
+    users, items = torch.as_tensor(data.user_features), torch.as_tensor(data.item_features)
+    base = build_simulator(SimulatorSpec.for_data(data, "pointwise", dim=4), users, items)
+    composed = fittable_composition(base, items[:, :-1], 6)
+    joint = composition_optimizer(composed, effect_learning_rate=0.1, pair_learning_rate=1e-4)
+    steps = [group["lr"] for group in joint.param_groups]
+    assert steps == [0.1, 1e-4, 5e-3]
+    in_groups = sum(p.numel() for group in joint.param_groups for p in group["params"])
+    assert in_groups == sum(p.numel() for p in composed.parameters())  # each once
+    after = composition_optimizer(composed, mode="after")
+    assert len(after.param_groups) == 2  # the base is left out
+    with pytest.raises(ValueError, match="needs a trainable"):
+        composition_optimizer(ComposedSimulator(base, items[:, :-1]))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        composition_optimizer(composed, mode="before")
