@@ -32,6 +32,7 @@ _TASK_KWARGS = (
     "position_bias",
     "diversity_strength",
     "composition",
+    "held_out",
     "pipeline",
     "synthetic",
     "semantic_ids",

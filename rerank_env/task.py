@@ -31,6 +31,7 @@ from simulators.bundle import (
     BUNDLE_FORMAT_VERSION,
     COMPOSITIONS,
     DEFAULT_BUNDLE_DIR,
+    HELD_OUT_SPLITS,
     SIMULATOR_HISTORY,
     BundleConfig,
     RequestPool,
@@ -464,6 +465,7 @@ def make_task(
     position_bias: float | None = None,
     diversity_strength: float | None = None,
     composition: str = "assumed",
+    held_out: str = "seed",
     pipeline: PipelineConfig | None = None,
     synthetic: SyntheticConfig | None = None,
     semantic_ids: SemanticIdConfig | None = None,
@@ -502,6 +504,12 @@ def make_task(
             top of each ensemble member (``SimulatorBundle.fitted_composition``;
             fitted on first use and cached). The task's ``description`` records
             the fitted values and their spread over the members.
+        held_out: How the held-out evaluation simulator is kept apart from the
+            training one: ``"seed"`` (default: the same logs, another seed),
+            ``"sessions"`` (fitted on the other half of every user's sessions) or
+            ``"users"`` (on the other half of the users); not ``"seed"`` needs a
+            bundle fitted that way, so the embedded bundle is not used (the raw
+            data is). See ``BundleConfig.held_out``.
         pipeline: Data pipeline settings for a non-embedded dataset (default:
             ``PipelineConfig(num_candidates=max(N, 50), slate_length=L)``).
         synthetic: The synthetic world (default ``SyntheticConfig(slate_length=L)``).
@@ -548,6 +556,16 @@ def make_task(
         raise ConfigError(
             f"cold_start must be a ColdStartConfig (rerank_env.task) or None, got {cold_start!r}"
         )
+    if held_out not in HELD_OUT_SPLITS:
+        raise ConfigError(
+            f"held_out must be one of {HELD_OUT_SPLITS}, got {held_out!r} ('sessions': the "
+            "held-out simulator fitted on the other half of every user's sessions)"
+        )
+    if held_out != "seed" and bundle is not None:
+        raise ConfigError(
+            f"held_out={held_out!r} fits a bundle that way; bundle=... is already fitted "
+            "(its manifest's bundle_config says how): drop one of them"
+        )
     if composition not in COMPOSITIONS:
         raise ConfigError(
             f"composition must be one of {COMPOSITIONS}, got {composition!r} ('fitted': "
@@ -576,18 +594,19 @@ def make_task(
         pipeline,
         synthetic,
         str(device),
+        held_out,
     )
     bundle_loaded, true_simulator, embedded = _sources(source, progress=progress)
     # A fresh task (and fresh composition wrappers) per call; the fitted ensembles
     # underneath are shared by every task of this process and stay frozen.
-    train, held_out = bundle_loaded.simulators(
+    train, held_out_simulator = bundle_loaded.simulators(
         simulator,
         composed=composed,
         position_bias=position_bias,
         diversity_strength=diversity_strength,
         composition=composition,
     )
-    simulators = {"train": train, "eval": held_out}
+    simulators = {"train": train, "eval": held_out_simulator}
     if true_simulator is not None:
         simulators["true"] = true_simulator
     user_vectors, item_vectors = bundle_loaded.representations(simulator)
@@ -612,6 +631,7 @@ def make_task(
             if diversity_strength is None
             else diversity_strength
         ),
+        "held_out": bundle_loaded.manifest["bundle_config"].get("held_out", "seed"),
         "composition": composition if composed else None,
         "fitted_composition": (
             fitted_summary(bundle_loaded.fitted_composition(simulator))
@@ -644,6 +664,7 @@ def make_task(
             "position_bias": position_bias,
             "diversity_strength": diversity_strength,
             "composition": composition,
+            "held_out": held_out,
             "pipeline": pipeline,
             "synthetic": synthetic,
             "semantic_ids": semantic_ids,
@@ -729,6 +750,7 @@ class _Source:
     pipeline: PipelineConfig | None
     synthetic: SyntheticConfig | None
     device: str
+    held_out: str = "seed"
 
 
 def _sources(
@@ -761,7 +783,7 @@ def _load_sources(
                 f"dataset={dataset!r}; pass dataset={loaded.manifest['dataset']!r}"
             )
         return loaded, None, False
-    if dataset == "ml-100k" and data_dir is None and pipeline is None:
+    if dataset == "ml-100k" and data_dir is None and pipeline is None and source.held_out == "seed":
         manifest = json.loads((DEFAULT_BUNDLE_DIR / "manifest.json").read_text())
         if (
             slate_length <= manifest["pool"]["slate_length"]
@@ -773,7 +795,9 @@ def _load_sources(
         num_candidates=max(num_candidates, 50), slate_length=slate_length
     )
     data = load_rerank_data(dataset, data_dir, config, progress=progress, synthetic=synthetic)
-    loaded = _cached_bundle(data, dataset, data_dir, simulator, synthetic, progress)
+    loaded = _cached_bundle(
+        data, dataset, data_dir, simulator, synthetic, progress, held_out=source.held_out
+    )
     true_simulator = None
     if dataset == "synthetic":
         from simulators.data.synthetic_world import true_simulator_for  # noqa: PLC0415
@@ -789,16 +813,18 @@ def _cached_bundle(
     simulator: str,
     synthetic: SyntheticConfig | None,
     progress: bool,
+    *,
+    held_out: str = "seed",
 ) -> SimulatorBundle:
     """The bundle of ``simulator`` fitted on ``data``, built once into the user cache."""
     checksum = data_checksum(dataset, data_dir) if dataset != "synthetic" else synthetic.key()
-    config = BundleConfig(kinds=(simulator,))
+    config = BundleConfig(kinds=(simulator,), held_out=held_out)
+    fields = dataclasses.asdict(config)
+    if held_out == "seed":
+        del fields["held_out"]  # bundles cached before the field existed keep their key
     versions = [BUNDLE_FORMAT_VERSION, CHECKPOINT_FORMAT_VERSION, PIPELINE_VERSION]
     key = hashlib.sha256(
-        json.dumps(
-            [versions, checksum, data.config.to_json(), dataclasses.asdict(config)],
-            sort_keys=True,
-        ).encode()
+        json.dumps([versions, checksum, data.config.to_json(), fields], sort_keys=True).encode()
     ).hexdigest()[:16]
     folder = cache_dir() / "bundles" / f"{dataset}-{simulator}-{key}"
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -350,6 +350,8 @@ def _compacted(
 COMPOSITIONS = ("assumed", "fitted")
 #: Version of the cached fitted-composition files; a file of another version is refitted.
 COMPOSITION_FORMAT = 1
+#: How a bundle's held-out member is made independent (:attr:`BundleConfig.held_out`).
+HELD_OUT_SPLITS = ("seed", "sessions", "users")
 
 
 @dataclass(frozen=True)
@@ -375,6 +377,13 @@ class BundleConfig:
         diversity_strength: Default diminishing-returns strength of the composed simulator.
         headroom_requests: Test requests on which the manifest records the default
             composed simulator's headroom.
+        held_out: How the held-out member differs from the training members:
+            ``"seed"`` (default: all fitted on every training slate, each with its
+            own seed), ``"sessions"`` or ``"users"``: the training members on one
+            half of the logged slates and the held-out member on the other
+            (:func:`~simulators.training.disjoint_halves`, split seeded by
+            ``seed``), a judge that shares no slate with the training simulator
+            (docs/simulators.md measures which is most honest).
     """
 
     kinds: tuple[str, ...] = ("transformer", "pbm", "dcm", "cascade")
@@ -389,8 +398,18 @@ class BundleConfig:
     position_bias: float = 1.0
     diversity_strength: float = 2.0
     headroom_requests: int = 200
+    held_out: str = "seed"
 
     def __post_init__(self) -> None:
+        if self.held_out not in HELD_OUT_SPLITS:
+            raise ConfigError(
+                f"BundleConfig.held_out must be one of {HELD_OUT_SPLITS}, got {self.held_out!r}"
+            )
+        if self.held_out != "seed" and self.bootstrap:
+            raise ConfigError(
+                "BundleConfig.held_out='sessions' or 'users' fits members on halves of the "
+                "logs; bootstrap=True would resample them: use one or the other"
+            )
         unknown = [kind for kind in self.kinds if kind not in MODEL_KINDS]
         if unknown or not self.kinds:
             raise ConfigError(
@@ -535,7 +554,12 @@ class SimulatorBundle:
             ):
                 return entry
         members = []
-        for index, member in enumerate(self.ensembles[kind].members):
+        fitted_with = self.manifest["bundle_config"]
+        ensemble = self.ensembles[kind].members
+        rows = member_rows(
+            self.pool, fitted_with.get("held_out", "seed"), len(ensemble), fitted_with["seed"]
+        )
+        for index, member in enumerate(ensemble):
             model, result = fit_composition(
                 member,
                 self.pool,
@@ -546,6 +570,8 @@ class SimulatorBundle:
                 max_positions=self.pool.slate_length,
                 seed=index,
                 progress=progress,
+                train_rows=None if rows[index] is None else rows[index]["train"],
+                valid_rows=None if rows[index] is None else rows[index]["valid"],
                 # where the (shared, frozen) member already is: moving it would move
                 # every task's simulator
                 device=next(member.parameters()).device,
@@ -599,6 +625,23 @@ class SimulatorBundle:
                 first.attractiveness.user_vectors(every_user),
                 first.attractiveness.item_vectors(every_item),
             )
+
+
+def member_rows(
+    pool: RequestPool, held_out: str, members: int, seed: int = 0
+) -> list[dict[str, np.ndarray] | None]:
+    """The logged-slate rows each ensemble member is fitted on (``None``: all).
+
+    With ``held_out`` ``"sessions"`` or ``"users"`` (:attr:`BundleConfig.held_out`)
+    the training members get one of :func:`~simulators.training.disjoint_halves`
+    (seeded by ``seed``) and the last, held-out, member the other.
+    """
+    from simulators.training import disjoint_halves  # noqa: PLC0415  (training imports data)
+
+    if held_out == "seed":
+        return [None] * members
+    first, second = disjoint_halves(pool, by=held_out, seed=seed)
+    return [first] * (members - 1) + [second]
 
 
 def fitted_summary(entry: dict[str, Any]) -> dict[str, Any]:
@@ -687,6 +730,7 @@ def build_bundle(
                 pool,
                 seed=config.seed,
                 bootstrap=config.bootstrap,
+                rows=member_rows(pool, config.held_out, config.members, config.seed),
                 epochs=config.epochs,
                 learning_rate=config.learning_rate,
                 weight_decay=config.weight_decay,

@@ -259,6 +259,7 @@ def fit_members(
     *,
     seed: int = 0,
     bootstrap: bool = False,
+    rows: list[dict[str, np.ndarray] | None] | None = None,
     **fit_options: object,
 ) -> list[FitResult]:
     """Fit ensemble members one by one: member ``k`` with seed ``seed + k``.
@@ -268,14 +269,32 @@ def fit_members(
         data: Processed data (or a request pool).
         seed: Seed of member 0.
         bootstrap: Fit each member on :func:`bootstrap_slates` of the training slates.
+        rows: Per member, ``{"train": rows, "valid": rows}`` of the logged slates it
+            is fitted and selected on (e.g. :func:`disjoint_halves`), or ``None``
+            (all); not with ``bootstrap``.
         **fit_options: Passed to :func:`fit_simulator` (epochs, learning rate, ...).
+
+    Raises:
+        ValueError: ``rows`` with ``bootstrap``, or not one entry per member.
     """
+    if rows is not None and (bootstrap or len(rows) != len(members)):
+        raise ValueError(
+            f"rows needs one entry per member ({len(members)}, got {len(rows)}) and no bootstrap"
+        )
+    rows = rows or [None] * len(members)
     return [
         fit_simulator(
             member,
             data,
             seed=seed + k,
-            train_rows=bootstrap_slates(data, seed + k) if bootstrap else None,
+            train_rows=(
+                bootstrap_slates(data, seed + k)
+                if bootstrap
+                else None
+                if rows[k] is None
+                else rows[k]["train"]
+            ),
+            valid_rows=None if rows[k] is None else rows[k]["valid"],
             **fit_options,
         )
         for k, member in enumerate(members)

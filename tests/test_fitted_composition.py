@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,3 +152,60 @@ def test_the_composition_optimizer_gives_each_part_its_step() -> None:
         composition_optimizer(ComposedSimulator(base, items[:, :-1]))
     with pytest.raises(ValueError, match="mode must be one of"):
         composition_optimizer(composed, mode="before")
+
+
+def test_a_held_out_member_on_the_other_half_of_the_logs(monkeypatch) -> None:
+    from rerank_env import make_task
+    from simulators import training
+    from simulators.bundle import member_rows
+
+    task = make_task(dataset="synthetic", simulator="pbm", progress=False)
+    assert member_rows(task.pool, "seed", 3) == [None] * 3
+    rows = member_rows(task.pool, "sessions", 3, seed=1)
+    assert rows[0] is rows[1]  # the training members share a half
+    for split in ("train", "valid"):
+        assert len(np.intersect1d(rows[0][split], rows[2][split])) == 0
+    # The bundle's members are fitted on those rows (recorded, not re-derived).
+    seen = []
+    original = training.fit_simulator
+
+    def recording(model, data, **options):
+        seen.append(options.get("train_rows"))
+        return original(model, data, **options)
+
+    monkeypatch.setattr(training, "fit_simulator", recording)
+    halves = make_task(dataset="synthetic", simulator="pbm", held_out="sessions", progress=False)
+    assert halves.description["held_out"] == "sessions"
+    expected = member_rows(halves.pool, "sessions", 2)
+    assert len(seen) == 2
+    for fitted_on, rows in zip(seen, expected, strict=True):
+        assert np.array_equal(fitted_on, rows["train"])
+    assert task.description["held_out"] == "seed"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"held_out": "items"}, "held_out must be one of"),
+        ({"held_out": "sessions", "bundle": "."}, "drop one of them"),
+    ],
+)
+def test_bad_held_out_arguments_are_refused(kwargs: dict, message: str) -> None:
+    from rerank_env import make_task
+    from simulators.data.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        make_task(**kwargs)
+
+
+def test_bundle_config_checks_its_held_out_split() -> None:
+    from simulators.bundle import BundleConfig
+    from simulators.data.errors import ConfigError
+    from simulators.training import fit_members
+
+    with pytest.raises(ConfigError, match="held_out must be one of"):
+        BundleConfig(held_out="items")
+    with pytest.raises(ConfigError, match="use one or the other"):
+        BundleConfig(held_out="users", bootstrap=True)
+    with pytest.raises(ValueError, match="one entry per member"):
+        fit_members([object(), object()], None, rows=[None])
