@@ -148,6 +148,10 @@ def test_compare_end_to_end_on_a_tiny_preset(tmp_path) -> None:
         run_compare(env_kwargs=TINY, agents=["random"], out=tmp_path, name="tiny")
     with pytest.raises(ConfigError, match=r"registered names .* or Agent instances; got 42"):
         run_compare(env_kwargs=TINY, agents=["random", 42], out=tmp_path, name="bad")
+    # Runs are stored by agent name: two agents of one name are refused before any work.
+    with pytest.raises(ConfigError, match="both named 'random'.*stored as one"):
+        run_compare(env_kwargs=TINY, agents=["random", RandomAgent()], out=tmp_path, name="dup")
+    assert not (tmp_path / "dup").exists()
 
 
 def test_compare_names_the_valid_agents_and_environments(capsys, tmp_path) -> None:

@@ -108,6 +108,11 @@ class GoalRankConfig(AgentConfig):
 
     @property
     def name(self) -> str:
-        """``goalrank``, with ``-sim`` for the simulator reward and ``-<size>`` if not 0.1M."""
+        """``goalrank`` and its variant suffixes.
+
+        ``-sim`` for the simulator reward, ``-composed`` for a composed learned one,
+        ``-<size>`` if not 0.1M.
+        """
         name = "goalrank" + ("-sim" if self.reward_model == "simulator" else "")
+        name += "-composed" if self.reward_model_composition else ""
         return name if self.size == "0.1M" else f"{name}-{self.size}"
