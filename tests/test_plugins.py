@@ -198,3 +198,14 @@ def test_sb3_options_are_copied_and_none_means_none() -> None:
     assert dict(SB3Agent(algorithm_kwargs=None).settings.algorithm_kwargs) == {}
     shared = make_agent("maskable-ppo").settings.algorithm_kwargs
     assert shared is not make_agent("maskable-ppo").settings.algorithm_kwargs
+
+
+def test_every_registered_agent_has_a_name_of_its_own() -> None:
+    # compare stores and tabulates runs by agent name: two registered variants that
+    # build agents of one name would share their records (goalrank-composed once did).
+    from agents.registry import registered
+
+    names: dict[str, list[str]] = {}
+    for key in registered():
+        names.setdefault(make_agent(key).name, []).append(key)
+    assert {name: keys for name, keys in names.items() if len(keys) > 1} == {}

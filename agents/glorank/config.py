@@ -147,10 +147,11 @@ class GloRankConfig(AgentConfig):
     def name(self) -> str:
         """The agent's name.
 
-        ``glorank``, with ``-local`` for the twin, ``-sft`` (stage 1 alone) or
-        ``-scratch`` (stage 2 alone).
+        ``glorank``, with ``-local`` for the twin, ``-logged`` for SFT on the logged
+        positives, ``-sft`` (stage 1 alone) or ``-scratch`` (stage 2 alone).
         """
         name = "glorank" + ("" if self.head == "global" else f"-{self.head}")
+        name += "-logged" if self.sft_source == "logged" else ""
         if self.ppo_iterations == 0:
             return name + "-sft"
         return name + ("-scratch" if self.sft_source == "none" else "")
