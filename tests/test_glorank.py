@@ -124,7 +124,7 @@ def test_sft_raises_token_accuracy_and_ppo_improves_on_its_start(small_task) -> 
 def test_local_twin_has_the_same_backbone_and_budget(small_task) -> None:
     glo = GloRank(TINY.replace(ppo_iterations=1)).setup(small_task)
     local = GloRank(TINY.replace(ppo_iterations=1, head="local")).setup(small_task)
-    assert local.name == "glorank-local" and glo.name == "glorank"
+    assert local.name == "glorank-local-logged" and glo.name == "glorank-logged"
     shared = {
         name: p.shape for name, p in glo.modules["policy"].named_parameters()
         if not name.startswith(("output", "query", "key"))
