@@ -434,7 +434,22 @@ def _task_identity(description: dict[str, Any]) -> dict[str, Any]:
     """A task's description without where its files lie (the data checksum says what they are)."""
     plain = json.loads(json.dumps(description, default=str))
     plain.pop("bundle", None)  # the same bundle from another checkout or install
+    # Fields added to task descriptions later, at the value every earlier task had:
+    # dropped, so run folders written before them still resume.
+    for key, defaults in _LATER_TASK_FIELDS.items():
+        if key in plain and plain[key] in defaults:
+            del plain[key]
     return plain
+
+
+#: Task-description fields that came after run folders existed, with the values that
+#: tasks without them had (``composition`` and ``held_out``: issue 20; a task with
+#: ``composed=False`` has ``composition`` None).
+_LATER_TASK_FIELDS: dict[str, tuple[Any, ...]] = {
+    "composition": ("assumed", None),
+    "fitted_composition": (None,),
+    "held_out": ("seed",),
+}
 
 
 def _check_spec(folder: Path, spec: dict[str, Any]) -> None:

@@ -247,3 +247,14 @@ def test_read_csv_reads_back_what_write_csv_wrote(tmp_path) -> None:
     assert read_csv([tmp_path / "text.csv"], ("agent", "stage"))[0]["stage"] == "sft"
     with pytest.raises(ValueError, match="no rows"):
         read_csv([write_csv(tmp_path / "empty.csv", [])])
+
+
+def test_run_folders_from_before_the_composition_fields_still_resume() -> None:
+    from agents.compare import _task_identity
+
+    earlier = {"dataset": "synthetic", "composed": True, "position_bias": 1.0}
+    now = {**earlier, "held_out": "seed", "composition": "assumed", "fitted_composition": None}
+    assert _task_identity(now) == _task_identity(earlier)
+    fitted = {**now, "composition": "fitted", "fitted_composition": {"mode": "after"}}
+    assert _task_identity(fitted) != _task_identity(earlier)  # other measurements
+    assert _task_identity({**now, "held_out": "sessions"}) != _task_identity(earlier)
