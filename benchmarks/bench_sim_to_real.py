@@ -247,12 +247,14 @@ def fidelity_run(seed: int, args: argparse.Namespace) -> dict:
     return record
 
 
+def cell(values: list[float], digits: int = 3) -> str:
+    """``mean [low, high]``: the mean and its 95% bootstrap interval over seeds."""
+    mean, low, high = confidence_interval(values)
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def fidelity_table(records: list[dict]) -> str:
     """Markdown: simulator metrics and lead ratios, mean [95% CI] over world seeds."""
-
-    def cell(values: list[float], digits: int = 3) -> str:
-        mean, low, high = confidence_interval(values)
-        return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
     seeds = len(records)
     lines = [
@@ -403,10 +405,6 @@ def judges_run(seed: int, args: argparse.Namespace) -> dict:
 def judges_table(records: list[dict]) -> str:
     """Markdown: beam-8's lead ratio under each judge, mean [95% CI] over world seeds."""
 
-    def cell(values: list[float], digits: int = 2) -> str:
-        mean, low, high = confidence_interval(values)
-        return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
     lines = [
         f"Synthetic world, {len(records)} seed(s) (one world each), "
         f"{records[0]['requests']} test requests; beam-8 on the training simulator against "
@@ -422,8 +420,8 @@ def judges_table(records: list[dict]) -> str:
         lines.append(
             f"| {variant} | {cell([100 * m['judge']['judge_lead'] for m in rows], 1)}% "
             f"| {cell([100 * m['judge']['true_lead'] for m in rows], 1)}% "
-            f"| {cell([m['judge']['lead_ratio'] for m in rows])} "
-            f"| {cell([m['own']['lead_ratio'] for m in rows])} |"
+            f"| {cell([m['judge']['lead_ratio'] for m in rows], 2)} "
+            f"| {cell([m['own']['lead_ratio'] for m in rows], 2)} |"
         )
     lines += ["", *(f"- {name}: {text}" for name, text in JUDGE_VARIANTS.items())]
     return "\n".join(lines) + "\n"

@@ -29,7 +29,6 @@ import torch
 from simulators.base import PAD, ClickSimulator, SlateBatch
 from simulators.bundle import (
     BUNDLE_FORMAT_VERSION,
-    COMPOSITIONS,
     DEFAULT_BUNDLE_DIR,
     HELD_OUT_SPLITS,
     SIMULATOR_HISTORY,
@@ -37,6 +36,7 @@ from simulators.bundle import (
     RequestPool,
     SimulatorBundle,
     build_bundle,
+    check_composition,
     fitted_summary,
     load_bundle,
 )
@@ -566,19 +566,7 @@ def make_task(
             f"held_out={held_out!r} fits a bundle that way; bundle=... is already fitted "
             "(its manifest's bundle_config says how): drop one of them"
         )
-    if composition not in COMPOSITIONS:
-        raise ConfigError(
-            f"composition must be one of {COMPOSITIONS}, got {composition!r} ('fitted': "
-            "examination and list effects fitted on the training logs)"
-        )
-    if composition == "fitted" and (
-        not composed or position_bias is not None or diversity_strength is not None
-    ):
-        raise ConfigError(
-            "composition='fitted' takes its examination and strengths from the logs: it "
-            "needs composed=True and no position_bias or diversity_strength (those set "
-            "the assumed composition)"
-        )
+    check_composition(composition, composed, position_bias, diversity_strength)
     if not composed and (position_bias is not None or diversity_strength is not None):
         raise ConfigError(
             "position_bias and diversity_strength compose the simulator; with composed=False "

@@ -481,16 +481,7 @@ class SimulatorBundle:
         """
         if kind not in self.ensembles:
             raise ValueError(f"this bundle has no {kind!r} simulator; it has {self.kinds}")
-        if composition not in COMPOSITIONS:
-            raise ConfigError(f"composition must be one of {COMPOSITIONS}, got {composition!r}")
-        if composition == "fitted" and (
-            not composed or position_bias is not None or diversity_strength is not None
-        ):
-            raise ConfigError(
-                "composition='fitted' takes its examination and strengths from the logs: "
-                "it needs composed=True and no position_bias or diversity_strength "
-                "(those set an assumed composition)"
-            )
+        check_composition(composition, composed, position_bias, diversity_strength)
         train, held_out = evaluation_split(self.ensembles[kind])
         if not composed:
             return train, held_out
@@ -625,6 +616,31 @@ class SimulatorBundle:
                 first.attractiveness.user_vectors(every_user),
                 first.attractiveness.item_vectors(every_item),
             )
+
+
+def check_composition(
+    composition: str, composed: bool, position_bias: float | None, diversity_strength: float | None
+) -> None:
+    """Refuse a composition setting that cannot be honoured.
+
+    Raises:
+        ConfigError: An unknown ``composition``, or ``"fitted"`` with
+            ``composed=False``, ``position_bias`` or ``diversity_strength`` (those set
+            the assumed composition).
+    """
+    if composition not in COMPOSITIONS:
+        raise ConfigError(
+            f"composition must be one of {COMPOSITIONS}, got {composition!r} ('fitted': "
+            "examination and list effects fitted on the training logs)"
+        )
+    if composition == "fitted" and (
+        not composed or position_bias is not None or diversity_strength is not None
+    ):
+        raise ConfigError(
+            "composition='fitted' takes its examination and strengths from the logs: it "
+            "needs composed=True and no position_bias or diversity_strength (those set "
+            "the assumed composition)"
+        )
 
 
 def member_rows(
