@@ -808,8 +808,9 @@ def _cached_bundle(
     checksum = data_checksum(dataset, data_dir) if dataset != "synthetic" else synthetic.key()
     config = BundleConfig(kinds=(simulator,), held_out=held_out)
     fields = dataclasses.asdict(config)
-    if held_out == "seed":
-        del fields["held_out"]  # bundles cached before the field existed keep their key
+    for key, default in (("held_out", "seed"), ("fit_composition", False)):
+        if fields[key] == default:
+            del fields[key]  # bundles cached before the field existed keep their key
     versions = [BUNDLE_FORMAT_VERSION, CHECKPOINT_FORMAT_VERSION, PIPELINE_VERSION]
     key = hashlib.sha256(
         json.dumps([versions, checksum, data.config.to_json(), fields], sort_keys=True).encode()

@@ -377,6 +377,10 @@ class BundleConfig:
         diversity_strength: Default diminishing-returns strength of the composed simulator.
         headroom_requests: Test requests on which the manifest records the default
             composed simulator's headroom.
+        fit_composition: Also fit each default-kind member's composition
+            (:meth:`SimulatorBundle.fitted_composition`) while building, and record it
+            in the manifest (``fitted_composition``), so ``composition="fitted"``
+            needs no fit on first use.
         held_out: How the held-out member differs from the training members:
             ``"seed"`` (default: all fitted on every training slate, each with its
             own seed), ``"sessions"`` or ``"users"``: the training members on one
@@ -398,6 +402,7 @@ class BundleConfig:
     position_bias: float = 1.0
     diversity_strength: float = 2.0
     headroom_requests: int = 200
+    fit_composition: bool = False
     held_out: str = "seed"
 
     def __post_init__(self) -> None:
@@ -523,9 +528,11 @@ class SimulatorBundle:
         (:func:`~simulators.composed.fit_composition` with ``mode="after"``,
         ``redundancy="sum"`` and a complementarity matrix over the genre vectors):
         what the composition adds is the list effect the member has not learned
-        itself. Fitted on first use and cached in ``$RERANK_ENV_CACHE/compositions``
-        (versioned, keyed by the member checkpoint's checksum, written atomically),
-        never into the bundle folder (the embedded one is part of the package).
+        itself. Read from the manifest when the bundle was built with
+        ``BundleConfig(fit_composition=True)``; otherwise fitted on first use and
+        cached in ``$RERANK_ENV_CACHE/compositions`` (versioned, keyed by the member
+        checkpoint's checksum, written atomically), never into the bundle folder (the
+        embedded one is part of the package).
 
         Returns:
             ``{"format", "kind", "simulator_sha256", "mode", "members": [per member:
@@ -536,6 +543,9 @@ class SimulatorBundle:
         if kind not in self.ensembles:
             raise ValueError(f"this bundle has no {kind!r} simulator; it has {self.kinds}")
         checksum = self.manifest["files"][f"{kind}.pt"]
+        recorded = self.manifest.get("fitted_composition", {}).get(kind)
+        if recorded is not None and recorded.get("format") == COMPOSITION_FORMAT:
+            return recorded  # fitted when the bundle was built
         path = cache_dir() / "compositions" / f"{kind}-{checksum[:16]}-v{COMPOSITION_FORMAT}.json"
         if path.exists():
             entry = json.loads(path.read_text())
@@ -773,6 +783,9 @@ def build_bundle(
             "diversity_strength": config.diversity_strength,
             "test_diagnostics": diagnostics,
         }
+        if config.fit_composition:
+            entry = bundle.fitted_composition(default_kind, progress=progress)
+            manifest["fitted_composition"] = {default_kind: entry}
         if semantic_ids is not None:
             _save_semantic_ids(bundle, semantic_ids, default_kind)  # writes the manifest
         else:

@@ -209,3 +209,26 @@ def test_bundle_config_checks_its_held_out_split() -> None:
         BundleConfig(held_out="users", bootstrap=True)
     with pytest.raises(ValueError, match="one entry per member"):
         fit_members([object(), object()], None, rows=[None])
+
+
+def test_a_bundle_built_with_its_composition_records_it(tmp_path, monkeypatch) -> None:
+    from simulators import bundle as bundle_module
+    from simulators.bundle import BundleConfig, build_bundle, load_bundle
+    from simulators.data import load_rerank_data
+    from simulators.data.synthetic_config import SyntheticConfig
+
+    world = SyntheticConfig(n_users=80, n_items=150, sessions_per_user=8, seed=5)
+    data = load_rerank_data("synthetic", synthetic=world, progress=False)
+    config = BundleConfig(kinds=("pbm",), epochs=2, fit_composition=True, headroom_requests=20)
+    folder = build_bundle(
+        data, tmp_path / "bundle", config, data_checksum=world.key(), semantic_ids=None,
+        progress=False,
+    )  # fmt: skip
+    loaded = load_bundle(folder)
+    entry = loaded.manifest["fitted_composition"]["pbm"]
+    assert entry["mode"] == "after" and len(entry["members"]) == 2
+    # Read back from the manifest, not fitted again.
+    monkeypatch.setattr(bundle_module, "fit_composition", _refuse)
+    assert loaded.fitted_composition("pbm") == entry
+    train, _ = loaded.simulators("pbm", composition="fitted")
+    assert train.composition().redundancy == "sum"
