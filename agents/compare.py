@@ -242,7 +242,7 @@ def run_compare(
         )
     started = time.perf_counter()
     task = task_for_env(env_id, dict(env_kwargs or {}), device)
-    names: dict[str, object] = {}
+    names: dict[str, str] = {}
     for item, make in zip(agents, factories, strict=True):
         candidate = make(0)  # e.g. the oracle on a task too large to enumerate
         try:
@@ -250,14 +250,14 @@ def run_compare(
         except UnsupportedTaskError as err:
             raise ConfigError(f"agent {candidate.name!r} cannot run on {env_id}: {err}") from None
         # Runs are stored and tabulated by name: two agents of one name would share records.
+        label = item if isinstance(item, str) else type(item).__name__
         if candidate.name in names:
             raise ConfigError(
-                f"agents {names[candidate.name]!r} and "
-                f"{item if isinstance(item, str) else type(item).__name__!r} are both named "
+                f"agents {names[candidate.name]!r} and {label!r} are both named "
                 f"{candidate.name!r}, so their runs would be stored as one: give them "
                 "different configs (or drop one)"
             )
-        names[candidate.name] = item if isinstance(item, str) else type(item).__name__
+        names[candidate.name] = label
     spec = _run_spec(env_id, env_kwargs, requests, permutations, beam_width, budget, task)
     if resume:
         _check_spec(folder, spec)

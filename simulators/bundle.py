@@ -555,6 +555,7 @@ class SimulatorBundle:
             ):
                 return entry
         members = []
+        vectors = self.similarity_vectors()
         fitted_with = self.manifest["bundle_config"]
         ensemble = self.ensembles[kind].members
         rows = member_rows(
@@ -564,7 +565,7 @@ class SimulatorBundle:
             model, result = fit_composition(
                 member,
                 self.pool,
-                self.similarity_vectors(),
+                vectors,
                 mode="after",
                 redundancy="sum",
                 complementarity=True,

@@ -370,11 +370,10 @@ def composition_optimizer(
         raise ValueError("composition_optimizer needs a trainable ComposedSimulator")
     if mode not in FIT_MODES:
         raise ValueError(f"mode must be one of {FIT_MODES}, got {mode!r}")
-    effects = composed.effect_parameters()
-    effect_ids = {id(p) for p in effects}
+    effect_ids = {id(p) for p in composed.effect_parameters()}
     groups = [
         {
-            "params": [p for p in effects if p is not composed.pair_matrix],
+            "params": [composed.examination_logits, composed.strength],
             "lr": effect_learning_rate,
             "weight_decay": 0.0,
         }

@@ -234,12 +234,12 @@ def disjoint_halves(
         raise ValueError(f"by must be one of {HALF_SPLITS}, got {by!r}")
     rng = np.random.default_rng(seed)
     every_user = np.unique(data.request_user)
-    first_users = set(rng.permutation(every_user)[: len(every_user) // 2].tolist())
+    first_users = rng.permutation(every_user)[: len(every_user) // 2]
     halves: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {})
     for split in ("train", "valid"):
         users = np.asarray(data.request_user[data.split_indices(split)])
         if by == "users":
-            first = np.isin(users, list(first_users))
+            first = np.isin(users, first_users)
         else:
             # A random order, then each user's slates counted in it: even ones first.
             order = rng.permutation(len(users))
@@ -281,19 +281,17 @@ def fit_members(
         raise ValueError(
             f"rows needs one entry per member ({len(members)}, got {len(rows)}) and no bootstrap"
         )
+    if bootstrap:
+        rows = [
+            {"train": bootstrap_slates(data, seed + k), "valid": None} for k in range(len(members))
+        ]
     rows = rows or [None] * len(members)
     return [
         fit_simulator(
             member,
             data,
             seed=seed + k,
-            train_rows=(
-                bootstrap_slates(data, seed + k)
-                if bootstrap
-                else None
-                if rows[k] is None
-                else rows[k]["train"]
-            ),
+            train_rows=None if rows[k] is None else rows[k]["train"],
             valid_rows=None if rows[k] is None else rows[k]["valid"],
             **fit_options,
         )
