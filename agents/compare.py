@@ -449,6 +449,7 @@ _LATER_TASK_FIELDS: dict[str, tuple[Any, ...]] = {
     "composition": ("assumed", None),
     "fitted_composition": (None,),
     "held_out": ("seed",),
+    "weight_decay_per_epoch": (None,),
 }
 
 

@@ -7,6 +7,8 @@ Usage::
     python benchmarks/bench_sim_to_real.py --study fidelity --seeds 3 [--budget quick] \
         [--requests 200] [--out runs/bench-fidelity]
     python benchmarks/bench_sim_to_real.py --study judges --seeds 3 [--out runs/bench-judges]
+    python benchmarks/bench_sim_to_real.py --study decay --seeds 3 --dim 32 \
+        --grid adam:1e-5,adamw:0.1,adamw-epoch:50 [--kinds pbm transformer] [--out runs/bench-decay]
 
 ``--study rank`` (default) fits every learned simulator on the synthetic world's
 logs (the same pipeline as real data) and prints, for random 6-item lists of test
@@ -31,6 +33,13 @@ simulator) under judges fitted on the same logs with another seed (the bundles'
 held-out member), on the other half of every user's sessions, on the other half of
 the users, or of another family (PBM), each with the assumed and the fitted
 composition, against its lead in truth.
+
+``--study decay`` (issue 20) fits the ``--kinds`` with each ``OPTIMIZER:DECAY`` of
+``--grid`` in one world per seed and tabulates the rank study's rho (and test AUC):
+``adam`` is Adam's coupled L2 ``weight_decay``, ``adamw`` AdamW's decoupled decay
+per step, ``adamw-epoch`` AdamW's decay per pass over the training slates
+(``fit_simulator(weight_decay_per_epoch=...)``). A cell marked ``n=k`` ran on fewer
+seeds than the table.
 """
 
 from __future__ import annotations
@@ -76,20 +85,31 @@ def _world(overrides: str) -> SyntheticConfig:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--study", choices=["rank", "fidelity", "judges"], default="rank")
+    parser.add_argument("--study", choices=["rank", "fidelity", "judges", "decay"], default="rank")
     parser.add_argument("--requests", type=int, default=None, help="rank: 500, fidelity: 200")
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--weight-decay", type=float, default=1e-3)
     parser.add_argument(
         "--optimizer",
-        choices=["adam", "adamw"],
+        choices=list(DECAY_OPTIMIZERS),
         default="adam",
-        help="rank: Adam with coupled L2 (the suite's default) or AdamW (decoupled decay)",
+        help="rank: Adam with coupled L2 (the suite's default), AdamW (decoupled decay) "
+        "or adamw-epoch (decoupled, the decay per pass over the logs)",
+    )
+    parser.add_argument(
+        "--grid",
+        default="adam:1e-5,adam:1e-3,adamw:0,adamw:0.01,adamw:0.1",
+        help="decay: OPTIMIZER:DECAY settings, comma-separated",
+    )
+    parser.add_argument(
+        "--kinds", nargs="*", default=["pbm", "transformer"], help="decay: simulator kinds"
     )
     parser.add_argument(
         "--world", default="", help="SyntheticConfig overrides, e.g. sessions_per_user=75"
     )
-    parser.add_argument("--seeds", type=int, default=3, help="fidelity: worlds (one per seed)")
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="fidelity / judges / decay: worlds (one per seed)"
+    )
     parser.add_argument("--budget", default="quick", help="fidelity: the agents' preset")
     parser.add_argument(
         "--composition",
@@ -98,82 +118,193 @@ def main() -> None:
         help="fidelity: the task's composition (make_task(composition=...))",
     )
     parser.add_argument(
+        "--weight-decay-per-epoch",
+        type=float,
+        default=None,
+        help="fidelity: fit the task's simulators with AdamW's decay per epoch "
+        "(make_task(weight_decay_per_epoch=...); default: the bundles' Adam L2)",
+    )
+    parser.add_argument(
         "--agents",
         nargs="*",
         default=list(LEAD_AGENTS),
         help="fidelity: agents whose lead is judged",
     )
     parser.add_argument(
-        "--out", default=None, help="fidelity / judges: records (runs/bench-<study>)"
+        "--out", default=None, help="fidelity / judges / decay: records (runs/bench-<study>)"
     )
     args = parser.parse_args()
     if args.study == "fidelity":
         fidelity_study(args)
     elif args.study == "judges":
         judges_study(args)
+    elif args.study == "decay":
+        decay_study(args)
     else:
         rank_study(args)
 
 
 def rank_study(args: argparse.Namespace) -> None:
     """Spearman rho of every learned simulator against the truth on random lists."""
-    requests = args.requests or 500
     world = _world(args.world)
     print(f"world: {world}; {args.optimizer}, weight decay {args.weight_decay}")
-    data = load_rerank_data("synthetic", synthetic=world, progress=False)
-    truth = true_simulator_for(data, world).eval()
-    test = data.split_indices("test")[:requests]
-    generator = torch.Generator().manual_seed(0)
-    candidates = torch.as_tensor(data.candidates[test])
-    slots = torch.stack(
-        [torch.randperm(candidates.shape[1], generator=generator)[:6] for _ in test]
-    )
-    batch = SlateBatch(
-        torch.as_tensor(data.request_user[test]),
-        torch.gather(candidates, 1, slots),
-        torch.as_tensor(data.history(test, 50)[0]),
-    )
-    blind = TrueClickModel(
-        SyntheticWorld(dataclasses.replace(world, satiation=0.0, complementarity=0.0)),
-        user_index=data.user_ids - 1,
-        item_index=data.item_ids - 1,
-    )
-    with torch.no_grad():
-        true_reward = truth.expected_reward(batch).numpy()
-        blind_rho = spearmanr(blind.expected_reward(batch).numpy(), true_reward).statistic
-        logged, clicks = logged_slates(data, "test")
-        ceiling = roc_auc(clicks.numpy().ravel(), truth.click_probs(logged).numpy().ravel())
-    users, items = torch.as_tensor(data.user_features), torch.as_tensor(data.item_features)
-    print(f"true model: test AUC {ceiling:.4f} (the ceiling)")
+    setup = RankSetup.build(world, args.requests or 500)
+    print(f"true model: test AUC {setup.ceiling_auc:.4f} (the ceiling)")
     print(
-        f"true model without satiation and complementarity: rho {blind_rho:.3f} (the "
+        f"true model without satiation and complementarity: rho {setup.blind_rho:.3f} (the "
         "ceiling of a composition-blind model)\n"
     )
     print("| simulator | Spearman rho vs true list reward | test AUC | fit (s) |")
     print("|---|---|---|---|")
     for kind in MODEL_KINDS:
-        spec = SimulatorSpec.for_data(data, kind, dim=args.dim)
-        model = build_simulator(spec, users, items)
+        score = setup.fit_and_score(kind, args.dim, args.optimizer, args.weight_decay)
+        print(f"| {kind} | {score['rho']:.3f} | {score['auc']:.4f} | {score['seconds']:.1f} |")
+
+
+@dataclasses.dataclass(frozen=True)
+class RankSetup:
+    """One world's logs, truth and the random test lists the rank study scores."""
+
+    data: object
+    batch: SlateBatch
+    true_reward: object
+    ceiling_auc: float
+    blind_rho: float
+
+    @classmethod
+    def build(cls, world: SyntheticConfig, requests: int) -> RankSetup:
+        """Random 6-item lists of the first ``requests`` test requests' candidates."""
+        data = load_rerank_data("synthetic", synthetic=world, progress=False)
+        truth = true_simulator_for(data, world).eval()
+        test = data.split_indices("test")[:requests]
+        generator = torch.Generator().manual_seed(0)
+        candidates = torch.as_tensor(data.candidates[test])
+        slots = torch.stack(
+            [torch.randperm(candidates.shape[1], generator=generator)[:6] for _ in test]
+        )
+        batch = SlateBatch(
+            torch.as_tensor(data.request_user[test]),
+            torch.gather(candidates, 1, slots),
+            torch.as_tensor(data.history(test, 50)[0]),
+        )
+        blind = TrueClickModel(
+            SyntheticWorld(dataclasses.replace(world, satiation=0.0, complementarity=0.0)),
+            user_index=data.user_ids - 1,
+            item_index=data.item_ids - 1,
+        )
+        with torch.no_grad():
+            true_reward = truth.expected_reward(batch).numpy()
+            blind_rho = spearmanr(blind.expected_reward(batch).numpy(), true_reward).statistic
+            logged, clicks = logged_slates(data, "test")
+            ceiling = roc_auc(clicks.numpy().ravel(), truth.click_probs(logged).numpy().ravel())
+        return cls(data, batch, true_reward, float(ceiling), float(blind_rho))
+
+    def fit_and_score(self, kind: str, dim: int, optimizer: str, weight_decay: float) -> dict:
+        """Fit one learned simulator on the logs; its rho, test AUC and fit time.
+
+        ``optimizer``: ``"adam"`` (coupled L2 ``weight_decay``, the suite's),
+        ``"adamw"`` (decoupled: a shrink of ``lr * weight_decay`` per step whatever
+        the gradient) or ``"adamw-epoch"`` (decoupled, ``weight_decay`` per *epoch*:
+        divided by the steps per epoch, so the same value shrinks the same amount
+        per pass over the logs however many slates they hold).
+        """
+        data = self.data
+        users, items = torch.as_tensor(data.user_features), torch.as_tensor(data.item_features)
+        model = build_simulator(SimulatorSpec.for_data(data, kind, dim=dim), users, items)
         start = time.perf_counter()
-        # adamw: decoupled decay, a shrink of lr * decay per step whatever the
-        # gradient. Adam's coupled L2 acts at every step and is divided by the
-        # gradient's running scale, while a user's row gets a data gradient only in
-        # the batches that hold that user: the more users, the more the decay wins.
-        optimizer = (
-            torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=args.weight_decay)
-            if args.optimizer == "adamw"
+        # Adam's coupled L2 is divided by the gradient's running scale and acts at
+        # every step, while a user's row gets a data gradient only in the batches
+        # that hold that user: the more users, the more the decay wins.
+        chosen = (
+            torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=weight_decay)
+            if optimizer == "adamw"
             else None
         )
         fit_simulator(
-            model, data, weight_decay=args.weight_decay, epochs=40, patience=4, progress=False,
-            optimizer=optimizer,
+            model, data, weight_decay=weight_decay, epochs=40, patience=4, progress=False,
+            optimizer=chosen, learning_rate=5e-3,
+            weight_decay_per_epoch=weight_decay if optimizer == "adamw-epoch" else None,
         )  # fmt: skip
         seconds = time.perf_counter() - start
         with torch.no_grad():
-            reward = model.expected_reward(batch).numpy()
-        rho = spearmanr(reward, true_reward).statistic
-        auc = evaluate_simulator(model, data, "test")["auc"]
-        print(f"| {kind} | {rho:.3f} | {auc:.4f} | {seconds:.1f} |")
+            reward = model.expected_reward(self.batch).numpy()
+        return {
+            "rho": float(spearmanr(reward, self.true_reward).statistic),
+            "auc": float(evaluate_simulator(model, data, "test")["auc"]),
+            "seconds": seconds,
+        }
+
+
+def decay_study(args: argparse.Namespace) -> None:
+    """Rho of each (optimizer, decay) setting per world seed, then the table over seeds."""
+    out = Path(args.out or "runs/bench-decay")
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    settings = [_setting(text) for text in args.grid.split(",")]
+    for seed in range(args.seeds):
+        world = dataclasses.replace(_world(args.world), seed=seed)
+        setup = None
+        for kind in args.kinds:
+            for optimizer, decay in settings:
+                path = out / "runs" / f"seed{seed}-{kind}-{optimizer}-{decay:g}.json"
+                if path.exists():
+                    continue
+                setup = setup or RankSetup.build(world, args.requests or 500)
+                record = {
+                    "seed": seed, "world": dataclasses.asdict(world), "kind": kind,
+                    "optimizer": optimizer, "weight_decay": decay, "dim": args.dim,
+                    "blind_rho": setup.blind_rho, "ceiling_auc": setup.ceiling_auc,
+                    **setup.fit_and_score(kind, args.dim, optimizer, decay),
+                }  # fmt: skip
+                print(f"seed {seed} {kind} {optimizer} {decay:g}: rho {record['rho']:.3f}")
+                text = json.dumps(record, indent=1).encode()
+                atomic_write(path, lambda handle, text=text: handle.write(text))
+    records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("seed*.json"))]
+    table = decay_table(records)
+    (out / "decay.md").write_text(table)
+    print(table)
+
+
+def _setting(text: str) -> tuple[str, float]:
+    """``"adamw:0.1"`` -> ``("adamw", 0.1)``."""
+    optimizer, _, decay = text.partition(":")
+    if optimizer not in DECAY_OPTIMIZERS or not decay:
+        raise SystemExit(
+            f"--grid: {text!r} is not OPTIMIZER:DECAY with OPTIMIZER one of {DECAY_OPTIMIZERS}"
+        )
+    return optimizer, float(decay)
+
+
+#: Optimizers of the decay study (see :meth:`RankSetup.fit_and_score`).
+DECAY_OPTIMIZERS = ("adam", "adamw", "adamw-epoch")
+
+
+def decay_table(records: list[dict]) -> str:
+    """Markdown: rho and AUC per (optimizer, decay) and kind, mean [95% CI] over seeds."""
+    kinds = sorted({r["kind"] for r in records})
+    settings = sorted({(r["optimizer"], r["weight_decay"]) for r in records})
+    seeds = sorted({r["seed"] for r in records})
+    blind = [r["blind_rho"] for r in records if r["kind"] == kinds[0]]
+    lines = [
+        f"{len(seeds)} world seed(s); Spearman rho with the true list reward (test AUC); "
+        f"mean [95% bootstrap CI] over seeds. Composition-blind truth: rho "
+        f"{sum(blind) / len(blind):.3f}.",
+        "",
+        "| optimizer | decay | " + " | ".join(kinds) + " |",
+        "|---|---:|" + "---|" * len(kinds),
+    ]
+    for optimizer, decay in settings:
+        cells = []
+        for kind in kinds:
+            rows = [
+                r for r in records
+                if (r["kind"], r["optimizer"], r["weight_decay"]) == (kind, optimizer, decay)
+            ]  # fmt: skip
+            auc = sum(r["auc"] for r in rows) / max(len(rows), 1)
+            # A setting run on fewer seeds than the rest says so (its CI is narrower).
+            fewer = f" n={len(rows)}" if 0 < len(rows) < len(seeds) else ""
+            cells.append(f"{cell([r['rho'] for r in rows])} ({auc:.3f}){fewer}" if rows else "")
+        lines.append(f"| {optimizer} | {decay:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 #: Agents whose lead over pointwise greedy each judge reports (beam-8 needs no fit).
@@ -203,7 +334,11 @@ def fidelity_run(seed: int, args: argparse.Namespace) -> dict:
     """Every fidelity metric in the world of ``seed`` (its task, agents and truth)."""
     world = dataclasses.replace(_world(args.world), seed=seed)
     task = make_task(
-        dataset="synthetic", synthetic=world, composition=args.composition, progress=True
+        dataset="synthetic",
+        synthetic=world,
+        composition=args.composition,
+        weight_decay_per_epoch=args.weight_decay_per_epoch,
+        progress=True,
     )
     test = task.requests("test")[: args.requests or 200]
     index = torch.as_tensor(test.copy())  # the task's arrays are read-only
@@ -218,6 +353,7 @@ def fidelity_run(seed: int, args: argparse.Namespace) -> dict:
         "world": dataclasses.asdict(world),
         "requests": len(test),
         "composition": args.composition,
+        "weight_decay_per_epoch": args.weight_decay_per_epoch,
     }
     record["simulators"] = {
         role: fidelity_metrics(task.simulators[role], truth, requests, length, seed=seed)
@@ -260,8 +396,13 @@ def fidelity_table(records: list[dict]) -> str:
     lines = [
         f"Synthetic world, {seeds} seed(s) (one world each), "
         f"{records[0]['requests']} test requests, "
-        f"{records[0].get('composition', 'assumed')} composition; "
-        "mean [95% bootstrap CI] over seeds.",
+        f"{records[0].get('composition', 'assumed')} composition"
+        + (
+            f", simulators fitted with AdamW decay {decay:g} per epoch; "
+            if (decay := records[0].get("weight_decay_per_epoch")) is not None
+            else "; "
+        )
+        + "mean [95% bootstrap CI] over seeds.",
         "",
         "| simulator | argmax regret % | tau, random lists | tau, near the optimum "
         "| click level / truth | lead ratio of its beam (own judge) |",

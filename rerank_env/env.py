@@ -33,6 +33,7 @@ _TASK_KWARGS = (
     "diversity_strength",
     "composition",
     "held_out",
+    "weight_decay_per_epoch",
     "pipeline",
     "synthetic",
     "semantic_ids",
@@ -207,6 +208,9 @@ class SlateRerankEnv(gym.Env):
         position_bias=None,       # examination exponent (default 1, the DCG prior)
         diversity_strength=None,  # diminishing returns (default 2)
         composed=True,            # False: the learned simulator alone
+        composition="assumed",    # or "fitted": list effects fitted on the logs
+        held_out="seed",          # or "sessions", "users": a more independent judge
+        weight_decay_per_epoch=None,  # e.g. 50: AdamW-fitted simulators
         bundle=None,              # a folder from `rerank-env simulator bundle`
         cold_start=None,          # ColdStartConfig(fraction, seed): withheld items
         render_mode=None,         # "ansi" (text) or "rgb_array" (an image)

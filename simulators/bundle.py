@@ -370,6 +370,12 @@ class BundleConfig:
         epochs: Maximum epochs (early stopping on validation likelihood).
         learning_rate: Adam step size.
         weight_decay: Adam L2 weight decay.
+        weight_decay_per_epoch: Fit the members with AdamW's decoupled decay of this
+            much per pass over the training slates instead of Adam's L2
+            ``weight_decay`` (:func:`~simulators.training.fit_simulator`); ``None``
+            (default) keeps Adam. 50 lifted the synthetic world's list-reward
+            rank correlation from 0.51 to 0.60 at 12,600 slates and tied the best
+            setting at 126,000 (docs/benchmarks.md).
         seed: Member ``k`` uses ``seed + k`` for initialisation, shuffling and bootstrap.
         history_length: History items stored per request (at least
             :data:`SIMULATOR_HISTORY`, the items simulators are fitted and served with).
@@ -397,6 +403,7 @@ class BundleConfig:
     epochs: int = 20
     learning_rate: float = 5e-3
     weight_decay: float = 1e-5
+    weight_decay_per_epoch: float | None = None
     seed: int = 0
     history_length: int = 50
     position_bias: float = 1.0
@@ -409,6 +416,11 @@ class BundleConfig:
         if self.held_out not in HELD_OUT_SPLITS:
             raise ConfigError(
                 f"BundleConfig.held_out must be one of {HELD_OUT_SPLITS}, got {self.held_out!r}"
+            )
+        if self.weight_decay_per_epoch is not None and not self.weight_decay_per_epoch >= 0:
+            raise ConfigError(
+                "BundleConfig.weight_decay_per_epoch must be None (Adam's L2 weight_decay) or "
+                f">= 0, got {self.weight_decay_per_epoch!r}"
             )
         if self.held_out != "seed" and self.bootstrap:
             raise ConfigError(
@@ -761,6 +773,7 @@ def build_bundle(
                 epochs=config.epochs,
                 learning_rate=config.learning_rate,
                 weight_decay=config.weight_decay,
+                weight_decay_per_epoch=config.weight_decay_per_epoch,
                 progress=progress,
             )
             seconds = time.perf_counter() - start

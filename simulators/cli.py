@@ -133,6 +133,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             bundle.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=field.default, help=text
             )
+        elif field.default is None:  # an optional number (weight_decay_per_epoch)
+            bundle.add_argument(flag, type=float, default=None, help=text)
         else:
             bundle.add_argument(flag, type=type(field.default), default=field.default, help=text)
     bundle.add_argument(

@@ -67,6 +67,7 @@ def fit_simulator(
     train_rows: np.ndarray | None = None,
     valid_rows: np.ndarray | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    weight_decay_per_epoch: float | None = None,
 ) -> FitResult:
     """Maximise the model's log-likelihood of the training slates (Adam).
 
@@ -94,7 +95,25 @@ def fit_simulator(
             :func:`~simulators.composed.fit_composition` builds);
             ``None``: Adam with ``learning_rate`` and ``weight_decay``. Build it
             after moving the model to ``device``.
+        weight_decay_per_epoch: Train with AdamW's decoupled weight decay instead of
+            Adam's coupled L2 (``weight_decay`` is then unused): a shrink of
+            ``learning_rate * weight_decay_per_epoch`` per pass over the training
+            slates whatever their number (the per-step decay is this divided by the
+            steps per epoch). Adam's coupled L2 is divided by each parameter's
+            gradient scale and so acts harder the rarer a user's or item's rows
+            are: its best value falls as the logs grow (1e-3 at 12,600 synthetic
+            slates, 1e-5 at 126,000), and so does AdamW's best per-step decay
+            (1 and 0.1), while 50 per epoch was best or tied best at both sizes
+            (docs/benchmarks.md, "Weight decay that scales with the data").
+
+    Raises:
+        ValueError: ``weight_decay_per_epoch`` negative or given with ``optimizer``.
     """
+    if weight_decay_per_epoch is not None and (weight_decay_per_epoch < 0 or optimizer is not None):
+        raise ValueError(
+            f"weight_decay_per_epoch must be >= 0 and builds its own AdamW, got "
+            f"{weight_decay_per_epoch} with optimizer={optimizer!r}: drop one of them"
+        )
     model.to(device)
     train, train_clicks = logged_slates(data, "train", device=device)
     if train_rows is not None:
@@ -104,7 +123,14 @@ def fit_simulator(
     if valid_rows is not None:
         picked = torch.as_tensor(valid_rows, dtype=torch.long, device=device)
         valid, valid_clicks = _rows(valid, picked), valid_clicks[picked]
-    if optimizer is None:
+    if weight_decay_per_epoch is not None:
+        steps_per_epoch = math.ceil(len(train.users) / batch_size)
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=learning_rate,
+            weight_decay=weight_decay_per_epoch / steps_per_epoch,
+        )
+    elif optimizer is None:
         optimizer = torch.optim.Adam(
             model.parameters(), lr=learning_rate, weight_decay=weight_decay
         )
