@@ -44,7 +44,7 @@ from simulators.checkpoint import CHECKPOINT_FORMAT_VERSION, CheckpointError
 from simulators.data import PipelineConfig, load_rerank_data
 from simulators.data.datasets import DATASETS, data_checksum
 from simulators.data.errors import ConfigError
-from simulators.data.paths import cache_dir
+from simulators.data.paths import cache_dir, download_hint
 from simulators.data.pipeline import PIPELINE_VERSION
 from simulators.data.semantic_ids import (
     SemanticIdConfig,
@@ -487,7 +487,9 @@ def make_task(
       fitted on first use and cached (``$RERANK_ENV_CACHE/bundles``).
 
     Args:
-        dataset: ``"ml-100k"``, ``"ml-1m"`` (needs ``data_dir``) or ``"synthetic"``.
+        dataset: ``"ml-100k"``, ``"synthetic"``, or another MovieLens release
+            (``"ml-1m"``, ``"ml-10m"``, ``"ml-20m"``, ``"ml-25m"``, ``"ml-32m"``,
+            ``"ml-latest"``, ``"ml-latest-small"``; these need ``data_dir``).
         data_dir: Folder of the raw files.
         bundle: A bundle folder to use instead.
         simulator: ``"transformer"`` (context-aware), ``"pbm"``, ``"dcm"``,
@@ -725,10 +727,10 @@ def _check_arguments(
             f"num_candidates (N = {num_candidates}) must be >= slate_length (L = "
             f"{slate_length}): a list of L distinct items needs at least L candidates"
         )
-    if dataset == "ml-1m" and data_dir is None and bundle is None:
+    if dataset not in ("ml-100k", "synthetic") and data_dir is None and bundle is None:
         raise ConfigError(
-            "dataset='ml-1m' needs data_dir=PATH, the folder holding ratings.dat, movies.dat "
-            "and users.dat (download ml-1m.zip from https://grouplens.org/datasets/movielens/1m/)"
+            f"dataset={dataset!r} needs data_dir=PATH, the folder holding its files. "
+            f"{download_hint(dataset)}"
         )
     if data_dir is not None and not Path(data_dir).exists():
         raise ConfigError(f"data_dir {str(data_dir)!r} does not exist; pass the dataset folder")

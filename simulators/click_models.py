@@ -21,6 +21,7 @@ so prefixes have exact values (see :mod:`simulators.base`).
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +60,10 @@ class Attractiveness(nn.Module):
         self.register_buffer("user_features", user_features.float())
         self.register_buffer("item_features", item_features.float())
         self.bias = nn.Parameter(torch.zeros(()))
-        with isolated_torch_rng(seed):
+        # Releases without demographics (ML-10M on) have zero-width user features:
+        # their projection is an empty map, whose initialisation torch calls a no-op.
+        with isolated_torch_rng(seed), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
             self.user_bias = nn.Embedding(n_users, 1)
             self.item_bias = nn.Embedding(n_items, 1)
             self.user_embedding = nn.Embedding(n_users, dim)

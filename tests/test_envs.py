@@ -372,7 +372,8 @@ def test_bad_construction_arguments_are_explained(tmp_path) -> None:
         gym.make("SlateRerank-v0", simulator="dbn")
     with pytest.raises(ConfigError, match="data_dir '.*nowhere' does not exist"):
         gym.make("SlateRerank-v0", dataset="ml-1m", data_dir=tmp_path / "nowhere")
-    with pytest.raises(ConfigError, match="dataset='ml-1m' needs data_dir"):
+    needs = "dataset=.ml-1m. needs data_dir=PATH.*grouplens.org/datasets/movielens/1m"
+    with pytest.raises(ConfigError, match=needs):
         gym.make("SlateRerank-v0", dataset="ml-1m")
     with pytest.raises(ValueError, match="reward_mode must be one of"):
         gym.make("SlateRerank-v0", reward_mode="shaped")

@@ -390,10 +390,14 @@ def test_pipeline_output_is_pinned_to_its_version(tmp_path: Path) -> None:
         ({"valid_fraction": 0.5, "test_fraction": 0.5}, "sum to < 1"),
         ({"retriever": "bm25"}, "retriever must be one of ('mf', 'itemknn', 'pop'), got 'bm25'"),
         ({"k_core": 2.5}, "k_core must be an integer, got 2.5"),
-        ({"like_threshold": 3}, "like_threshold must be a rating from click_threshold (4) to 5"),
+        (
+            {"like_threshold": 3},
+            "like_threshold must be a rating in half stars from click_threshold (4) to 5",
+        ),
+        ({"click_threshold": 3.7}, "click_threshold must be a rating 0.5-5 in half stars, got 3.7"),
         ({"seed": -1}, "seed must be >= 0, got -1"),
         ({"mf_factors": 0}, "mf_factors must be >= 1, got 0"),
-        ({"click_threshold": 6}, "click_threshold must be a rating 1-5, got 6"),
+        ({"click_threshold": 6}, "click_threshold must be a rating 0.5-5 in half stars, got 6"),
         ({"gr2_candidates": 60}, "gr2_candidates must be in [2, num_candidates], got 60"),
     ],
 )

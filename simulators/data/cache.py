@@ -29,7 +29,8 @@ from simulators._io import atomic_write
 from simulators.data.errors import CacheError
 from simulators.data.pipeline import PIPELINE_VERSION, PipelineConfig, RerankData
 
-CACHE_FORMAT_VERSION = 1
+# 2: ratings are float32 stars (half stars from ML-10M on), were int8.
+CACHE_FORMAT_VERSION = 2
 _METADATA_KEY = "__metadata__"
 # Fields stored in the metadata record rather than as arrays.
 _NON_ARRAY_FIELDS = ("name", "config", "stats", "user_feature_names", "item_feature_names")

@@ -8,17 +8,25 @@ from pathlib import Path
 
 from simulators.data.cache import cache_key, files_checksum, read_cache, write_cache
 from simulators.data.errors import ConfigError
-from simulators.data.movielens import load_ml1m, load_movielens
+from simulators.data.movielens import (
+    CSV_RELEASES,
+    MOVIELENS_RELEASES,
+    load_ml1m,
+    load_movielens,
+)
 from simulators.data.paths import cache_dir, find_dataset_dir
 from simulators.data.pipeline import PipelineConfig, RerankData, build_rerank_data
 from simulators.data.synthetic_config import SyntheticConfig
 from simulators.progress import progress_bar
 
-MOVIELENS_DATASETS = ("ml-100k", "ml-1m")
+MOVIELENS_DATASETS = MOVIELENS_RELEASES
 DATASETS = (*MOVIELENS_DATASETS, "synthetic")
+# The files each release is read from (their checksum keys the cache).
 _RAW_FILES = {
     "ml-100k": ("u.data", "u.item", "u.user", "u.occupation"),
     "ml-1m": ("ratings.dat", "movies.dat", "users.dat"),
+    "ml-10m": ("ratings.dat", "movies.dat"),
+    **{name: ("ratings.csv", "movies.csv") for name in CSV_RELEASES},
 }
 
 
@@ -73,8 +81,10 @@ def load_rerank_data(
     """Load processed reranking data, building it from the raw files if needed.
 
     Args:
-        dataset: ``"ml-100k"``, ``"ml-1m"`` or ``"synthetic"`` (a world with a known
-            true user model, generated on first use; see :mod:`simulators.data.synthetic_world`).
+        dataset: A MovieLens release (``"ml-100k"``, ``"ml-1m"``, ``"ml-10m"``,
+            ``"ml-20m"``, ``"ml-25m"``, ``"ml-32m"``, ``"ml-latest"``,
+            ``"ml-latest-small"``) or ``"synthetic"`` (a world with a known true user
+            model, generated on first use; see :mod:`simulators.data.synthetic_world`).
         data_dir: The dataset folder or a data root holding it; ``None`` searches
             ``$RERANK_ENV_DATA`` and ``../shared/data`` (see ``find_dataset_dir``).
         config: Pipeline choices (defaults: :class:`PipelineConfig()`).

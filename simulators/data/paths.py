@@ -11,7 +11,17 @@ DATA_ENV_VAR = "RERANK_ENV_DATA"
 CACHE_ENV_VAR = "RERANK_ENV_CACHE"
 
 # Folder name of each dataset inside a data root.
-DATASET_FOLDERS = {"ml-100k": "ml-100k", "ml-1m": "ml-1m", "open-bandit": "open-bandit"}
+DATASET_FOLDERS = {
+    "ml-100k": "ml-100k",
+    "ml-1m": "ml-1m",
+    "ml-10m": "ml-10M100K",  # the name ml-10m.zip extracts to
+    "ml-20m": "ml-20m",
+    "ml-25m": "ml-25m",
+    "ml-32m": "ml-32m",
+    "ml-latest": "ml-latest",
+    "ml-latest-small": "ml-latest-small",
+    "open-bandit": "open-bandit",
+}
 
 
 def _source_checkout_root() -> Path:
@@ -42,7 +52,8 @@ def find_dataset_dir(dataset: str, data_dir: str | os.PathLike[str] | None = Non
     """Locate the raw files of ``dataset``.
 
     Args:
-        dataset: One of ``"ml-100k"``, ``"ml-1m"``, ``"open-bandit"``.
+        dataset: A key of :data:`DATASET_FOLDERS` (``"ml-100k"``, ``"ml-1m"``,
+            ``"ml-10m"``, ``"ml-25m"``, ..., ``"open-bandit"``).
         data_dir: Either the dataset's own folder (holding e.g. ``u.data``) or a data
             root holding a ``<dataset>/`` folder. ``None`` searches
             :func:`data_root_candidates`.
@@ -75,12 +86,9 @@ def find_dataset_dir(dataset: str, data_dir: str | os.PathLike[str] | None = Non
 
 
 def _looks_like(dataset: str, path: Path) -> bool:
-    markers = {
-        "ml-100k": "u.data",
-        "ml-1m": "ratings.dat",
-        "open-bandit": "random",
-    }
-    return (path / markers[dataset]).exists()
+    markers = {"ml-100k": "u.data", "ml-1m": "ratings.dat", "ml-10m": "ratings.dat"}
+    marker = markers.get(dataset, "random" if dataset == "open-bandit" else "ratings.csv")
+    return (path / marker).exists()
 
 
 def download_hint(dataset: str) -> str:
@@ -90,6 +98,14 @@ def download_hint(dataset: str) -> str:
         "and unzip it (the folder holds u.data, u.item, u.user).",
         "ml-1m": "Get ml-1m.zip from https://grouplens.org/datasets/movielens/1m/ "
         "and unzip it (the folder holds ratings.dat, movies.dat, users.dat).",
+        "ml-10m": "Get ml-10m.zip from https://grouplens.org/datasets/movielens/10m/ "
+        "and unzip it (the folder ml-10M100K holds ratings.dat and movies.dat).",
+        **{
+            name: f"Get {name}.zip from https://grouplens.org/datasets/movielens/"
+            f"{name.removeprefix('ml-').removesuffix('-small')}/ and unzip it (the "
+            "folder holds ratings.csv and movies.csv)."
+            for name in ("ml-20m", "ml-25m", "ml-32m", "ml-latest", "ml-latest-small")
+        },
         "open-bandit": "The Open Bandit Dataset is published by ZOZO "
         "(https://research.zozo.com/data.html); a small sample ships inside the obp "
         "package under obp/dataset/obd/.",

@@ -56,7 +56,8 @@ class PipelineConfig:
 
     Attributes:
         k_core: Minimum ratings per user and per item (applied until stable).
-        click_threshold: A rating at or above it is a click (positive).
+        click_threshold: A rating at or above it is a click (positive): whole or
+            half stars, 0.5-5 (ML-100K and ML-1M have whole stars 1-5 only).
         like_threshold: A rating at or above it is a like.
         slate_length: L, items per logged slate.
         num_candidates: N, candidates per request.
@@ -92,8 +93,8 @@ class PipelineConfig:
     """
 
     k_core: int = 5
-    click_threshold: int = 4
-    like_threshold: int = 5
+    click_threshold: float = 4
+    like_threshold: float = 5
     slate_length: int = 6
     num_candidates: int = 50
     split: Literal["user", "global"] = "user"
@@ -136,13 +137,14 @@ class PipelineConfig:
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         need(
-            1 <= self.click_threshold <= 5,
-            f"click_threshold must be a rating 1-5, got {self.click_threshold}",
+            0.5 <= self.click_threshold <= 5 and float(2 * self.click_threshold).is_integer(),
+            f"click_threshold must be a rating 0.5-5 in half stars, got {self.click_threshold}",
         )
         need(
-            self.click_threshold <= self.like_threshold <= 5,
-            f"like_threshold must be a rating from click_threshold ({self.click_threshold}) "
-            f"to 5, got {self.like_threshold}",
+            self.click_threshold <= self.like_threshold <= 5
+            and float(2 * self.like_threshold).is_integer(),
+            f"like_threshold must be a rating in half stars from click_threshold "
+            f"({self.click_threshold}) to 5, got {self.like_threshold}",
         )
         need(
             self.num_candidates >= self.slate_length,
@@ -167,7 +169,12 @@ class PipelineConfig:
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys), used in cache keys and metadata."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        fields = dataclasses.asdict(self)
+        for name in ("click_threshold", "like_threshold"):
+            # 4 and 4.0 are one threshold and one cache key (whole stars as before).
+            if float(fields[name]).is_integer():
+                fields[name] = int(fields[name])
+        return json.dumps(fields, sort_keys=True)
 
 
 @dataclass(frozen=True, eq=False)
@@ -186,12 +193,14 @@ class RerankData:
         user_ids: Raw id of each user, int64 ``[U]``.
         item_ids: Raw id of each item, int64 ``[I]``.
         item_titles: str ``[I]``.
-        user_features: float32 ``[U, Du]``: one-hot gender, age group, occupation.
+        user_features: float32 ``[U, Du]``: one-hot gender, age group, occupation;
+            ``[U, 0]`` for releases without demographics (ML-10M on).
         user_feature_names: Name of each user-feature column.
         item_features: float32 ``[I, Di]``: genre flags and standardised release year.
         item_feature_names: Name of each item-feature column.
         user_offsets: int64 ``[U + 1]``.
-        interaction_item: int64 ``[M]``; ``interaction_rating`` int8, ``interaction_time``
+        interaction_item: int64 ``[M]``; ``interaction_rating`` float32 (stars),
+            ``interaction_time``
             int64 and ``interaction_split`` int8 (0 train, 1 valid, 2 test) alongside.
         interaction_rating: See ``interaction_item``.
         interaction_time: See ``interaction_item``.
@@ -201,11 +210,11 @@ class RerankData:
         request_split: int8 ``[R]``.
         request_time: Timestamp of the slate's first interaction, int64 ``[R]``.
         logged_items: int64 ``[R, L]``, the logged slate in time order.
-        logged_ratings: int8 ``[R, L]``.
+        logged_ratings: Stars, float32 ``[R, L]``.
         candidates: int64 ``[R, N]``, the initial ranking.
         candidate_scores: Retriever score of each candidate, float32 ``[R, N]``.
         candidate_rating: Logged rating of each candidate in this request's slate
-            (0 when it is not in the slate), int8 ``[R, N]``.
+            (0 when it is not in the slate), float32 ``[R, N]``.
         candidate_injected: Whether the candidate was injected, bool ``[R, N]``.
         gr2_request: Request index of each GR2 request, int64 ``[Q]``.
         gr2_candidates: int64 ``[Q, K]``.
@@ -729,7 +738,7 @@ def _build_requests(
         config.inject_position, np.column_stack([stream_keys, np.zeros_like(stream_keys[:, 0])]),
     )  # fmt: skip
     match = candidates[:, :, None] == logged_items[:, None, :]
-    rating = (match * logged_ratings[:, None, :]).sum(axis=2).astype(np.int8)
+    rating = (match * logged_ratings[:, None, :]).sum(axis=2, dtype=np.float32)
     main = {
         "candidates": candidates,
         "scores": scores,
@@ -764,7 +773,9 @@ def _build_requests(
 
 
 def _user_features(ratings: MovieLensData, users: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
-    """One-hot gender, ML-1M age group and occupation."""
+    """One-hot gender, ML-1M age group and occupation; none without demographics."""
+    if not ratings.has_demographics:
+        return np.zeros((len(users), 0), dtype=np.float32), ()
     age = ratings.user_age[users].astype(np.int64)
     if ratings.name != "ml-100k":  # ML-1M and the synthetic world use ML-1M's age codes
         age_group = np.searchsorted(ML1M_AGE_CODES, age)
