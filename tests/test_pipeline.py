@@ -182,6 +182,23 @@ def test_top_items_is_a_total_order() -> None:
     assert top_items(scores, 4).tolist() == [[0, 1, 2, 3], [2, 5, 7, 0]]
 
 
+@pytest.mark.parametrize("values", ["distinct", "few levels", "few levels and -inf"])
+def test_top_items_equals_the_stable_sort(values: str) -> None:
+    # topk's choice among tied items is arbitrary; top_items must not be.
+    rng = np.random.default_rng(len(values))
+    for _ in range(200):
+        rows, items = int(rng.integers(1, 20)), int(rng.integers(1, 60))
+        size = int(rng.integers(1, items + 1))
+        if values == "distinct":
+            scores = rng.normal(size=(rows, items)).astype(np.float32)
+        else:
+            scores = rng.integers(0, 4, size=(rows, items)).astype(np.float32)
+        if values.endswith("-inf"):
+            scores[rng.random((rows, items)) < 0.3] = -np.inf
+        expected = np.argsort(-scores, axis=1, kind="stable")[:, :size]
+        np.testing.assert_array_equal(top_items(scores, size), expected)
+
+
 def test_first_slates_fall_back_to_training_popularity(data: RerankData) -> None:
     first = np.flatnonzero(data.request_seq_pos == 0)
     assert len(first) > 100
