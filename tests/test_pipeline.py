@@ -21,6 +21,7 @@ from simulators.data.pipeline import (
     k_core_mask,
     top_items,
 )
+from simulators.data.retrieval import history_matrix, make_retriever
 
 GOLDEN_DIGEST = "26e54271d34707fb"
 
@@ -468,3 +469,23 @@ def test_ml1m_format_runs_through_the_pipeline_and_cache(tmp_path: Path) -> None
     _check_candidates(data)
     again = load_rerank_data("ml-1m", folder, config, progress=False)
     np.testing.assert_array_equal(again.candidates, data.candidates)
+
+
+@pytest.mark.parametrize("retriever", ["mf", "itemknn", "pop"])
+def test_prefix_scores_equal_history_matrix_scores(retriever: str) -> None:
+    # The request builder scores prefixes of users' sequences (ALS adds each slate's
+    # terms to running sums); any order of requests must give score()'s numbers.
+    rng = np.random.default_rng(0)
+    model = make_retriever(retriever, factors=16, iterations=3)
+    model.fit(rng.integers(0, 50, 5000), rng.integers(0, 300, 5000), 50, 300)
+    items = rng.integers(0, 300, 3000)
+    # 40 users' sequences, one request per 6-item slate: histories [start, start + 6j).
+    lengths = rng.integers(0, 150, 40)
+    user_starts = np.r_[0, np.cumsum(lengths)[:-1]]
+    slates = [np.arange(0, n, 6) for n in lengths]
+    starts = np.repeat(user_starts, [len(j) for j in slates])
+    ends = starts + np.concatenate(slates)
+    for order in (np.arange(len(starts)), rng.permutation(len(starts))):
+        prefixes = (items, starts[order], ends[order])
+        expected = model.score(history_matrix(*prefixes, 300))
+        np.testing.assert_array_equal(model.score_prefixes(*prefixes), expected)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -38,7 +39,7 @@ import scipy.sparse as sp
 
 from simulators.data.errors import ConfigError
 from simulators.data.movielens import ML1M_AGE_CODES, MovieLensData
-from simulators.data.retrieval import ImplicitALS, Retriever, make_retriever
+from simulators.data.retrieval import ImplicitALS, Retriever, history_matrix, make_retriever
 from simulators.progress import progress_bar
 
 # Bump whenever a change to this module or to retrieval.py changes its output for an
@@ -432,10 +433,14 @@ def build_rerank_data(
     history_starts = offsets[slate_user]
     history_ends = history_starts + slate_pos
     request_time = time[history_ends]
-    histories = _history_matrix(history_starts, history_ends, item, n_items)
-    row = np.repeat(np.arange(len(slate_user)), np.diff(histories.indptr))
-    in_history_and_available = first_rated[histories.indices] <= request_time[row]
-    history_available = np.bincount(row[in_history_and_available], minlength=len(slate_user))
+    history_available = np.zeros(len(slate_user), dtype=np.int64)
+    for rows in _chunks_by_history(history_starts, history_ends):
+        histories = history_matrix(item, history_starts[rows], history_ends[rows], n_items)
+        row = np.repeat(np.arange(histories.shape[0]), np.diff(histories.indptr))
+        in_history_and_available = first_rated[histories.indices] <= request_time[rows][row]
+        history_available[rows] = np.bincount(
+            row[in_history_and_available], minlength=histories.shape[0]
+        )
     available = np.searchsorted(np.sort(first_rated), request_time, side="right")
     enough = available - history_available >= config.num_candidates
     if not enough.any():
@@ -446,7 +451,7 @@ def build_rerank_data(
         )
     slate_user, slate_pos, slate_split = slate_user[enough], slate_pos[enough], slate_split[enough]
     history_starts, history_ends = history_starts[enough], history_ends[enough]
-    request_time, histories = request_time[enough], histories[enough]
+    request_time = request_time[enough]
 
     length = config.slate_length
     slate_index = history_ends[:, None] + np.arange(length)[None, :]
@@ -458,8 +463,9 @@ def build_rerank_data(
         [np.full(len(slate_user), config.seed), ratings.user_ids[kept_users][slate_user], slate_pos]
     )
     requests, gr2 = _build_requests(
-        _Scorer(retriever, popularity, first_rated, request_time),
-        histories, logged_items, logged_ratings, config, stream_keys,
+        _Scorer(retriever, popularity, first_rated, request_time, item, history_starts,
+                history_ends),
+        logged_items, logged_ratings, config, stream_keys,
     )  # fmt: skip
     steps.update(2)
     steps.close()
@@ -580,16 +586,22 @@ def _slates_and_split(
     return slate_user, slate_pos.astype(np.int64), slate_split, interaction_split
 
 
-def _history_matrix(
-    starts: np.ndarray, ends: np.ndarray, item: np.ndarray, n_items: int
-) -> sp.csr_matrix:
-    """Binary request-by-item matrix of the interactions in ``[starts, ends)``."""
-    lengths = ends - starts
-    indptr = np.zeros(len(starts) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    flat = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
-    data = np.ones(indptr[-1], dtype=np.float64)
-    return sp.csr_matrix((data, item[flat], indptr), shape=(len(starts), n_items))
+def _chunks_by_history(
+    starts: np.ndarray, ends: np.ndarray, rows: int = 2048, entries: int = 1 << 24
+) -> Iterator[slice]:
+    """Consecutive request slices of at most ``rows`` requests and ``entries`` history items.
+
+    One heavy user's histories alone run to billions of items at 25M ratings, so
+    history matrices are built a slice at a time (a slice holds at least one request).
+    """
+    total = np.cumsum(ends - starts)
+    start = 0
+    while start < len(starts):
+        before = total[start - 1] if start else 0
+        stop = int(np.searchsorted(total, before + entries, side="right"))
+        stop = min(max(stop, start + 1), start + rows)
+        yield slice(start, stop)
+        start = stop
 
 
 @dataclass(frozen=True)
@@ -605,16 +617,28 @@ class _Scorer:
     popularity: np.ndarray
     first_rated: np.ndarray
     request_time: np.ndarray
+    item: np.ndarray
+    history_starts: np.ndarray
+    history_ends: np.ndarray
 
-    def __call__(self, rows: slice, histories: sp.csr_matrix) -> np.ndarray:
-        """Scores of every item for requests ``rows`` (their ``histories``)."""
-        scores = self.retriever.score(histories)
-        scores[np.diff(histories.indptr) == 0] = self.popularity
+    def __call__(self, rows: slice) -> np.ndarray:
+        """Scores of every item for requests ``rows``."""
+        starts, ends = self.history_starts[rows], self.history_ends[rows]
+        scores = self.retriever.score_prefixes(self.item, starts, ends)
+        scores[ends == starts] = self.popularity
         return scores
 
-    def unavailable(self, rows: slice) -> np.ndarray:
-        """Items without a training rating by each request's time, bool ``[rows, items]``."""
-        return self.first_rated[None, :] > self.request_time[rows, None]
+    def histories(self, rows: slice) -> sp.csr_matrix:
+        """Binary request-by-item history matrix of requests ``rows``."""
+        starts, ends = self.history_starts[rows], self.history_ends[rows]
+        return history_matrix(self.item, starts, ends, len(self.popularity))
+
+    def mask_unavailable(self, rows: slice, scores: np.ndarray) -> None:
+        """Set the scores of items without a training rating by each request's time to -inf."""
+        late = np.flatnonzero(self.first_rated > self.request_time[rows].min())
+        if len(late):  # only items first rated after the chunk's first request (few)
+            unavailable = self.first_rated[late][None, :] > self.request_time[rows, None]
+            scores[:, late] = np.where(unavailable, -np.inf, scores[:, late])
 
 
 def top_items(scores: np.ndarray, size: int) -> np.ndarray:
@@ -645,11 +669,7 @@ def top_items(scores: np.ndarray, size: int) -> np.ndarray:
 
 
 def _retrieve(
-    scorer: _Scorer,
-    histories: sp.csr_matrix,
-    logged_items: np.ndarray,
-    sizes: tuple[int, ...],
-    chunk: int = 2048,
+    scorer: _Scorer, logged_items: np.ndarray, sizes: tuple[int, ...]
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
     """Score every item once per request and keep what the requests need.
 
@@ -657,18 +677,17 @@ def _retrieve(
     Returns, for each size in ``sizes``, the top items best first with their scores
     (ties broken by item index), and the scores of the logged slate's items.
     """
-    n = histories.shape[0]
+    n = len(logged_items)
     tops = [
         (np.empty((n, size), dtype=np.int64), np.empty((n, size), dtype=np.float32))
         for size in sizes
     ]
     logged_scores = np.empty(logged_items.shape, dtype=np.float32)
-    for start in range(0, n, chunk):
-        rows = slice(start, start + chunk)
-        block = histories[rows]
-        scores = scorer(rows, block)
+    for rows in _chunks_by_history(scorer.history_starts, scorer.history_ends):
+        block = scorer.histories(rows)
+        scores = scorer(rows)
         logged_scores[rows] = np.take_along_axis(scores, logged_items[rows], axis=1)
-        scores[scorer.unavailable(rows)] = -np.inf
+        scorer.mask_unavailable(rows, scores)
         scores[block.nonzero()] = -np.inf
         widest = top_items(scores, max(sizes))
         widest_scores = np.take_along_axis(scores, widest, axis=1)
@@ -736,7 +755,6 @@ def _inject(
 
 def _build_requests(
     scorer: _Scorer,
-    histories: sp.csr_matrix,
     logged_items: np.ndarray,
     logged_ratings: np.ndarray,
     config: PipelineConfig,
@@ -744,7 +762,7 @@ def _build_requests(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Candidates of the main (N) protocol and of the GR2 (K) protocol."""
     ((retrieved, retrieved_scores), (gr2_retrieved, gr2_scores)), logged_scores = _retrieve(
-        scorer, histories, logged_items, (config.num_candidates, config.gr2_candidates)
+        scorer, logged_items, (config.num_candidates, config.gr2_candidates)
     )
     positive = logged_ratings >= config.click_threshold
     if config.inject == "none":
@@ -755,16 +773,20 @@ def _build_requests(
         retrieved, retrieved_scores, logged_items, logged_scores, must,
         config.inject_position, np.column_stack([stream_keys, np.zeros_like(stream_keys[:, 0])]),
     )  # fmt: skip
-    match = candidates[:, :, None] == logged_items[:, None, :]
-    rating = (match * logged_ratings[:, None, :]).sum(axis=2, dtype=np.float32)
+    # One logged position at a time: an [R, N, L] comparison is gigabytes at 25M ratings.
+    rating = np.zeros(candidates.shape, dtype=np.float32)
+    retrieved_positive = np.zeros_like(positive)
+    for slot in range(logged_items.shape[1]):
+        logged = logged_items[:, slot : slot + 1]
+        rating += (candidates == logged) * logged_ratings[:, slot : slot + 1]
+        retrieved_positive[:, slot] = positive[:, slot] & (retrieved == logged).any(axis=1)
     main = {
         "candidates": candidates,
         "scores": scores,
         "rating": rating,
         "injected": injected,
         # Logged positives the retriever found on its own (for recall@N).
-        "retrieved_positive": positive
-        & (logged_items[:, :, None] == retrieved[:, None, :]).any(axis=2),
+        "retrieved_positive": retrieved_positive,
     }
 
     # GR2: the true next item is the first logged positive, time order.

@@ -37,6 +37,25 @@ class Retriever(Protocol):
             float32 ``[requests, items]`` scores, higher is better.
         """
 
+    def score_prefixes(self, items: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """:meth:`score` of the histories ``items[starts[r]:ends[r]]`` (one per request).
+
+        The request builder's form: a request's history is a prefix of its user's
+        time-ordered items, and consecutive requests of a user extend it.
+        """
+
+
+def history_matrix(
+    items: np.ndarray, starts: np.ndarray, ends: np.ndarray, n_items: int
+) -> sp.csr_matrix:
+    """Binary request-by-item matrix of the histories ``items[starts[r]:ends[r]]``."""
+    lengths = ends - starts
+    indptr = np.zeros(len(starts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    flat = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
+    data = np.ones(indptr[-1], dtype=np.float64)
+    return sp.csr_matrix((data, items[flat], indptr), shape=(len(starts), n_items))
+
 
 class ImplicitALS:
     """Implicit-feedback matrix factorisation by alternating least squares.
@@ -90,16 +109,20 @@ class ImplicitALS:
         with threadpool_limits(limits=1, user_api="blas"):
             return self._solve_rows(fixed, rows)
 
-    def _solve_rows(self, fixed: np.ndarray, rows: sp.csr_matrix) -> np.ndarray:
+    def _solve_rows(self, fixed: np.ndarray, rows: sp.csr_matrix, batch: int = 1024) -> np.ndarray:
         gram = fixed.T @ fixed + self.regularization * np.eye(self.factors)
         out = np.zeros((rows.shape[0], self.factors))
-        for row in range(rows.shape[0]):
-            cols = rows.indices[rows.indptr[row] : rows.indptr[row + 1]]
-            if len(cols) == 0:
-                continue
-            observed = fixed[cols]
-            lhs = gram + self.alpha * observed.T @ observed
-            out[row] = np.linalg.solve(lhs, (1.0 + self.alpha) * observed.sum(axis=0))
+        filled = np.flatnonzero(np.diff(rows.indptr) > 0)
+        # The solves are batched (one LAPACK call per matrix either way, but without
+        # numpy's per-call overhead, which was most of a fit's time).
+        for group in np.array_split(filled, max(1, -(-len(filled) // batch))):
+            lhs = np.empty((len(group), self.factors, self.factors))
+            rhs = np.empty((len(group), self.factors, 1))
+            for k, row in enumerate(group):
+                observed = fixed[rows.indices[rows.indptr[row] : rows.indptr[row + 1]]]
+                lhs[k] = gram + self.alpha * observed.T @ observed
+                rhs[k, :, 0] = (1.0 + self.alpha) * observed.sum(axis=0)
+            out[group] = np.linalg.solve(lhs, rhs)[..., 0]
         return out
 
     def score(self, histories: sp.csr_matrix) -> np.ndarray:
@@ -108,7 +131,70 @@ class ImplicitALS:
             raise RuntimeError("ImplicitALS.score() called before fit()")
         item_factors = self.item_factors.astype(np.float64)
         users = self._solve(item_factors, histories)
-        return (users @ item_factors.T).astype(np.float32)
+        return _item_scores(users, item_factors)
+
+    def score_prefixes(self, items: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """:meth:`score` of prefix histories, in time linear in the items they add.
+
+        The fold-in solves ``(G + alpha Q^T Q) p = (1 + alpha) Q^T 1`` for a history's
+        item factors ``Q``: both sums are additive over the history. A request that
+        extends the previous one's history (same start, later end: the next slate of
+        the same user) adds only its new items' terms to the running sums, instead
+        of recomputing ``Q^T Q`` over a history of up to tens of thousands of items;
+        the solves are then batched. Same result as :meth:`score` up to float
+        summation order.
+        """
+        if self.item_factors is None:
+            raise RuntimeError("ImplicitALS.score_prefixes() called before fit()")
+        factors = self.item_factors.astype(np.float64)
+        k = self.factors
+        continues = np.zeros(len(starts), dtype=bool)
+        continues[1:] = (starts[1:] == starts[:-1]) & (ends[1:] >= ends[:-1])
+        added_from = np.where(continues, np.r_[0, ends[:-1]], starts)
+        # Each request's added terms: a batched product where the request adds the
+        # usual slate's worth of items, one product each otherwise (segment starts).
+        gram_added = np.zeros((len(starts), k, k))  # the added terms, then running sums
+        sum_added = np.zeros((len(starts), k))
+        added = ends - added_from
+        with threadpool_limits(limits=1, user_api="blas"):
+            common = np.bincount(added).argmax() if len(added) else 0
+            same = np.flatnonzero(added == common)
+            if common > 0 and len(same):
+                block = factors[items[added_from[same, None] + np.arange(common)]]
+                gram_added[same] = np.matmul(block.transpose(0, 2, 1), block)
+                sum_added[same] = block.sum(axis=1)
+            for row in np.flatnonzero((added != common) & (added > 0)):
+                block = factors[items[added_from[row] : ends[row]]]
+                gram_added[row] = block.T @ block
+                sum_added[row] = block.sum(axis=0)
+            # Running sums within each run of continuing requests (one cumsum per run:
+            # a cumsum over the whole chunk minus offsets would cancel digits).
+            bounds = np.r_[np.flatnonzero(~continues), len(starts)]
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+                np.cumsum(gram_added[lo:hi], axis=0, out=gram_added[lo:hi])
+                np.cumsum(sum_added[lo:hi], axis=0, out=sum_added[lo:hi])
+            lhs = factors.T @ factors + self.regularization * np.eye(k) + self.alpha * gram_added
+            users = np.linalg.solve(lhs, (1.0 + self.alpha) * sum_added[..., None])[..., 0]
+        users[ends == starts] = 0.0  # an empty history folds into no vector, as in score()
+        return _item_scores(users, factors)
+
+
+def _item_scores(users: np.ndarray, item_factors: np.ndarray, block: int = 8192) -> np.ndarray:
+    """``(users @ item_factors.T)`` in float64, returned as float32, a block of items at a time.
+
+    The same numbers as the one product (each is one 64-term dot product either
+    way), but the float64 product of a chunk of requests with 59,000 items is a
+    gigabyte written once and converted again: blocks that stay in cache made it
+    3-5 times faster.
+    """
+    out = np.empty((len(users), len(item_factors)), dtype=np.float32)
+    transposed = np.ascontiguousarray(item_factors.T)
+    for first in range(0, len(users), 256):
+        rows = slice(first, first + 256)
+        for start in range(0, len(item_factors), block):
+            items = slice(start, start + block)
+            out[rows, items] = users[rows] @ transposed[:, items]
+    return out
 
 
 class ItemKNN:
@@ -149,6 +235,12 @@ class ItemKNN:
             raise RuntimeError("ItemKNN.score() called before fit()")
         return np.asarray(histories.astype(np.float32) @ self.similarity, dtype=np.float32)
 
+    def score_prefixes(self, items: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """:meth:`score` of the histories ``items[starts[r]:ends[r]]``."""
+        if self.similarity is None:
+            raise RuntimeError("ItemKNN.score_prefixes() called before fit()")
+        return self.score(history_matrix(items, starts, ends, len(self.similarity)))
+
 
 class Popularity:
     """Score items by their number of training interactions (same list for everyone)."""
@@ -167,6 +259,12 @@ class Popularity:
         if self.counts is None:
             raise RuntimeError("Popularity.score() called before fit()")
         return np.broadcast_to(self.counts, (histories.shape[0], len(self.counts))).copy()
+
+    def score_prefixes(self, items: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """The popularity of every item, once per request."""
+        if self.counts is None:
+            raise RuntimeError("Popularity.score_prefixes() called before fit()")
+        return np.broadcast_to(self.counts, (len(starts), len(self.counts))).copy()
 
 
 def make_retriever(
