@@ -635,10 +635,8 @@ class _Scorer:
 
     def mask_unavailable(self, rows: slice, scores: np.ndarray) -> None:
         """Set the scores of items without a training rating by each request's time to -inf."""
-        late = np.flatnonzero(self.first_rated > self.request_time[rows].min())
-        if len(late):  # only items first rated after the chunk's first request (few)
-            unavailable = self.first_rated[late][None, :] > self.request_time[rows, None]
-            scores[:, late] = np.where(unavailable, -np.inf, scores[:, late])
+        unavailable = self.first_rated[None, :] > self.request_time[rows, None]
+        np.copyto(scores, -np.inf, where=unavailable)
 
 
 def top_items(scores: np.ndarray, size: int) -> np.ndarray:
