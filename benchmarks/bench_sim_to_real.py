@@ -48,6 +48,7 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -256,11 +257,25 @@ def decay_study(args: argparse.Namespace) -> None:
                     **setup.fit_and_score(kind, args.dim, optimizer, decay),
                 }  # fmt: skip
                 print(f"seed {seed} {kind} {optimizer} {decay:g}: rho {record['rho']:.3f}")
-                text = json.dumps(record, indent=1).encode()
-                atomic_write(path, lambda handle, text=text: handle.write(text))
-    records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("seed*.json"))]
-    table = decay_table(records)
-    (out / "decay.md").write_text(table)
+                _store(path, record)
+    _tabulate(out, "decay.md", decay_table)
+
+
+def _store(path: Path, record: dict) -> None:
+    """Write one run's record at once (atomically), so a stopped study loses no run."""
+    text = json.dumps(record, indent=1).encode()
+    atomic_write(path, lambda handle: handle.write(text))
+
+
+def _records(out: Path) -> list[dict]:
+    """Every run record stored in ``out/runs``."""
+    return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("seed*.json"))]
+
+
+def _tabulate(out: Path, name: str, table_of: Callable[[list[dict]], str]) -> None:
+    """Write and print the table of every stored record."""
+    table = table_of(_records(out))
+    (out / name).write_text(table)
     print(table)
 
 
@@ -323,11 +338,8 @@ def fidelity_study(args: argparse.Namespace) -> None:
             print(f"seed {seed}: stored, reused ({path})")
             continue
         record = fidelity_run(seed, args)
-        atomic_write(path, lambda handle, r=record: handle.write(json.dumps(r, indent=1).encode()))
-    records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("seed*.json"))]
-    table = fidelity_table(records)
-    (out / "fidelity.md").write_text(table)
-    print(table)
+        _store(path, record)
+    _tabulate(out, "fidelity.md", fidelity_table)
 
 
 def fidelity_run(seed: int, args: argparse.Namespace) -> dict:
@@ -457,12 +469,8 @@ def judges_study(args: argparse.Namespace) -> None:
             print(f"seed {seed}: stored, reused ({path})")
             continue
         record = judges_run(seed, args)
-        text = json.dumps(record, indent=1).encode()
-        atomic_write(path, lambda handle, text=text: handle.write(text))
-    records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("seed*.json"))]
-    table = judges_table(records)
-    (out / "judges.md").write_text(table)
-    print(table)
+        _store(path, record)
+    _tabulate(out, "judges.md", judges_table)
 
 
 def judges_run(seed: int, args: argparse.Namespace) -> dict:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -312,31 +312,11 @@ def load_ml10m(folder: str | os.PathLike[str], encoding: str = "utf-8") -> Movie
     hint = download_hint("ml-10m")
     movie_path = require_file(folder / "movies.dat", "MovieLens 10M items (movies.dat)", hint)
     data_path = require_file(folder / "ratings.dat", "MovieLens 10M ratings (ratings.dat)", hint)
-    item_ids, titles, genres, years = _read_movies(
-        movie_path,
-        split_fields(
-            movie_path, read_lines(movie_path, encoding=encoding), "::",
-            ("MovieID", "Title", "Genres"),
-        ),
-        ML10M_GENRES,
-    )  # fmt: skip
-    return _assemble(
-        name="ml-10m",
-        item_path=movie_path,
-        item_ids=item_ids,
-        titles=titles,
-        genres=genres,
-        genre_names=ML10M_GENRES,
-        years=years,
-        user_path=None,
-        user_rows=None,
-        occupation_names=(),
-        data_path=data_path,
-        rating_lines=read_lines(data_path),
-        rating_sep="::",
-        parse_rating=_parse_half_stars,
-        extra_files=(),
+    movies = split_fields(
+        movie_path, read_lines(movie_path, encoding=encoding), "::", ("MovieID", "Title", "Genres")
     )
+    ratings = read_lines(data_path)
+    return _without_demographics("ml-10m", movie_path, movies, data_path, ratings, "::")
 
 
 def load_movielens_csv(folder: str | os.PathLike[str], name: str = "ml-25m") -> MovieLensData:
@@ -368,9 +348,22 @@ def load_movielens_csv(folder: str | os.PathLike[str], name: str = "ml-25m") -> 
         folder / "ratings.csv", f"MovieLens {name} ratings (ratings.csv)", hint
     )
     movie_lines = _after_header(movie_path, read_lines(movie_path), _CSV_MOVIES_HEADER)
-    item_ids, titles, genres, years = _read_movies(
-        movie_path, _csv_rows(movie_path, movie_lines, ("movieId", "title", "genres")), ML10M_GENRES
-    )
+    movies = _csv_rows(movie_path, movie_lines, ("movieId", "title", "genres"))
+    rating_lines = _after_header(data_path, read_lines(data_path), _CSV_RATINGS_HEADER)
+    return _without_demographics(name, movie_path, movies, data_path, rating_lines, ",", 2)
+
+
+def _without_demographics(
+    name: str,
+    movie_path: Path,
+    movies: Iterable[tuple[int, list[str]]],
+    data_path: Path,
+    rating_lines: list[str],
+    rating_sep: str,
+    first_rating_line: int = 1,
+) -> MovieLensData:
+    """A release from ML-10M on: half stars, the later genres, no user file."""
+    item_ids, titles, genres, years = _read_movies(movie_path, movies, ML10M_GENRES)
     return _assemble(
         name=name,
         item_path=movie_path,
@@ -383,11 +376,11 @@ def load_movielens_csv(folder: str | os.PathLike[str], name: str = "ml-25m") -> 
         user_rows=None,
         occupation_names=(),
         data_path=data_path,
-        rating_lines=_after_header(data_path, read_lines(data_path), _CSV_RATINGS_HEADER),
-        rating_sep=",",
+        rating_lines=rating_lines,
+        rating_sep=rating_sep,
         parse_rating=_parse_half_stars,
         extra_files=(),
-        first_rating_line=2,
+        first_rating_line=first_rating_line,
     )
 
 
@@ -421,7 +414,7 @@ def _csv_rows(
 
 
 def _read_movies(
-    path: Path, rows, genre_names: tuple[str, ...]
+    path: Path, rows: Iterable[tuple[int, list[str]]], genre_names: tuple[str, ...]
 ) -> tuple[list[int], list[str], list[list[bool]], list[float]]:
     """Ids, titles, genre flags and title years of ``(line, [id, title, genres])`` rows."""
     genre_index = {genre: k for k, genre in enumerate(genre_names)}

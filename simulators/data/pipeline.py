@@ -465,7 +465,7 @@ def build_rerank_data(
     requests, gr2 = _build_requests(
         _Scorer(retriever, popularity, first_rated, request_time, item, history_starts,
                 history_ends),
-        logged_items, logged_ratings, config, stream_keys,
+        logged_items, logged_ratings, config, stream_keys, progress,
     )  # fmt: skip
     steps.update(2)
     steps.close()
@@ -667,7 +667,7 @@ def top_items(scores: np.ndarray, size: int) -> np.ndarray:
 
 
 def _retrieve(
-    scorer: _Scorer, logged_items: np.ndarray, sizes: tuple[int, ...]
+    scorer: _Scorer, logged_items: np.ndarray, sizes: tuple[int, ...], progress: bool = False
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
     """Score every item once per request and keep what the requests need.
 
@@ -681,7 +681,10 @@ def _retrieve(
         for size in sizes
     ]
     logged_scores = np.empty(logged_items.shape, dtype=np.float32)
-    for rows in _chunks_by_history(scorer.history_starts, scorer.history_ends):
+    chunks = list(_chunks_by_history(scorer.history_starts, scorer.history_ends))
+    # Minutes at ML-25M size (4M requests): worth a bar of its own.
+    bar = progress_bar(description="retrieving candidates", enabled=progress, iterable=chunks)
+    for rows in bar:
         block = scorer.histories(rows)
         scores = scorer(rows)
         logged_scores[rows] = np.take_along_axis(scores, logged_items[rows], axis=1)
@@ -757,10 +760,11 @@ def _build_requests(
     logged_ratings: np.ndarray,
     config: PipelineConfig,
     stream_keys: np.ndarray,
+    progress: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Candidates of the main (N) protocol and of the GR2 (K) protocol."""
     ((retrieved, retrieved_scores), (gr2_retrieved, gr2_scores)), logged_scores = _retrieve(
-        scorer, logged_items, (config.num_candidates, config.gr2_candidates)
+        scorer, logged_items, (config.num_candidates, config.gr2_candidates), progress
     )
     positive = logged_ratings >= config.click_threshold
     if config.inject == "none":
