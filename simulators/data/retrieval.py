@@ -182,10 +182,11 @@ class ImplicitALS:
 def _item_scores(users: np.ndarray, item_factors: np.ndarray, block: int = 8192) -> np.ndarray:
     """``(users @ item_factors.T)`` in float64, returned as float32, a block of items at a time.
 
-    The same numbers as the one product (each is one 64-term dot product either
-    way), but the float64 product of a chunk of requests with 59,000 items is a
-    gigabyte written once and converted again: blocks that stay in cache made it
-    3-5 times faster.
+    Each score is still one dot product over the factors, and the numbers matched
+    the one product's bit for bit wherever checked (every pipeline array on
+    ML-100K, a 2,048 x 59,047 product); but the one float64 product of a chunk of
+    requests with 59,000 items is a gigabyte written once and converted again,
+    while blocks that stay in cache made it 3-5 times faster.
     """
     out = np.empty((len(users), len(item_factors)), dtype=np.float32)
     transposed = np.ascontiguousarray(item_factors.T)
