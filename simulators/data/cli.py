@@ -26,7 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--dataset", choices=DATASETS, default="ml-100k",
-        help="MovieLens 100K / 1M files, or the synthetic world (built from ML-1M's files)",
+        help="a MovieLens release's files (ML-100K to ML-32M and ml-latest, in --data-dir "
+        "or a data root), or the synthetic world (built from ML-1M-format files)",
     )  # fmt: skip
     parser.add_argument(
         "--data-dir",
