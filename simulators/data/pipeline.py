@@ -650,8 +650,7 @@ def top_items(scores: np.ndarray, size: int) -> np.ndarray:
     """
     import torch  # noqa: PLC0415  (the data package imports torch only where it helps)
 
-    n_rows, n_items = scores.shape
-    if size >= n_items:
+    if size >= scores.shape[1]:
         return np.argsort(-scores, axis=1, kind="stable")[:, :size]
     values, columns = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), size + 1, dim=1)
     # Where the next best item ties with the size-th, topk's choice among the tied

@@ -175,7 +175,6 @@ class ImplicitALS:
                 np.cumsum(sum_added[lo:hi], axis=0, out=sum_added[lo:hi])
             lhs = factors.T @ factors + self.regularization * np.eye(k) + self.alpha * gram_added
             users = np.linalg.solve(lhs, (1.0 + self.alpha) * sum_added[..., None])[..., 0]
-        users[ends == starts] = 0.0  # an empty history folds into no vector, as in score()
         return _item_scores(users, factors)
 
 
