@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500, help="evaluation requests")
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--reward-model", default="learned", choices=["learned", "simulator"])
+    parser.add_argument("--device", default="cpu", help="torch device of the task and agents")
     parser.add_argument("--out", default="runs/bench-goalrank")
     parser.add_argument("--split", default="test", choices=["test", "valid"])
     parser.add_argument(
@@ -138,7 +139,7 @@ def main() -> None:
         swept = {label: value for label, (value, _) in configurations(args, 0).items()}
         report(rows, swept, args, f"the requests of {', '.join(map(str, args.from_csv))}", out)
         return
-    task: RerankTask = task_for_env(args.env, {})
+    task: RerankTask = task_for_env(args.env, {}, args.device)
     if args.split == "test":
         requests = task.requests("test")[: args.requests]
     else:  # the learning curve uses the first validation requests

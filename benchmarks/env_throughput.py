@@ -3,23 +3,31 @@
 Usage::
 
     python benchmarks/env_throughput.py [--seconds 3] [--simulators transformer pbm10]
-        [--threads 1]
+        [--threads 2] [--envs 256 1024 4096] [--device cpu] [--vector-only]
 
 For each simulator setting it times, with a fixed cheap policy (the first valid
 candidate, so the policy costs nothing):
 
 * the single ``SlateRerank-v0`` env (``gym.make``, with Gymnasium's default wrappers);
 * Gymnasium's ``SyncVectorEnv`` over 256 single envs;
-* the native vector env (``gym.make_vec``) with 256 and 1,024 sub-environments,
-  with dense features and with ``features="indices"``;
-* the raw batched simulator forward alone for 1,024 lists: one
-  ``last_click_probs`` call per slot, the same calls the vector env makes (the
-  limit).
+* the native vector env (``gym.make_vec``) at each ``--envs`` size, with dense
+  features and with ``features="indices"``;
+* the raw batched simulator work for 1,024 lists (and each ``--envs`` size with
+  ``--vector-only``), three ways:
+
+  - ``training forward``: what the env asks of the training simulator, alone: its
+    prefix scorer built once per episode, then one ``place`` per slot (the limit
+    the issue's "raw forward" means);
+  - ``training + eval forward``: that plus the held-out simulator's reward of the
+    finished lists (the env's ``eval_reward``, also simulator work);
+  - ``last_click_probs per slot``: the prefix re-scored at every slot, the env's
+    path before prefix scorers (for comparison with earlier tables).
 
 ``pbm10`` is the PBM simulator at N = 10, L = 10 (fitted on ML-100K 10-item
 pseudo-slates on first use, needs the raw data), side by side with SARDINE's
 ``sardine/SlateRerank-Static-v0`` (10 candidates, 10 slots, one slate per step) if
-``sardine-rec`` is installed. Ratios are from this one run.
+``sardine-rec`` is installed. ``--device cuda --vector-only --envs 1024 ... 65536``
+gives the CUDA curve. Ratios are from this one run.
 """
 
 from __future__ import annotations
@@ -91,25 +99,53 @@ def _vector_rate(envs, seconds: float) -> float:
     return _rate(step, seconds)
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @torch.no_grad()
-def raw_simulator(kwargs: dict, num_envs: int, seconds: float) -> float:
+def raw_simulator(kwargs: dict, num_envs: int, seconds: float, path: str) -> float:
+    """Slot decisions/s of the simulator work alone (``path``: see the module docstring)."""
     task = rerank_env.make_task(**kwargs)
-    simulator = task.simulators["train"]
+    simulator, judge = task.simulators["train"], task.simulators["eval"]
     rng = np.random.default_rng(0)
-    requests = torch.as_tensor(task.sample_requests("train", num_envs, rng))
-    lists = torch.as_tensor(
-        np.stack([rng.permutation(task.num_candidates)[: task.slate_length] for _ in requests])
-    )
-    items = torch.gather(task.candidates[requests], 1, lists)
-    users, histories = task.users[requests], task.histories[requests]
+    # Fresh requests each episode, as the env draws them (one batch again and again
+    # would keep its rows in cache and flatter the simulator).
+    batches = []
+    for _ in range(8):
+        requests = torch.as_tensor(task.sample_requests("train", num_envs, rng), device=task.device)
+        order = np.stack([rng.permutation(task.num_candidates) for _ in range(num_envs)])
+        positions = torch.as_tensor(order[:, : task.slate_length], device=task.device)
+        candidates = task.candidates[requests]
+        items = torch.gather(candidates, 1, positions)
+        batches.append(
+            (task.users[requests], candidates, task.histories[requests], positions, items)
+        )
+    episodes = iter(range(1 << 62))
 
     def episode() -> int:
-        for t in range(task.slate_length):
-            batch = SlateBatch(users, items[:, : t + 1], histories)
-            simulator.last_click_probs(batch)
+        users, candidates, histories, positions, items = batches[next(episodes) % len(batches)]
+        if path == "last_click_probs":
+            for t in range(task.slate_length):
+                simulator.last_click_probs(SlateBatch(users, items[:, : t + 1], histories))
+        else:
+            scorer = simulator.prefix_scorer(users, candidates, histories, task.slate_length)
+            for t in range(task.slate_length):
+                scorer.place(positions[:, t])
+            if path == "training + eval":
+                judge.expected_reward(SlateBatch(users, items, histories), validate=False)
+        _synchronize(task.device)
         return num_envs * task.slate_length
 
     return _rate(episode, seconds)
+
+
+RAW_PATHS = {
+    "training": "training forward",
+    "training + eval": "training + eval forward",
+    "last_click_probs": "last_click_probs per slot",
+}
 
 
 def sardine(seconds: float) -> float | None:
@@ -136,32 +172,68 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--simulators", nargs="+", default=["transformer", "pbm10"])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--envs", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--device", default="cpu", help="where the simulators run")
+    parser.add_argument(
+        "--vector-only",
+        action="store_true",
+        help="only the native vector env (dense features) and the raw paths at each size",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch threads: {args.threads}; {args.seconds:g} s per row\n")
-    print("| simulator | setting | slot decisions/s | vs SyncVectorEnv(256) | vs raw simulator |")
-    print("|---|---|---|---|---|")
+    print(f"torch threads: {args.threads}; device {args.device}; {args.seconds:g} s per row\n")
+    if args.vector_only:
+        _vector_curve(args)
+        return
+    print(
+        "| simulator | setting | slot decisions/s | vs SyncVectorEnv(256) | vs training forward "
+        "| vs training + eval forward |"
+    )
+    print("|---|---|---|---|---|---|")
     for name in args.simulators:
-        kwargs = SETTINGS[name]
-        # The limit, measured before and after the envs (best of both: machine noise).
-        raw = raw_simulator(kwargs, 1024, args.seconds)
+        kwargs = {**SETTINGS[name], "device": args.device}
+        # The limits, measured before and after the envs (best of both: machine noise).
+        raw = {path: raw_simulator(kwargs, 1024, args.seconds, path) for path in RAW_PATHS}
         sync = sync_vector(kwargs, 256, args.seconds)
         rows = [
             ("single env", single_env(kwargs, args.seconds)),
             ("SyncVectorEnv(256)", sync),
         ]
-        for num_envs in (256, 1024, 4096):
+        for num_envs in args.envs:
             for features in ("dense", "indices"):
                 rate = native_vector(kwargs, num_envs, args.seconds, features)
                 rows.append((f"native vector env ({num_envs}, {features})", rate))
-        raw = max(raw, raw_simulator(kwargs, 1024, args.seconds))
-        rows.append(("raw simulator forward (1024)", raw))
+        for path, label in RAW_PATHS.items():
+            raw[path] = max(raw[path], raw_simulator(kwargs, 1024, args.seconds, path))
+            rows.append((f"raw simulator, {label} (1024)", raw[path]))
         if name == "pbm10":
             peer = sardine(args.seconds)
             if peer is not None:
                 rows.append(("SARDINE SlateRerank-Static-v0 (N = L = 10)", peer))
         for setting, rate in rows:
-            print(f"| {name} | {setting} | {rate:,.0f} | {rate / sync:.1f}x | {rate / raw:.2f} |")
+            print(
+                f"| {name} | {setting} | {rate:,.0f} | {rate / sync:.1f}x "
+                f"| {rate / raw['training']:.2f} | {rate / raw['training + eval']:.2f} |"
+            )
+
+
+def _vector_curve(args: argparse.Namespace) -> None:
+    """Native vector env (dense) vs the raw paths at every ``--envs`` size."""
+    print(
+        "| simulator | sub-envs | native vector env | training forward | training + eval "
+        "forward | env / training | env / training + eval |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name in args.simulators:
+        kwargs = {**SETTINGS[name], "device": args.device}
+        for num_envs in args.envs:
+            env = native_vector(kwargs, num_envs, args.seconds, "dense")
+            train = raw_simulator(kwargs, num_envs, args.seconds, "training")
+            both = raw_simulator(kwargs, num_envs, args.seconds, "training + eval")
+            print(
+                f"| {name} | {num_envs:,} | {env:,.0f} | {train:,.0f} | {both:,.0f} "
+                f"| {env / train:.2f} | {env / both:.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from rerank_env.task import RerankTask
-from simulators.base import PAD, SlateBatch
+from simulators.base import PAD, ClickSimulator, PrefixScorer, SlateBatch
 
 RewardMode = Literal["sparse", "dense"]
 ClickMode = Literal["expected", "sampled"]
@@ -114,6 +114,7 @@ class EpisodeBatch:
         self.candidate_items = np.zeros((size, n), dtype=np.int64)
         self.candidate_scores = np.zeros((size, n), dtype=np.float32)
         self._users_t = self._candidates_t = self._histories_t = torch.empty(0)
+        self._scorer: PrefixScorer | None = None
 
     def forget_rows(self, envs: np.ndarray) -> None:
         """Discard buffered uniforms of ``envs`` (their generator was just re-seeded)."""
@@ -164,20 +165,26 @@ class EpisodeBatch:
         self.request[:] = requests
         task = self.task
         if candidates is None:
-            self.candidate_items[:] = task.candidates_np[self.request]
-            self.candidate_scores[:] = task.scores_np[self.request]
+            # np.take: a row gather 2-3x faster than fancy indexing (a hot path).
+            np.take(task.candidates_np, self.request, axis=0, out=self.candidate_items)
+            np.take(task.scores_np, self.request, axis=0, out=self.candidate_scores)
         else:
             self.candidate_items[:] = candidates
             self.candidate_scores[:] = initial_scores
         requests_t = torch.as_tensor(self.request, device=task.device)
-        # Per-episode rows, gathered once rather than at every step.
-        self._users_t = task.users[requests_t]
+        # Per-episode rows, gathered once (index_select: several times faster than indexing).
+        self._users_t = task.users.index_select(0, requests_t)
         self._candidates_t = (
-            task.candidates[requests_t]  # on the device, as the default always was
+            task.candidates.index_select(0, requests_t)  # on the device, as always
             if candidates is None
             else torch.tensor(self.candidate_items, device=task.device)
         )
-        self._histories_t = task.histories[requests_t]
+        self._histories_t = task.histories.index_select(0, requests_t)
+        simulator = self._training_simulator()
+        with torch.no_grad():  # what does not depend on the order, once per episode
+            self._scorer = simulator.prefix_scorer(
+                self._users_t, self._candidates_t, self._histories_t, self.slate.shape[1]
+            )
         self.uniforms[:] = rows[:, 1:]
         self.slate.fill(PAD)
         self.mask.fill(1)
@@ -264,7 +271,9 @@ class EpisodeBatch:
         ``shown`` is the action as the caller passed it (for the message).
         """
         raw = np.asarray(actions)
-        if raw.dtype == bool or not np.issubdtype(raw.dtype, np.integer):
+        if raw.dtype != np.int64 and (
+            raw.dtype == bool or not np.issubdtype(raw.dtype, np.integer)
+        ):
             raise InvalidActionError(
                 f"action {actions if shown is None else shown!r} must be an integer "
                 f"candidate position (dtype "
@@ -275,18 +284,17 @@ class EpisodeBatch:
                 f"actions of shape {raw.shape} given; expected one candidate position per "
                 f"environment, shape ({self.size},)"
             )
-        actions = raw.astype(np.int64)
+        actions = raw.astype(np.int64)  # a copy: the caller may reuse its array
         n = self.mask.shape[1]
-        outside = (actions < 0) | (actions >= n)
-        if outside.any():
-            env = int(np.flatnonzero(outside)[0])
+        if actions.min() < 0 or actions.max() >= n:  # two reductions, then the slow path
+            env = int(np.flatnonzero((actions < 0) | (actions >= n))[0])
             raise InvalidActionError(
                 f"action {int(actions[env])}{self._where(env)} is out of range; valid: "
                 f"{self._valid(env)} (Discrete({n}) with already placed items masked)"
             )
-        masked = self.mask[self._arange, actions] == 0
-        if masked.any():
-            env = int(np.flatnonzero(masked)[0])
+        allowed = self.mask[self._arange, actions]
+        if not allowed.all():
+            env = int(np.flatnonzero(allowed == 0)[0])
             raise InvalidActionError(
                 f"action {int(actions[env])}{self._where(env)} places a candidate that is "
                 f"already in the slate {self.slate[env, : self.t].tolist()}; valid: "
@@ -317,7 +325,7 @@ class EpisodeBatch:
         t = self.t
         self.slate[:, t] = actions
         self.mask[self._arange, actions] = 0
-        probs = self._position_probs(t)
+        probs = self._position_probs(actions)
         self.probs[:, t] = probs
         if self.click_mode == "sampled":
             self.clicks[:, t] = self.uniforms[:, t] < probs
@@ -354,20 +362,20 @@ class EpisodeBatch:
             total += self.step_rewards[:, k]
         return total
 
-    def _position_probs(self, t: int) -> np.ndarray:
-        """Training simulator's click probability of slot ``t`` given the prefix."""
-        task = self.task
-        prefix = torch.as_tensor(self.slate[:, : t + 1], device=task.device)
-        items = torch.gather(self._candidates_t, 1, prefix)
-        batch = SlateBatch(self._users_t, items, self._histories_t)
-        simulator = task.simulators["train"]
+    def _training_simulator(self) -> ClickSimulator:
+        simulator = self.task.simulators["train"]
         if simulator.training:
             raise RuntimeError(
                 "the task's training simulator is in train mode (dropout would make rewards "
                 "random); simulators are shared by every env of the task: call .eval() on it"
             )
-        probs = simulator.last_click_probs(batch)
-        return probs.double().cpu().numpy()
+        return simulator
+
+    def _position_probs(self, actions: np.ndarray) -> np.ndarray:
+        """Training simulator's click probability of the slot just filled, given the prefix."""
+        self._training_simulator()  # still in eval mode (it is shared)
+        positions = torch.from_numpy(actions).to(self.task.device)
+        return self._scorer.place(positions).cpu().numpy()  # float32; stored as float64
 
     @torch.no_grad()
     def final_rewards(self, role: str) -> np.ndarray:
@@ -400,13 +408,13 @@ def episode_arrays(
     ``candidates`` and ``initial_scores`` (``[B, N]``) replace the requests' own.
     """
     if candidates is None:
-        candidates = task.candidates_np[requests]
-        initial_scores = task.scores_np[requests]
-    users = task.pool.request_user[requests]
-    if features == "dense":
+        candidates = np.take(task.candidates_np, requests, axis=0)
+        initial_scores = np.take(task.scores_np, requests, axis=0)
+    users = np.take(task.pool.request_user, requests)
+    if features == "dense":  # np.take: faster row gathers than fancy indexing
         return {
-            "user": task.user_table[users],
-            "candidates": task.item_table[candidates],
+            "user": np.take(task.user_table, users, axis=0),
+            "candidates": np.take(task.item_table, candidates, axis=0),
             "initial_scores": np.array(initial_scores, dtype=np.float32),
         }
     return {

@@ -128,6 +128,9 @@ class SlateRerankVectorEnv(VectorEnv):
         self._generators: list[np.random.Generator] | None = None
         self._episode_arrays: dict[str, np.ndarray] = {}
         self._autoreset = False
+        # Every sub-environment reports every info entry: one shared, read-only mask.
+        self._every = np.ones(self.num_envs, dtype=bool)
+        self._every.flags.writeable = False
 
     def _init_actions(self) -> None:
         """The action layer: spaces (a subclass writing tokens overrides this)."""
@@ -197,9 +200,8 @@ class SlateRerankVectorEnv(VectorEnv):
             entries.update(self.episodes.final_info())
             self._autoreset = True
         info: dict[str, Any] = {}
-        every = np.ones(self.num_envs, dtype=bool)
-        for key, value in entries.items():  # with Gymnasium's "_key" masks
-            info[key], info[f"_{key}"] = value, every.copy()
+        for key, value in entries.items():  # with Gymnasium's "_key" masks (all True)
+            info[key], info[f"_{key}"] = value, self._every
         done = np.full(self.num_envs, terminated)
         return self._observation(), rewards, done, falses, info
 

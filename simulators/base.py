@@ -175,6 +175,24 @@ class ClickSimulator(nn.Module, ABC):
         self._check_length(batch)
         return self.position_click_probs(batch)[:, -1]
 
+    def prefix_scorer(
+        self, users: torch.Tensor, candidates: torch.Tensor, histories: torch.Tensor, length: int
+    ) -> PrefixScorer:
+        """A :class:`PrefixScorer` for lists of ``length`` built from ``candidates``.
+
+        The step-wise environments' hot loop: each step appends one candidate per
+        list and needs that slot's click probability. The default re-scores the
+        prefix with :meth:`last_click_probs`; models whose per-candidate work does
+        not depend on the prefix override this to do it once per episode.
+
+        Args:
+            users: long ``[B]``.
+            candidates: Each request's candidate items, long ``[B, N]``.
+            histories: long ``[B, H]`` (``-1`` padded).
+            length: Slots each list will get (at most ``N``).
+        """
+        return PrefixScorer(self, users, candidates, histories, length)
+
     def expected_reward(self, batch: SlateBatch, *, validate: bool = True) -> torch.Tensor:
         """Expected clicks of each (partial) list, float ``[B]``."""
         return self.click_probs(batch, validate=validate).sum(dim=1)
@@ -210,3 +228,59 @@ class ClickSimulator(nn.Module, ABC):
         probs = self.click_probs(batch, validate=validate)
         draws = torch.rand(probs.shape, generator=generator, device=probs.device)
         return draws < probs
+
+
+class PrefixScorer:
+    """Click probabilities of lists built one slot at a time from fixed candidates.
+
+    ``place(positions)`` appends ``candidates[b, positions[b]]`` to list ``b`` and
+    returns that slot's click probability ``[B]``: exactly what
+    :meth:`ClickSimulator.last_click_probs` gives on the new prefix (up to float
+    rounding). This generic scorer keeps the lists and calls it on the prefix at
+    every step; models subclass it to compute what does not depend on the prefix
+    (attractiveness of every candidate, pairwise similarities) once, in
+    ``__init__``, so that a step costs a gather and a few elementwise operations.
+
+    Callers validate positions (in range, each candidate at most once per list);
+    the scorer does not, as it sits in the environments' hot loop.
+
+    Attributes:
+        length: Slots per list.
+        t: Slots filled.
+    """
+
+    def __init__(
+        self,
+        simulator: ClickSimulator,
+        users: torch.Tensor,
+        candidates: torch.Tensor,
+        histories: torch.Tensor,
+        length: int,
+    ) -> None:
+        if candidates.dim() != 2 or not 0 < length <= candidates.shape[1]:
+            raise ValueError(
+                f"length must be in 1..N = {candidates.shape[-1]} (candidates of shape "
+                f"{tuple(candidates.shape)}), got {length}"
+            )
+        simulator._check_length(SlateBatch(users, candidates[:, :length], histories))
+        self.simulator = simulator
+        self.users, self.candidates, self.histories = users, candidates, histories
+        self.length = length
+        self.t = 0
+        self._items: torch.Tensor | None = None  # the generic scorer's lists so far
+
+    def place(self, positions: torch.Tensor) -> torch.Tensor:
+        """Append candidate ``positions[b]`` to list ``b``: slot click probabilities ``[B]``."""
+        t = self.t
+        if t == self.length:
+            raise RuntimeError(f"all {t} slots are filled; start a new scorer for new lists")
+        self.t = t + 1
+        return self._slot_probs(positions, t)
+
+    def _slot_probs(self, positions: torch.Tensor, t: int) -> torch.Tensor:
+        """Click probability of slot ``t``, filled with the candidates at ``positions``."""
+        if self._items is None:
+            self._items = self.candidates.new_full((len(self.users), self.length), PAD)
+        self._items[:, t] = torch.gather(self.candidates, 1, positions[:, None])[:, 0]
+        batch = SlateBatch(self.users, self._items[:, : t + 1], self.histories)
+        return self.simulator.last_click_probs(batch)

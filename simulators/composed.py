@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simulators.base import PAD, ClickSimulator, SlateBatch
+from simulators.base import PAD, ClickSimulator, PrefixScorer, SlateBatch
 
 if TYPE_CHECKING:
     from simulators.data.pipeline import RerankData
@@ -272,27 +272,68 @@ class ComposedSimulator(ClickSimulator):
         pairs = (self.pair_matrix + self.pair_matrix.T) / 2
         return pairs - torch.diag(torch.diagonal(pairs))
 
+    #: Catalogues of at most this many items keep every pair's clipped similarity in
+    #: one table (64 MiB at the limit), so lists gather it instead of multiplying
+    #: vectors: several times faster for the environments' batches.
+    SIMILARITY_TABLE_MAX_ITEMS = 4096
+    _similarity_cache: tuple[tuple, torch.Tensor] | None = None
+
+    def __getstate__(self) -> dict:
+        # Copies and pickles (Ray workers) rebuild the table rather than ship it.
+        return {**self.__dict__, "_similarity_cache": None}
+
+    def _similarity_table(self) -> torch.Tensor | None:
+        """``clamp(U @ U.T, min=0)`` over the catalogue, cached; ``None`` if too large."""
+        vectors = self.unit_vectors
+        if len(vectors) > self.SIMILARITY_TABLE_MAX_ITEMS:
+            return None
+        key = (vectors.data_ptr(), vectors._version, vectors.device)
+        if self._similarity_cache is None or self._similarity_cache[0] != key:
+            with torch.no_grad():  # a buffer: the similarity never needs gradients
+                self._similarity_cache = (key, (vectors @ vectors.T).clamp(min=0))
+        return self._similarity_cache[1]
+
+    def pair_similarity(self, below: torch.Tensor, above: torch.Tensor) -> torch.Tensor:
+        """Clipped cosine similarity of items ``below`` [B, M] to items ``above`` [B, A].
+
+        Item indices without padding; ``[B, M, A]``.
+        """
+        table = self._similarity_table()
+        if table is None:
+            below_vectors = F.embedding(below, self.unit_vectors)
+            above_vectors = F.embedding(above, self.unit_vectors)
+            return (below_vectors @ above_vectors.transpose(1, 2)).clamp(min=0)
+        index = (below * len(table))[:, :, None] + above[:, None, :]
+        # A flat index_select: 3x faster than torch.take for these sizes.
+        return table.view(-1).index_select(0, index.view(-1)).view(index.shape)
+
     def _list_effect(
         self, below: torch.Tensor, above: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """Logit change of items ``below`` [B, M, d] from items ``above`` [B, A, d].
+        """Logit change of items ``below`` [B, M] from items ``above`` [B, A] (indices).
 
-        ``mask`` (bool ``[B, M, A]``) says which item above counts for which below.
+        ``mask`` (bool ``[B, M, A]``) says which item above counts for which below
+        (padding must not count).
         """
-        similarity = torch.where(mask, (below @ above.transpose(1, 2)).clamp(min=0), 0.0)
+        similarity = torch.where(mask, self.pair_similarity(below, above), 0.0)
         redundancy = similarity.amax(dim=2) if self.redundancy_form == "max" else similarity.sum(2)
         effect = -self.strength * redundancy
         if self.pair_matrix is not None:
-            bonus = below @ self._symmetric_pairs() @ above.transpose(1, 2)
+            below_vectors = F.embedding(below, self.unit_vectors)
+            above_vectors = F.embedding(above, self.unit_vectors)
+            bonus = below_vectors @ self._symmetric_pairs() @ above_vectors.transpose(1, 2)
             effect = effect + torch.where(mask, bonus, 0.0).sum(dim=2)
         return effect
 
     def redundancy(self, items: torch.Tensor) -> torch.Tensor:
         """Redundancy of each position's item given the items above it, ``[B, K]``."""
-        vectors = self.unit_vectors[items.clamp(min=0)] * (items != PAD)[..., None]
-        similarity = (vectors @ vectors.transpose(1, 2)).clamp(min=0)
-        above = torch.tril(torch.ones_like(similarity[0], dtype=torch.bool), diagonal=-1)
-        similarity = torch.where(above, similarity, 0.0)
+        safe = items.clamp(min=0)
+        above = torch.tril(
+            torch.ones(items.shape[1], items.shape[1], dtype=torch.bool, device=items.device), -1
+        )
+        similarity = torch.where(
+            above & (items != PAD)[:, None, :], self.pair_similarity(safe, safe), 0.0
+        )
         return similarity.amax(dim=2) if self.redundancy_form == "max" else similarity.sum(dim=2)
 
     def last_click_probs(self, batch: SlateBatch) -> torch.Tensor:
@@ -302,19 +343,25 @@ class ComposedSimulator(ClickSimulator):
         base = self.base.last_click_probs(batch).clamp(1e-6, 1 - 1e-6)
         logits = torch.logit(base)
         if k > 1:
-            last = self.unit_vectors[batch.items[:, -1:]]
-            above = self.unit_vectors[batch.items[:, :-1]]
             mask = torch.ones(len(base), 1, k - 1, dtype=torch.bool, device=base.device)
-            logits = logits + self._list_effect(last, above, mask)[:, 0]
+            effect = self._list_effect(batch.items[:, -1:], batch.items[:, :-1], mask)
+            logits = logits + effect[:, 0]
         return self.examination[k - 1] * torch.sigmoid(logits)
+
+    def prefix_scorer(
+        self, users: torch.Tensor, candidates: torch.Tensor, histories: torch.Tensor, length: int
+    ) -> PrefixScorer:
+        """The base's scorer plus the candidates' pairwise effects, once per episode."""
+        return ComposedScorer(self, users, candidates, histories, length)
 
     def position_click_probs(self, batch: SlateBatch) -> torch.Tensor:
         """``exam_k * sigmoid(base logit - strength * redundancy + complement)``."""
         k = batch.items.shape[1]
         base = self.base.click_probs(batch, validate=False).clamp(1e-6, 1 - 1e-6)
-        vectors = self.unit_vectors[batch.items.clamp(min=0)] * batch.mask[..., None]
+        items = batch.items.clamp(min=0)
         above = torch.tril(torch.ones(k, k, dtype=torch.bool, device=base.device), diagonal=-1)
-        effect = self._list_effect(vectors, vectors, above.expand(len(base), k, k))
+        # Padded positions count for nobody (their own rows are masked by click_probs).
+        effect = self._list_effect(items, items, above & batch.mask[:, None, :])
         return self.examination[:k] * torch.sigmoid(torch.logit(base) + effect)
 
 
@@ -489,3 +536,63 @@ def fit_composition(
         for parameter in frozen:
             parameter.requires_grad_(True)
     return composed, result
+
+
+class ComposedScorer(PrefixScorer):
+    """:class:`PrefixScorer` of a :class:`ComposedSimulator`.
+
+    Every pair of candidates' effect (the clipped similarity, and with
+    complementarity the pair bonus; ``[B, N, N]``) is computed once; each placed
+    item then updates every candidate's running redundancy (max or sum) and
+    complement (sum), so slot ``t`` costs a few gathers whatever ``t`` is, on top
+    of the base model's own scorer.
+    """
+
+    def __init__(
+        self,
+        simulator: ComposedSimulator,
+        users: torch.Tensor,
+        candidates: torch.Tensor,
+        histories: torch.Tensor,
+        length: int,
+    ) -> None:
+        super().__init__(simulator, users, candidates, histories, length)
+        self.base = simulator.base.prefix_scorer(users, candidates, histories, length)
+        similarity = simulator.pair_similarity(candidates, candidates)  # [B, N, N]
+        bonus = None
+        if simulator.pair_matrix is not None:
+            unit = F.embedding(candidates, simulator.unit_vectors)  # [B, N, d]
+            bonus = unit @ simulator._symmetric_pairs() @ unit.transpose(1, 2)
+        self.examination = simulator.examination[:length]
+        self.max_form = simulator.redundancy_form == "max"
+        # Rows indexed by the placed item: its effect on every candidate's logit.
+        # The sum form folds strength and bonus into one matrix (one running sum).
+        if self.max_form:
+            self.strength = simulator.strength
+            self.similarity, self.bonus = similarity, bonus
+        else:
+            effect = -simulator.strength * similarity
+            self.effect = effect if bonus is None else effect + bonus
+        self.redundancy = torch.zeros(candidates.shape, device=candidates.device)
+        self.complement = torch.zeros(candidates.shape, device=candidates.device)
+        self.running_effect = torch.zeros(candidates.shape, device=candidates.device)
+
+    def _slot_probs(self, positions: torch.Tensor, t: int) -> torch.Tensor:
+        logits = torch.logit(self.base.place(positions).clamp(1e-6, 1 - 1e-6))
+        column = positions[:, None]
+        rows = column[:, :, None].expand(-1, -1, self.redundancy.shape[1])
+        if self.max_form:
+            if t > 0:
+                logits = logits - self.strength * torch.gather(self.redundancy, 1, column)[:, 0]
+                if self.bonus is not None:
+                    logits = logits + torch.gather(self.complement, 1, column)[:, 0]
+            torch.maximum(
+                self.redundancy, torch.gather(self.similarity, 1, rows)[:, 0], out=self.redundancy
+            )
+            if self.bonus is not None:
+                self.complement += torch.gather(self.bonus, 1, rows)[:, 0]
+        else:
+            if t > 0:
+                logits = logits + torch.gather(self.running_effect, 1, column)[:, 0]
+            self.running_effect += torch.gather(self.effect, 1, rows)[:, 0]
+        return self.examination[t] * torch.sigmoid(logits)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from simulators.base import ClickSimulator, SlateBatch
+from simulators.base import ClickSimulator, PrefixScorer, SlateBatch
 
 
 class SimulatorEnsemble(ClickSimulator):
@@ -45,6 +45,12 @@ class SimulatorEnsemble(ClickSimulator):
         """Mean over members of their last-position click probabilities."""
         return torch.stack([m.last_click_probs(batch) for m in self.members]).mean(dim=0)
 
+    def prefix_scorer(
+        self, users: torch.Tensor, candidates: torch.Tensor, histories: torch.Tensor, length: int
+    ) -> PrefixScorer:
+        """Every member's own scorer, averaged per slot."""
+        return EnsembleScorer(self, users, candidates, histories, length)
+
     def disagreement(self, batch: SlateBatch) -> torch.Tensor:
         """Standard deviation of the members' expected clicks per list, ``[B]``."""
         rewards = (self.member_click_probs(batch) * batch.mask).sum(dim=2)
@@ -63,3 +69,25 @@ class SimulatorEnsemble(ClickSimulator):
         index = index % len(self.members)
         rest = [m for k, m in enumerate(self.members) if k != index]
         return SimulatorEnsemble(rest), self.members[index]
+
+
+class EnsembleScorer(PrefixScorer):
+    """:class:`PrefixScorer` of a :class:`SimulatorEnsemble`: the members' scorers' mean."""
+
+    def __init__(
+        self,
+        simulator: SimulatorEnsemble,
+        users: torch.Tensor,
+        candidates: torch.Tensor,
+        histories: torch.Tensor,
+        length: int,
+    ) -> None:
+        super().__init__(simulator, users, candidates, histories, length)
+        self.members = [
+            m.prefix_scorer(users, candidates, histories, length) for m in simulator.members
+        ]
+
+    def _slot_probs(self, positions: torch.Tensor, t: int) -> torch.Tensor:
+        if len(self.members) == 1:
+            return self.members[0].place(positions)
+        return torch.stack([m.place(positions) for m in self.members]).mean(dim=0)

@@ -205,6 +205,50 @@ def test_bad_config_and_requests_are_refused(bundle) -> None:
 
 
 @pytest.mark.parametrize("composed", [True, False])
+def test_prefix_scorers_equal_click_probs_slot_by_slot(bundle, composed) -> None:
+    """The env's hot path (once-per-episode work, then one gather per slot) = the model."""
+    from simulators.ensemble import SimulatorEnsemble
+
+    pool = bundle.pool
+    rows = pool.split_indices("test")[:64]
+    generator = torch.Generator().manual_seed(1)
+    candidates = torch.as_tensor(pool.candidates[rows])
+    order = torch.stack([torch.randperm(50, generator=generator)[:6] for _ in rows])
+    items = torch.gather(candidates, 1, order)
+    users = torch.as_tensor(pool.request_user[rows])
+    histories = torch.as_tensor(pool.history(rows)[0])
+    models = [m for kind in bundle.kinds for m in bundle.simulators(kind, composed=composed)]
+    models.append(SimulatorEnsemble(models[:3]))
+    scorer_types = set()
+    for simulator in models:
+        simulator.eval()
+        with torch.no_grad():
+            expected = simulator.click_probs(SlateBatch(users, items, histories))
+            scorer = simulator.prefix_scorer(users, candidates, histories, 6)
+            nested = [scorer]
+            while nested:  # a composition's base scorer, an ensemble's members' scorers
+                part = nested.pop()
+                scorer_types.add(type(part).__name__)
+                nested += [part.base] if hasattr(part, "base") else getattr(part, "members", [])
+            for t in range(6):
+                torch.testing.assert_close(scorer.place(order[:, t]), expected[:, t])
+            with pytest.raises(RuntimeError, match="all 6 slots are filled"):
+                scorer.place(order[:, 0])
+    # The fast scorers are the ones exercised, not only the generic fallback.
+    assert {"AttractionScorer", "EnsembleScorer"} <= scorer_types
+    assert ("ComposedScorer" in scorer_types) == composed
+
+
+def test_prefix_scorer_rejects_a_length_beyond_the_candidates(bundle) -> None:
+    simulator = bundle.simulators(bundle.kinds[0])[0]
+    candidates = torch.as_tensor(bundle.pool.candidates[:2])
+    users = torch.as_tensor(bundle.pool.request_user[:2])
+    histories = torch.as_tensor(bundle.pool.history(np.arange(2))[0])
+    with pytest.raises(ValueError, match="length must be in 1..N = 50"):
+        simulator.prefix_scorer(users, candidates, histories, 51)
+
+
+@pytest.mark.parametrize("composed", [True, False])
 def test_last_click_probs_equal_the_last_column_of_click_probs(bundle, composed) -> None:
     pool = bundle.pool
     rows = pool.split_indices("test")[:64]

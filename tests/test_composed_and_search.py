@@ -181,6 +181,28 @@ def test_trainable_composition_matches_its_fixed_copy_and_the_formula() -> None:
     assert all(composition.complementarity[i][i] == 0 for i in range(5))
 
 
+@pytest.mark.parametrize("form", ["max", "sum"])
+@pytest.mark.parametrize("pairs", [False, True])
+def test_composed_prefix_scorer_equals_the_model_in_any_order(form, pairs) -> None:
+    """The running redundancy/complement of the env's scorer = the full formula."""
+    users, items = _features()
+    base = PointwiseModel(Attractiveness(users, items, dim=4, init_std=0.8))
+    matrix = torch.randn(5, 5, generator=torch.Generator().manual_seed(3)) if pairs else None
+    sim = ComposedSimulator(
+        base, items, diversity_strength=1.5, max_positions=4, redundancy=form,
+        complementarity=matrix,
+    ).eval()  # fmt: skip
+    requests, histories, candidates = _requests(batch=8)
+    generator = torch.Generator().manual_seed(4)
+    order = torch.stack([torch.randperm(6, generator=generator)[:4] for _ in range(8)])
+    with torch.no_grad():
+        expected = sim.click_probs(SlateBatch(requests, candidates.gather(1, order), histories))
+        scorer = sim.prefix_scorer(requests, candidates, histories, 4)
+        got = torch.stack([scorer.place(order[:, t]) for t in range(4)], dim=1)
+    torch.testing.assert_close(got, expected)
+    assert (expected[:, 1:] != expected[:, :1]).any()  # the effects act
+
+
 def test_trainable_effects_get_gradients_and_position_zero_stays_fixed() -> None:
     sim = _fitted_like()
     users, histories, candidates = _requests()
