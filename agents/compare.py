@@ -52,6 +52,18 @@ import rerank_env
 from agents.base import Agent, TrainableAgent, UnsupportedTaskError
 from agents.common.commands import run_handler
 from agents.common.telemetry import tensorboard_writer, write_rows_csv
+from agents.common.trials import (
+    BACKENDS,
+    RayOptions,
+    Trial,
+    TrialStore,
+    add_backend_arguments,
+    ray_options_from,
+    require_ray,
+    run_trials,
+    torch_threads,
+    trial_threads,
+)
 from agents.evaluation import (
     EvaluationSet,
     compact_table,
@@ -194,6 +206,8 @@ def run_compare(
     resume: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    backend: str = "local",
+    ray_options: RayOptions | None = None,
 ) -> Path:
     """Train and evaluate ``agents`` over ``seeds`` seeds; returns the run folder.
 
@@ -222,7 +236,15 @@ def run_compare(
             file) timestamped lines as each run starts and ends and at least every
             10 s while an agent trains. The results are never printed here (see
             :func:`results_text`); ``False`` is silent.
+        backend: ``"local"`` (one run after another here) or ``"ray"`` (every
+            (agent, seed) run a Ray task; :mod:`agents.common.trials`). Same seeds,
+            same results table, but for the wall-clock columns (fit time, latency).
+        ray_options: The Ray backend's cluster address, CPUs per run and retries.
     """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "ray":
+        require_ray()  # before any work
     factories = [_agent_factory(item, budget) for item in agents]  # fail before any work
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
@@ -278,49 +300,66 @@ def run_compare(
         beam_width=beam_width,
         progress=progress,
     )
+    # Every (agent, seed) run is a trial stored as runs/<agent>/seed<k>.json (seed-all
+    # for an agent without randomness: run once, counted for every seed), on a pinned
+    # number of torch threads (trial_threads: the same table on either backend).
+    threads = trial_threads(backend, ray_options)
+    plan: list[tuple[int, str]] = []  # (seed, record key) in table order
+    trials: dict[str, Trial] = {}
+    for seed in range(seeds):
+        for item, make in zip(agents, factories, strict=True):
+            agent = make(seed)
+            key = f"{agent.name}/seed{'-all' if _runs_once(agent) else seed}"
+            plan.append((seed, key))
+            if key not in trials:
+                log_dir = str(folder / "logs" / agent.name / f"seed{seed}")
+                # Ray workers show no bars (theirs would interleave with the driver's).
+                shown = progress and backend == "local"
+                arguments = (item, budget, seed, log_dir, shown, threads)
+                trials[key] = Trial(key, _compare_trial, arguments)
+    store = TrialStore(folder / "runs")
+    fresh: set[str] = set()
+    bar = progress_bar(len(trials), "compare", progress and backend == "local")
+    lines_only = isinstance(bar, LogProgress)  # no bar to show which run is in progress
+
+    def announce(trial: Trial) -> None:
+        seed, label = trial.arguments[2], trial.key.rsplit("/", 1)[0]
+        if backend == "local" and not lines_only:  # log lines name the run themselves
+            bar.set_description(f"seed {seed} {label}")
+        log_line(f"seed {seed} {label}: started", lines_only or backend == "ray")
+
+    def collect(trial: Trial, record: dict[str, Any]) -> None:
+        fresh.add(trial.key)
+        _log_result(record, trial.arguments[2], progress)
+        bar.update()
+
+    records = run_trials(
+        list(trials.values()),
+        store,
+        shared=(task, evaluation),
+        backend=backend,
+        ray_options=ray_options,
+        on_start=announce,
+        on_finish=collect,
+        progress=progress,
+    )
+    bar.close()
     rows, curves, profiles, fit_seconds = [], [], [], {}
     curve_keys: dict[str, tuple[str, str]] = {}
-    tensorboard = False
-    reused = 0  # runs read back from the folder
-    seed_free: dict[str, dict[str, Any]] = {}  # records that count for every seed
-    bar = progress_bar(seeds * len(factories), "compare", progress)
-    lines_only = isinstance(bar, LogProgress)  # no bar to show which run is in progress
-    for seed in range(seeds):
-        for make in factories:
-            agent = make(seed)
-            if not lines_only:  # log lines name the run themselves
-                bar.set_description(f"seed {seed} {agent.name}")
-            record = seed_free.get(agent.name) or _read_record(folder, agent.name, seed)
-            if record is not None:
-                reused += agent.name not in seed_free
-            else:
-                trains = isinstance(agent, TrainableAgent) and not agent.fitted
-                log_line(
-                    f"seed {seed} {agent.name}: {'training' if trains else 'evaluating'}",
-                    lines_only,
-                )
-                log_dir = folder / "logs" / agent.name / f"seed{seed}"
-                record = _run_one(agent, seed, task, evaluation, log_dir, progress)
-                tensorboard |= record.pop("tensorboard")
-                _write_record(folder, agent.name, seed, record)
-            if record["all_seeds"]:
-                seed_free[agent.name] = record
-            row = {**record["row"], "seed": seed}
-            if record.get("curve_key") is not None:
-                curve_keys[agent.name] = tuple(record["curve_key"])
-            if not record["all_seeds"] or seed == record["row"]["seed"]:
-                profiles += record["profiles"]
-                curves += record["curves"]
-            fit_seconds.setdefault(agent.name, []).append(row["fit_s"])
-            rows.append(row)
-            log_line(
-                f"seed {seed} {agent.name}: fit {row['fit_s']:.1f} s, held-out reward "
-                f"{row['reward_eval']:.4f}, {row['latency_ms']:.2f} ms/request"
-                + (" (from an earlier run)" if record.get("from_file") else ""),
-                progress and not (record["all_seeds"] and seed > 0),  # once for seed-free
-            )
-            bar.update()
-    bar.close()
+    for seed, key in plan:
+        record = records[key]
+        if key not in fresh and (not record["all_seeds"] or seed == record["row"]["seed"]):
+            _log_result(record, seed, progress, earlier=True)
+        row = {**record["row"], "seed": seed}
+        if record.get("curve_key") is not None:
+            curve_keys[row["agent"]] = tuple(record["curve_key"])
+        if not record["all_seeds"] or seed == record["row"]["seed"]:
+            profiles += record["profiles"]
+            curves += record["curves"]
+        fit_seconds.setdefault(row["agent"], []).append(row["fit_s"])
+        rows.append(row)
+    tensorboard = any(records[key].get("tensorboard", False) for key in fresh)
+    reused = len(trials) - len(fresh)
     summary = summarise(rows)
     for entry in summary:
         entry["fit_s"] = float(np.mean(fit_seconds[entry["agent"]]))
@@ -471,22 +510,35 @@ def _check_spec(folder: Path, spec: dict[str, Any]) -> None:
             )
 
 
-def _record_path(folder: Path, agent: str, seed: int | str) -> Path:
-    return folder / "runs" / agent / f"seed{seed}.json"
+def _runs_once(agent: Agent) -> bool:
+    """Whether ``agent`` gives the same lists at every seed (run once, counted for all)."""
+    return _deterministic(agent) or (isinstance(agent, TrainableAgent) and agent.fitted)
 
 
-def _read_record(folder: Path, agent: str, seed: int) -> dict[str, Any] | None:
-    """The stored result of ``agent`` at ``seed`` (or of its one seed-free run), if any."""
-    for path in (_record_path(folder, agent, seed), _record_path(folder, agent, "-all")):
-        if path.exists():
-            return {**json.loads(path.read_text()), "from_file": True}
-    return None
+def _compare_trial(
+    task: RerankTask,
+    evaluation: EvaluationSet,
+    item: str | Agent,
+    budget: str,
+    seed: int,
+    log_dir: str,
+    progress: bool,
+    threads: int,
+) -> dict[str, Any]:
+    """One (agent, seed) run of ``compare`` on ``threads`` torch threads: its record."""
+    agent = _agent_factory(item, budget)(seed)
+    with torch_threads(threads):
+        return _run_one(agent, seed, task, evaluation, Path(log_dir), progress)
 
 
-def _write_record(folder: Path, agent: str, seed: int, record: dict[str, Any]) -> None:
-    """Store one run's result atomically; a seed-free agent's counts for every seed."""
-    path = _record_path(folder, agent, "-all" if record["all_seeds"] else seed)
-    _write_json(path, record)
+def _log_result(record: dict[str, Any], seed: int, progress: bool, earlier: bool = False) -> None:
+    row = record["row"]
+    log_line(
+        f"seed {seed} {row['agent']}: fit {row['fit_s']:.1f} s, held-out reward "
+        f"{row['reward_eval']:.4f}, {row['latency_ms']:.2f} ms/request"
+        + (" (from an earlier run)" if earlier else ""),
+        progress,
+    )
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -736,6 +788,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="continue the run folder --name: reuse its stored (agent, seed) runs, run the rest",
     )  # fmt: skip
     parser.add_argument("--device", default="cpu", help="torch device of task and agents (cuda)")
+    add_backend_arguments(parser)
     parser.add_argument(
         "--quiet", "--no-progress", dest="quiet", action="store_true",
         help="no progress bars or log lines; the results are still printed",
@@ -775,6 +828,8 @@ def compare_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "resume": args.resume,
         "device": args.device,
         "progress": not args.quiet,
+        "backend": args.backend,
+        "ray_options": ray_options_from(args),
     }
 
 

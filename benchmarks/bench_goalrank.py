@@ -12,8 +12,11 @@ Common options: ``--env SlateRerank-v0``, ``--requests 500`` (evaluation request
 ``--iterations 300``, ``--reward-model learned|simulator``, ``--out runs/bench-goalrank``,
 ``--split test|valid`` (``valid`` evaluates on the last validation requests, apart from
 the learning curve's first ones: use it to choose settings, not to report them).
-A study writes its CSV after every run; ``--first-seed`` and ``--from-csv`` split a
-long one over machines or sessions and summarise the parts together.
+A study writes its CSV after every run and stores each run's record in
+``<out>/runs/<study>/`` (``--resume`` reuses them); ``--backend ray`` runs every
+(configuration, seed) as a Ray task (``--address`` for a cluster; see
+:mod:`agents.common.trials`). ``--first-seed`` and ``--from-csv`` split a long one
+over machines or sessions and summarise the parts together.
 
 ``groups`` trains GoalRank with group sizes 4, 8, 16, 32 and 64 (the paper found
 8-20 best; ``--matched-calls`` gives each G the reward-model calls of G = 16 by
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,15 @@ import torch  # noqa: E402
 
 from agents.base import Agent, TrainableAgent  # noqa: E402
 from agents.baselines import InitialOrder, PointwiseGreedy  # noqa: E402
+from agents.common.trials import (  # noqa: E402
+    Trial,
+    TrialStore,
+    add_backend_arguments,
+    ray_options_from,
+    run_trials,
+    torch_threads,
+    trial_threads,
+)
 from agents.compare import task_for_env  # noqa: E402
 from agents.evaluation import read_csv, reward_and_latency, summarise, write_csv  # noqa: E402
 from agents.generator_evaluator import GeneratorEvaluator  # noqa: E402
@@ -94,6 +107,26 @@ def configurations(args: argparse.Namespace, seed: int) -> dict[str, tuple[Any, 
     return agents
 
 
+def study_trial(
+    task: RerankTask,
+    requests: np.ndarray,
+    args: argparse.Namespace,
+    seed: int,
+    label: str,
+    threads: int,
+) -> dict[str, Any]:
+    """One (configuration, seed) run of a study, here or in a Ray worker: its CSV row."""
+    _, agent = configurations(args, seed)[label]
+    with torch_threads(threads):
+        start = time.perf_counter()
+        if isinstance(agent, TrainableAgent):
+            agent.fit(task)
+        fit = time.perf_counter() - start
+        metrics = reward_and_latency(agent, task, requests)
+    parameters = agent.parameter_count() if isinstance(agent, GoalRank) else math.nan
+    return {"agent": label, "seed": seed, **metrics, "fit_s": fit, "parameters": parameters}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -115,6 +148,11 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--reward-model", default="learned", choices=["learned", "simulator"])
     parser.add_argument("--device", default="cpu", help="torch device of the task and agents")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="reuse the runs stored in --out by an earlier run of this study (same settings)",
+    )  # fmt: skip
+    add_backend_arguments(parser)
     parser.add_argument("--out", default="runs/bench-goalrank")
     parser.add_argument("--split", default="test", choices=["test", "valid"])
     parser.add_argument(
@@ -148,22 +186,32 @@ def main() -> None:
     if args.study == "agreement":
         agreement(args, task, requests, out)
         return
-    rows, swept = [], {}
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
-        for label, (value, agent) in configurations(args, seed).items():
-            start = time.perf_counter()
-            if isinstance(agent, TrainableAgent):
-                agent.fit(task)
-            fit = time.perf_counter() - start
-            metrics = reward_and_latency(agent, task, requests)
-            parameters = agent.parameter_count() if isinstance(agent, GoalRank) else math.nan
-            rows.append(
-                {"agent": label, "seed": seed, **metrics, "fit_s": fit, "parameters": parameters}
-            )
-            swept[label] = value
-            print(f"seed {seed} {label}: held-out {metrics['reward_eval']:.4f}, "
-                  f"fit {fit:.0f} s", flush=True)  # fmt: skip
-            write_csv(out / f"{args.study}.csv", rows)  # so far: a stopped run keeps its rows
+    # Every (configuration, seed) run is a trial, stored in out/runs/<study> as it ends
+    # (--resume reads them back), here or on Ray (--backend ray).
+    store = TrialStore(out / "runs" / args.study)
+    if not args.resume and store.folder.exists():
+        shutil.rmtree(store.folder)  # a fresh study: no records of an earlier one
+    threads = trial_threads(args.backend, ray_options_from(args))
+    trials = [
+        Trial(f"{label}/seed{seed}", study_trial, (args, seed, label, threads))
+        for seed in range(args.first_seed, args.first_seed + args.seeds)
+        for label in configurations(args, seed)
+    ]
+    rows: list[dict[str, Any]] = []
+
+    def collect(trial: Trial, row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(f"seed {row['seed']} {row['agent']}: held-out {row['reward_eval']:.4f}, "
+              f"fit {row['fit_s']:.0f} s", flush=True)  # fmt: skip
+        write_csv(out / f"{args.study}.csv", rows)  # so far: a stopped run keeps its rows
+
+    records = run_trials(
+        trials, store, shared=(task, requests), backend=args.backend,
+        ray_options=ray_options_from(args), on_finish=collect,
+    )  # fmt: skip
+    rows = list(records.values())  # every trial, in order (stored ones too)
+    write_csv(out / f"{args.study}.csv", rows)
+    swept = {label: value for label, (value, _) in configurations(args, 0).items()}
     report(rows, swept, args, f"{len(requests)} {args.split} requests", out)
 
 

@@ -243,3 +243,23 @@ def test_composition_arguments_are_checked() -> None:
     # must survive being fixed for serving.
     fitted = ComposedSimulator(base, items, diversity_strength=-1.0, trainable=True)
     assert fitted.with_base(base).diversity_strength == -1.0
+
+
+def test_the_similarity_table_equals_the_vector_products_and_is_not_pickled() -> None:
+    import pickle
+
+    sim = _composed(strength=1.5).eval()
+    users, histories, candidates = _requests(batch=5)
+    batch = SlateBatch(users, candidates[:, :4], histories)
+    with torch.no_grad():
+        with_table = sim.click_probs(batch)
+        assert sim._similarity_cache is not None  # a catalogue of 12 items: tabled
+        copy = pickle.loads(pickle.dumps(sim))
+        assert copy._similarity_cache is None  # rebuilt where it is used, not shipped
+        copy.SIMILARITY_TABLE_MAX_ITEMS = 0  # the large-catalogue path: vector products
+        torch.testing.assert_close(copy.click_probs(batch), with_table)
+        assert copy._similarity_cache is None
+        torch.testing.assert_close(
+            copy.pair_similarity(candidates, candidates),
+            sim.pair_similarity(candidates, candidates),
+        )
