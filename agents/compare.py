@@ -132,14 +132,17 @@ def task_for_env(env_id: str, env_kwargs: dict[str, Any], device: str = "cpu") -
     return make_task(device=device, **task_kwargs)
 
 
-def parse_env_kwargs(items: Sequence[str]) -> dict[str, Any]:
-    """``["num_candidates=20", "simulator='pbm'"]`` -> dict (values as Python literals)."""
+def parse_env_kwargs(items: Sequence[str], option: str = "--env-kwarg") -> dict[str, Any]:
+    """``["num_candidates=20", "simulator='pbm'"]`` -> dict (values as Python literals).
+
+    ``option`` names the command-line option in the error message.
+    """
     kwargs = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(
-                f"--env-kwarg {item!r} must look like KEY=VALUE, e.g. num_candidates=20"
+                f"{option} {item!r} must look like KEY=VALUE, e.g. num_candidates=20"
             )
         try:
             kwargs[key] = ast.literal_eval(value)

@@ -10,6 +10,7 @@ import torch
 
 from agents.base import Agent, TrainableAgent, can_sample
 from agents.baselines import InitialOrder, PointwiseGreedy
+from agents.common.distributed import data_parallel
 from agents.common.losses import group_loss, reference_policy
 from agents.common.nn import request_inputs
 from agents.common.pointer_agent import PointerAgent
@@ -116,6 +117,11 @@ class GoalRank(PointerAgent):
             if isinstance(agent, TrainableAgent) and not agent.fitted:
                 agent.fit(task, progress=progress)
         self.setup(task)
+        # torchrun: every rank samples and scores the whole batch, the gradient pass is
+        # shared out (agents.common.distributed); rank 0 alone writes the log.
+        parallel = data_parallel(task.device)
+        if not parallel.is_main:
+            self.log_dir = None
         logger = self.training_logger()
         # Stage 1: the reward model (learned from the logs), unless it is the simulator.
         if cfg.reward_model == "learned":
@@ -133,6 +139,7 @@ class GoalRank(PointerAgent):
         request_rng = np.random.default_rng(cfg.seed)
         list_rng = torch_generator(cfg.seed, task.device)
         optimiser = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
+        step_log_probs = parallel.wrap(policy, "step_log_probs_and_entropy")
         curve_requests = task.requests("valid")[: cfg.eval_requests]
         logger.log("curve", **self._curve_point(task, curve_requests, 0))
         bar = progress_bar(cfg.iterations, "GoalRank", progress)
@@ -141,16 +148,20 @@ class GoalRank(PointerAgent):
             group = self.group(task, rows, list_rng, iteration)
             rewards = self.rewards(task, rows, group)
             reference = reference_policy(rewards, cfg.temperature)
+            part = parallel.shard(len(rows))  # all of them in one process
             with training_mode(policy):
-                log_probs, entropy = policy.step_log_probs_and_entropy(
-                    request_inputs(task, rows),
-                    torch.as_tensor(group, device=task.device).reshape(-1, task.slate_length),
+                log_probs, entropy = step_log_probs(
+                    request_inputs(task, rows[part]),
+                    torch.as_tensor(group[part], device=task.device).reshape(-1, task.slate_length),
                     repeats=cfg.group_size,
                 )
-                loss = group_loss(log_probs.sum(dim=1).reshape(len(rows), -1), reference)
+                loss = group_loss(
+                    log_probs.sum(dim=1).reshape(len(rows[part]), -1), reference[part]
+                )
                 norm = gradient_step(optimiser, loss, list(policy.parameters()))
             logger.log(
-                "generator", loss=loss.item(), entropy=entropy.mean().item(), grad_norm=norm,
+                "generator", loss=parallel.mean(loss.item()),
+                entropy=parallel.mean(entropy.mean().item()), grad_norm=norm,
                 reward=rewards.mean().item(), reward_calls=self.reward_calls,
                 simulator_calls=self.reward_calls if self.reward.queries_simulator else 0,
             )  # fmt: skip

@@ -1,0 +1,116 @@
+"""Data-parallel training of the generators with ``torch.distributed`` (DDP).
+
+Launch any training with ``torchrun`` (``python -m agents.train`` is one)::
+
+    torchrun --nproc_per_node 2 -m agents.train goalrank --out runs/goalrank.pt
+
+:func:`data_parallel` reads torchrun's ``RANK`` / ``WORLD_SIZE`` and starts the
+process group (gloo on CPU, nccl on CUDA, each rank on its own GPU); without them it
+is one process and nothing changes. How a trainer uses it (GoalRank's loop):
+
+* every rank draws the same global batch from the same seeds and does the batch's
+  work without gradients in full (sampling the groups, scoring them): cheap next to
+  the gradient pass, and it keeps every random stream identical to one process's;
+* the gradient pass is split: rank ``r`` takes its contiguous share of the requests
+  (:meth:`DataParallel.shard`) and :class:`~torch.nn.parallel.DistributedDataParallel`
+  averages the gradients, so with equal shares one step equals one process's step
+  at the same global batch up to the order of float sums;
+* the logged numbers are averaged over the ranks (:meth:`DataParallel.mean`), and
+  rank 0 alone writes logs and checkpoints (:attr:`DataParallel.is_main`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from simulators.data.errors import ConfigError
+
+
+class _Method(nn.Module):
+    """``forward`` = a method of ``module``: DDP synchronises gradients of forwards only."""
+
+    def __init__(self, module: nn.Module, method: str) -> None:
+        super().__init__()
+        self.module = module
+        self.method = method
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.module, self.method)(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    """This process's place among the training processes.
+
+    Attributes:
+        rank: This process's index (0 writes logs and checkpoints).
+        world_size: Processes training together (1: no distribution).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes logs and checkpoints."""
+        return self.rank == 0
+
+    def shard(self, count: int) -> slice:
+        """This rank's contiguous share of ``count`` rows (equal shares, or an error)."""
+        if count % self.world_size:
+            raise ConfigError(
+                f"a batch of {count} requests does not split evenly over {self.world_size} "
+                f"processes (unequal shares would weigh requests unequally): make the batch "
+                f"size a multiple of {self.world_size}"
+            )
+        size = count // self.world_size
+        return slice(self.rank * size, (self.rank + 1) * size)
+
+    def wrap(self, module: nn.Module, method: str = "forward") -> nn.Module:
+        """``module.method`` as a module whose gradients are averaged over the ranks."""
+        called = module if method == "forward" else _Method(module, method)
+        if self.world_size == 1:
+            return called
+        # Parameters start equal on every rank (DDP broadcasts rank 0's anyway).
+        return nn.parallel.DistributedDataParallel(called)
+
+    def mean(self, value: float) -> float:
+        """``value`` averaged over the ranks (for the logs: one process's numbers)."""
+        if self.world_size == 1:
+            return value
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.item() / self.world_size
+
+
+def data_parallel(device: torch.device | str = "cpu") -> DataParallel:
+    """This process's :class:`DataParallel`, starting the process group if torchrun asks.
+
+    ``WORLD_SIZE`` > 1 (set by ``torchrun``) joins the group: gloo for CPU devices,
+    nccl for CUDA (``LOCAL_RANK`` picks the GPU). Otherwise a single process.
+
+    Raises:
+        ConfigError: A CUDA device without as many GPUs as local ranks.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return DataParallel()
+    if not dist.is_initialized():
+        cuda = torch.device(device).type == "cuda"
+        if cuda:
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+            if local_rank >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible): "
+                    "run at most one process per GPU (torchrun --nproc_per_node)"
+                )
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return DataParallel(rank=dist.get_rank(), world_size=dist.get_world_size())

@@ -1,0 +1,82 @@
+"""Data-parallel GoalRank under torchrun (2 CPU processes, gloo) = one process."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from agents.common.distributed import DataParallel, data_parallel
+from agents.goalrank import GoalRank
+from simulators.data.errors import ConfigError
+
+ENV = ["--env-kwarg", "num_candidates=10", "--env-kwarg", "slate_length=4"]
+# The tiny preset with a batch that splits over 2 processes and a few more steps.
+CONFIG = ["--config", "batch_size=8", "--config", "iterations=6", "--config", "eval_every=3"]
+
+
+def _train(tmp_path, name: str, processes: int) -> tuple[list[dict], object]:
+    out, logs = tmp_path / f"{name}.pt", tmp_path / name
+    launcher = [sys.executable, "-m", "agents.train"]
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc_per_node={processes}", "-m", "agents.train"]  # fmt: skip
+    command = [*launcher, "goalrank-sim", "--budget", "tiny", *ENV, *CONFIG,
+               "--out", str(out), "--log-dir", str(logs), "--quiet"]  # fmt: skip
+    # One torch thread per process either way (torchrun's default), so the sums agree.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [r for r in csv.DictReader((logs / "curves.csv").open()) if r["stage"] == "generator"]
+    return rows, GoalRank.load(out)
+
+
+def test_two_processes_match_one_at_the_same_global_batch(tmp_path) -> None:
+    one, single = _train(tmp_path, "one", 1)
+    two, parallel = _train(tmp_path, "two", 2)
+    assert len(one) == len(two) == 6
+    for a, b in zip(one, two, strict=True):
+        for column in ("loss", "grad_norm", "entropy", "reward"):
+            assert float(b[column]) == pytest.approx(float(a[column]), rel=1e-5, abs=1e-7), column
+    assert parallel.settings.batch_size == 8
+    assert sum(row["stage"] == "generator" for row in parallel.history) == 6
+    # Rank 0 alone wrote the checkpoint and the log, with the world size.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "one.pt", "two", "two.pt"]
+    saved = torch.load(tmp_path / "two.pt", weights_only=False)
+    assert saved["metadata"]["world_size"] == 2
+    # (Parameters are not compared: Adam turns the float noise of gradients that are
+    # zero in exact arithmetic, e.g. a softmax's shift, into steps of its full size.)
+    assert single.fitted and parallel.fitted
+
+
+def test_shares_are_equal_contiguous_and_checked() -> None:
+    assert [DataParallel(rank, 4).shard(8) for rank in range(4)] == [
+        slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8),
+    ]  # fmt: skip
+    assert DataParallel().shard(7) == slice(0, 7)
+    with pytest.raises(ConfigError, match="12 requests does not split evenly over 5"):
+        DataParallel(0, 5).shard(12)
+    assert DataParallel(1, 2).is_main is False and DataParallel().mean(2.5) == 2.5
+
+
+def test_one_process_without_torchrun(monkeypatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    parallel = data_parallel("cpu")
+    assert parallel == DataParallel() and parallel.is_main
+    module = torch.nn.Linear(2, 1)
+    assert parallel.wrap(module) is module  # nothing wrapped in one process
+
+
+def test_the_training_command_names_bad_settings(tmp_path, capsys) -> None:
+    from agents.train import main
+
+    out = str(tmp_path / "x.pt")
+    assert main(["goalrank", "--budget", "tiny", *ENV, "--config", "sizes=2", "--out", out]) == 2
+    assert "no config field(s) ['sizes']" in capsys.readouterr().err
+    assert main(["random", *ENV, "--out", out]) == 2
+    assert "agent 'random' has nothing to train" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
