@@ -21,6 +21,7 @@ With ``position_bias = 0`` and ``diversity_strength = 0`` it is the base simulat
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -123,6 +124,12 @@ def implied_position_bias(examination: torch.Tensor) -> float:
     x = -torch.log(torch.log2(k + 2.0))[1:]
     y = torch.log(exam / exam[0])[1:]
     return float((x * y).sum() / (x * x).sum())
+
+
+#: Item-similarity tables by the item vectors' content and device (at most a few:
+#: one per catalogue in use; the oldest is dropped, its users keep their reference).
+_SIMILARITY_TABLES: dict[tuple[bytes, str], torch.Tensor] = {}
+_MAX_SIMILARITY_TABLES = 4
 
 
 class ComposedSimulator(ClickSimulator):
@@ -283,14 +290,27 @@ class ComposedSimulator(ClickSimulator):
         return {**self.__dict__, "_similarity_cache": None}
 
     def _similarity_table(self) -> torch.Tensor | None:
-        """``clamp(U @ U.T, min=0)`` over the catalogue, cached; ``None`` if too large."""
+        """``clamp(U @ U.T, min=0)`` over the catalogue, cached; ``None`` if too large.
+
+        Shared by every composed simulator over the same item vectors in this
+        process (each task wraps the bundle's members in its own composition, and a
+        ``SyncVectorEnv`` of 256 single envs makes 256 tasks).
+        """
         vectors = self.unit_vectors
         if len(vectors) > self.SIMILARITY_TABLE_MAX_ITEMS:
             return None
         key = (vectors.data_ptr(), vectors._version, vectors.device)
         if self._similarity_cache is None or self._similarity_cache[0] != key:
-            with torch.no_grad():  # a buffer: the similarity never needs gradients
-                self._similarity_cache = (key, (vectors @ vectors.T).clamp(min=0))
+            content = vectors.detach().cpu().numpy().tobytes()
+            shared = (hashlib.blake2b(content, digest_size=16).digest(), str(vectors.device))
+            table = _SIMILARITY_TABLES.get(shared)
+            if table is None:
+                with torch.no_grad():  # a buffer: the similarity never needs gradients
+                    table = (vectors @ vectors.T).clamp(min=0)
+                _SIMILARITY_TABLES[shared] = table
+                while len(_SIMILARITY_TABLES) > _MAX_SIMILARITY_TABLES:
+                    _SIMILARITY_TABLES.pop(next(iter(_SIMILARITY_TABLES)))
+            self._similarity_cache = (key, table)
         return self._similarity_cache[1]
 
     def pair_similarity(self, below: torch.Tensor, above: torch.Tensor) -> torch.Tensor:
