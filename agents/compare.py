@@ -58,6 +58,7 @@ from agents.common.trials import (
     Trial,
     TrialStore,
     add_backend_arguments,
+    json_default,
     ray_options_from,
     require_ray,
     run_trials,
@@ -141,9 +142,7 @@ def parse_env_kwargs(items: Sequence[str], option: str = "--env-kwarg") -> dict[
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(
-                f"{option} {item!r} must look like KEY=VALUE, e.g. num_candidates=20"
-            )
+            raise ConfigError(f"{option} {item!r} must look like KEY=VALUE, e.g. num_candidates=20")
         try:
             kwargs[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -545,16 +544,8 @@ def _log_result(record: dict[str, Any], seed: int, progress: bool, earlier: bool
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    text = json.dumps(payload, indent=1, default=_json_value) + "\n"
+    text = json.dumps(payload, indent=1, default=json_default) + "\n"
     atomic_write(path, lambda out: out.write(text.encode()))
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    return str(value)
 
 
 def _run_one(

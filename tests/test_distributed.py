@@ -11,39 +11,48 @@ import pytest
 import torch
 
 from agents.common.distributed import DataParallel, data_parallel
+from agents.degre import DeGRe
 from agents.goalrank import GoalRank
 from simulators.data.errors import ConfigError
 
 ENV = ["--env-kwarg", "num_candidates=10", "--env-kwarg", "slate_length=4"]
-# The tiny preset with a batch that splits over 2 processes and a few more steps.
-CONFIG = ["--config", "batch_size=8", "--config", "iterations=6", "--config", "eval_every=3"]
+# The tiny presets with batches that split over 2 processes and a few steps.
+CONFIGS = {
+    "goalrank-sim": ["batch_size=8", "iterations=6", "eval_every=3"],
+    # Mining with the training simulator (no evaluator to fit); 2 rounds x 2 epochs of
+    # minibatches of 16 mined lists (32, then 64 lists).
+    "degre-sim": ["mining_requests=32", "rounds=2", "epochs=2", "batch_size=16",
+                  "eval_requests=32"],
+}  # fmt: skip
+LOADERS = {"goalrank-sim": GoalRank, "degre-sim": DeGRe}
 
 
-def _train(tmp_path, name: str, processes: int) -> tuple[list[dict], object]:
+def _train(tmp_path, agent: str, name: str, processes: int) -> tuple[list[dict], object]:
     out, logs = tmp_path / f"{name}.pt", tmp_path / name
     launcher = [sys.executable, "-m", "agents.train"]
     if processes > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     f"--nproc_per_node={processes}", "-m", "agents.train"]  # fmt: skip
-    command = [*launcher, "goalrank-sim", "--budget", "tiny", *ENV, *CONFIG,
+    config = [arg for field in CONFIGS[agent] for arg in ("--config", field)]
+    command = [*launcher, agent, "--budget", "tiny", *ENV, *config,
                "--out", str(out), "--log-dir", str(logs), "--quiet"]  # fmt: skip
     # One torch thread per process either way (torchrun's default), so the sums agree.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [r for r in csv.DictReader((logs / "curves.csv").open()) if r["stage"] == "generator"]
-    return rows, GoalRank.load(out)
+    return rows, LOADERS[agent].load(out)
 
 
-def test_two_processes_match_one_at_the_same_global_batch(tmp_path) -> None:
-    one, single = _train(tmp_path, "one", 1)
-    two, parallel = _train(tmp_path, "two", 2)
-    assert len(one) == len(two) == 6
+@pytest.mark.parametrize("agent", sorted(CONFIGS))
+def test_two_processes_match_one_at_the_same_global_batch(tmp_path, agent) -> None:
+    one, single = _train(tmp_path, agent, "one", 1)
+    two, parallel = _train(tmp_path, agent, "two", 2)
+    assert len(one) == len(two) >= 6
     for a, b in zip(one, two, strict=True):
         for column in ("loss", "grad_norm", "entropy", "reward"):
             assert float(b[column]) == pytest.approx(float(a[column]), rel=1e-5, abs=1e-7), column
-    assert parallel.settings.batch_size == 8
-    assert sum(row["stage"] == "generator" for row in parallel.history) == 6
+    assert sum(row["stage"] == "generator" for row in parallel.history) == len(one)
     # Rank 0 alone wrote the checkpoint and the log, with the world size.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "one.pt", "two", "two.pt"]
     saved = torch.load(tmp_path / "two.pt", weights_only=False)
@@ -58,8 +67,13 @@ def test_shares_are_equal_contiguous_and_checked() -> None:
         slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8),
     ]  # fmt: skip
     assert DataParallel().shard(7) == slice(0, 7)
-    with pytest.raises(ConfigError, match="12 requests does not split evenly over 5"):
+    with pytest.raises(ConfigError, match="12 rows does not split over 5 processes"):
         DataParallel(0, 5).shard(12)
+    assert [DataParallel(rank, 3).shard(7, even=False) for rank in range(3)] == [
+        slice(0, 2), slice(2, 5), slice(5, 7),
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match="make the batch size at least 3"):
+        DataParallel(0, 3).shard(2, even=False)
     assert DataParallel(1, 2).is_main is False and DataParallel().mean(2.5) == 2.5
 
 

@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -61,16 +62,22 @@ class DataParallel:
         """Whether this process writes logs and checkpoints."""
         return self.rank == 0
 
-    def shard(self, count: int) -> slice:
-        """This rank's contiguous share of ``count`` rows (equal shares, or an error)."""
-        if count % self.world_size:
+    def shard(self, count: int, *, even: bool = True) -> slice:
+        """This rank's contiguous share of ``count`` rows.
+
+        ``even``: equal shares or an error (a loss that averages its rows weighs
+        unequal shares unequally). ``even=False``: shares differing by at most one
+        row, for losses normalised by the whole batch (DeGRe's weighted sum).
+        """
+        if count < self.world_size or (even and count % self.world_size):
+            need = "a multiple of" if even else "at least"
             raise ConfigError(
-                f"a batch of {count} requests does not split evenly over {self.world_size} "
-                f"processes (unequal shares would weigh requests unequally): make the batch "
-                f"size a multiple of {self.world_size}"
+                f"a batch of {count} rows does not split over {self.world_size} processes "
+                f"(each needs {'an equal share' if even else 'a row'}): make the batch size "
+                f"{need} {self.world_size}"
             )
-        size = count // self.world_size
-        return slice(self.rank * size, (self.rank + 1) * size)
+        bounds = np.linspace(0, count, self.world_size + 1).round().astype(int)
+        return slice(int(bounds[self.rank]), int(bounds[self.rank + 1]))
 
     def wrap(self, module: nn.Module, method: str = "forward") -> nn.Module:
         """``module.method`` as a module whose gradients are averaged over the ranks."""

@@ -115,12 +115,12 @@ class TrialStore:
 
     def write(self, key: str, record: dict[str, Any]) -> None:
         """Store ``record`` (atomically: a crash leaves the old file or the new one)."""
-        text = json.dumps(record, indent=1, default=_json_value) + "\n"
+        text = json.dumps(record, indent=1, default=json_default) + "\n"
         atomic_write(self.path(key), lambda out: out.write(text.encode()))
 
 
-def _json_value(value: Any) -> Any:
-    """JSON for numpy scalars and tensors in records (``str`` for anything else)."""
+def json_default(value: Any) -> Any:
+    """JSON for numpy values and tensors in records (``str`` for anything else)."""
     if hasattr(value, "tolist"):
         return value.tolist()
     return str(value)

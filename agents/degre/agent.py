@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from agents.base import UnsupportedTaskError, empty_prefixes
+from agents.common.distributed import DataParallel, data_parallel
 from agents.common.losses import advantages, reinforce_loss
 from agents.common.nn import PointerPolicy, request_inputs
 from agents.common.pointer_agent import PointerAgent
@@ -109,6 +110,11 @@ class DeGRe(PointerAgent):
         cfg = self.settings
         self.check_task(task)
         self.setup(task)
+        # torchrun: the evaluator and the mining run in full on every rank; the
+        # generator's gradient pass is shared out (agents.common.distributed).
+        parallel = data_parallel(task.device)
+        if not parallel.is_main:
+            self.log_dir = None
         logger = self.training_logger()
         # Stage 1: the lookahead evaluator, on simulator-scored lists.
         if cfg.evaluator == "learned":
@@ -120,7 +126,7 @@ class DeGRe(PointerAgent):
             logger.log("curve", **self._curve_point(task, curve_requests))
             # Stages 2 and 3: mine and distil (or the sparse ablation).
             if cfg.supervision == "dense":
-                self._fit_dense(task, curve_requests, logger, progress)
+                self._fit_dense(task, curve_requests, logger, progress, parallel)
             else:
                 self._fit_sparse(task, curve_requests, logger, progress)
         logger.close()
@@ -130,13 +136,19 @@ class DeGRe(PointerAgent):
         return self
 
     def _fit_dense(
-        self, task: RerankTask, curve_requests: np.ndarray, logger: TrainingLogger, progress: bool
+        self,
+        task: RerankTask,
+        curve_requests: np.ndarray,
+        logger: TrainingLogger,
+        progress: bool,
+        parallel: DataParallel,
     ) -> None:
         """Rounds of mining; after each, ``epochs`` of dense supervision on all lists so far."""
         cfg = self.settings
         policy = self.modules["policy"].to(task.device)
         rng = np.random.default_rng(cfg.seed + 1)
         optimiser = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
+        step_logits = parallel.wrap(policy, "step_logits")
         train = task.requests("train")
         chosen = rng.permutation(train)[: min(cfg.mining_requests, len(train))]
         mined: list[MinedLists] = []
@@ -150,12 +162,14 @@ class DeGRe(PointerAgent):
                     loss, entropy = dense_loss(
                         task, policy, data, weights, batch,
                         soft_weight=cfg.soft_weight, temperature=cfg.temperature,
+                        parallel=parallel, step_logits=step_logits,
                     )  # fmt: skip
                     with training_mode(policy):
                         norm = gradient_step(optimiser, loss, list(policy.parameters()))
                     rows = torch.as_tensor(batch, device=task.device)
                     logger.log(
-                        "generator", loss=loss.item(), entropy=entropy.item(), grad_norm=norm,
+                        "generator", loss=parallel.mean(loss.item()),
+                        entropy=parallel.mean(entropy.item()), grad_norm=norm,
                         reward=data.values[rows].mean().item(),
                         evaluator_calls=self.evaluator_calls,
                         simulator_calls=self.simulator_calls,
