@@ -328,7 +328,7 @@ def run_compare(
         seed, label = trial.arguments[2], trial.key.rsplit("/", 1)[0]
         if backend == "local" and not lines_only:  # log lines name the run themselves
             bar.set_description(f"seed {seed} {label}")
-        log_line(f"seed {seed} {label}: started", lines_only or backend == "ray")
+        log_line(f"seed {seed} {label}: started", progress and (lines_only or backend == "ray"))
 
     def collect(trial: Trial, record: dict[str, Any]) -> None:
         fresh.add(trial.key)

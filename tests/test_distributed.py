@@ -12,6 +12,7 @@ import torch
 
 from agents.common.distributed import DataParallel, data_parallel
 from agents.degre import DeGRe
+from agents.glorank import GloRank
 from agents.goalrank import GoalRank
 from simulators.data.errors import ConfigError
 
@@ -23,8 +24,21 @@ CONFIGS = {
     # minibatches of 16 mined lists (32, then 64 lists).
     "degre-sim": ["mining_requests=32", "rounds=2", "epochs=2", "batch_size=16",
                   "eval_requests=32"],
+    # SFT minibatches of 45, 45 and 6 demonstrations (unequal shares 22 / 23), then
+    # PPO: 4 iterations of 8 requests x 4 lists in minibatches of 12 (12, 12, 8).
+    "glorank": ["sft_requests=96", "sft_batch_size=45", "sft_epochs=2", "ppo_iterations=4",
+                "batch_size=8", "minibatch_size=12", "eval_requests=32"],
 }  # fmt: skip
-LOADERS = {"goalrank-sim": GoalRank, "degre-sim": DeGRe}
+LOADERS = {"goalrank-sim": GoalRank, "degre-sim": DeGRe, "glorank": GloRank}
+#: The training stages each agent logs per gradient step, and their columns compared.
+STAGES = {
+    "goalrank-sim": {"generator": ("loss", "grad_norm", "entropy", "reward")},
+    "degre-sim": {"generator": ("loss", "grad_norm", "entropy", "reward")},
+    "glorank": {
+        "sft": ("loss", "grad_norm", "entropy", "token_accuracy"),
+        "ppo": ("loss", "grad_norm", "entropy", "reward", "approx_kl", "clip_fraction"),
+    },
+}
 
 
 def _train(tmp_path, agent: str, name: str, processes: int) -> tuple[list[dict], object]:
@@ -40,7 +54,7 @@ def _train(tmp_path, agent: str, name: str, processes: int) -> tuple[list[dict],
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [r for r in csv.DictReader((logs / "curves.csv").open()) if r["stage"] == "generator"]
+    rows = [r for r in csv.DictReader((logs / "curves.csv").open()) if r["stage"] in STAGES[agent]]
     return rows, LOADERS[agent].load(out)
 
 
@@ -50,9 +64,12 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path, agent) -> No
     two, parallel = _train(tmp_path, agent, "two", 2)
     assert len(one) == len(two) >= 6
     for a, b in zip(one, two, strict=True):
-        for column in ("loss", "grad_norm", "entropy", "reward"):
-            assert float(b[column]) == pytest.approx(float(a[column]), rel=1e-5, abs=1e-7), column
-    assert sum(row["stage"] == "generator" for row in parallel.history) == len(one)
+        assert a["stage"] == b["stage"]
+        for column in STAGES[agent][a["stage"]]:
+            assert float(b[column]) == pytest.approx(float(a[column]), rel=1e-5, abs=1e-7), (
+                a["stage"], a.get("step"), column,
+            )  # fmt: skip
+    assert sum(row["stage"] in STAGES[agent] for row in parallel.history) == len(one)
     # Rank 0 alone wrote the checkpoint and the log, with the world size.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "one.pt", "two", "two.pt"]
     saved = torch.load(tmp_path / "two.pt", weights_only=False)

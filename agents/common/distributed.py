@@ -79,13 +79,27 @@ class DataParallel:
         bounds = np.linspace(0, count, self.world_size + 1).round().astype(int)
         return slice(int(bounds[self.rank]), int(bounds[self.rank + 1]))
 
-    def wrap(self, module: nn.Module, method: str = "forward") -> nn.Module:
-        """``module.method`` as a module whose gradients are averaged over the ranks."""
+    def share_weight(self, share: int, count: int) -> float:
+        """``world_size * share / count``: the factor for a mean over this rank's rows.
+
+        A mean over this rank's ``share`` rows times it, averaged over the ranks by
+        DDP, is the mean over all ``count`` rows (exact for unequal shares too).
+        """
+        return self.world_size * share / count
+
+    def wrap(
+        self, module: nn.Module, method: str = "forward", *, find_unused: bool = False
+    ) -> nn.Module:
+        """``module.method`` as a module whose gradients are averaged over the ranks.
+
+        ``find_unused``: some parameters may get no gradient in a step (a value head
+        that a loss leaves out); DDP then looks for them after each backward.
+        """
         called = module if method == "forward" else _Method(module, method)
         if self.world_size == 1:
             return called
         # Parameters start equal on every rank (DDP broadcasts rank 0's anyway).
-        return nn.parallel.DistributedDataParallel(called)
+        return nn.parallel.DistributedDataParallel(called, find_unused_parameters=find_unused)
 
     def mean(self, value: float) -> float:
         """``value`` averaged over the ranks (for the logs: one process's numbers)."""

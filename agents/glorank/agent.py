@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from agents.base import TrainableAgent, UnsupportedTaskError, empty_prefixes
+from agents.common.distributed import data_parallel
 from agents.common.losses import (
     clipped_surrogate_loss,
     generalized_advantages,
@@ -117,8 +118,15 @@ class GloRank(TrainableAgent):
         cfg = self.settings
         self.setup(task)
         self._checked_tasks.add(task)
+        # torchrun: decoding, rewards and old values run in full on every rank; each
+        # minibatch's gradient pass is shared out (agents.common.distributed), each
+        # share's means weighted so the ranks' average is the minibatch's mean.
+        parallel = data_parallel(task.device)
+        if not parallel.is_main:
+            self.log_dir = None
         logger = self.training_logger()
         policy = self.modules["policy"].to(task.device)
+        evaluate = parallel.wrap(policy, "evaluate", find_unused=True)
         rng = np.random.default_rng(cfg.seed)
         list_rng = torch_generator(cfg.seed, task.device)
         self.reward = SimulatorScorer("train")
@@ -132,21 +140,26 @@ class GloRank(TrainableAgent):
             steps = cfg.sft_epochs * -(-len(rows) // cfg.sft_batch_size)
             bar = progress_bar(steps, "GloRank SFT", progress)
             for epoch in range(1, cfg.sft_epochs + 1):
-                for batch in minibatches(np.arange(len(rows)), cfg.sft_batch_size, rng):
+                for whole in minibatches(np.arange(len(rows)), cfg.sft_batch_size, rng):
+                    batch = whole[parallel.shard(len(whole), even=False)]
+                    weight = parallel.share_weight(len(batch), len(whole))
                     with training_mode(policy):
-                        log_probs, entropy, _, correct = policy.evaluate(
+                        log_probs, entropy, _, correct = evaluate(
                             request_inputs(task, rows[batch]),
                             candidate_tokens(task, rows[batch]),
                             demonstrations[batch],
                         )
-                        loss = -log_probs.mean()
+                        loss = -log_probs.mean() * weight
                         norm = gradient_step(optimiser, loss, list(policy.parameters()))
+                    loss_value = parallel.mean(loss.item())
                     logger.log(
-                        "sft", epoch=epoch, loss=loss.item(), entropy=entropy.mean().item(),
-                        token_accuracy=correct.float().mean().item(), grad_norm=norm,
+                        "sft", epoch=epoch, loss=loss_value,
+                        entropy=parallel.mean(entropy.mean().item() * weight),
+                        token_accuracy=parallel.mean(correct.float().mean().item() * weight),
+                        grad_norm=norm,
                     )  # fmt: skip
                     bar.update()
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                    bar.set_postfix(loss=f"{loss_value:.3f}")
             bar.close()
             logger.log("curve", **self._curve_point(task, curve_requests, 1, 0))
         sft_done = int(cfg.sft_source != "none")
@@ -180,9 +193,11 @@ class GloRank(TrainableAgent):
             advantage, returns = self.advantages(rewards, old_values)
             stats_rows = []
             for _ in range(cfg.ppo_epochs):
-                for batch in minibatches(np.arange(len(list_rows)), cfg.minibatch_size, rng):
+                for whole in minibatches(np.arange(len(list_rows)), cfg.minibatch_size, rng):
+                    batch = whole[parallel.shard(len(whole), even=False)]
+                    weight = parallel.share_weight(len(batch), len(whole))
                     with training_mode(policy):
-                        log_probs, entropy, values, _ = policy.evaluate(
+                        log_probs, entropy, values, _ = evaluate(
                             request_inputs(task, list_rows[batch]),
                             candidate_tokens(task, list_rows[batch]),
                             lists[batch],
@@ -203,11 +218,10 @@ class GloRank(TrainableAgent):
                             delta = reference_log_probs[batch] - log_probs
                             kl = (delta.exp() - delta - 1).mean()
                             loss = loss + cfg.kl_coef * kl
-                        norm = gradient_step(optimiser, loss, list(policy.parameters()))
-                    stats_rows.append(
-                        [surrogate.item(), value_loss.item(), entropy.mean().item(), kl.item(),
-                         stats.approx_kl, stats.clip_fraction, norm]
-                    )  # fmt: skip
+                        norm = gradient_step(optimiser, loss * weight, list(policy.parameters()))
+                    shares = [surrogate.item(), value_loss.item(), entropy.mean().item(),
+                              kl.item(), stats.approx_kl, stats.clip_fraction]  # fmt: skip
+                    stats_rows.append([parallel.mean(v * weight) for v in shares] + [norm])
             means = np.mean(stats_rows, axis=0).tolist()
             logger.log(
                 "ppo", iteration=iteration, loss=means[0], value_loss=means[1],
