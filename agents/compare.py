@@ -700,7 +700,7 @@ def add_parser(subparsers: Any) -> None:
 
 #: Wall time of each preset for 5 seeds on 2 cores (docs/benchmarks.md), for --help.
 PRESET_TIMES = {
-    "quick": "with --quick, the README's main job: about 9 min",
+    "quick": "with --quick, the README's main job: about 5 min",
     "full": "about 25 min",
     "degre": "about 76 min, 500 requests",
     "goalrank": "about 19 min, 500 requests",
