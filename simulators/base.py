@@ -268,6 +268,10 @@ class PrefixScorer:
         self.length = length
         self.t = 0
         self._items: torch.Tensor | None = None  # the generic scorer's lists so far
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """The once-per-episode work of a model's scorer (none for the generic one)."""
 
     def place(self, positions: torch.Tensor) -> torch.Tensor:
         """Append candidate ``positions[b]`` to list ``b``: slot click probabilities ``[B]``."""

@@ -568,16 +568,9 @@ class ComposedScorer(PrefixScorer):
     of the base model's own scorer.
     """
 
-    def __init__(
-        self,
-        simulator: ComposedSimulator,
-        users: torch.Tensor,
-        candidates: torch.Tensor,
-        histories: torch.Tensor,
-        length: int,
-    ) -> None:
-        super().__init__(simulator, users, candidates, histories, length)
-        self.base = simulator.base.prefix_scorer(users, candidates, histories, length)
+    def _prepare(self) -> None:
+        simulator, candidates, length = self.simulator, self.candidates, self.length
+        self.base = simulator.base.prefix_scorer(self.users, candidates, self.histories, length)
         similarity = simulator.pair_similarity(candidates, candidates)  # [B, N, N]
         bonus = None
         if simulator.pair_matrix is not None:

@@ -74,18 +74,9 @@ class SimulatorEnsemble(ClickSimulator):
 class EnsembleScorer(PrefixScorer):
     """:class:`PrefixScorer` of a :class:`SimulatorEnsemble`: the members' scorers' mean."""
 
-    def __init__(
-        self,
-        simulator: SimulatorEnsemble,
-        users: torch.Tensor,
-        candidates: torch.Tensor,
-        histories: torch.Tensor,
-        length: int,
-    ) -> None:
-        super().__init__(simulator, users, candidates, histories, length)
-        self.members = [
-            m.prefix_scorer(users, candidates, histories, length) for m in simulator.members
-        ]
+    def _prepare(self) -> None:
+        inputs = (self.users, self.candidates, self.histories, self.length)
+        self.members = [member.prefix_scorer(*inputs) for member in self.simulator.members]
 
     def _slot_probs(self, positions: torch.Tensor, t: int) -> torch.Tensor:
         if len(self.members) == 1:
