@@ -16,6 +16,8 @@ reward of its greedy lists on test requests under the true user model, the
 held-out and the training simulators. Every run is one JSON file
 (``<out>/runs/N<n>_L<l>/<arm>/seed<k>.json``, written atomically): an interrupted
 study continues where it stopped, and a stored run is never measured twice.
+``--backend ray`` runs a cell's (arm, seed) runs as Ray tasks (``--address`` for a
+cluster, ``--cpus-per-run`` each; :mod:`agents.common.trials`).
 
 ``report`` reads the runs and writes ``report_<metric>.md`` (per cell: mean [95% bootstrap
 CI] per arm, rliable's IQM with a stratified bootstrap interval, the winner, and
@@ -56,6 +58,15 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from agents.common.trials import (
+    Trial,
+    TrialStore,
+    add_backend_arguments,
+    ray_options_from,
+    run_trials,
+    torch_threads,
+    trial_threads,
+)
 from agents.degre import DeGRe
 from agents.degre.mining import mining_calls_per_request
 from agents.evaluation import (
@@ -205,25 +216,47 @@ def run(args: argparse.Namespace) -> None:
     spec = {"budget": args.budget, **vars(budget)}
     _check_spec(out, spec)
     # Cell by cell, seed by seed: an interrupted study has whole seeds of every arm.
-    todo = [(cell, arm, seed) for cell in cells for seed in range(args.seeds) for arm in arms
-            if not _record_path(out, cell, arm, seed).exists()]  # fmt: skip
-    print(f"{len(todo)} runs to do ({args.budget} budget, {budget.simulator_calls:,} calls each)")
-    bar = progress_bar(len(todo), "credit study", True)
-    tasks: dict[tuple[int, int], RerankTask] = {}
-    for (n, length), arm, seed in todo:
-        if (n, length) not in tasks:
-            tasks = {(n, length): world_task(n, length, progress=True)}  # one world at a time
-            _write_reference(out, tasks[n, length], budget)
-        record = run_one(tasks[n, length], arm, seed, budget)
-        path = _record_path(out, (n, length), arm, seed)
-        atomic_write(path, lambda handle, r=record: handle.write(json.dumps(r).encode()))
-        print(
-            f"N={n} L={length} {arm} seed {seed}: true {record['reward_true']:.4f}, held-out "
-            f"{record['reward_eval']:.4f}, fit {record['fit_s']:.0f} s",
-            flush=True,
-        )
-        bar.update()
-    bar.close()
+    # Each (arm, seed) is a trial (agents.common.trials), run here or on Ray
+    # (--backend ray) and stored as it ends; stored ones are never run again.
+    threads = trial_threads(args.backend, ray_options_from(args))
+    for n, length in cells:
+        store = TrialStore(_cell_dir(out, (n, length)))
+        trials = [
+            Trial(f"{arm}/seed{seed}", credit_trial, (arm, seed, budget, threads))
+            for seed in range(args.seeds) for arm in arms
+        ]  # fmt: skip
+        todo = [t for t in trials if store.read(t.key) is None]
+        print(f"N={n} L={length}: {len(todo)} runs to do ({args.budget} budget, "
+              f"{budget.simulator_calls:,} calls each)", flush=True)  # fmt: skip
+        if not todo:
+            continue
+        task = world_task(n, length, progress=True)  # one world at a time
+        _write_reference(out, task, budget)
+
+        bar = progress_bar(len(todo), f"credit study N={n} L={length}", True)
+
+        def report_run(trial: Trial, record: dict[str, Any], n=n, length=length, bar=bar):
+            bar.update()
+            print(
+                f"N={n} L={length} {record['arm']} seed {record['seed']}: true "
+                f"{record['reward_true']:.4f}, held-out {record['reward_eval']:.4f}, fit "
+                f"{record['fit_s']:.0f} s",
+                flush=True,
+            )
+
+        run_trials(
+            trials, store, shared=(task,), backend=args.backend,
+            ray_options=ray_options_from(args), on_finish=report_run, progress=False,
+        )  # fmt: skip
+        bar.close()
+
+
+def credit_trial(
+    task: RerankTask, arm: str, seed: int, budget: Budget, threads: int
+) -> dict[str, Any]:
+    """One (arm, seed) run of the study on ``threads`` torch threads, here or on Ray."""
+    with torch_threads(threads):
+        return run_one(task, arm, seed, budget)
 
 
 def _write_reference(out: Path, task: RerankTask, budget: Budget) -> None:
@@ -491,6 +524,7 @@ def main() -> None:
         help="report: held-out (default), true-model or training-simulator reward",
     )  # fmt: skip
     parser.add_argument("--out", default="runs/bench-credit")
+    add_backend_arguments(parser)
     args = parser.parse_args()
     (run if args.command == "run" else report)(args)
 
