@@ -62,8 +62,6 @@ from agents.common.trials import (
     ray_options_from,
     require_ray,
     run_trials,
-    torch_threads,
-    trial_threads,
 )
 from agents.evaluation import (
     EvaluationSet,
@@ -303,9 +301,7 @@ def run_compare(
         progress=progress,
     )
     # Every (agent, seed) run is a trial stored as runs/<agent>/seed<k>.json (seed-all
-    # for an agent without randomness: run once, counted for every seed), on a pinned
-    # number of torch threads (trial_threads: the same table on either backend).
-    threads = trial_threads(backend, ray_options)
+    # for an agent without randomness: run once, counted for every seed).
     plan: list[tuple[int, str]] = []  # (seed, record key) in table order
     trials: dict[str, Trial] = {}
     for seed in range(seeds):
@@ -317,7 +313,7 @@ def run_compare(
                 log_dir = str(folder / "logs" / agent.name / f"seed{seed}")
                 # Ray workers show no bars (theirs would interleave with the driver's).
                 shown = progress and backend == "local"
-                arguments = (item, budget, seed, log_dir, shown, threads)
+                arguments = (item, budget, seed, log_dir, shown)
                 trials[key] = Trial(key, _compare_trial, arguments)
     store = TrialStore(folder / "runs")
     fresh: set[str] = set()
@@ -525,12 +521,10 @@ def _compare_trial(
     seed: int,
     log_dir: str,
     progress: bool,
-    threads: int,
 ) -> dict[str, Any]:
-    """One (agent, seed) run of ``compare`` on ``threads`` torch threads: its record."""
+    """One (agent, seed) run of ``compare``, here or in a Ray worker: its record."""
     agent = _agent_factory(item, budget)(seed)
-    with torch_threads(threads):
-        return _run_one(agent, seed, task, evaluation, Path(log_dir), progress)
+    return _run_one(agent, seed, task, evaluation, Path(log_dir), progress)
 
 
 def _log_result(record: dict[str, Any], seed: int, progress: bool, earlier: bool = False) -> None:

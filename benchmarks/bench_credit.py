@@ -64,8 +64,6 @@ from agents.common.trials import (
     add_backend_arguments,
     ray_options_from,
     run_trials,
-    torch_threads,
-    trial_threads,
 )
 from agents.degre import DeGRe
 from agents.degre.mining import mining_calls_per_request
@@ -218,11 +216,10 @@ def run(args: argparse.Namespace) -> None:
     # Cell by cell, seed by seed: an interrupted study has whole seeds of every arm.
     # Each (arm, seed) is a trial (agents.common.trials), run here or on Ray
     # (--backend ray) and stored as it ends; stored ones are never run again.
-    threads = trial_threads(args.backend, ray_options_from(args))
     for n, length in cells:
         store = TrialStore(_cell_dir(out, (n, length)))
         trials = [
-            Trial(f"{arm}/seed{seed}", credit_trial, (arm, seed, budget, threads))
+            Trial(f"{arm}/seed{seed}", run_one, (arm, seed, budget))
             for seed in range(args.seeds) for arm in arms
         ]  # fmt: skip
         todo = [t for t in trials if store.read(t.key) is None]
@@ -249,14 +246,6 @@ def run(args: argparse.Namespace) -> None:
             ray_options=ray_options_from(args), on_finish=report_run, progress=False,
         )  # fmt: skip
         bar.close()
-
-
-def credit_trial(
-    task: RerankTask, arm: str, seed: int, budget: Budget, threads: int
-) -> dict[str, Any]:
-    """One (arm, seed) run of the study on ``threads`` torch threads, here or on Ray."""
-    with torch_threads(threads):
-        return run_one(task, arm, seed, budget)
 
 
 def _write_reference(out: Path, task: RerankTask, budget: Budget) -> None:

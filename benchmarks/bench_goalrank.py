@@ -61,8 +61,6 @@ from agents.common.trials import (  # noqa: E402
     add_backend_arguments,
     ray_options_from,
     run_trials,
-    torch_threads,
-    trial_threads,
 )
 from agents.compare import task_for_env  # noqa: E402
 from agents.evaluation import read_csv, reward_and_latency, summarise, write_csv  # noqa: E402
@@ -108,21 +106,15 @@ def configurations(args: argparse.Namespace, seed: int) -> dict[str, tuple[Any, 
 
 
 def study_trial(
-    task: RerankTask,
-    requests: np.ndarray,
-    args: argparse.Namespace,
-    seed: int,
-    label: str,
-    threads: int,
+    task: RerankTask, requests: np.ndarray, args: argparse.Namespace, seed: int, label: str
 ) -> dict[str, Any]:
     """One (configuration, seed) run of a study, here or in a Ray worker: its CSV row."""
     _, agent = configurations(args, seed)[label]
-    with torch_threads(threads):
-        start = time.perf_counter()
-        if isinstance(agent, TrainableAgent):
-            agent.fit(task)
-        fit = time.perf_counter() - start
-        metrics = reward_and_latency(agent, task, requests)
+    start = time.perf_counter()
+    if isinstance(agent, TrainableAgent):
+        agent.fit(task)
+    fit = time.perf_counter() - start
+    metrics = reward_and_latency(agent, task, requests)
     parameters = agent.parameter_count() if isinstance(agent, GoalRank) else math.nan
     return {"agent": label, "seed": seed, **metrics, "fit_s": fit, "parameters": parameters}
 
@@ -191,9 +183,8 @@ def main() -> None:
     store = TrialStore(out / "runs" / args.study)
     if not args.resume and store.folder.exists():
         shutil.rmtree(store.folder)  # a fresh study: no records of an earlier one
-    threads = trial_threads(args.backend, ray_options_from(args))
     trials = [
-        Trial(f"{label}/seed{seed}", study_trial, (args, seed, label, threads))
+        Trial(f"{label}/seed{seed}", study_trial, (args, seed, label))
         for seed in range(args.first_seed, args.first_seed + args.seeds)
         for label in configurations(args, seed)
     ]

@@ -217,11 +217,14 @@ def _run_on_ray(
         max_retries=options.max_retries,
     )(_call)
     shared_refs = [ray.put(value) for value in shared]
+    # Float sums (so trained models) depend on the thread count: a Ray trial runs on
+    # as many torch threads as it reserves CPUs, so it equals a local run on as many.
+    threads = max(1, int(options.cpus_per_trial))
     running = {}
     for trial in pending:
         if on_start is not None:
             on_start(trial)
-        running[remote.remote(trial.function, *shared_refs, *trial.arguments)] = trial
+        running[remote.remote(trial.function, threads, *shared_refs, *trial.arguments)] = trial
     failures: list[tuple[Trial, BaseException]] = []
     bar = progress_bar(len(pending), f"trials on ray ({len(pending)})", progress)
     while running:
@@ -244,9 +247,10 @@ def _run_on_ray(
         )
 
 
-def _call(function: Callable[..., dict[str, Any]], *arguments: Any) -> dict[str, Any]:
-    """A trial inside a Ray worker."""
-    return function(*arguments)
+def _call(function: Callable[..., dict[str, Any]], threads: int, *arguments: Any) -> dict[str, Any]:
+    """A trial inside a Ray worker, on ``threads`` torch threads."""
+    with torch_threads(threads):
+        return function(*arguments)
 
 
 def require_ray() -> Any:
@@ -298,17 +302,6 @@ def ray_options_from(args: argparse.Namespace) -> RayOptions:
         cpus_per_trial=args.cpus_per_run,
         max_retries=args.max_retries,
     )
-
-
-def trial_threads(backend: str, options: RayOptions | None) -> int:
-    """Torch threads per trial: all of this process's here, ``cpus_per_trial`` on Ray.
-
-    Float sums (hence trained models) depend on the thread count, so a local run and
-    a Ray run give the same results when they use as many threads per trial.
-    """
-    if backend == "local":
-        return torch.get_num_threads()
-    return max(1, int((options or RayOptions()).cpus_per_trial))
 
 
 @contextmanager
