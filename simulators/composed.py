@@ -580,20 +580,21 @@ class ComposedScorer(PrefixScorer):
         self.max_form = simulator.redundancy_form == "max"
         # Rows indexed by the placed item: its effect on every candidate's logit.
         # The sum form folds strength and bonus into one matrix (one running sum).
+        zeros = torch.zeros(candidates.shape, device=candidates.device)
         if self.max_form:
             self.strength = simulator.strength
             self.similarity, self.bonus = similarity, bonus
+            self.redundancy = zeros
+            self.complement = None if bonus is None else zeros.clone()
         else:
             effect = -simulator.strength * similarity
             self.effect = effect if bonus is None else effect + bonus
-        self.redundancy = torch.zeros(candidates.shape, device=candidates.device)
-        self.complement = torch.zeros(candidates.shape, device=candidates.device)
-        self.running_effect = torch.zeros(candidates.shape, device=candidates.device)
+            self.running_effect = zeros
 
     def _slot_probs(self, positions: torch.Tensor, t: int) -> torch.Tensor:
         logits = torch.logit(self.base.place(positions).clamp(1e-6, 1 - 1e-6))
         column = positions[:, None]
-        rows = column[:, :, None].expand(-1, -1, self.redundancy.shape[1])
+        rows = column[:, :, None].expand(-1, -1, self.candidates.shape[1])
         if self.max_form:
             if t > 0:
                 logits = logits - self.strength * torch.gather(self.redundancy, 1, column)[:, 0]
