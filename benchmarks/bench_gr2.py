@@ -6,21 +6,31 @@ pre-ranked candidates holding the true next item) the configurations of
 
 * ``gr2-targeted-sft``: SFT on targeted traces (the answer revealed to the teacher);
 * ``gr2-sft``: SFT on rejection-sampled traces;
-* ``gr2``: the same SFT, then DAPO with the conditional format reward (same seed:
-  the mid-training and SFT parts are identical, so the difference is DAPO's);
+* ``gr2``: the same SFT, then DAPO with the conditional format reward;
 * ``gr2-unconditional``: the same with the unconditional format reward;
-* ``gr2-no-mid`` (only when named): ``gr2`` without mid-training;
+* ``gr2-no-mid`` (only when named): ``gr2`` without mid-training.
 
-and report, per configuration, the mean over seeds with a 95% bootstrap interval
+A seed is one trial that trains the stages its configurations share once and
+branches between them (:meth:`GR2.branch`): one mid-training, then the targeted and
+the rejection-sampled SFT from it, then both DAPO variants from the rejection SFT.
+Each stage seeds itself, so a branch is the run a separate fit of that
+configuration gives (tested), and differences between configurations of one seed
+are the stage's alone. ``fit_s`` is the time of the stages a configuration is made of.
+
+The report: per configuration, the mean over seeds with a 95% bootstrap interval
 of Recall@1, Recall@5 and NDCG@5 of the true item on the ``--split`` requests
 (``test``: the 243 of ML-100K), the evaluation simulator's reward of the top L,
 how much the greedy outputs copy the input order (identical share, Kendall's tau),
 the true item's mean rank, the share of malformed rationales, mid-training's
 report (next-SID recall@1 and held-out captioning accuracy, before and after), the
-teacher's acceptance rate and the fit time. The pre-ranker (the input order) is a
-row of its own. Rows go to ``stages.csv`` after every run, DAPO's per-iteration
-diagnostics to ``dapo.csv``; ``stages.png`` plots the recall metrics and
-``hacking.png`` the copy share and the true item's rank over DAPO iterations.
+teacher's acceptance rate and the fit time; then the paired differences the
+issue's targets are about (seed by seed on the same requests). The pre-ranker (the
+input order) is a row of its own. Each seed's record is stored in
+``<out>/runs/stages/seed<k>.json`` as it finishes (``--resume`` reuses them;
+``--backend ray`` runs seeds in parallel, see :mod:`agents.common.trials`); rows go
+to ``stages.csv``, DAPO's per-iteration diagnostics to ``dapo.csv``; ``stages.png``
+plots the recall metrics and ``hacking.png`` the reward-hacking diagnostics over
+DAPO iterations.
 
 ``time``: the wall time of one fit per preset (``--budgets``), stage by stage.
 
@@ -28,12 +38,14 @@ Usage::
 
     python benchmarks/bench_gr2.py time --budgets quick full
     python benchmarks/bench_gr2.py stages --budget quick --seeds 5
+    python benchmarks/bench_gr2.py stages --budget quick --seeds 5 --backend ray --resume
     python benchmarks/bench_gr2.py stages --from-csv runs/bench-gr2/stages.csv
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +56,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from agents.common.trials import (  # noqa: E402
+    Trial,
+    TrialStore,
+    add_backend_arguments,
+    ray_options_from,
+    run_trials,
+)
 from agents.compare import task_for_env  # noqa: E402
 from agents.evaluation import read_csv, summarise, write_csv  # noqa: E402
 from agents.gr2 import GR2, GR2Config  # noqa: E402
@@ -75,6 +94,11 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("runs/bench-gr2"))
     parser.add_argument(
+        "--resume", action="store_true",
+        help="stages: reuse the seeds stored in --out by an earlier run (same settings)",
+    )  # fmt: skip
+    add_backend_arguments(parser, unit="seed")
+    parser.add_argument(
         "--from-csv", nargs="+", type=Path, default=None, metavar="CSV",
         help="train nothing: summarise and plot these CSVs of earlier runs",
     )  # fmt: skip
@@ -94,31 +118,73 @@ def main() -> None:
         preset_times(task, args)
         return
     requests = task.requests(args.split)
-    rows = [{"agent": "pre-ranker", "seed": 0, **ranking_metrics(task, requests, None)}]
-    dapo: list[dict[str, Any]] = []
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
-        for label in args.configs:
-            agent = GR2(GR2Config.preset(args.budget, seed=seed, **CONFIGS[label]))
-            start = time.perf_counter()
-            agent.fit(task)
-            fit = time.perf_counter() - start
-            outputs = agent.outputs(task, requests)
-            metrics = ranking_metrics(task, requests, outputs)
-            rows.append({
-                "agent": label, "seed": seed, **metrics, **agent.mid_report,
-                "acceptance_rate": agent.teacher_stats["acceptance_rate"], "fit_s": fit,
-            })  # fmt: skip
-            dapo += [
-                {"agent": label, "seed": seed, **row}
-                for row in agent.history if row["stage"] == "dapo"
-            ]  # fmt: skip
-            print(f"seed {seed} {label}: recall@1 {metrics['recall@1']:.3f}, recall@5 "
-                  f"{metrics['recall@5']:.3f}, copy {metrics['copy_share']:.3f}, "
-                  f"fit {fit:.0f} s", flush=True)  # fmt: skip
-            write_csv(args.out / "stages.csv", rows)  # a stopped run keeps its rows
-            if dapo:
-                write_csv(args.out / "dapo.csv", dapo)
+    store = TrialStore(args.out / "runs" / "stages")
+    if not args.resume and store.folder.exists():
+        shutil.rmtree(store.folder)  # a fresh study: no records of an earlier one
+    configs = [label for label in CONFIGS if label in args.configs]  # branching order
+    trials = [
+        Trial(f"seed{seed}", seed_trial, (args.budget, seed, configs))
+        for seed in range(args.first_seed, args.first_seed + args.seeds)
+    ]
+    pre_ranker = {"agent": "pre-ranker", "seed": 0, **ranking_metrics(task, requests, None)}
+
+    def collect(trial: Trial, record: dict[str, Any]) -> None:
+        for row in record["rows"]:
+            print(f"seed {row['seed']} {row['agent']}: recall@1 {row['recall@1']:.3f}, "
+                  f"recall@5 {row['recall@5']:.3f}, copy {row['copy_share']:.3f}, "
+                  f"fit {row['fit_s']:.0f} s", flush=True)  # fmt: skip
+
+    records = run_trials(
+        trials, store, shared=(task, requests), backend=args.backend,
+        ray_options=ray_options_from(args), on_finish=collect,
+    )  # fmt: skip
+    rows = [pre_ranker] + [row for record in records.values() for row in record["rows"]]
+    dapo = [row for record in records.values() for row in record["dapo"]]
+    write_csv(args.out / "stages.csv", rows)
+    if dapo:
+        write_csv(args.out / "dapo.csv", dapo)
     report(rows, dapo, args)
+
+
+def seed_trial(
+    task: Any, requests: np.ndarray, budget: str, seed: int, configs: list[str]
+) -> dict[str, Any]:
+    """One seed of the stages study (here or in a Ray worker): every configuration's row.
+
+    Shared stages run once; the configurations branch from them (see the module
+    docstring). Returns ``{"rows": [...], "dapo": [...]}``.
+    """
+    rows: list[dict[str, Any]] = []
+    dapo: list[dict[str, Any]] = []
+
+    def record(label: str, agent: GR2, stages: tuple[str, ...]) -> None:
+        metrics = ranking_metrics(task, requests, agent.outputs(task, requests))
+        rows.append({
+            "agent": label, "seed": seed, **metrics, **agent.mid_report,
+            "acceptance_rate": agent.teacher_stats["acceptance_rate"],
+            "fit_s": sum(agent.stage_seconds[stage] for stage in stages),
+        })  # fmt: skip
+        dapo.extend(
+            {"agent": label, "seed": seed, **row}
+            for row in agent.history if row["stage"] == "dapo"
+        )  # fmt: skip
+
+    base = GR2(GR2Config.preset(budget, seed=seed)).setup(task).mid_train(task)
+    if "gr2-targeted-sft" in configs:
+        targeted = base.branch(**CONFIGS["gr2-targeted-sft"]).supervise(task)
+        record("gr2-targeted-sft", targeted, ("mid", "sft"))
+    if {"gr2-sft", "gr2", "gr2-unconditional"} & set(configs):
+        supervised = base.branch().supervise(task)
+        if "gr2-sft" in configs:
+            record("gr2-sft", supervised, ("mid", "sft"))
+        for label in ("gr2", "gr2-unconditional"):
+            if label in configs:
+                tuned = supervised.branch(**CONFIGS[label]).reinforce(task)
+                record(label, tuned, ("mid", "sft", "dapo"))
+    if "gr2-no-mid" in configs:
+        alone = GR2(GR2Config.preset(budget, seed=seed, **CONFIGS["gr2-no-mid"])).fit(task)
+        record("gr2-no-mid", alone, ("mid", "sft", "dapo"))
+    return {"rows": rows, "dapo": dapo}
 
 
 def ranking_metrics(task: Any, requests: np.ndarray, outputs: dict | None) -> dict[str, float]:
@@ -142,6 +208,54 @@ def ranking_metrics(task: Any, requests: np.ndarray, outputs: dict | None) -> di
         "target_rank": float((rank + 1).mean()),
         "format_breaks": float(1 - np.mean(formed)),
     }
+
+
+#: The paired differences the issue's targets are about: (name, minuend, subtrahend, metrics).
+DIFFERENCES = (
+    ("gr2 - pre-ranker", "gr2", "pre-ranker", ("recall@1", "recall@5", "ndcg@5")),
+    ("gr2 - gr2-sft", "gr2", "gr2-sft", ("recall@1", "recall@5", "ndcg@5")),
+    ("gr2-sft - gr2-targeted-sft", "gr2-sft", "gr2-targeted-sft", ("recall@1", "recall@5")),
+    ("gr2-unconditional - gr2", "gr2-unconditional", "gr2",
+     ("copy_share", "kendall_tau", "recall@1", "recall@5")),
+)  # fmt: skip
+
+
+def paired_differences(rows: list[dict[str, Any]]) -> None:
+    """Print seed-by-seed differences between configurations (mean [95% CI] over seeds).
+
+    The pre-ranker's row (one, deterministic) is paired with every seed.
+    """
+    by_key = {(row["agent"], row["seed"]): row for row in rows}
+    seeds = sorted({row["seed"] for row in rows if row["agent"] != "pre-ranker"})
+    differences = []
+    for name, left, right, metrics in DIFFERENCES:
+        for seed in seeds:
+            a = by_key.get((left, seed))
+            b = by_key.get((right, 0 if right == "pre-ranker" else seed))
+            if a is not None and b is not None:
+                differences.append({"agent": name, "seed": seed,
+                                    **{m: a[m] - b[m] for m in metrics}})  # fmt: skip
+    if not differences:
+        return
+    metrics = list(dict.fromkeys(m for *_, names in DIFFERENCES for m in names))
+    for row in differences:
+        for metric in metrics:
+            row.setdefault(metric, float("nan"))
+    print("\nPaired differences, seed by seed on the same requests (mean [95% CI]; "
+          "[wins/seeds])")  # fmt: skip
+    print("| difference | " + " | ".join(metrics) + " |")
+    print("|---|" + "---|" * len(metrics))
+    for entry in summarise(differences, metrics):
+        mine = [row for row in differences if row["agent"] == entry["agent"]]
+        cells = []
+        for metric in metrics:
+            if np.isnan(entry[metric]):
+                cells.append("")
+                continue
+            wins = sum(row[metric] > 0 for row in mine)
+            cells.append(f"{entry[metric]:+.3f} [{entry[metric + '_low']:+.3f}, "
+                         f"{entry[metric + '_high']:+.3f}] ({wins}/{len(mine)})")  # fmt: skip
+        print(f"| {entry['agent']} | " + " | ".join(cells) + " |")
 
 
 def preset_times(task: Any, args: argparse.Namespace) -> None:
@@ -192,6 +306,7 @@ def report(rows: list[dict[str, Any]], dapo: list[dict[str, Any]], args) -> None
                   f"{entry['caption_genre_accuracy_before']:.3f} / "
                   f"{entry['caption_genre_accuracy_after']:.3f} | "
                   f"{entry['acceptance_rate']:.3f} |")  # fmt: skip
+    paired_differences(rows)
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for axis, metric in zip(axes, ("recall@1", "recall@5", "ndcg@5"), strict=True):
         for index, entry in enumerate(summary):
@@ -206,15 +321,25 @@ def report(rows: list[dict[str, Any]], dapo: list[dict[str, Any]], args) -> None
     figure.savefig(args.out / "stages.png", dpi=120)
     plt.close(figure)
     if dapo:
-        figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        for label in dict.fromkeys(row["agent"] for row in dapo):
+        panels = {
+            "copy_share": "identical to the input order", "kendall_tau": "Kendall tau to input",
+            "target_rank_after": "rank of x* after (before: dotted)",
+            "format_breaks": "malformed rationales",
+        }  # fmt: skip
+        figure, axes = plt.subplots(1, len(panels), figsize=(16, 3.6))
+        for index, label in enumerate(dict.fromkeys(row["agent"] for row in dapo)):
             mine = [row for row in dapo if row["agent"] == label]
             steps = sorted({row["iteration"] for row in mine})
-            for axis, key in zip(axes, ("copy_share", "target_rank_after"), strict=True):
+            for axis, (key, title) in zip(axes, panels.items(), strict=True):
                 means = [np.mean([r[key] for r in mine if r["iteration"] == s]) for s in steps]
-                axis.plot(steps, means, label=label)
+                axis.plot(steps, means, label=label, color=f"C{index}")
+                if key == "target_rank_after":
+                    before = [np.mean([r["target_rank_before"] for r in mine
+                                       if r["iteration"] == s]) for s in steps]  # fmt: skip
+                    axis.plot(steps, before, ":", color=f"C{index}")
                 axis.set_xlabel("DAPO iteration")
-                axis.set_ylabel(key.replace("_", " ") + " (sampled outputs)")
+                axis.set_title(title + " (sampled)", fontsize=9)
+                axis.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
         figure.suptitle(f"Reward hacking: copying the input order, mean over {seeds} seeds")
         figure.tight_layout()

@@ -306,6 +306,34 @@ def test_a_tiny_fit_ranks_validly_logs_every_stage_and_is_seeded(trained, gr2_ta
     assert "<rank>" in trained.explain(gr2_task, requests[:1])[0]
 
 
+def test_branching_between_stages_gives_the_runs_of_separate_fits(trained, gr2_task) -> None:
+    """One mid-training + SFT, branched into two DAPO runs and a targeted SFT, equals
+    three fits: each stage seeds itself, so studies can share the stages they share."""
+    requests = gr2_task.requests("test")[:16]
+    agent = GR2(TINY).setup(gr2_task).mid_train(gr2_task)
+    targeted = agent.branch(teacher="targeted", dapo_iterations=0).supervise(gr2_task)
+    agent.supervise(gr2_task)
+    unconditional = agent.branch(format_reward="unconditional").reinforce(gr2_task)
+    agent.reinforce(gr2_task)
+    assert agent.stages_done == ["mid", "sft", "dapo"]
+    np.testing.assert_array_equal(agent.rank(gr2_task, requests), trained.rank(gr2_task, requests))
+    for branch, overrides in ((targeted, {"teacher": "targeted", "dapo_iterations": 0}),
+                              (unconditional, {"format_reward": "unconditional"})):  # fmt: skip
+        alone = GR2(TINY.replace(**overrides)).fit(gr2_task)
+        assert branch.name == alone.name
+        np.testing.assert_array_equal(
+            branch.rank(gr2_task, requests), alone.rank(gr2_task, requests)
+        )
+        assert branch.teacher_stats == alone.teacher_stats
+    # The step counts continue across the stages' loggers.
+    curve_steps = [row["step"] for row in agent.history if row["stage"] == "curve"]
+    assert curve_steps == list(range(1, len(curve_steps) + 1))
+    with pytest.raises(RuntimeError, match="already run its 'dapo' stage"):
+        agent.reinforce(gr2_task)
+    with pytest.raises(ConfigError, match=r"cannot change \['dim'\]"):
+        agent.branch(dim=64)
+
+
 def test_mid_training_teaches_captions(gr2_task) -> None:
     agent = GR2(TINY.replace(mid_steps=150, mid_tasks=("caption",), dapo_iterations=0))
     agent.fit(gr2_task)

@@ -102,3 +102,21 @@ def test_training_log_csv_appends_and_widens(tmp_path) -> None:
     lines = (tmp_path / "curves.csv").read_text().splitlines()
     assert lines[0] == "stage,step,loss,valid_reward" and len(lines) == 6
     assert lines[4] == "policy,4,3.0," and lines[5] == "curve,1,,1.5"
+
+
+def test_a_second_logger_on_the_same_history_continues_the_steps(tmp_path) -> None:
+    """A later training stage's logger neither repeats step numbers nor loses rows."""
+    history: list = []
+    first = TrainingLogger(history, tmp_path)
+    first.log("curve", valid_reward=1.0)
+    first.log("mid", loss=2.0)
+    first.close()
+    second = TrainingLogger(history, tmp_path)
+    second.log("curve", valid_reward=1.5)
+    second.log("dapo", loss=0.5)
+    second.close()
+    assert [(row["stage"], row["step"]) for row in history] == [
+        ("curve", 1), ("mid", 1), ("curve", 2), ("dapo", 1),
+    ]  # fmt: skip
+    lines = (tmp_path / "curves.csv").read_text().splitlines()
+    assert len(lines) == 5 and lines[3].startswith("curve,2,")

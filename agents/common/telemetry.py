@@ -79,7 +79,11 @@ class TrainingLogger:
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.flush_every = flush_every
         self.curve_x = curve_x
+        # A second logger on the same history (a later training stage) continues each
+        # stage's step count instead of repeating its step numbers.
         self._steps: dict[str, int] = {}
+        for row in history:
+            self._steps[row["stage"]] = max(self._steps.get(row["stage"], 0), int(row["step"]))
         self._unflushed = 0
         self._written = 0  # rows of history already in curves.csv
         self._columns: list[str] = []

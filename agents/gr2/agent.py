@@ -8,6 +8,8 @@ semantic IDs, writes a rationale, then ranks all K.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 from typing import Any
 
@@ -33,11 +35,19 @@ from agents.gr2.rewards import (
 from agents.gr2.teacher import TeacherRankings, slot_one_values, teach
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
+from simulators.data.errors import ConfigError
 from simulators.data.semantic_ids import codes_checksum
 from simulators.progress import progress_bar
 
 #: Share of items held out of the captioning tasks to measure what mid-training taught.
 CAPTION_HOLDOUT = 0.1
+#: The training stages in order (and the pool draw), each seeded by its index here.
+STAGES = ("pool", "mid", "sft", "dapo")
+#: Settings :meth:`GR2.branch` keeps: the student's architecture, its prompt, its seed.
+BRANCH_FIXED = (
+    "dim", "layers", "heads", "intermediate", "history_items", "year_buckets",
+    "popularity_buckets", "max_reasoning_tokens", "cited_candidates", "seed",
+)  # fmt: skip
 #: Requests decoded per ``generate`` call when serving.
 SERVE_BATCH = 256
 
@@ -54,8 +64,9 @@ class GR2(TrainableAgent):
         reward: The training simulator as a list scorer (the teacher's planner).
         teacher_stats: Acceptance of the last fit's teacher (``None`` before).
         mid_report: What mid-training taught, before and after (``None`` before).
-        stage_seconds: Wall time of the last fit's stages (``mid``, ``sft``: teacher
-            and SFT, ``dapo``).
+        stage_seconds: Wall time of the stages run (``mid``, ``sft``: teacher and SFT,
+            ``dapo``).
+        stages_done: The stages run since :meth:`setup`, in order.
     """
 
     config_class = GR2Config
@@ -69,6 +80,8 @@ class GR2(TrainableAgent):
         self.teacher_stats: dict[str, float] | None = None
         self.mid_report: dict[str, float] | None = None
         self.stage_seconds: dict[str, float] = {}
+        self.stages_done: list[str] = []
+        self._shared: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ building
 
@@ -140,27 +153,106 @@ class GR2(TrainableAgent):
     # ------------------------------------------------------------------ training
 
     def fit(self, task: RerankTask, *, progress: bool = False) -> GR2:
-        """Mid-training, teacher traces, reasoning SFT, then DAPO (each optional by config)."""
-        cfg = self.settings
+        """Mid-training, teacher traces and reasoning SFT, then DAPO (each optional by config).
+
+        The same as :meth:`setup`, :meth:`mid_train`, :meth:`supervise` and
+        :meth:`reinforce` in turn: each stage draws from its own seeded generator, so
+        a study may branch between stages (:meth:`branch`) and get the runs it would
+        get from separate fits.
+        """
         self.check_task(task)
         self.setup(task)
+        self.mid_train(task, progress=progress)
+        self.supervise(task, progress=progress)
+        self.reinforce(task, progress=progress)
+        return self
+
+    def setup(self, task: RerankTask) -> GR2:
+        """Build the untrained student for ``task``; no stage done yet."""
+        super().setup(task)
+        self.stages_done = []
+        self.stage_seconds = {}
+        self.teacher_stats = self.mid_report = None
+        self._shared: dict[str, Any] = {}
+        return self
+
+    def branch(self, **overrides: Any) -> GR2:
+        """A copy of this agent, its stages so far and its student, with other settings.
+
+        For studies that share stages: e.g. after :meth:`supervise`,
+        ``agent.branch(format_reward="unconditional").reinforce(task)`` is the DAPO
+        ablation of the same SFT student (what a fit with those settings would give,
+        since each stage seeds itself). Only settings that leave the student's
+        architecture alone may change.
+
+        Raises:
+            ConfigError: ``overrides`` change the architecture or the seed.
+        """
+        self._require_built()
+        changed = sorted(set(overrides) & set(BRANCH_FIXED))
+        if changed:
+            raise ConfigError(
+                f"branch() keeps the student and its seed; it cannot change {changed}: "
+                "build a new GR2 with those settings and fit it"
+            )
+        twin = GR2(dataclasses.replace(self.settings, **overrides))
+        twin.build_info = copy.deepcopy(self.build_info)
+        twin.modules = {"student": copy.deepcopy(self.modules["student"])}
+        twin.history = list(self.history)
+        twin.stages_done = list(self.stages_done)
+        twin.stage_seconds = dict(self.stage_seconds)
+        twin.teacher_stats = None if self.teacher_stats is None else dict(self.teacher_stats)
+        twin.mid_report = None if self.mid_report is None else dict(self.mid_report)
+        twin._shared = self._shared  # the pool and slot-1 values: read only
+        twin.fitted = self.fitted
+        return twin
+
+    def _stage_rng(self, stage: str) -> np.random.Generator:
+        """The generator of one stage: seeded by the agent's seed and the stage alone."""
+        return np.random.default_rng([self.settings.seed, STAGES.index(stage)])
+
+    def _start_stage(self, task: RerankTask, stage: str) -> None:
+        self._require_built()
+        self.check_task(task)
+        if stage in self.stages_done:
+            raise RuntimeError(
+                f"{self.name!r} has already run its {stage!r} stage; branch() an agent "
+                "before it to run the stage with other settings"
+            )
+        self.reward = SimulatorScorer("train")
+        self.modules["student"].to(task.device)
+
+    def _training_pool(self, task: RerankTask) -> tuple[np.ndarray, np.ndarray]:
+        """The training requests used and their slot-1 values (computed once per agent).
+
+        The training simulator's value of each candidate in slot 1: the grammar
+        corpus's rationales and the teacher's first pick both start from it.
+        """
+        if "pool" not in self._shared:
+            cfg = self.settings
+            pool = task.requests("train")
+            if cfg.train_requests is not None and cfg.train_requests < len(pool):
+                rng = self._stage_rng("pool")
+                pool = np.sort(rng.choice(pool, cfg.train_requests, replace=False))
+            self._shared["pool"] = pool
+            self._shared["slot_one"] = slot_one_values(task, pool, self.reward)
+        return self._shared["pool"], self._shared["slot_one"]
+
+    def mid_train(self, task: RerankTask, *, progress: bool = False) -> GR2:
+        """Stage 0: what semantic IDs mean (next SID, captioning, the reasoning grammar).
+
+        Measured before and after on held-out items and validation requests
+        (``mid_report``).
+        """
+        cfg = self.settings
+        self._start_stage(task, "mid")
         logger = self.training_logger()
         vocab = self.vocab
-        student = self.modules["student"].to(task.device)
+        student = self.modules["student"]
         facts = ItemFacts.from_task(task, vocab)
-        rng = np.random.default_rng(cfg.seed)
-        self.reward = SimulatorScorer("train")
-        pool = task.requests("train")
-        if cfg.train_requests is not None and cfg.train_requests < len(pool):
-            pool = np.sort(rng.choice(pool, cfg.train_requests, replace=False))
+        rng = self._stage_rng("mid")
+        pool, slot_one = self._training_pool(task)
         valid = task.requests("valid")[: cfg.eval_requests]
-        targets = task.pool.gr2_target_pos
-
-        # The training simulator's value of each candidate in slot 1: the grammar
-        # corpus's rationales and the teacher's first pick both start from it.
-        slot_one = slot_one_values(task, pool, self.reward)
-
-        # Stage 0: mid-training, what semantic IDs mean (measured before and after).
         clock = time.perf_counter()
         captioned, held_out = self._caption_split(task, rng)
         before = self._mid_training_report(task, facts, valid, held_out)
@@ -187,12 +279,20 @@ class GR2(TrainableAgent):
             **{f"{k}_after": v for k, v in after.items()},
         }
         logger.log("mid_report", **self.mid_report)
-        self.stage_seconds = {"mid": time.perf_counter() - clock}
-        clock = time.perf_counter()
+        return self._end_stage("mid", clock, logger)
 
-        # Stage 1: teacher traces (rejection-sampled or targeted), then SFT on them.
+    def supervise(self, task: RerankTask, *, progress: bool = False) -> GR2:
+        """Stage 1: teacher traces (rejection-sampled or targeted), then SFT on them."""
+        cfg = self.settings
+        self._start_stage(task, "sft")
+        logger = self.training_logger()
+        facts = ItemFacts.from_task(task, self.vocab)
+        rng = self._stage_rng("sft")
+        pool, slot_one = self._training_pool(task)
+        valid = task.requests("valid")[: cfg.eval_requests]
+        clock = time.perf_counter()
         kept = teach(
-            task, pool, targets[pool], self.reward, rng, mode=cfg.teacher,
+            task, pool, task.pool.gr2_target_pos[pool], self.reward, rng, mode=cfg.teacher,
             temperature=cfg.teacher_temperature, attempts=cfg.rejection_attempts,
             beam_width=cfg.teacher_beam_width, values=slot_one,
         )  # fmt: skip
@@ -205,10 +305,19 @@ class GR2(TrainableAgent):
         if len(kept.requests):
             self._sft(task, facts, kept, rng, logger, progress)
         logger.log("curve", sft_done=1, **self._curve_point(task, valid, 0))
-        self.stage_seconds["sft"] = time.perf_counter() - clock
-        clock = time.perf_counter()
+        return self._end_stage("sft", clock, logger)
 
-        # Stage 2: DAPO on the verifiable rank reward (+ format reward), no KL.
+    def reinforce(self, task: RerankTask, *, progress: bool = False) -> GR2:
+        """Stage 2: DAPO on the verifiable rank reward (+ format reward), no KL."""
+        cfg = self.settings
+        self._start_stage(task, "dapo")
+        logger = self.training_logger()
+        facts = ItemFacts.from_task(task, self.vocab)
+        student = self.modules["student"]
+        rng = self._stage_rng("dapo")
+        pool, _ = self._training_pool(task)
+        valid = task.requests("valid")[: cfg.eval_requests]
+        clock = time.perf_counter()
         optimiser = torch.optim.AdamW(student.parameters(), lr=cfg.learning_rate)
         bar = progress_bar(cfg.dapo_iterations, "GR2 DAPO", progress)
         for iteration in range(1, cfg.dapo_iterations + 1):
@@ -253,10 +362,15 @@ class GR2(TrainableAgent):
             if iteration % cfg.eval_every == 0 or iteration == cfg.dapo_iterations:
                 logger.log("curve", sft_done=1, **self._curve_point(task, valid, iteration))
         bar.close()
-        self.stage_seconds["dapo"] = time.perf_counter() - clock
-        logger.log("timing", **{f"{k}_s": v for k, v in self.stage_seconds.items()})
+        return self._end_stage("dapo", clock, logger)
+
+    def _end_stage(self, stage: str, clock: float, logger: Any) -> GR2:
+        self.stage_seconds[stage] = time.perf_counter() - clock
+        self.stages_done.append(stage)
+        if stage == STAGES[-1]:
+            logger.log("timing", **{f"{k}_s": v for k, v in self.stage_seconds.items()})
         logger.close()
-        student.eval()
+        self.modules["student"].eval()
         self.fitted = True
         return self
 
