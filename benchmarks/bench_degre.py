@@ -6,7 +6,10 @@ Usage::
     python benchmarks/bench_degre.py ablations [--seeds 3]
 
 Common options: ``--env SlateRerank-v0``, ``--requests 500`` (test requests),
-``--mining-requests 500``, ``--out runs/bench-degre``.
+``--mining-requests 500``, ``--out runs/bench-degre``, ``--first-seed``. Every run (a
+seed of ``credit``: both arms; a configuration and seed of ``ablations``) is stored
+in ``<out>/runs/<study>/`` as it ends (``--resume`` reuses them); ``--backend ray``
+runs them as Ray tasks (:mod:`agents.common.trials`).
 
 ``credit`` trains the same pointer generator two ways against the same evaluator
 (by default the training simulator, so evaluator calls are simulator calls):
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from agents.common.trials import (  # noqa: E402
+    Trial,
+    TrialStore,
+    add_backend_arguments,
+    ray_options_from,
+    run_trials,
+)
 from agents.compare import task_for_env  # noqa: E402
 from agents.degre import DeGRe  # noqa: E402
 from agents.evaluation import reward_and_latency, summarise, write_csv  # noqa: E402
@@ -59,39 +70,12 @@ def teacher(agent: DeGRe, width: int = 8) -> DeGRe:
 
 
 def credit(args: argparse.Namespace, task: RerankTask, requests: np.ndarray, out: Path) -> None:
-    rows, curves = [], []
-    for seed in range(args.seeds):
-        dense = DeGRe(
-            evaluator=args.evaluator, mining_requests=args.mining_requests, rounds=5,
-            epochs=args.epochs, beam_width=args.beam_width,
-            keep_lists=min(4, args.beam_width), seed=seed,
-        )  # fmt: skip
-        # The sparse arm gets exactly the evaluator calls the dense run spent.
-        for arm in ("dense", "sparse"):
-            if arm == "dense":
-                agent = dense
-            else:
-                agent = DeGRe(
-                    **{**dense.config(), "supervision": "sparse", "sparse_batch": 256,
-                       "sparse_samples": 8,
-                       "sparse_iterations": math.ceil(dense.evaluator_calls / (256 * 8))},
-                )  # fmt: skip
-            start = time.perf_counter()
-            agent.fit(task)
-            fit = time.perf_counter() - start
-            metrics = reward_and_latency(agent, task, requests)
-            rows.append({"agent": arm, "seed": seed, **metrics, "fit_s": fit,
-                         "evaluator_calls": agent.evaluator_calls})  # fmt: skip
-            curves += [
-                {"arm": arm, "seed": seed, "evaluator_calls": p["evaluator_calls"],
-                 "valid_reward": p["valid_reward"]}
-                for p in agent.history if "valid_reward" in p
-            ]  # fmt: skip
-            print(
-                f"seed {seed} {arm}: held-out {metrics['reward_eval']:.4f}, fit {fit:.0f} s, "
-                f"{agent.evaluator_calls:,} evaluator calls",
-                flush=True,
-            )
+    records = run_study(
+        args, task, requests, out / "runs" / "credit",
+        [Trial(f"seed{seed}", credit_trial, (args, seed)) for seed in seeds(args)],
+    )  # fmt: skip
+    rows = [row for record in records for row in record["rows"]]
+    curves = [curve for record in records for curve in record["curves"]]
     summary = summarise(rows, ["reward_eval", "reward_train", "fit_s", "evaluator_calls"])
     print(f"\nDense vs sparse, evaluator = {args.evaluator}, mining beam width "
           f"{args.beam_width}, {args.mining_requests} mined requests, {args.seeds} seeds, "
@@ -125,37 +109,88 @@ def credit(args: argparse.Namespace, task: RerankTask, requests: np.ndarray, out
     print(f"\nwrote {out / 'credit_curves.png'}")
 
 
-def ablations(args: argparse.Namespace, task: RerankTask, requests: np.ndarray, out: Path) -> None:
-    configs: dict[str, dict[str, Any]] = {
-        "hard+soft, B=8": {},
-        "hard only, B=8": {"soft_weight": 0.0},
-        "hard+soft, B=1": {"beam_width": 1, "keep_lists": 1},
-        "hard+soft, B=4": {"beam_width": 4},
-        "hard+soft, B=16": {"beam_width": 16},
-        "simulator evaluator, B=8": {"evaluator": "simulator"},
-    }
-    rows = []
-    for seed in range(args.seeds):
-        for name, options in configs.items():
+def credit_trial(
+    task: RerankTask, requests: np.ndarray, args: argparse.Namespace, seed: int
+) -> dict[str, Any]:
+    """One seed of the credit study (here or in a Ray worker): both arms' rows and curves."""
+    rows, curves = [], []
+    dense = DeGRe(
+        evaluator=args.evaluator, mining_requests=args.mining_requests, rounds=5,
+        epochs=args.epochs, beam_width=args.beam_width,
+        keep_lists=min(4, args.beam_width), seed=seed,
+    )  # fmt: skip
+    # The sparse arm gets exactly the evaluator calls the dense run spent.
+    for arm in ("dense", "sparse"):
+        if arm == "dense":
+            agent = dense
+        else:
             agent = DeGRe(
-                mining_requests=args.mining_requests, epochs=args.epochs, **options, seed=seed
-            )
-            start = time.perf_counter()
-            agent.fit(task)
-            fit = time.perf_counter() - start
-            greedy = reward_and_latency(agent, task, requests)
-            beam = reward_and_latency(teacher(agent), task, requests)
-            rows.append({
-                "agent": name, "seed": seed, **greedy, "fit_s": fit,
-                "teacher_reward_eval": beam["reward_eval"],
-                "teacher_latency_ms": beam["latency_ms"],
-                "share_of_teacher": greedy["reward_eval"] / beam["reward_eval"],
-            })  # fmt: skip
-            print(
-                f"seed {seed} {name}: held-out {greedy['reward_eval']:.4f} "
-                f"(teacher {beam['reward_eval']:.4f}), fit {fit:.0f} s",
-                flush=True,
-            )
+                **{**dense.config(), "supervision": "sparse", "sparse_batch": 256,
+                   "sparse_samples": 8,
+                   "sparse_iterations": math.ceil(dense.evaluator_calls / (256 * 8))},
+            )  # fmt: skip
+        start = time.perf_counter()
+        agent.fit(task)
+        fit = time.perf_counter() - start
+        metrics = reward_and_latency(agent, task, requests)
+        rows.append({"agent": arm, "seed": seed, **metrics, "fit_s": fit,
+                     "evaluator_calls": agent.evaluator_calls})  # fmt: skip
+        curves += [
+            {"arm": arm, "seed": seed, "evaluator_calls": p["evaluator_calls"],
+             "valid_reward": p["valid_reward"]}
+            for p in agent.history if "valid_reward" in p
+        ]  # fmt: skip
+        print(
+            f"seed {seed} {arm}: held-out {metrics['reward_eval']:.4f}, fit {fit:.0f} s, "
+            f"{agent.evaluator_calls:,} evaluator calls",
+            flush=True,
+        )
+    return {"rows": rows, "curves": curves}
+
+
+#: The ablations study's configurations (DeGRe keyword arguments).
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "hard+soft, B=8": {},
+    "hard only, B=8": {"soft_weight": 0.0},
+    "hard+soft, B=1": {"beam_width": 1, "keep_lists": 1},
+    "hard+soft, B=4": {"beam_width": 4},
+    "hard+soft, B=16": {"beam_width": 16},
+    "simulator evaluator, B=8": {"evaluator": "simulator"},
+}
+
+
+def ablation_trial(
+    task: RerankTask, requests: np.ndarray, args: argparse.Namespace, seed: int, name: str
+) -> dict[str, Any]:
+    """One (configuration, seed) run of the ablations (here or in a Ray worker): its row."""
+    agent = DeGRe(
+        mining_requests=args.mining_requests, epochs=args.epochs, **ABLATIONS[name], seed=seed
+    )
+    start = time.perf_counter()
+    agent.fit(task)
+    fit = time.perf_counter() - start
+    greedy = reward_and_latency(agent, task, requests)
+    beam = reward_and_latency(teacher(agent), task, requests)
+    print(
+        f"seed {seed} {name}: held-out {greedy['reward_eval']:.4f} "
+        f"(teacher {beam['reward_eval']:.4f}), fit {fit:.0f} s",
+        flush=True,
+    )
+    return {
+        "agent": name, "seed": seed, **greedy, "fit_s": fit,
+        "teacher_reward_eval": beam["reward_eval"],
+        "teacher_latency_ms": beam["latency_ms"],
+        "share_of_teacher": greedy["reward_eval"] / beam["reward_eval"],
+    }  # fmt: skip
+
+
+def ablations(args: argparse.Namespace, task: RerankTask, requests: np.ndarray, out: Path) -> None:
+    trials = [
+        Trial(f"{_key(name)}/seed{seed}", ablation_trial, (args, seed, name))
+        for seed in seeds(args)
+        for name in ABLATIONS
+    ]
+    rows = run_study(args, task, requests, out / "runs" / "ablations", trials)
     summary = summarise(rows, [k for k in rows[0] if k not in ("agent", "seed")])
     print(f"\nDeGRe ablations, {args.seeds} seeds, {len(requests)} test requests, "
           f"{args.mining_requests} mined requests (mean [95% CI])")  # fmt: skip
@@ -172,6 +207,35 @@ def ablations(args: argparse.Namespace, task: RerankTask, requests: np.ndarray, 
     write_csv(out / "ablations.csv", rows)
 
 
+def seeds(args: argparse.Namespace) -> range:
+    """The study's seeds: ``--first-seed`` .. ``--first-seed + --seeds - 1``."""
+    return range(args.first_seed, args.first_seed + args.seeds)
+
+
+def run_study(
+    args: argparse.Namespace, task: RerankTask, requests: np.ndarray, folder: Path,
+    trials: list[Trial],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Run (or, with ``--resume``, read back) every trial; their records in order.
+
+    Each record is stored in ``folder`` as it finishes, so a stopped study loses no
+    finished run; ``--backend ray`` runs them as Ray tasks.
+    """
+    store = TrialStore(folder)
+    if not args.resume and store.folder.exists():
+        shutil.rmtree(store.folder)  # a fresh study: no records of an earlier one
+    records = run_trials(
+        trials, store, shared=(task, requests), backend=args.backend,
+        ray_options=ray_options_from(args),
+    )  # fmt: skip
+    return list(records.values())
+
+
+def _key(name: str) -> str:
+    """A configuration's name as a file name (``hard+soft, B=8`` -> ``hard+soft-B8``)."""
+    return name.replace(", ", "-").replace("=", "").replace(" ", "-")
+
+
 def _ci(entry: dict[str, Any], metric: str, percent: bool = False) -> str:
     scale, unit = (100, "%") if percent else (1, "")
     mean, low, high = (entry[metric] * scale, entry[f"{metric}_low"] * scale,
@@ -186,6 +250,10 @@ def main() -> None:
     parser.add_argument("study", choices=["credit", "ablations"])
     parser.add_argument("--env", default="SlateRerank-v0")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--first-seed", type=int, default=0,
+        help="run seeds first-seed ... first-seed + seeds - 1 (to split a study over machines)",
+    )  # fmt: skip
     parser.add_argument("--requests", type=int, default=500, help="test requests")
     parser.add_argument("--mining-requests", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=4, help="generator epochs per round")
@@ -194,6 +262,11 @@ def main() -> None:
     parser.add_argument("--beam-width", type=int, default=8,
                         help="credit study: the dense arm's mining beam width")  # fmt: skip
     parser.add_argument("--out", default="runs/bench-degre")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="reuse the runs stored in --out by an earlier run of this study (same settings)",
+    )  # fmt: skip
+    add_backend_arguments(parser)
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,9 @@ and report, per configuration, the mean over seeds with a 95% bootstrap interval
 the held-out reward (the evaluation simulator, on ``--requests`` test requests),
 the training simulator's reward, the true reward in the synthetic world, greedy
 latency per request (one batched call) and fit time, as a table, a CSV
-(``heads.csv``, one row per run, written after every run) and a plot. The learning
+(``heads.csv``, one row per run) and a plot. Each run is stored in
+``<out>/runs/heads/<config>/seed<k>.json`` as it ends (``--resume`` reuses them;
+``--backend ray`` runs them as Ray tasks: :mod:`agents.common.trials`). The learning
 curves (validation reward under the training simulator) go to ``curves.csv``.
 Every run also measures input-order dependence
 (:func:`~agents.evaluation.order_agreement`: the same requests ranked again with
@@ -60,6 +62,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from agents.common.trials import (  # noqa: E402
+    Trial,
+    TrialStore,
+    add_backend_arguments,
+    ray_options_from,
+    run_trials,
+)
 from agents.compare import task_for_env  # noqa: E402
 from agents.evaluation import (  # noqa: E402
     order_agreement,
@@ -113,6 +123,11 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("runs/bench-glorank"))
     parser.add_argument(
+        "--resume", action="store_true",
+        help="heads: reuse the runs stored in --out by an earlier run (same settings)",
+    )  # fmt: skip
+    add_backend_arguments(parser)
+    parser.add_argument(
         "--from-csv", nargs="+", type=Path, default=None, metavar="CSV",
         help="train nothing: summarise and plot these CSVs of earlier runs",
     )  # fmt: skip
@@ -134,30 +149,49 @@ def main() -> None:
     task = task_for_env(args.env, {} if cold is None else {"cold_start": cold})
     requests = task.requests("test")[: args.requests]
     print(f"task: {task.summary()}, cold start: {cold}", flush=True)
-    rows: list[dict[str, Any]] = []
-    curves: list[dict[str, Any]] = []
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
-        for label in args.configs:
-            agent = GloRank(GloRankConfig.preset(args.budget, seed=seed, **HEADS[label]))
-            start = time.perf_counter()
-            agent.fit(task)
-            fit = time.perf_counter() - start
-            metrics = reward_and_latency(agent, task, requests)
-            metrics |= order_agreement(agent, task, requests, seed=seed)
-            if cold is not None:
-                metrics |= withheld_shares(agent, task, requests)
-            rows.append({"agent": label, "seed": seed, **metrics, "fit_s": fit,
-                         "parameters": agent.parameter_count()})  # fmt: skip
-            curves += [
-                {"agent": label, "seed": seed, **row}
-                for row in agent.history if row["stage"] == "curve"
-            ]  # fmt: skip
-            held_out, latency = metrics["reward_eval"], metrics["latency_ms"]
-            print(f"seed {seed} {label}: held-out {held_out:.4f}, {latency:.2f} ms/request, "
-                  f"fit {fit:.0f} s", flush=True)  # fmt: skip
-            write_csv(args.out / "heads.csv", rows)  # a stopped run keeps its rows
-            write_csv(args.out / "curves.csv", curves)
+    # Every (configuration, seed) run is a trial stored in out/runs/heads as it ends
+    # (--resume reads them back), here or on Ray (--backend ray).
+    store = TrialStore(args.out / "runs" / "heads")
+    if not args.resume and store.folder.exists():
+        shutil.rmtree(store.folder)  # a fresh study: no records of an earlier one
+    trials = [
+        Trial(f"{label}/seed{seed}", heads_trial, (args, seed, label, cold is not None))
+        for seed in range(args.first_seed, args.first_seed + args.seeds)
+        for label in args.configs
+    ]
+    records = run_trials(
+        trials, store, shared=(task, requests), backend=args.backend,
+        ray_options=ray_options_from(args),
+    )  # fmt: skip
+    rows = [record["row"] for record in records.values()]
+    write_csv(args.out / "heads.csv", rows)
+    write_csv(args.out / "curves.csv", [c for r in records.values() for c in r["curves"]])
     report(rows, args)
+
+
+def heads_trial(
+    task: Any, requests: Any, args: argparse.Namespace, seed: int, label: str, cold: bool
+) -> dict[str, Any]:
+    """One (configuration, seed) run of the heads study, here or in a Ray worker."""
+    agent = GloRank(GloRankConfig.preset(args.budget, seed=seed, **HEADS[label]))
+    start = time.perf_counter()
+    agent.fit(task)
+    fit = time.perf_counter() - start
+    metrics = reward_and_latency(agent, task, requests)
+    metrics |= order_agreement(agent, task, requests, seed=seed)
+    if cold:
+        metrics |= withheld_shares(agent, task, requests)
+    held_out, latency = metrics["reward_eval"], metrics["latency_ms"]
+    print(f"seed {seed} {label}: held-out {held_out:.4f}, {latency:.2f} ms/request, "
+          f"fit {fit:.0f} s", flush=True)  # fmt: skip
+    return {
+        "row": {"agent": label, "seed": seed, **metrics, "fit_s": fit,
+                "parameters": agent.parameter_count()},
+        "curves": [
+            {"agent": label, "seed": seed, **row}
+            for row in agent.history if row["stage"] == "curve"
+        ],
+    }  # fmt: skip
 
 
 def withheld_shares(agent: GloRank, task: Any, requests: Any) -> dict[str, float]:
