@@ -334,6 +334,13 @@ def test_branching_between_stages_gives_the_runs_of_separate_fits(trained, gr2_t
         agent.branch(dim=64)
 
 
+def test_the_large_preset_builds_a_bigger_student_that_fits_the_task(gr2_task) -> None:
+    large = GR2(GR2Config.large()).setup(gr2_task)
+    default = GR2(GR2Config()).setup(gr2_task)
+    assert large.parameter_count() > 10 * default.parameter_count()
+    assert GR2Config.large(seed=3).seed == 3 and GR2Config.large().dapo_iterations == 1000
+
+
 def test_mid_training_teaches_captions(gr2_task) -> None:
     agent = GR2(TINY.replace(mid_steps=150, mid_tasks=("caption",), dapo_iterations=0))
     agent.fit(gr2_task)
