@@ -19,7 +19,8 @@ are the stage's alone. ``fit_s`` is the time of the stages a configuration is ma
 
 The report: per configuration, the mean over seeds with a 95% bootstrap interval
 of Recall@1, Recall@5 and NDCG@5 of the true item on the ``--split`` requests
-(``test``: the 243 of ML-100K), the evaluation simulator's reward of the top L,
+(``test``: the 243 of ML-100K; the other split's are reported too, as a second
+sample of requests), the evaluation simulator's reward of the top L,
 how much the greedy outputs copy the input order (identical share, Kendall's tau),
 the true item's mean rank, the share of malformed rationales, mid-training's
 report (next-SID recall@1 and held-out captioning accuracy, before and after), the
@@ -27,7 +28,8 @@ teacher's acceptance rate and the fit time; then the paired differences the
 issue's targets are about (seed by seed on the same requests). The pre-ranker (the
 input order) is a row of its own. Each seed's record is stored in
 ``<out>/runs/stages/seed<k>.json`` as it finishes (``--resume`` reuses them;
-``--backend ray`` runs seeds in parallel, see :mod:`agents.common.trials`); rows go
+``--backend ray`` runs seeds in parallel, see :mod:`agents.common.trials`), each
+trained configuration in ``<out>/checkpoints/<config>-seed<k>.pt``; rows go
 to ``stages.csv``, DAPO's per-iteration diagnostics to ``dapo.csv``; ``stages.png``
 plots the recall metrics and ``hacking.png`` the reward-hacking diagnostics over
 DAPO iterations.
@@ -117,16 +119,22 @@ def main() -> None:
     if args.study == "time":
         preset_times(task, args)
         return
-    requests = task.requests(args.split)
+    # The other split is evaluated too (prefixed columns): a second, independent
+    # sample of requests, since 243 test requests leave R@1 a standard error of 0.025.
+    other = "valid" if args.split == "test" else "test"
+    splits = {"": task.requests(args.split), f"{other}_": task.requests(other)}
     store = TrialStore(args.out / "runs" / "stages")
     if not args.resume and store.folder.exists():
         shutil.rmtree(store.folder)  # a fresh study: no records of an earlier one
     configs = [label for label in CONFIGS if label in args.configs]  # branching order
     trials = [
-        Trial(f"seed{seed}", seed_trial, (args.budget, seed, configs))
+        Trial(f"seed{seed}", seed_trial, (args.budget, seed, configs, args.out / "checkpoints"))
         for seed in range(args.first_seed, args.first_seed + args.seeds)
     ]
-    pre_ranker = {"agent": "pre-ranker", "seed": 0, **ranking_metrics(task, requests, None)}
+    pre_ranker = {"agent": "pre-ranker", "seed": 0}
+    for prefix, requests in splits.items():
+        metrics = ranking_metrics(task, requests, None)
+        pre_ranker |= {prefix + key: value for key, value in metrics.items()}
 
     def collect(trial: Trial, record: dict[str, Any]) -> None:
         for row in record["rows"]:
@@ -135,7 +143,7 @@ def main() -> None:
                   f"fit {row['fit_s']:.0f} s", flush=True)  # fmt: skip
 
     records = run_trials(
-        trials, store, shared=(task, requests), backend=args.backend,
+        trials, store, shared=(task, splits), backend=args.backend,
         ray_options=ray_options_from(args), on_finish=collect,
     )  # fmt: skip
     rows = [pre_ranker] + [row for record in records.values() for row in record["rows"]]
@@ -147,18 +155,30 @@ def main() -> None:
 
 
 def seed_trial(
-    task: Any, requests: np.ndarray, budget: str, seed: int, configs: list[str]
+    task: Any,
+    splits: dict[str, np.ndarray],
+    budget: str,
+    seed: int,
+    configs: list[str],
+    checkpoints: Path | None = None,
 ) -> dict[str, Any]:
     """One seed of the stages study (here or in a Ray worker): every configuration's row.
 
     Shared stages run once; the configurations branch from them (see the module
-    docstring). Returns ``{"rows": [...], "dapo": [...]}``.
+    docstring). ``splits`` maps a column prefix to the requests it is measured on;
+    each trained configuration is saved to ``checkpoints/<label>-seed<k>.pt`` when
+    ``checkpoints`` is given. Returns ``{"rows": [...], "dapo": [...]}``.
     """
     rows: list[dict[str, Any]] = []
     dapo: list[dict[str, Any]] = []
 
     def record(label: str, agent: GR2, stages: tuple[str, ...]) -> None:
-        metrics = ranking_metrics(task, requests, agent.outputs(task, requests))
+        metrics = {}
+        for prefix, requests in splits.items():
+            measured = ranking_metrics(task, requests, agent.outputs(task, requests))
+            metrics |= {prefix + key: value for key, value in measured.items()}
+        if checkpoints is not None:
+            agent.save(checkpoints / f"{label}-seed{seed}.pt", {"study": "bench_gr2 stages"})
         rows.append({
             "agent": label, "seed": seed, **metrics, **agent.mid_report,
             "acceptance_rate": agent.teacher_stats["acceptance_rate"],
@@ -220,10 +240,11 @@ DIFFERENCES = (
 )  # fmt: skip
 
 
-def paired_differences(rows: list[dict[str, Any]]) -> None:
+def paired_differences(rows: list[dict[str, Any]], prefix: str = "") -> None:
     """Print seed-by-seed differences between configurations (mean [95% CI] over seeds).
 
-    The pre-ranker's row (one, deterministic) is paired with every seed.
+    The pre-ranker's row (one, deterministic) is paired with every seed; ``prefix``
+    selects the columns of another split (``"valid_"``).
     """
     by_key = {(row["agent"], row["seed"]): row for row in rows}
     seeds = sorted({row["seed"] for row in rows if row["agent"] != "pre-ranker"})
@@ -233,16 +254,19 @@ def paired_differences(rows: list[dict[str, Any]]) -> None:
             a = by_key.get((left, seed))
             b = by_key.get((right, 0 if right == "pre-ranker" else seed))
             if a is not None and b is not None:
-                differences.append({"agent": name, "seed": seed,
-                                    **{m: a[m] - b[m] for m in metrics}})  # fmt: skip
+                differences.append({
+                    "agent": name, "seed": seed,
+                    **{m: a[prefix + m] - b[prefix + m] for m in metrics if prefix + m in a},
+                })  # fmt: skip
     if not differences:
         return
     metrics = list(dict.fromkeys(m for *_, names in DIFFERENCES for m in names))
     for row in differences:
         for metric in metrics:
             row.setdefault(metric, float("nan"))
-    print("\nPaired differences, seed by seed on the same requests (mean [95% CI]; "
-          "[wins/seeds])")  # fmt: skip
+    split = prefix.rstrip("_") or "the main split"
+    print(f"\nPaired differences on {split}, seed by seed on the same requests "
+          "(mean [95% CI]; (wins/seeds))")  # fmt: skip
     print("| difference | " + " | ".join(metrics) + " |")
     print("|---|" + "---|" * len(metrics))
     for entry in summarise(differences, metrics):
@@ -307,6 +331,16 @@ def report(rows: list[dict[str, Any]], dapo: list[dict[str, Any]], args) -> None
                   f"{entry['caption_genre_accuracy_after']:.3f} | "
                   f"{entry['acceptance_rate']:.3f} |")  # fmt: skip
     paired_differences(rows)
+    prefix = next((p for p in ("valid_", "test_") if p + "recall@1" in rows[-1]), None)
+    if prefix is not None:
+        print(f"\nThe other split, {prefix.rstrip('_')} (mean [95% CI])")
+        print("| configuration | recall@1 | recall@5 | ndcg@5 |\n|---|---|---|---|")
+        for entry in summarise(rows, [prefix + m for m in ("recall@1", "recall@5", "ndcg@5")]):
+            cells = [f"{entry[prefix + m]:.3f} [{entry[prefix + m + '_low']:.3f}, "
+                     f"{entry[prefix + m + '_high']:.3f}]"
+                     for m in ("recall@1", "recall@5", "ndcg@5")]  # fmt: skip
+            print(f"| {entry['agent']} | " + " | ".join(cells) + " |")
+        paired_differences(rows, prefix)
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for axis, metric in zip(axes, ("recall@1", "recall@5", "ndcg@5"), strict=True):
         for index, entry in enumerate(summary):
