@@ -43,10 +43,11 @@ from simulators.progress import progress_bar
 CAPTION_HOLDOUT = 0.1
 #: The training stages in order (and the pool draw), each seeded by its index here.
 STAGES = ("pool", "mid", "sft", "dapo")
-#: Settings :meth:`GR2.branch` keeps: the student's architecture, its prompt, its seed.
+#: Settings :meth:`GR2.branch` keeps: the student's architecture, its prompt, its seed
+#: and its training requests (the branches share them).
 BRANCH_FIXED = (
     "dim", "layers", "heads", "intermediate", "history_items", "year_buckets",
-    "popularity_buckets", "max_reasoning_tokens", "cited_candidates", "seed",
+    "popularity_buckets", "max_reasoning_tokens", "cited_candidates", "seed", "train_requests",
 )  # fmt: skip
 #: Requests decoded per ``generate`` call when serving.
 SERVE_BATCH = 256
@@ -173,7 +174,7 @@ class GR2(TrainableAgent):
         self.stages_done = []
         self.stage_seconds = {}
         self.teacher_stats = self.mid_report = None
-        self._shared: dict[str, Any] = {}
+        self._shared = {}
         return self
 
     def branch(self, **overrides: Any) -> GR2:
@@ -186,7 +187,8 @@ class GR2(TrainableAgent):
         architecture alone may change.
 
         Raises:
-            ConfigError: ``overrides`` change the architecture or the seed.
+            ConfigError: ``overrides`` change a setting of :data:`BRANCH_FIXED` (the
+                architecture, the prompt, the seed, the training requests).
         """
         self._require_built()
         changed = sorted(set(overrides) & set(BRANCH_FIXED))
