@@ -230,6 +230,19 @@ def ranking_metrics(task: Any, requests: np.ndarray, outputs: dict | None) -> di
     }
 
 
+#: Iterations in the running mean of the reward-hacking plot (per-iteration values of
+#: 16 prompts are noisy).
+SMOOTHING = 10
+
+
+def _smoothed(values: list[float]) -> np.ndarray:
+    """Running mean over the last :data:`SMOOTHING` values (fewer at the start)."""
+    sums = np.cumsum(np.r_[0.0, values])
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(0, ends - SMOOTHING)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
 #: The paired differences the issue's targets are about: (name, minuend, subtrahend, metrics).
 DIFFERENCES = (
     ("gr2 - pre-ranker", "gr2", "pre-ranker", ("recall@1", "recall@5", "ndcg@5")),
@@ -366,16 +379,17 @@ def report(rows: list[dict[str, Any]], dapo: list[dict[str, Any]], args) -> None
             steps = sorted({row["iteration"] for row in mine})
             for axis, (key, title) in zip(axes, panels.items(), strict=True):
                 means = [np.mean([r[key] for r in mine if r["iteration"] == s]) for s in steps]
-                axis.plot(steps, means, label=label, color=f"C{index}")
+                axis.plot(steps, _smoothed(means), label=label, color=f"C{index}")
                 if key == "target_rank_after":
                     before = [np.mean([r["target_rank_before"] for r in mine
                                        if r["iteration"] == s]) for s in steps]  # fmt: skip
-                    axis.plot(steps, before, ":", color=f"C{index}")
+                    axis.plot(steps, _smoothed(before), ":", color=f"C{index}")
                 axis.set_xlabel("DAPO iteration")
                 axis.set_title(title + " (sampled)", fontsize=9)
                 axis.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
-        figure.suptitle(f"Reward hacking: copying the input order, mean over {seeds} seeds")
+        figure.suptitle(f"Reward hacking: copying the input order, mean over {seeds} seeds "
+                        f"(running mean of {SMOOTHING} iterations)")  # fmt: skip
         figure.tight_layout()
         figure.savefig(args.out / "hacking.png", dpi=120)
         plt.close(figure)
