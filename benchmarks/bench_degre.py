@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -221,9 +220,7 @@ def run_study(
     Each record is stored in ``folder`` as it finishes, so a stopped study loses no
     finished run; ``--backend ray`` runs them as Ray tasks.
     """
-    store = TrialStore(folder)
-    if not args.resume and store.folder.exists():
-        shutil.rmtree(store.folder)  # a fresh study: no records of an earlier one
+    store = TrialStore(folder, fresh=not args.resume)
     records = run_trials(
         trials, store, shared=(task, requests), backend=args.backend,
         ray_options=ray_options_from(args),

@@ -62,7 +62,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -151,9 +150,7 @@ def main() -> None:
     print(f"task: {task.summary()}, cold start: {cold}", flush=True)
     # Every (configuration, seed) run is a trial stored in out/runs/heads as it ends
     # (--resume reads them back), here or on Ray (--backend ray).
-    store = TrialStore(args.out / "runs" / "heads")
-    if not args.resume and store.folder.exists():
-        shutil.rmtree(store.folder)  # a fresh study: no records of an earlier one
+    store = TrialStore(args.out / "runs" / "heads", fresh=not args.resume)
     trials = [
         Trial(f"{label}/seed{seed}", heads_trial, (args, seed, label, cold is not None))
         for seed in range(args.first_seed, args.first_seed + args.seeds)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -180,9 +179,7 @@ def main() -> None:
         return
     # Every (configuration, seed) run is a trial, stored in out/runs/<study> as it ends
     # (--resume reads them back), here or on Ray (--backend ray).
-    store = TrialStore(out / "runs" / args.study)
-    if not args.resume and store.folder.exists():
-        shutil.rmtree(store.folder)  # a fresh study: no records of an earlier one
+    store = TrialStore(out / "runs" / args.study, fresh=not args.resume)
     trials = [
         Trial(f"{label}/seed{seed}", study_trial, (args, seed, label))
         for seed in range(args.first_seed, args.first_seed + args.seeds)

@@ -47,7 +47,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -123,9 +122,7 @@ def main() -> None:
     # sample of requests, since 243 test requests leave R@1 a standard error of 0.025.
     other = "valid" if args.split == "test" else "test"
     splits = {"": task.requests(args.split), f"{other}_": task.requests(other)}
-    store = TrialStore(args.out / "runs" / "stages")
-    if not args.resume and store.folder.exists():
-        shutil.rmtree(store.folder)  # a fresh study: no records of an earlier one
+    store = TrialStore(args.out / "runs" / "stages", fresh=not args.resume)
     configs = [label for label in CONFIGS if label in args.configs]  # branching order
     trials = [
         Trial(f"seed{seed}", seed_trial, (args.budget, seed, configs, args.out / "checkpoints"))
@@ -194,7 +191,7 @@ def seed_trial(
         targeted = base.branch(**CONFIGS["gr2-targeted-sft"]).supervise(task)
         record("gr2-targeted-sft", targeted, ("mid", "sft"))
     if {"gr2-sft", "gr2", "gr2-unconditional"} & set(configs):
-        supervised = base.branch().supervise(task)
+        supervised = base.supervise(task)  # base's last use: no copy needed
         if "gr2-sft" in configs:
             record("gr2-sft", supervised, ("mid", "sft"))
         for label in ("gr2", "gr2-unconditional"):

@@ -68,6 +68,10 @@ def test_local_trials_are_stored_at_once_and_never_run_twice(tmp_path) -> None:
     records = run_trials(_trials(_square, log, range(6)), store, shared=(10,))
     assert _attempts(log) == [0, 1, 2, 3, 4, 5]
     assert records["sq/seed5"]["square"] == 35
+    # A fresh store (a study started anew) forgets them and runs all again.
+    run_trials(_trials(_square, log, range(2)), TrialStore(store.folder, fresh=True), shared=(10,))
+    assert _attempts(log) == [0, 0, 1, 1, 2, 3, 4, 5]  # sorted: seeds 0 and 1 twice
+    assert store.read("sq/seed5") is None
 
 
 def test_trial_errors_are_clear(tmp_path) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -99,10 +100,14 @@ class TrialStore:
 
     Args:
         folder: Records lie at ``folder/<key>.json``.
+        fresh: Delete the records an earlier run left in ``folder`` first (a study
+            started anew rather than resumed).
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, *, fresh: bool = False) -> None:
         self.folder = Path(folder)
+        if fresh and self.folder.exists():
+            shutil.rmtree(self.folder)
 
     def path(self, key: str) -> Path:
         """The record file of ``key``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ import torch
 from agents.base import TrainableAgent, UnsupportedTaskError, complete_by_scores
 from agents.common.losses import clipped_surrogate_loss, group_relative_advantages
 from agents.common.scorers import SimulatorScorer
+from agents.common.telemetry import TrainingLogger
 from agents.common.training import gradient_step, minibatches, training_mode
 from agents.gr2 import language as lang
 from agents.gr2.config import GR2Config
@@ -51,6 +52,18 @@ BRANCH_FIXED = (
 )  # fmt: skip
 #: Requests decoded per ``generate`` call when serving.
 SERVE_BATCH = 256
+
+
+class _Stage(NamedTuple):
+    """What a training stage starts with (:meth:`GR2._start_stage`)."""
+
+    logger: TrainingLogger
+    rng: np.random.Generator  # the stage's own, seeded by (seed, stage)
+    facts: ItemFacts
+    pool: np.ndarray  # the training requests used
+    slot_one: np.ndarray  # the training simulator's slot-1 value of their candidates
+    valid: np.ndarray  # the learning curve's validation requests
+    clock: float  # perf_counter() at the start of the stage's own work
 
 
 class GR2(TrainableAgent):
@@ -213,7 +226,8 @@ class GR2(TrainableAgent):
         """The generator of one stage: seeded by the agent's seed and the stage alone."""
         return np.random.default_rng([self.settings.seed, STAGES.index(stage)])
 
-    def _start_stage(self, task: RerankTask, stage: str) -> None:
+    def _start_stage(self, task: RerankTask, stage: str) -> _Stage:
+        """Refuse a stage already run; the stage's logger, generator, data and clock."""
         self._require_built()
         self.check_task(task)
         if stage in self.stages_done:
@@ -223,6 +237,13 @@ class GR2(TrainableAgent):
             )
         self.reward = SimulatorScorer("train")
         self.modules["student"].to(task.device)
+        pool, slot_one = self._training_pool(task)
+        return _Stage(
+            logger=self.training_logger(), rng=self._stage_rng(stage),
+            facts=ItemFacts.from_task(task, self.vocab), pool=pool, slot_one=slot_one,
+            valid=task.requests("valid")[: self.settings.eval_requests],
+            clock=time.perf_counter(),
+        )  # fmt: skip
 
     def _training_pool(self, task: RerankTask) -> tuple[np.ndarray, np.ndarray]:
         """The training requests used and their slot-1 values (computed once per agent).
@@ -246,20 +267,13 @@ class GR2(TrainableAgent):
         Measured before and after on held-out items and validation requests
         (``mid_report``).
         """
-        cfg = self.settings
-        self._start_stage(task, "mid")
-        logger = self.training_logger()
-        vocab = self.vocab
-        student = self.modules["student"]
-        facts = ItemFacts.from_task(task, vocab)
-        rng = self._stage_rng("mid")
-        pool, slot_one = self._training_pool(task)
-        valid = task.requests("valid")[: cfg.eval_requests]
-        clock = time.perf_counter()
+        cfg, student = self.settings, self.modules["student"]
+        stage = self._start_stage(task, "mid")
+        logger, rng, facts, valid = stage.logger, stage.rng, stage.facts, stage.valid
         captioned, held_out = self._caption_split(task, rng)
         before = self._mid_training_report(task, facts, valid, held_out)
         if cfg.mid_steps:
-            corpus = self._mid_training_corpus(task, facts, pool, slot_one, captioned)
+            corpus = self._mid_training_corpus(task, facts, stage.pool, stage.slot_one, captioned)
             optimiser = torch.optim.AdamW(student.parameters(), lr=cfg.mid_learning_rate)
             bar = progress_bar(cfg.mid_steps, "GR2 mid-training", progress)
             for step in range(1, cfg.mid_steps + 1):
@@ -281,22 +295,17 @@ class GR2(TrainableAgent):
             **{f"{k}_after": v for k, v in after.items()},
         }
         logger.log("mid_report", **self.mid_report)
-        return self._end_stage("mid", clock, logger)
+        return self._end_stage("mid", stage)
 
     def supervise(self, task: RerankTask, *, progress: bool = False) -> GR2:
         """Stage 1: teacher traces (rejection-sampled or targeted), then SFT on them."""
         cfg = self.settings
-        self._start_stage(task, "sft")
-        logger = self.training_logger()
-        facts = ItemFacts.from_task(task, self.vocab)
-        rng = self._stage_rng("sft")
-        pool, slot_one = self._training_pool(task)
-        valid = task.requests("valid")[: cfg.eval_requests]
-        clock = time.perf_counter()
+        stage = self._start_stage(task, "sft")
+        logger, rng, pool, valid = stage.logger, stage.rng, stage.pool, stage.valid
         kept = teach(
             task, pool, task.pool.gr2_target_pos[pool], self.reward, rng, mode=cfg.teacher,
             temperature=cfg.teacher_temperature, attempts=cfg.rejection_attempts,
-            beam_width=cfg.teacher_beam_width, values=slot_one,
+            beam_width=cfg.teacher_beam_width, values=stage.slot_one,
         )  # fmt: skip
         self.teacher_stats = {
             "offered": kept.offered, "kept": len(kept.requests),
@@ -305,25 +314,19 @@ class GR2(TrainableAgent):
         logger.log("teacher", **self.teacher_stats)
         logger.log("curve", sft_done=0, **self._curve_point(task, valid, 0))
         if len(kept.requests):
-            self._sft(task, facts, kept, rng, logger, progress)
+            self._sft(task, stage.facts, kept, rng, logger, progress)
         logger.log("curve", sft_done=1, **self._curve_point(task, valid, 0))
-        return self._end_stage("sft", clock, logger)
+        return self._end_stage("sft", stage)
 
     def reinforce(self, task: RerankTask, *, progress: bool = False) -> GR2:
         """Stage 2: DAPO on the verifiable rank reward (+ format reward), no KL."""
-        cfg = self.settings
-        self._start_stage(task, "dapo")
-        logger = self.training_logger()
-        facts = ItemFacts.from_task(task, self.vocab)
-        student = self.modules["student"]
-        rng = self._stage_rng("dapo")
-        pool, _ = self._training_pool(task)
-        valid = task.requests("valid")[: cfg.eval_requests]
-        clock = time.perf_counter()
+        cfg, student = self.settings, self.modules["student"]
+        stage = self._start_stage(task, "dapo")
+        logger, rng, facts, valid = stage.logger, stage.rng, stage.facts, stage.valid
         optimiser = torch.optim.AdamW(student.parameters(), lr=cfg.learning_rate)
         bar = progress_bar(cfg.dapo_iterations, "GR2 DAPO", progress)
         for iteration in range(1, cfg.dapo_iterations + 1):
-            batch = self._rollouts(task, facts, pool, rng)
+            batch = self._rollouts(task, facts, stage.pool, rng)
             written, rewards = batch["written"], batch["rewards"]
             advantage = group_relative_advantages(torch.as_tensor(rewards)).reshape(-1)
             pairs = zip(batch["prompts"], written, strict=True)
@@ -364,14 +367,14 @@ class GR2(TrainableAgent):
             if iteration % cfg.eval_every == 0 or iteration == cfg.dapo_iterations:
                 logger.log("curve", sft_done=1, **self._curve_point(task, valid, iteration))
         bar.close()
-        return self._end_stage("dapo", clock, logger)
+        return self._end_stage("dapo", stage)
 
-    def _end_stage(self, stage: str, clock: float, logger: Any) -> GR2:
-        self.stage_seconds[stage] = time.perf_counter() - clock
-        self.stages_done.append(stage)
-        if stage == STAGES[-1]:
-            logger.log("timing", **{f"{k}_s": v for k, v in self.stage_seconds.items()})
-        logger.close()
+    def _end_stage(self, name: str, stage: _Stage) -> GR2:
+        self.stage_seconds[name] = time.perf_counter() - stage.clock
+        self.stages_done.append(name)
+        if name == STAGES[-1]:
+            stage.logger.log("timing", **{f"{k}_s": v for k, v in self.stage_seconds.items()})
+        stage.logger.close()
         self.modules["student"].eval()
         self.fitted = True
         return self
