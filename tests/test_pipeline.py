@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from simulators.data import pipeline as pipeline_module
 from simulators.data.datasets import load_rerank_data
 from simulators.data.movielens import load_ml1m
 from simulators.data.pipeline import (
@@ -17,6 +18,7 @@ from simulators.data.pipeline import (
     VALID,
     PipelineConfig,
     RerankData,
+    _Scorer,
     build_rerank_data,
     k_core_mask,
     top_items,
@@ -489,3 +491,68 @@ def test_prefix_scores_equal_history_matrix_scores(retriever: str) -> None:
         prefixes = (items, starts[order], ends[order])
         expected = model.score(history_matrix(*prefixes, 300))
         np.testing.assert_array_equal(model.score_prefixes(*prefixes), expected)
+
+
+@pytest.mark.parametrize("duplicated", [False, True])
+def test_float32_retrieval_with_float64_certificate_equals_float64_retrieval(
+    duplicated: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ALS retriever scores in float32 and re-scores each row's best candidates in
+    # float64; the ranking must be the float64 one. Duplicated items tie with items
+    # outside the candidates, which no bound can separate: those rows must fall back
+    # to a full float64 scoring (counted) and still give the float64 ranking.
+    # (The float32 path is not the same code as the reference: score_prefixes.)
+    rng = np.random.default_rng(1)
+    n_items = 300
+    model = make_retriever("mf", factors=16, iterations=3)
+    model.fit(rng.integers(0, 50, 5000), rng.integers(0, n_items, 5000), 50, n_items)
+    if duplicated:  # 15 distinct items, 20 copies each
+        model.item_factors[:] = model.item_factors[rng.integers(0, 15, n_items)]
+    items = rng.integers(0, n_items, 4000)
+    lengths = rng.integers(0, 150, 40)
+    user_starts = np.r_[0, np.cumsum(lengths)[:-1]]
+    slates = [np.arange(0, n, 6) for n in lengths]
+    starts = np.repeat(user_starts, [len(j) for j in slates])
+    ends = starts + np.concatenate(slates)
+    # Popularity scores the empty histories: tied counts where duplicated.
+    popularity = rng.integers(0, 20, n_items) if duplicated else rng.permutation(n_items)
+    popularity = popularity.astype(np.float32)
+    scorer = _Scorer(
+        model, popularity, first_rated=rng.integers(0, 100, n_items),
+        request_time=rng.integers(50, 150, len(starts)), item=items,
+        history_starts=starts, history_ends=ends,
+    )  # fmt: skip
+    rows = slice(0, len(starts))
+    logged = rng.integers(0, n_items, (len(starts), 6))
+    reference = scorer(rows)
+    expected_logged = np.take_along_axis(reference, logged, axis=1)
+    scorer.mask(rows, reference)
+    expected = top_items(reference, 20)
+
+    full_scorings = []
+    original = pipeline_module._item_scores
+    monkeypatch.setattr(
+        pipeline_module, "_item_scores",
+        lambda *args: full_scorings.append(1) or original(*args),
+    )  # fmt: skip
+    top, top_scores, logged_scores = scorer.top(rows, logged, 20)
+    np.testing.assert_array_equal(top, expected)
+    np.testing.assert_array_equal(top_scores, np.take_along_axis(reference, expected, axis=1))
+    np.testing.assert_array_equal(logged_scores, expected_logged)
+    if duplicated:
+        assert len(full_scorings) > 10
+    else:
+        assert len(full_scorings) < len(starts) // 10
+
+
+def test_retrieval_threads_give_the_same_requests(ml100k_ratings, data) -> None:
+    # Chunks run on two threads by default; one thread must give every array the same.
+    original = pipeline_module._retrieve
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            pipeline_module, "_retrieve",
+            lambda *args, **kwargs: original(*args, **kwargs, workers=1),
+        )  # fmt: skip
+        single = build_rerank_data(ml100k_ratings, PipelineConfig(), progress=False)
+    np.testing.assert_array_equal(single.candidates, data.candidates)
+    np.testing.assert_array_equal(single.candidate_scores, data.candidate_scores)

@@ -136,16 +136,26 @@ class ImplicitALS:
     def score_prefixes(self, items: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """:meth:`score` of prefix histories, in time linear in the items they add.
 
+        Same result as :meth:`score` up to float summation order (see
+        :meth:`fold_in_prefixes`).
+        """
+        users = self.fold_in_prefixes(items, starts, ends)
+        return _item_scores(users, self.item_factors.astype(np.float64))
+
+    def fold_in_prefixes(
+        self, items: np.ndarray, starts: np.ndarray, ends: np.ndarray
+    ) -> np.ndarray:
+        """Float64 user vectors ``[R, factors]`` of the histories ``items[starts[r]:ends[r]]``.
+
         The fold-in solves ``(G + alpha Q^T Q) p = (1 + alpha) Q^T 1`` for a history's
         item factors ``Q``: both sums are additive over the history. A request that
         extends the previous one's history (same start, later end: the next slate of
         the same user) adds only its new items' terms to the running sums, instead
         of recomputing ``Q^T Q`` over a history of up to tens of thousands of items;
-        the solves are then batched. Same result as :meth:`score` up to float
-        summation order.
+        the solves are then batched.
         """
         if self.item_factors is None:
-            raise RuntimeError("ImplicitALS.score_prefixes() called before fit()")
+            raise RuntimeError("ImplicitALS.fold_in_prefixes() called before fit()")
         factors = self.item_factors.astype(np.float64)
         k = self.factors
         continues = np.zeros(len(starts), dtype=bool)
@@ -174,8 +184,7 @@ class ImplicitALS:
                 np.cumsum(gram_added[lo:hi], axis=0, out=gram_added[lo:hi])
                 np.cumsum(sum_added[lo:hi], axis=0, out=sum_added[lo:hi])
             lhs = factors.T @ factors + self.regularization * np.eye(k) + self.alpha * gram_added
-            users = np.linalg.solve(lhs, (1.0 + self.alpha) * sum_added[..., None])[..., 0]
-        return _item_scores(users, factors)
+            return np.linalg.solve(lhs, (1.0 + self.alpha) * sum_added[..., None])[..., 0]
 
 
 def _item_scores(users: np.ndarray, item_factors: np.ndarray, block: int = 8192) -> np.ndarray:
