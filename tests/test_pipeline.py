@@ -530,9 +530,9 @@ def test_float32_retrieval_with_float64_certificate_equals_float64_retrieval(
     expected = top_items(reference, 20)
 
     full_scorings = []
-    original = pipeline_module._item_scores
+    original = pipeline_module.item_scores
     monkeypatch.setattr(
-        pipeline_module, "_item_scores",
+        pipeline_module, "item_scores",
         lambda *args: full_scorings.append(1) or original(*args),
     )  # fmt: skip
     top, top_scores, logged_scores = scorer.top(rows, logged, 20)

@@ -45,8 +45,8 @@ from simulators.data.movielens import ML1M_AGE_CODES, MovieLensData
 from simulators.data.retrieval import (
     ImplicitALS,
     Retriever,
-    _item_scores,
     history_matrix,
+    item_scores,
     make_retriever,
 )
 from simulators.progress import progress_bar
@@ -713,7 +713,7 @@ class _Scorer:
         logged_scores = self._exact_scores(users, empty, logged_items)
         top, exact = top[:, :size], exact[:, :size]
         for row in np.flatnonzero(~certified):
-            full = _item_scores(users[row : row + 1], factors32.astype(np.float64))
+            full = item_scores(users[row : row + 1], factors32.astype(np.float64))
             if empty[row]:
                 full[0] = self.popularity
             chunk_row = slice(rows.start + row, rows.start + row + 1)
@@ -788,9 +788,9 @@ def _retrieve(
         widest, widest_scores, logged_scores[rows] = scorer.top(
             rows, logged_items[rows], max(sizes)
         )
-        for size, (items, item_scores) in zip(sizes, tops, strict=True):
+        for size, (items, scores) in zip(sizes, tops, strict=True):
             items[rows] = widest[:, :size]
-            item_scores[rows] = widest_scores[:, :size]
+            scores[rows] = widest_scores[:, :size]
 
     # Minutes at ML-25M size (4M requests): worth a bar of its own.
     bar = progress_bar(description="retrieving candidates", enabled=progress, total=len(chunks))

@@ -131,7 +131,7 @@ class ImplicitALS:
             raise RuntimeError("ImplicitALS.score() called before fit()")
         item_factors = self.item_factors.astype(np.float64)
         users = self._solve(item_factors, histories)
-        return _item_scores(users, item_factors)
+        return item_scores(users, item_factors)
 
     def score_prefixes(self, items: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """:meth:`score` of prefix histories, in time linear in the items they add.
@@ -140,7 +140,7 @@ class ImplicitALS:
         :meth:`fold_in_prefixes`).
         """
         users = self.fold_in_prefixes(items, starts, ends)
-        return _item_scores(users, self.item_factors.astype(np.float64))
+        return item_scores(users, self.item_factors.astype(np.float64))
 
     def fold_in_prefixes(
         self, items: np.ndarray, starts: np.ndarray, ends: np.ndarray
@@ -187,7 +187,7 @@ class ImplicitALS:
             return np.linalg.solve(lhs, (1.0 + self.alpha) * sum_added[..., None])[..., 0]
 
 
-def _item_scores(users: np.ndarray, item_factors: np.ndarray, block: int = 8192) -> np.ndarray:
+def item_scores(users: np.ndarray, item_factors: np.ndarray, block: int = 8192) -> np.ndarray:
     """``(users @ item_factors.T)`` in float64, returned as float32, a block of items at a time.
 
     Each score is still one dot product over the factors, and the numbers matched
