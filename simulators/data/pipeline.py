@@ -28,6 +28,7 @@ The steps, in order (each one documented in ``docs/data.md``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import typing
@@ -638,12 +639,12 @@ class _Scorer:
         scores[ends == starts] = self.popularity
         return scores
 
-    def histories(self, rows: slice) -> sp.csr_matrix:
+    def histories(self, rows: slice | np.ndarray) -> sp.csr_matrix:
         """Binary request-by-item history matrix of requests ``rows``."""
         starts, ends = self.history_starts[rows], self.history_ends[rows]
         return history_matrix(self.item, starts, ends, len(self.popularity))
 
-    def mask(self, rows: slice, scores: np.ndarray) -> None:
+    def mask(self, rows: slice | np.ndarray, scores: np.ndarray) -> None:
         """Set to -inf the scores of history items and of unavailable items.
 
         An item is unavailable to a request until its first training rating.
@@ -688,39 +689,40 @@ class _Scorer:
         starts, ends = self.history_starts[rows], self.history_ends[rows]
         empty = ends == starts
         users = retriever.fold_in_prefixes(self.item, starts, ends)
-        users32 = users.astype(np.float32)
-        scores = users32 @ factors32.T
+        scores = users.astype(np.float32) @ factors32.T
         scores[empty] = self.popularity
         self.mask(rows, scores)
         wide = min(size + margin, scores.shape[1])
         top = top_items(scores, wide)
-        threshold = np.take_along_axis(scores, top[:, -1:], axis=1)[:, 0].astype(np.float64)
+        top_scores32 = np.take_along_axis(scores, top, axis=1)
         exact = self._exact_scores(users, empty, top)
-        exact[np.isneginf(np.take_along_axis(scores, top, axis=1))] = -np.inf
+        exact[np.isneginf(top_scores32)] = -np.inf
         # The float64 ranking of the candidates: by score, ties by lower index.
         order = np.lexsort((top, -exact), axis=1)
-        top = np.take_along_axis(top, order, axis=1)
-        exact = np.take_along_axis(exact, order, axis=1)
+        top = np.take_along_axis(top, order, axis=1)[:, :size]
+        exact = np.take_along_axis(exact, order, axis=1)[:, :size]
         # Error of a float32 dot product of k terms (inputs rounded once, any order of
         # summation): at most (k + 2) u sum |user_i factor_i| with u = 2^-24; doubled.
         k = users.shape[1]
-        bound = 2 * (k + 2) * 2.0**-24 * (np.abs(users) @ np.abs(factors32).max(axis=0))
+        bound = 2 * (k + 2) * 2.0**-24 * (np.abs(users) @ self._largest_factors)
         bound[empty] = 0.0  # popularity is exact
         # No item outside the candidates scores above threshold + bound in float64.
-        outside_best = (threshold + bound).astype(np.float32)
-        key = exact[:, size - 1]
+        outside_best = (top_scores32[:, -1].astype(np.float64) + bound).astype(np.float32)
+        key = exact[:, -1]
         certified = (key > -np.inf) & ((outside_best < key) | (wide == scores.shape[1]))
-        logged_scores = self._exact_scores(users, empty, logged_items)
-        top, exact = top[:, :size], exact[:, :size]
-        for row in np.flatnonzero(~certified):
-            full = item_scores(users[row : row + 1], factors32.astype(np.float64))
-            if empty[row]:
-                full[0] = self.popularity
-            chunk_row = slice(rows.start + row, rows.start + row + 1)
-            self.mask(chunk_row, full)
-            top[row] = top_items(full, size)[0]
-            exact[row] = full[0, top[row]]
-        return top, exact, logged_scores
+        uncertified = np.flatnonzero(~certified)
+        if len(uncertified):  # scored in float64 in full, as the other retrievers are
+            full = item_scores(users[uncertified], factors32.astype(np.float64))
+            full[empty[uncertified]] = self.popularity
+            self.mask(rows.start + uncertified, full)
+            top[uncertified] = top_items(full, size)
+            exact[uncertified] = np.take_along_axis(full, top[uncertified], axis=1)
+        return top, exact, self._exact_scores(users, empty, logged_items)
+
+    @functools.cached_property
+    def _largest_factors(self) -> np.ndarray:
+        """The largest ``|factor|`` of any item, per latent dimension (error bounds)."""
+        return np.abs(typing.cast(np.ndarray, self.retriever.item_factors)).max(axis=0)
 
     def _exact_scores(self, users: np.ndarray, empty: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Float64 scores of ``items[r]`` for user ``r``, as float32 (popularity where empty)."""
