@@ -9,8 +9,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from agents import compare
 from agents.common.commands import run_handler
+from agents.compare import cli as compare_cli
 from simulators import cli as simulator_cli
 from simulators.cli_help import HelpFormatter
 from simulators.data import cli as data_cli
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     data_cli.add_parser(subparsers)
     simulator_cli.add_parser(subparsers)
-    compare.add_parser(subparsers)
+    compare_cli.add_parser(subparsers)
     return parser
 
 

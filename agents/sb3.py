@@ -237,12 +237,7 @@ class SB3Agent(TrainableAgent):
         return POLICIES.get(self.settings.policy, self.settings.policy)
 
     def _make_env(self, task: RerankTask) -> gym.Env:
-        if not task.make_kwargs:
-            raise ValueError(
-                f"{self.name} trains in SlateRerank-v0, which needs a task built by "
-                "rerank_env.make_task (this one has no make_kwargs, e.g. a gr2_task view)"
-            )
-        env: gym.Env = SlateRerankEnv(reward_mode=self.reward_mode, **task.make_kwargs)
+        env: gym.Env = SlateRerankEnv(reward_mode=self.reward_mode, task=task)
         if self.invalid_actions == "remap":
             env = RemapInvalidActions(env)
         return env

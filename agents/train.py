@@ -24,9 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agents.base import TrainableAgent
-from agents.common.commands import run_handler
+from agents.common.commands import DEFAULT_ENV, command_task, parse_env_kwargs, run_handler
 from agents.common.distributed import data_parallel
-from agents.compare import DEFAULT_ENV, parse_env_kwargs, task_for_env
 from agents.registry import make_agent
 from simulators.data.errors import ConfigError
 from simulators.progress import log_line
@@ -34,7 +33,7 @@ from simulators.progress import log_line
 
 def train(args: argparse.Namespace) -> int:
     """Build, train and (rank 0) save the agent of ``args``."""
-    task = task_for_env(args.env, parse_env_kwargs(args.env_kwarg), args.device)
+    task = command_task(args.env, parse_env_kwargs(args.env_kwarg), args.device)
     parallel = data_parallel(task.device)
     try:
         agent = make_agent(args.agent, seed=args.seed, budget=args.budget)

@@ -41,6 +41,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from agents.common.commands import command_task  # noqa: E402
 from agents.common.trials import (  # noqa: E402
     Trial,
     TrialStore,
@@ -48,7 +49,6 @@ from agents.common.trials import (  # noqa: E402
     ray_options_from,
     run_trials,
 )
-from agents.compare import task_for_env  # noqa: E402
 from agents.degre import DeGRe  # noqa: E402
 from agents.evaluation import reward_and_latency, summarise, write_csv  # noqa: E402
 from rerank_env.task import RerankTask  # noqa: E402
@@ -267,7 +267,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    task = task_for_env(args.env, {})
+    task = command_task(args.env, {})
     requests = task.requests("test")[: args.requests]
     print(f"task: {task.summary()}", flush=True)
     (credit if args.study == "credit" else ablations)(args, task, requests, out)

@@ -71,6 +71,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from agents.common.commands import command_task  # noqa: E402
 from agents.common.trials import (  # noqa: E402
     Trial,
     TrialStore,
@@ -78,7 +79,6 @@ from agents.common.trials import (  # noqa: E402
     ray_options_from,
     run_trials,
 )
-from agents.compare import task_for_env  # noqa: E402
 from agents.evaluation import (  # noqa: E402
     order_agreement,
     read_csv,
@@ -145,7 +145,7 @@ def main() -> None:
         ranking_latency(args)
         return
     cold = None if args.cold_start is None else ColdStartConfig(args.cold_start, seed=0)
-    task = task_for_env(args.env, {} if cold is None else {"cold_start": cold})
+    task = command_task(args.env, {} if cold is None else {"cold_start": cold})
     requests = task.requests("test")[: args.requests]
     print(f"task: {task.summary()}, cold start: {cold}", flush=True)
     # Every (configuration, seed) run is a trial stored in out/runs/heads as it ends
@@ -218,7 +218,7 @@ def gradient_variance(args: argparse.Namespace) -> None:
 
     from agents.glorank import output_gradient_variance  # noqa: PLC0415
 
-    task = task_for_env(args.env, {})
+    task = command_task(args.env, {})
     requests = task.requests("valid")[:512]
     positive = task.logged_positives(requests)
     n = task.num_candidates
@@ -292,7 +292,7 @@ def ranking_latency(args: argparse.Namespace) -> None:
 
     from agents.registry import make_agent  # noqa: PLC0415
 
-    task = task_for_env(args.env, {})
+    task = command_task(args.env, {})
     requests = task.requests("test")[: args.requests]
     agents = {
         name: make_agent(name, budget=args.budget).setup(task)

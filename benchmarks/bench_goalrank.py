@@ -54,6 +54,7 @@ import torch  # noqa: E402
 
 from agents.base import Agent, TrainableAgent  # noqa: E402
 from agents.baselines import InitialOrder, PointwiseGreedy  # noqa: E402
+from agents.common.commands import command_task  # noqa: E402
 from agents.common.trials import (  # noqa: E402
     Trial,
     TrialStore,
@@ -61,7 +62,6 @@ from agents.common.trials import (  # noqa: E402
     ray_options_from,
     run_trials,
 )
-from agents.compare import task_for_env  # noqa: E402
 from agents.evaluation import read_csv, reward_and_latency, summarise, write_csv  # noqa: E402
 from agents.generator_evaluator import GeneratorEvaluator  # noqa: E402
 from agents.goalrank import SIZE_PRESETS, GoalRank, group_agreement  # noqa: E402
@@ -168,7 +168,7 @@ def main() -> None:
         swept = {label: value for label, (value, _) in configurations(args, 0).items()}
         report(rows, swept, args, f"the requests of {', '.join(map(str, args.from_csv))}", out)
         return
-    task: RerankTask = task_for_env(args.env, {}, args.device)
+    task: RerankTask = command_task(args.env, {}, args.device)
     if args.split == "test":
         requests = task.requests("test")[: args.requests]
     else:  # the learning curve uses the first validation requests

@@ -57,6 +57,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from agents.common.commands import command_task  # noqa: E402
 from agents.common.trials import (  # noqa: E402
     Trial,
     TrialStore,
@@ -64,7 +65,6 @@ from agents.common.trials import (  # noqa: E402
     ray_options_from,
     run_trials,
 )
-from agents.compare import task_for_env  # noqa: E402
 from agents.evaluation import read_csv, summarise, write_csv  # noqa: E402
 from agents.gr2 import GR2, GR2Config  # noqa: E402
 from agents.gr2.rewards import kendall_tau_to_input  # noqa: E402
@@ -113,7 +113,7 @@ def main() -> None:
             args,
         )
         return
-    task = task_for_env(args.env, {})
+    task = command_task(args.env, {})
     print(f"task: {task.summary()}", flush=True)
     if args.study == "time":
         preset_times(task, args)

@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from agents.base import TrainableAgent  # noqa: E402
 from agents.baselines import InitialOrder  # noqa: E402
-from agents.compare import task_for_env  # noqa: E402
+from agents.common.commands import command_task  # noqa: E402
 from agents.evaluation import (  # noqa: E402
     confidence_interval,
     read_csv,
@@ -110,7 +110,7 @@ def main() -> None:
     if args.from_csv:
         report(read_csv(args.from_csv, ("agent", "policy")), args)
         return
-    task = task_for_env(args.env, {})
+    task = command_task(args.env, {})
     requests = task.requests("test")[: args.requests]
     print(f"task: {task.summary()}", flush=True)
     rows: list[dict[str, Any]] = []

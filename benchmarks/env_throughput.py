@@ -42,12 +42,13 @@ import numpy as np
 import torch
 
 import rerank_env  # noqa: F401  (registers the environments)
+from rerank_env import TaskConfig
 from simulators.base import SlateBatch
 
 SETTINGS = {
-    "transformer": {"simulator": "transformer"},
-    "pbm": {"simulator": "pbm"},
-    "pbm10": {"simulator": "pbm", "num_candidates": 10, "slate_length": 10},
+    "transformer": TaskConfig(simulator="transformer"),
+    "pbm": TaskConfig(simulator="pbm"),
+    "pbm10": TaskConfig(simulator="pbm", num_candidates=10, slate_length=10),
 }
 
 
@@ -61,8 +62,8 @@ def _rate(run: Callable[[], int], seconds: float) -> float:
     return decisions / (time.perf_counter() - start)
 
 
-def single_env(kwargs: dict, seconds: float) -> float:
-    env = gym.make("SlateRerank-v0", **kwargs)
+def single_env(config: TaskConfig, seconds: float) -> float:
+    env = gym.make("SlateRerank-v0", task=config)
     env.reset(seed=0)
     length = env.unwrapped.task.slate_length
 
@@ -78,15 +79,15 @@ def single_env(kwargs: dict, seconds: float) -> float:
         env.close()
 
 
-def sync_vector(kwargs: dict, num_envs: int, seconds: float) -> float:
+def sync_vector(config: TaskConfig, num_envs: int, seconds: float) -> float:
     envs = gym.vector.SyncVectorEnv(
-        [lambda: gym.make("SlateRerank-v0", **kwargs) for _ in range(num_envs)]
+        [lambda: gym.make("SlateRerank-v0", task=config) for _ in range(num_envs)]
     )
     return _vector_rate(envs, seconds)
 
 
-def native_vector(kwargs: dict, num_envs: int, seconds: float, features: str) -> float:
-    envs = gym.make_vec("SlateRerank-v0", num_envs=num_envs, features=features, **kwargs)
+def native_vector(config: TaskConfig, num_envs: int, seconds: float, features: str) -> float:
+    envs = gym.make_vec("SlateRerank-v0", num_envs=num_envs, features=features, task=config)
     return _vector_rate(envs, seconds)
 
 
@@ -117,9 +118,9 @@ def _synchronize(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def raw_simulator(kwargs: dict, num_envs: int, seconds: float, path: str) -> float:
+def raw_simulator(config: TaskConfig, num_envs: int, seconds: float, path: str) -> float:
     """Slot decisions/s of the simulator work alone (``path``: see the module docstring)."""
-    task = rerank_env.make_task(**kwargs)
+    task = rerank_env.make_task(config)
     simulator, judge = task.simulators["train"], task.simulators["eval"]
     rng = np.random.default_rng(0)
     # Fresh requests each episode, as the env draws them (one batch again and again
@@ -214,19 +215,19 @@ def main() -> None:
 
 def _table(name: str, args: argparse.Namespace) -> None:
     """The rows of one simulator setting."""
-    kwargs = {**SETTINGS[name], "device": args.device}
+    config = SETTINGS[name].replace(device=args.device)
     rows: dict[str, Callable[[], float]] = {
-        "single env": lambda: single_env(kwargs, args.seconds),
-        "SyncVectorEnv(256)": lambda: sync_vector(kwargs, 256, args.seconds),
+        "single env": lambda: single_env(config, args.seconds),
+        "SyncVectorEnv(256)": lambda: sync_vector(config, 256, args.seconds),
     }
     for num_envs in args.envs:
         for features in ("dense", "indices"):
             rows[f"native vector env ({num_envs}, {features})"] = lambda n=num_envs, f=features: (
-                native_vector(kwargs, n, args.seconds, f)
+                native_vector(config, n, args.seconds, f)
             )
     for path, label in RAW_PATHS.items():
         rows[f"raw simulator, {label} (1024)"] = lambda p=path: raw_simulator(
-            kwargs, 1024, args.seconds, p
+            config, 1024, args.seconds, p
         )
     if name == "pbm10" and sardine(0.1) is not None:
         rows["SARDINE SlateRerank-Static-v0 (N = L = 10)"] = lambda: sardine(args.seconds)
@@ -255,11 +256,11 @@ def _vector_curve(args: argparse.Namespace) -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for name in args.simulators:
-        kwargs = {**SETTINGS[name], "device": args.device}
+        config = SETTINGS[name].replace(device=args.device)
         for num_envs in args.envs:
-            env = native_vector(kwargs, num_envs, args.seconds, "dense")
-            train = raw_simulator(kwargs, num_envs, args.seconds, "training")
-            both = raw_simulator(kwargs, num_envs, args.seconds, "training + eval")
+            env = native_vector(config, num_envs, args.seconds, "dense")
+            train = raw_simulator(config, num_envs, args.seconds, "training")
+            both = raw_simulator(config, num_envs, args.seconds, "training + eval")
             print(
                 f"| {name} | {num_envs:,} | {env:,.0f} | {train:,.0f} | {both:,.0f} "
                 f"| {env / train:.2f} | {env / both:.2f} |"

@@ -46,7 +46,17 @@ register(
 )
 VARIANTS["SlateRerankGlobal-v0"] = {}
 
+from rerank_env.config import ColdStartConfig, TaskConfig  # noqa: E402
 from rerank_env.core import InvalidActionError  # noqa: E402
-from rerank_env.task import ColdStartConfig, RerankTask, make_task  # noqa: E402
+from rerank_env.task import RerankTask, make_task  # noqa: E402
+from simulators.bundle import AssumedComposition  # noqa: E402
 
-__all__ = ["VARIANTS", "ColdStartConfig", "InvalidActionError", "RerankTask", "make_task"]
+__all__ = [
+    "VARIANTS",
+    "AssumedComposition",
+    "ColdStartConfig",
+    "InvalidActionError",
+    "RerankTask",
+    "TaskConfig",
+    "make_task",
+]

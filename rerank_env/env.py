@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from rerank_env.config import EPISODE_FIELDS, TaskConfig
 from rerank_env.core import (
     ClickMode,
     EpisodeBatch,
@@ -21,37 +22,42 @@ from rerank_env.render import slate_image, slate_text
 from rerank_env.spaces import MaskedDiscrete, Permutation
 from rerank_env.task import RerankTask, make_task
 
-_TASK_KWARGS = (
-    "dataset",
-    "data_dir",
-    "bundle",
-    "simulator",
-    "num_candidates",
-    "slate_length",
-    "composed",
-    "position_bias",
-    "diversity_strength",
-    "composition",
-    "held_out",
-    "weight_decay_per_epoch",
-    "pipeline",
-    "synthetic",
-    "semantic_ids",
-    "protocol",
-    "cold_start",
-    "device",
-    "progress",
-)
 
+def build_task(
+    owner: str, task: RerankTask | TaskConfig | None, progress: bool, fields: dict[str, Any]
+) -> RerankTask:
+    """The task an environment's constructor names: a built task, a config, or fields.
 
-def _task(kwargs: dict[str, Any], owner: str) -> RerankTask:
-    unknown = sorted(set(kwargs) - set(_TASK_KWARGS))
-    if unknown:
+    Args:
+        owner: The environment class, for messages.
+        task: A built :class:`RerankTask` (shared as it is), a
+            :class:`~rerank_env.config.TaskConfig`, or ``None`` (``TaskConfig()``).
+        progress: Progress bars while building.
+        fields: :class:`~rerank_env.config.TaskConfig` fields, applied on top of a
+            config (none may go with a built task).
+
+    Raises:
+        TypeError: An unknown keyword argument, in Python's own wording (clients
+            such as TorchRL recognise it), or fields beside a built task.
+    """
+    for name in fields:
+        if name not in TaskConfig.fields():
+            raise TypeError(
+                f"{owner}.__init__() got an unexpected keyword argument {name!r}; valid: "
+                f"{sorted((*TaskConfig.fields(), *EPISODE_FIELDS, 'task', 'progress'))}"
+            )
+    if isinstance(task, RerankTask):
+        if fields:
+            raise TypeError(
+                f"{owner}.__init__() got task=<a built RerankTask> and task fields "
+                f"{sorted(fields)}: a built task is used as it is; pass a TaskConfig instead"
+            )
+        return task
+    if task is not None and not isinstance(task, TaskConfig):
         raise TypeError(
-            f"{owner} got unknown keyword argument(s) {unknown}; valid: "
-            f"{sorted((*_TASK_KWARGS, 'reward_mode', 'click_mode', 'split', 'features'))}"
+            f"{owner}.__init__(): task must be a RerankTask, a TaskConfig or None, got {task!r}"
         )
-    return make_task(**kwargs)
+    return make_task(task, progress=progress, **fields)
 
 
 def observation_space(task: RerankTask, features: Features, *, stepwise: bool) -> spaces.Dict:
@@ -205,10 +211,8 @@ class SlateRerankEnv(gym.Env):
         click_mode="expected",    # or "sampled"
         split="train",            # or "valid", "test"
         features="dense",         # or "indices"
-        position_bias=None,       # examination exponent (default 1, the DCG prior)
-        diversity_strength=None,  # diminishing returns (default 2)
-        composed=True,            # False: the learned simulator alone
-        composition="assumed",    # or "fitted": list effects fitted on the logs
+        composition="assumed",    # "fitted": list effects fitted on the logs; "none";
+                                  # AssumedComposition(position_bias=1, diversity_strength=2)
         held_out="seed",          # or "sessions", "users": a more independent judge
         weight_decay_per_epoch=None,  # e.g. 50: AdamW-fitted simulators
         bundle=None,              # a folder from `rerank-env simulator bundle`
@@ -216,7 +220,13 @@ class SlateRerankEnv(gym.Env):
         render_mode=None,         # "ansi" (text) or "rgb_array" (an image)
         data_dir=None, pipeline=None, synthetic=None, device="cpu",
     )
+    gym.make("SlateRerank-v0", task=TaskConfig(num_candidates=20))  # a config
+    gym.make("SlateRerank-v0", task=make_task(num_candidates=20))  # a built task, shared
     ```
+
+    The task's options are the fields of :class:`rerank_env.config.TaskConfig`
+    (``task=`` takes one, or a built :class:`~rerank_env.task.RerankTask`, which is
+    used as it is); ``env.spec.kwargs`` rebuilds the same env (``gym.make(env.spec)``).
 
     ``render()`` shows the request and the slate so far with each slot's click
     probability: a text with ``render_mode="ansi"``, an RGB uint8 array of fixed
@@ -225,7 +235,7 @@ class SlateRerankEnv(gym.Env):
 
     With ``cold_start=ColdStartConfig(...)`` a seeded share of items never occurs
     in a ``"train"`` or ``"valid"`` request (``"test"`` requests still hold them);
-    see :class:`rerank_env.task.ColdStartConfig`.
+    see :class:`rerank_env.config.ColdStartConfig`.
 
     ## Version History
 
@@ -244,11 +254,13 @@ class SlateRerankEnv(gym.Env):
         split: str = "train",
         features: Features = "dense",
         render_mode: str | None = None,
-        **task_kwargs: Any,
+        task: RerankTask | TaskConfig | None = None,
+        progress: bool = True,
+        **task_fields: Any,
     ) -> None:
         check_modes(reward_mode, click_mode, features, split)
         _check_render_mode(self, render_mode)
-        self.task = _task(task_kwargs, self.env_name)
+        self.task = build_task(type(self).__name__, task, progress, task_fields)
         self.render_mode = render_mode
         self.features = features
         self.episodes = EpisodeBatch(
@@ -369,11 +381,13 @@ class SlateRerankListEnv(gym.Env):
         split: str = "train",
         features: Features = "dense",
         render_mode: str | None = None,
-        **task_kwargs: Any,
+        task: RerankTask | TaskConfig | None = None,
+        progress: bool = True,
+        **task_fields: Any,
     ) -> None:
         check_modes("sparse", click_mode, features, split)
         _check_render_mode(self, render_mode)
-        self.task = _task(task_kwargs, "SlateRerankList-v0")
+        self.task = build_task(type(self).__name__, task, progress, task_fields)
         self.render_mode = render_mode
         self.features = features
         self.episodes = EpisodeBatch(

@@ -18,6 +18,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from rerank_env.config import TaskConfig
 from rerank_env.core import (
     ClickMode,
     EpisodeBatch,
@@ -26,8 +27,9 @@ from rerank_env.core import (
     check_modes,
     reset_arguments,
 )
-from rerank_env.env import _task, observation_space
+from rerank_env.env import build_task, observation_space
 from rerank_env.spaces import MaskedMultiDiscrete
+from rerank_env.task import RerankTask
 
 
 def seeded_generators(
@@ -87,7 +89,10 @@ class SlateRerankVectorEnv(VectorEnv):
         click_mode: As ``SlateRerank-v0``.
         split: As ``SlateRerank-v0``.
         features: As ``SlateRerank-v0``.
-        **task_kwargs: As ``SlateRerank-v0`` (dataset, simulator, N, L, ...).
+        task: As ``SlateRerank-v0``: a built task, a ``TaskConfig`` or ``None``.
+        progress: Progress bars while building the task.
+        **task_fields: As ``SlateRerank-v0``: ``TaskConfig`` fields (dataset,
+            simulator, N, L, ...).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
@@ -103,7 +108,9 @@ class SlateRerankVectorEnv(VectorEnv):
         split: str = "train",
         features: Features = "dense",
         render_mode: str | None = None,
-        **task_kwargs: Any,
+        task: RerankTask | TaskConfig | None = None,
+        progress: bool = True,
+        **task_fields: Any,
     ) -> None:
         if (
             isinstance(num_envs, bool)
@@ -116,7 +123,7 @@ class SlateRerankVectorEnv(VectorEnv):
                 f"the vector environment does not render; got render_mode={render_mode!r}"
             )
         check_modes(reward_mode, click_mode, features, split)
-        self.task = _task(task_kwargs, f"{self.env_name} (vector)")
+        self.task = build_task(type(self).__name__, task, progress, task_fields)
         self.num_envs = int(num_envs)
         self.features = features
         self.render_mode = None

@@ -344,14 +344,82 @@ def _compacted(
     return np.take_along_axis(kept, order, axis=1), order
 
 
-#: How a composed simulator's effects are set: by hand (``"assumed"``: a DCG
+#: How a simulator's examination and list effects are set: not at all (``"none"``: the
+#: learned simulator alone), by hand (``"assumed"``: :class:`AssumedComposition`, a DCG
 #: examination curve and a diminishing-returns strength) or by maximum likelihood on
 #: the bundle's training logs (``"fitted"``, :meth:`SimulatorBundle.fitted_composition`).
-COMPOSITIONS = ("assumed", "fitted")
+COMPOSITIONS = ("none", "assumed", "fitted")
 #: Version of the cached fitted-composition files; a file of another version is refitted.
 COMPOSITION_FORMAT = 1
 #: How a bundle's held-out member is made independent (:attr:`BundleConfig.held_out`).
 HELD_OUT_SPLITS = ("seed", "sessions", "users")
+
+
+@dataclass(frozen=True)
+class AssumedComposition:
+    """Examination and diminishing returns set by hand on top of a learned simulator.
+
+    Attributes:
+        position_bias: Examination exponent: the item at position ``k`` (from 0) is
+            examined with probability ``1 / log2(k + 2) ** position_bias``; ``None``
+            takes the bundle's default (``BundleConfig.position_bias``, 1).
+        diversity_strength: Diminishing-returns strength for items similar to those
+            placed above; ``None`` takes the bundle's default
+            (``BundleConfig.diversity_strength``, 2).
+    """
+
+    position_bias: float | None = None
+    diversity_strength: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("position_bias", "diversity_strength"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise ConfigError(
+                    f"AssumedComposition.{name} must be a number or None, got {value!r}"
+                )
+            if not float(value) >= 0:
+                raise ConfigError(
+                    f"AssumedComposition.{name} must be >= 0 (0 switches the effect off), "
+                    f"got {value!r}"
+                )
+            object.__setattr__(self, name, float(value))
+
+
+#: A simulator's composition: ``"none"``, ``"fitted"`` or an :class:`AssumedComposition`.
+CompositionSetting = str | AssumedComposition
+
+
+def composition_from(value: Any) -> CompositionSetting:
+    """``value`` as a composition: ``"none"``, ``"fitted"`` or an :class:`AssumedComposition`.
+
+    Accepts ``"assumed"`` (the bundle's default strengths) and a mapping of
+    :class:`AssumedComposition` fields (``{"position_bias": 0.5}``, as a command line
+    or a JSON file gives it).
+
+    Raises:
+        ConfigError: Anything else, naming what is accepted.
+    """
+    if isinstance(value, AssumedComposition) or value in ("none", "fitted"):
+        return value
+    if value == "assumed":
+        return AssumedComposition()
+    if isinstance(value, dict):
+        fields = {f.name for f in dataclasses.fields(AssumedComposition)}
+        unknown = sorted(set(value) - fields)
+        if unknown:
+            raise ConfigError(
+                f"composition {value!r} has unknown field(s) {unknown}; an assumed "
+                f"composition takes {sorted(fields)}"
+            )
+        return AssumedComposition(**value)
+    raise ConfigError(
+        f"composition must be 'none', 'assumed', 'fitted', an AssumedComposition or a dict "
+        f"of its fields, got {value!r} ('fitted': examination and list effects fitted on "
+        "the training logs)"
+    )
 
 
 @dataclass(frozen=True)
@@ -470,37 +538,27 @@ class SimulatorBundle:
         return torch.as_tensor(self.pool.item_features[:, :-1])  # last column: year
 
     def simulators(
-        self,
-        kind: str = "transformer",
-        *,
-        composed: bool = True,
-        position_bias: float | None = None,
-        diversity_strength: float | None = None,
-        composition: str = "assumed",
+        self, kind: str = "transformer", *, composition: CompositionSetting = "assumed"
     ) -> tuple[ClickSimulator, ClickSimulator]:
         """``(training simulator, held-out evaluation simulator)`` of one kind.
 
         Args:
             kind: One of :attr:`kinds`.
-            composed: Wrap both in examination and list effects.
-            position_bias: Examination exponent of the assumed composition; ``None``
-                uses the bundle's default.
-            diversity_strength: Diminishing-returns strength of the assumed
-                composition; ``None`` uses the default.
-            composition: ``"assumed"`` (default: the DCG prior and the strength
-                above) or ``"fitted"``: each member's effects fitted on the training
-                logs (:meth:`fitted_composition`); the training simulator takes the
-                mean of its members' values, the held-out member its own.
+            composition: ``"none"`` (the learned simulators alone), an
+                :class:`AssumedComposition` (or ``"assumed"``, default: the DCG prior
+                and the bundle's default strengths) or ``"fitted"``: each member's
+                effects fitted on the training logs (:meth:`fitted_composition`); the
+                training simulator takes the mean of its members' values, the
+                held-out member its own. See :func:`composition_from`.
 
         Raises:
-            ConfigError: An unknown ``composition``, or ``"fitted"`` with
-                ``position_bias``, ``diversity_strength`` or ``composed=False``.
+            ConfigError: An unknown ``composition``.
         """
         if kind not in self.ensembles:
             raise ValueError(f"this bundle has no {kind!r} simulator; it has {self.kinds}")
-        check_composition(composition, composed, position_bias, diversity_strength)
+        composition = composition_from(composition)
         train, held_out = evaluation_split(self.ensembles[kind])
-        if not composed:
+        if composition == "none":
             return train, held_out
         if composition == "fitted":
             members = self.fitted_composition(kind)["members"]
@@ -508,17 +566,23 @@ class SimulatorBundle:
                 self._composed(train, _mean_composition(members[:-1])),
                 self._composed(held_out, members[-1]),
             )
-        defaults = self.manifest["bundle_config"]
         composed_train = ComposedSimulator(
             train,
             self.similarity_vectors(),
-            position_bias=defaults["position_bias"] if position_bias is None else position_bias,
-            diversity_strength=(
-                defaults["diversity_strength"] if diversity_strength is None else diversity_strength
-            ),
+            **dataclasses.asdict(self.assumed_composition(composition)),
             max_positions=self.pool.slate_length,
         )
         return composed_train, composed_train.with_base(held_out)
+
+    def assumed_composition(self, composition: AssumedComposition) -> AssumedComposition:
+        """``composition`` with the bundle's defaults in place of its ``None`` fields."""
+        defaults = self.manifest["bundle_config"]
+        return AssumedComposition(
+            **{
+                name: defaults[name] if value is None else value
+                for name, value in dataclasses.asdict(composition).items()
+            }
+        )
 
     def _composed(self, base: ClickSimulator, values: dict[str, Any]) -> ComposedSimulator:
         """``base`` with a fitted composition's values (fixed)."""
@@ -639,31 +703,6 @@ class SimulatorBundle:
                 first.attractiveness.user_vectors(every_user),
                 first.attractiveness.item_vectors(every_item),
             )
-
-
-def check_composition(
-    composition: str, composed: bool, position_bias: float | None, diversity_strength: float | None
-) -> None:
-    """Refuse a composition setting that cannot be honoured.
-
-    Raises:
-        ConfigError: An unknown ``composition``, or ``"fitted"`` with
-            ``composed=False``, ``position_bias`` or ``diversity_strength`` (those set
-            the assumed composition).
-    """
-    if composition not in COMPOSITIONS:
-        raise ConfigError(
-            f"composition must be one of {COMPOSITIONS}, got {composition!r} ('fitted': "
-            "examination and list effects fitted on the training logs)"
-        )
-    if composition == "fitted" and (
-        not composed or position_bias is not None or diversity_strength is not None
-    ):
-        raise ConfigError(
-            "composition='fitted' takes its examination and strengths from the logs: it "
-            "needs composed=True and no position_bias or diversity_strength (those set "
-            "the assumed composition)"
-        )
 
 
 def member_rows(

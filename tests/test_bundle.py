@@ -14,6 +14,7 @@ import torch
 from simulators.base import SlateBatch
 from simulators.bundle import (
     DEFAULT_BUNDLE_DIR,
+    AssumedComposition,
     BundleConfig,
     RequestPool,
     build_bundle,
@@ -63,7 +64,7 @@ def test_embedded_bundle_loads_without_raw_data(bundle, monkeypatch, tmp_path) -
 
 def test_shipped_weights_reproduce_the_manifest_metrics(bundle) -> None:
     for kind in bundle.kinds:
-        train, held_out = bundle.simulators(kind, composed=False)
+        train, held_out = bundle.simulators(kind, composition="none")
         recorded = bundle.manifest["simulators"][kind]["metrics"]
         for role, model in (("train", train), ("held_out", held_out)):
             measured = evaluate_simulator(model, bundle.pool, "test")
@@ -84,7 +85,7 @@ def test_training_and_held_out_simulators_differ_but_agree_on_average(bundle) ->
     assert not torch.allclose(a, b)
     assert np.corrcoef(a.numpy(), b.numpy())[0, 1] > 0.8
     # The composition defaults come from the manifest; overriding them changes rewards.
-    flat, _ = bundle.simulators(position_bias=0.0, diversity_strength=0.0)
+    flat, _ = bundle.simulators(composition=AssumedComposition(0.0, 0.0))
     with torch.no_grad():
         assert (flat.expected_reward(batch) > a).all()
     users, items = bundle.representations()
@@ -204,8 +205,8 @@ def test_bad_config_and_requests_are_refused(bundle) -> None:
         bundle.pool.history([0], 51)
 
 
-@pytest.mark.parametrize("composed", [True, False])
-def test_prefix_scorers_equal_click_probs_slot_by_slot(bundle, composed) -> None:
+@pytest.mark.parametrize("composition", ["assumed", "none"])
+def test_prefix_scorers_equal_click_probs_slot_by_slot(bundle, composition) -> None:
     """The env's hot path (once-per-episode work, then one gather per slot) = the model."""
     from simulators.ensemble import SimulatorEnsemble
 
@@ -217,7 +218,7 @@ def test_prefix_scorers_equal_click_probs_slot_by_slot(bundle, composed) -> None
     items = torch.gather(candidates, 1, order)
     users = torch.as_tensor(pool.request_user[rows])
     histories = torch.as_tensor(pool.history(rows)[0])
-    models = [m for kind in bundle.kinds for m in bundle.simulators(kind, composed=composed)]
+    models = [m for kind in bundle.kinds for m in bundle.simulators(kind, composition=composition)]
     models.append(SimulatorEnsemble(models[:3]))
     scorer_types = set()
     for simulator in models:
@@ -236,7 +237,7 @@ def test_prefix_scorers_equal_click_probs_slot_by_slot(bundle, composed) -> None
                 scorer.place(order[:, 0])
     # The fast scorers are the ones exercised, not only the generic fallback.
     assert {"AttractionScorer", "EnsembleScorer"} <= scorer_types
-    assert ("ComposedScorer" in scorer_types) == composed
+    assert ("ComposedScorer" in scorer_types) == (composition == "assumed")
 
 
 def test_prefix_scorer_rejects_a_length_beyond_the_candidates(bundle) -> None:
@@ -248,8 +249,8 @@ def test_prefix_scorer_rejects_a_length_beyond_the_candidates(bundle) -> None:
         simulator.prefix_scorer(users, candidates, histories, 51)
 
 
-@pytest.mark.parametrize("composed", [True, False])
-def test_last_click_probs_equal_the_last_column_of_click_probs(bundle, composed) -> None:
+@pytest.mark.parametrize("composition", ["assumed", "none"])
+def test_last_click_probs_equal_the_last_column_of_click_probs(bundle, composition) -> None:
     pool = bundle.pool
     rows = pool.split_indices("test")[:64]
     generator = torch.Generator().manual_seed(0)
@@ -258,7 +259,7 @@ def test_last_click_probs_equal_the_last_column_of_click_probs(bundle, composed)
     users = torch.as_tensor(pool.request_user[rows])
     histories = torch.as_tensor(pool.history(rows)[0])
     for kind in bundle.kinds:
-        for simulator in bundle.simulators(kind, composed=composed):
+        for simulator in bundle.simulators(kind, composition=composition):
             for length in range(1, 7):
                 batch = SlateBatch(users, items[:, :length], histories)
                 with torch.no_grad():

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import rerank_env
-from agents import compare
 from agents.cli import build_parser, main
+from agents.compare import cli as compare_cli
+from agents.compare.presets import PRESET_TIMES, PRESETS
 from agents.evaluation import compact_table
 from simulators.bundle import BundleConfig
 from simulators.cli_help import field_docs, plain
@@ -35,7 +36,7 @@ def _parsers(parser: argparse.ArgumentParser, path: str = "rerank-env"):
                 yield from _parsers(sub, f"{path} {name}")
 
 
-ALL_PARSERS = [*_parsers(build_parser()), ("python -m agents.compare", compare._parser())]
+ALL_PARSERS = [*_parsers(build_parser()), ("python -m agents.compare", compare_cli._parser())]
 
 
 @pytest.mark.parametrize("path, parser", ALL_PARSERS, ids=[path for path, _ in ALL_PARSERS])
@@ -61,7 +62,7 @@ def test_compare_help_names_environments_presets_agents_and_times(capsys) -> Non
     text = capsys.readouterr().out
     for env_id in rerank_env.VARIANTS:
         assert env_id in text
-    for preset, times in compare.PRESET_TIMES.items():
+    for preset, times in PRESET_TIMES.items():
         assert preset in text and times in " ".join(text.split())
     assert "glorank-local" in text and "beam-<B>" in text
     assert "(default: 5)" in " ".join(text.split())  # --seeds
@@ -156,7 +157,7 @@ def _summary(names, seeds=5.0):
 
 
 def test_compact_table_fits_80_columns_for_the_readme_job_and_100_for_every_preset() -> None:
-    readme = _summary([*compare.PRESETS["quick"][:-1], "gen-eval(pointwise-greedy)", "beam-8"])
+    readme = _summary([*PRESETS["quick"][:-1], "gen-eval(pointwise-greedy)", "beam-8"])
     readme[0]["latency_ms"] = float("nan")  # shown as "-"
     lines = compact_table(readme).splitlines()
     assert max(map(len, lines)) <= 80, max(lines, key=len)
@@ -165,7 +166,7 @@ def test_compact_table_fits_80_columns_for_the_readme_job_and_100_for_every_pres
     assert "seeds" not in compact_table(readme)  # every agent has the same seed count
     assert "2.457 ± 0.005" in lines[2] and lines[2].split()[-2] == "-"
     assert lines[2].split()[-1] == "1234"  # fit s, rounded
-    every = [name for names in compare.PRESETS.values() for name in names]
+    every = [name for names in PRESETS.values() for name in names]
     mixed = _summary(every) + _summary(["gen-eval(pointwise-greedy)"], seeds=1.0)
     table = compact_table(mixed)
     assert max(map(len, table.splitlines())) <= 100

@@ -14,7 +14,8 @@ import pytest
 from agents.base import Agent, InvalidListError, complete_by_scores
 from agents.baselines import InitialOrder, RandomAgent
 from agents.cli import main
-from agents.compare import parse_env_kwargs, run_compare, task_for_env
+from agents.common.commands import command_task, parse_env_kwargs
+from agents.compare import run_compare
 from agents.evaluation import (
     confidence_interval,
     evaluate_agent,
@@ -168,9 +169,9 @@ def test_compare_names_the_valid_agents_and_environments(capsys, tmp_path) -> No
     with pytest.raises(
         ConfigError, match=r"unknown environment keyword argument\(s\) \['num_candidate'\]"
     ):
-        task_for_env("SlateRerank-v0", {"num_candidate": 10})
+        command_task("SlateRerank-v0", {"num_candidate": 10})
     with pytest.raises(ConfigError, match="use --device"):
-        task_for_env("SlateRerank-v0", {"device": "cpu"})
+        command_task("SlateRerank-v0", {"device": "cpu"})
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_env_kwargs(["num_candidates"])
     assert parse_env_kwargs(["num_candidates=20", "simulator=pbm"]) == {
@@ -179,8 +180,8 @@ def test_compare_names_the_valid_agents_and_environments(capsys, tmp_path) -> No
     }
 
 
-def test_task_for_env_applies_the_variant_and_the_overrides() -> None:
-    task = task_for_env("SlateRerank-PBM-v0", {"num_candidates": 12, "reward_mode": "dense"})
+def test_command_task_applies_the_variant_and_the_overrides() -> None:
+    task = command_task("SlateRerank-PBM-v0", {"num_candidates": 12, "reward_mode": "dense"})
     assert task.description["simulator"] == "pbm" and task.num_candidates == 12
 
 
@@ -247,14 +248,3 @@ def test_read_csv_reads_back_what_write_csv_wrote(tmp_path) -> None:
     assert read_csv([tmp_path / "text.csv"], ("agent", "stage"))[0]["stage"] == "sft"
     with pytest.raises(ValueError, match="no rows"):
         read_csv([write_csv(tmp_path / "empty.csv", [])])
-
-
-def test_run_folders_from_before_the_composition_fields_still_resume() -> None:
-    from agents.compare import _task_identity
-
-    earlier = {"dataset": "synthetic", "composed": True, "position_bias": 1.0}
-    now = {**earlier, "held_out": "seed", "composition": "assumed", "fitted_composition": None}
-    assert _task_identity(now) == _task_identity(earlier)
-    fitted = {**now, "composition": "fitted", "fitted_composition": {"mode": "after"}}
-    assert _task_identity(fitted) != _task_identity(earlier)  # other measurements
-    assert _task_identity({**now, "held_out": "sessions"}) != _task_identity(earlier)

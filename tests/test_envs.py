@@ -362,13 +362,17 @@ def test_list_env_scores_whole_lists_and_refuses_bad_ones() -> None:
 
 
 def test_bad_construction_arguments_are_explained(tmp_path) -> None:
-    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['num_candidate'\]"):
+    # Python's own wording, which clients such as TorchRL recognise.
+    with pytest.raises(
+        TypeError,
+        match=r"SlateRerankEnv.__init__\(\) got an unexpected keyword argument 'num_candidate'",
+    ):
         gym.make("SlateRerank-v0", num_candidate=10)
     with pytest.raises(
         ConfigError, match=r"num_candidates \(N = 4\) must be >= slate_length \(L = 6\)"
     ):
         gym.make("SlateRerank-v0", num_candidates=4)
-    with pytest.raises(ConfigError, match="simulator='dbn' is not implemented; use 'dcm'"):
+    with pytest.raises(ConfigError, match="simulator must be one of .*, got 'dbn'"):
         gym.make("SlateRerank-v0", simulator="dbn")
     with pytest.raises(ConfigError, match="data_dir '.*nowhere' does not exist"):
         gym.make("SlateRerank-v0", dataset="ml-1m", data_dir=tmp_path / "nowhere")
@@ -387,8 +391,72 @@ def test_bad_construction_arguments_are_explained(tmp_path) -> None:
         make_task(bundle=DEFAULT_BUNDLE_DIR, slate_length=7, num_candidates=50)
 
 
+def test_envs_take_a_built_task_or_a_config_and_their_spec_rebuilds_them() -> None:
+    from rerank_env import TaskConfig
+    from rerank_env.vector import SlateRerankVectorEnv
+
+    config = TaskConfig(num_candidates=12, slate_length=4)
+    task = make_task(config)
+    assert task.config == config and make_task(num_candidates=12, slate_length=4).config == config
+    by_fields = gym.make("SlateRerank-v0", num_candidates=12, slate_length=4)
+    by_config = gym.make("SlateRerank-v0", task=config)
+    by_task = gym.make("SlateRerank-v0", task=task)
+    assert by_task.unwrapped.task is task  # shared as it is, not rebuilt
+    rebuilt = gym.make(by_fields.spec)
+    episodes = [_random_episode(env, np.random.default_rng(3), seed=3) for env in
+                (by_fields, by_config, by_task, rebuilt)]  # fmt: skip
+    for other in episodes[1:]:
+        _assert_same(episodes[0], other)
+    vector = SlateRerankVectorEnv(2, task=task)
+    assert vector.task is task and gym.make("SlateRerankList-v0", task=task).unwrapped.task is task
+    with pytest.raises(TypeError, match="a built task is used as it is; pass a TaskConfig"):
+        gym.make("SlateRerank-v0", task=task, num_candidates=10)
+    with pytest.raises(TypeError, match="task must be a RerankTask, a TaskConfig or None"):
+        gym.make("SlateRerank-v0", task={"num_candidates": 10})
+    # Fields on top of a config; the config is validated again.
+    assert (
+        gym.make("SlateRerank-v0", task=config, num_candidates=8).unwrapped.task.num_candidates == 8
+    )
+    with pytest.raises(ConfigError, match=r"num_candidates \(N = 3\) must be >= slate_length"):
+        config.replace(num_candidates=3)
+    with pytest.raises(ConfigError, match=r"unknown TaskConfig field\(s\) \['n'\]"):
+        config.replace(n=3)
+
+
+def test_task_config_normalises_what_it_is_given(tmp_path) -> None:
+    from rerank_env import AssumedComposition, TaskConfig
+    from simulators.data.synthetic_config import SyntheticConfig
+
+    assert TaskConfig(composition="assumed") == TaskConfig()
+    assert TaskConfig(composition={"position_bias": 0.5}).composition == AssumedComposition(0.5)
+    assert TaskConfig(dataset="synthetic", slate_length=5).synthetic == SyntheticConfig(
+        slate_length=5
+    )
+    assert TaskConfig(data_dir=tmp_path).data_dir == str(tmp_path.resolve())
+    assert TaskConfig.for_env("SlateRerank-PBM-v0", {"reward_mode": "dense"}) == TaskConfig(
+        simulator="pbm"
+    )
+    with pytest.raises(ConfigError, match="unknown environment 'CartPole-v1'"):
+        TaskConfig.for_env("CartPole-v1")
+    with pytest.raises(ConfigError, match="cold_start must be a ColdStartConfig"):
+        TaskConfig(cold_start=0.1)
+    with pytest.raises(ConfigError, match="synthetic=... only applies to dataset='synthetic'"):
+        TaskConfig(synthetic=SyntheticConfig())
+    described = make_task(composition="none").description
+    assert described["composition"] == "none" and described["fitted_composition"] is None
+    assert make_task().description["composition"] == {
+        "position_bias": 1.0,
+        "diversity_strength": 2.0,
+    }
+
+
 def test_smaller_lists_and_composition_options() -> None:
-    env = gym.make("SlateRerank-v0", num_candidates=10, slate_length=4, diversity_strength=0.0)
+    env = gym.make(
+        "SlateRerank-v0",
+        num_candidates=10,
+        slate_length=4,
+        composition={"diversity_strength": 0.0},
+    )
     obs, _ = env.reset(seed=0)
     assert obs["candidates"].shape[0] == 10 and obs["slate"].shape == (4,)
     steps = _random_episode(env, np.random.default_rng(0), seed=0)
@@ -465,19 +533,17 @@ def test_pointwise_simulator_on_the_default_dataset_is_fitted_into_the_cache(dat
     task = make_task(simulator="pointwise", pipeline=PipelineConfig(), progress=False)
     assert not task.description["embedded_bundle"]
     assert task.description["bundle"].startswith(os.environ["RERANK_ENV_CACHE"])
-    with pytest.raises(ConfigError, match="composed=False they would be ignored"):
-        make_task(composed=False, position_bias=2.0)
 
 
 def test_the_gr2_protocol_task_offers_k_candidates_holding_the_next_item() -> None:
     task = make_task(protocol="gr2", slate_length=5)
-    assert task.description["protocol"] == "gr2" and task.make_kwargs["protocol"] == "gr2"
+    assert task.description["protocol"] == "gr2" and task.config.protocol == "gr2"
     assert (task.num_candidates, task.slate_length) == (10, 5)
     requests = task.requests("test")
     targets = task.pool.gr2_target_pos[requests]
     assert len(requests) == 243 and ((targets >= 0) & (targets < 10)).all()
     # The request's next item is among its candidates, where gr2_target_pos says.
-    rebuilt = make_task(**task.make_kwargs)
+    rebuilt = make_task(task.config)
     assert np.array_equal(rebuilt.candidates_np, task.candidates_np)
     with pytest.raises(ConfigError, match="protocol must be one of"):
         make_task(protocol="listwise")

@@ -121,9 +121,11 @@ def _refuse(*args, **kwargs):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"composition": "learned"}, "composition must be one of"),
-        ({"composition": "fitted", "position_bias": 2.0}, "needs composed=True and no"),
-        ({"composition": "fitted", "composed": False}, "needs composed=True and no"),
+        ({"composition": "learned"}, "composition must be 'none', 'assumed', 'fitted'"),
+        ({"composition": {"bias": 2.0}}, r"unknown field\(s\) \['bias'\]"),
+        ({"composition": {"position_bias": -1.0}}, "position_bias must be >= 0"),
+        ({"composition": {"diversity_strength": "2"}}, "must be a number or None"),
+        ({"position_bias": 2.0}, r"unknown TaskConfig field\(s\) \['position_bias'\]"),
     ],
 )
 def test_bad_composition_arguments_are_refused(kwargs: dict, message: str) -> None:

@@ -374,8 +374,9 @@ def test_compare_runs_gr2_on_the_gr2_protocol_environment(tmp_path) -> None:
     import csv
 
     from agents import compare
+    from agents.compare import cli
 
-    seen = compare.compare_kwargs(compare._parser().parse_args(["--preset", "gr2", "--quick"]))
+    seen = cli.compare_kwargs(cli._parser().parse_args(["--preset", "gr2", "--quick"]))
     assert seen["env_id"] == "SlateRerankGR2-v0" and "gr2" in seen["agents"]
     folder = compare.run_compare(  # L = 3 keeps the exhaustive reference small
         env_id="SlateRerankGR2-v0", env_kwargs={"slate_length": 3},
