@@ -47,8 +47,11 @@ _TASK_KWARGS = (
 def _task(kwargs: dict[str, Any], owner: str) -> RerankTask:
     unknown = sorted(set(kwargs) - set(_TASK_KWARGS))
     if unknown:
+        # Python's own wording ("... got an unexpected keyword argument 'x'"): wrappers
+        # such as TorchRL's GymEnv recognise it to drop an optional argument and retry.
         raise TypeError(
-            f"{owner} got unknown keyword argument(s) {unknown}; valid: "
+            f"{owner}: __init__() got an unexpected keyword argument {unknown[0]!r}"
+            f"{f' (unknown: {unknown})' if len(unknown) > 1 else ''}; valid: "
             f"{sorted((*_TASK_KWARGS, 'reward_mode', 'click_mode', 'split', 'features'))}"
         )
     return make_task(**kwargs)

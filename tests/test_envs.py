@@ -362,8 +362,13 @@ def test_list_env_scores_whole_lists_and_refuses_bad_ones() -> None:
 
 
 def test_bad_construction_arguments_are_explained(tmp_path) -> None:
-    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['num_candidate'\]"):
+    # Python's own wording (TorchRL's GymEnv recognises it), then the valid arguments.
+    with pytest.raises(
+        TypeError, match=r"__init__\(\) got an unexpected keyword argument 'num_candidate'; valid"
+    ):
         gym.make("SlateRerank-v0", num_candidate=10)
+    with pytest.raises(TypeError, match=r"'frameskip' \(unknown: \['frameskip', 'x'\]\)"):
+        gym.make("SlateRerank-v0", x=1, frameskip=4)
     with pytest.raises(
         ConfigError, match=r"num_candidates \(N = 4\) must be >= slate_length \(L = 6\)"
     ):
