@@ -12,10 +12,11 @@ import pytest
 
 torchrl = pytest.importorskip("torchrl")  # installed by the test extra (setup.cfg: torchrl)
 
-import rerank_env  # noqa: E402,F401  (registers the environments)
 from torchrl.envs import GymEnv, TransformedEnv  # noqa: E402
 from torchrl.envs.transforms import ActionMask  # noqa: E402
 from torchrl.envs.utils import check_env_specs  # noqa: E402
+
+import rerank_env  # noqa: E402,F401  (registers the environments)
 
 
 def _masked(env_id: str, **kwargs) -> TransformedEnv:
