@@ -16,6 +16,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils import env_checker
 
 import rerank_env
@@ -61,6 +62,9 @@ torch.ones(1 << 20).add_(1)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+@pytest.mark.skipif(
+    not torch.backends.openmp.is_available(), reason="only OpenMP builds pin forked children"
+)
 def test_a_forked_child_runs_torch_after_the_parent_started_its_thread_pool() -> None:
     """The fix at its own layer: importing simulators makes forked children safe."""
     out = _run_python(
