@@ -222,6 +222,19 @@ class SlateRerankGlobalEnv(SlateRerankEnv):
     As ``SlateRerank-v0``, plus ``semantic_ids=SemanticIdConfig(...)`` (the
     tokenizer: method, levels, codebook size, collision handling).
 
+    ## Gymnasium's ``check_env``
+
+    Every check passes but one, ``check_step_determinism``, which cannot hold here:
+    it draws its action (``action_space.seed(123); action_space.sample()``) *before*
+    ``reset(seed=123)`` and then steps that action, assuming an action valid before
+    a reset is valid after it. Here the valid first tokens are the level-0 codes of
+    the candidates of the request that the reset draws, and at the moment of the
+    draw ``check_env`` has left the env mid-item, where only next-level tokens
+    (disjoint from level-0 ones) are valid: no honest sample is valid in both
+    states, so the step raises :class:`~rerank_env.core.InvalidActionError`. The
+    suite runs every other check and the same determinism check with the action
+    drawn after the seeded reset (``tests/test_clients.py``).
+
     ## Version History
 
     * v0: initial version.
