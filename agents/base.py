@@ -37,10 +37,8 @@ from simulators._io import atomic_torch_save
 from simulators.base import PAD
 from simulators.checkpoint import CheckpointError
 
-#: Version of the agent checkpoint format written; 2 names sub-agents by entry point.
+#: Version of the agent checkpoint format written and read (sub-agents named by entry point).
 AGENT_FORMAT_VERSION = 2
-#: Versions this rerank-env reads (1: sub-agents named by class name).
-READABLE_AGENT_FORMATS = (1, 2)
 
 
 class InvalidListError(ValueError):
@@ -155,10 +153,10 @@ class TrainableAgent(Agent):
     Subclasses implement :meth:`fit`, :meth:`config` (their constructor keyword
     arguments), :meth:`_build_info` (the shapes a task implies) and :meth:`_build`
     (create ``self.modules`` from ``self.build_info``). :meth:`setup` gives the
-    untrained agent (``fit`` starts from it; tests compare against it). Checkpoints
-    hold the format version,
-    the class, the config, the build info, every module's weights and metadata, and
-    are written atomically.
+    untrained agent (``fit`` starts from it; tests compare against it). Settings are
+    read from the config, ``self.settings``. Checkpoints hold the format version, the
+    class, the config, the build info, every module's weights and metadata, and are
+    written atomically.
     """
 
     #: ``(x, y)`` keys of :attr:`history` that make its learning curve.
@@ -189,14 +187,6 @@ class TrainableAgent(Agent):
                 f"got {type(config).__name__}"
             )
         return config.replace(**overrides) if overrides else config
-
-    def __getattr__(self, name: str) -> Any:
-        # Config fields read as attributes (agent.seed, agent.beam_width), as before
-        # configs were dataclasses; only reached when normal lookup fails.
-        settings = self.__dict__.get("settings")
-        if settings is not None and name in {f.name for f in dataclasses.fields(settings)}:
-            return getattr(settings, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
         settings = self.__dict__.get("settings")
@@ -320,11 +310,11 @@ class TrainableAgent(Agent):
                 f"with agent.save(path), or retrain the agent"
             ) from None
         version = payload.get("format_version") if isinstance(payload, dict) else None
-        if version not in READABLE_AGENT_FORMATS:
+        if version != AGENT_FORMAT_VERSION:
             raise CheckpointError(
                 f"{path} has agent checkpoint format version {version!r}; this version of "
-                f"rerank-env reads versions {list(READABLE_AGENT_FORMATS)}: retrain and save "
-                "the agent again with this version"
+                f"rerank-env reads version {AGENT_FORMAT_VERSION}: retrain and save the agent "
+                "again with this version"
             )
         if payload.get("agent") != cls.__name__:
             raise CheckpointError(

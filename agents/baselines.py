@@ -119,7 +119,10 @@ class PointwiseGreedy(TrainableAgent, ScoringAgent):
         else:
             users, items = task.pool.user_features, task.pool.item_features
         attractiveness = Attractiveness(
-            torch.as_tensor(users), torch.as_tensor(items), dim=self.dim, seed=self.seed
+            torch.as_tensor(users),
+            torch.as_tensor(items),
+            dim=self.settings.dim,
+            seed=self.settings.seed,
         )
         self.modules = {
             "model": PointwiseModel(attractiveness, max_positions=info["max_positions"])
@@ -130,7 +133,11 @@ class PointwiseGreedy(TrainableAgent, ScoringAgent):
         self.setup(task)
         pool = task.pool
         report = fit_simulator(
-            self.modules["model"], pool, epochs=self.epochs, seed=self.seed, progress=progress
+            self.modules["model"],
+            pool,
+            epochs=self.settings.epochs,
+            seed=self.settings.seed,
+            progress=progress,
         )
         logger = self.training_logger()
         for epoch, (train, valid) in enumerate(

@@ -118,8 +118,8 @@ class GeneratorEvaluator(TrainableAgent):
                 for g in self.generators
             ]
         }
-        if self.evaluator == "learned":
-            info["evaluator_spec"] = reward_model_spec(task, self.seed)
+        if self.settings.evaluator == "learned":
+            info["evaluator_spec"] = reward_model_spec(task, self.settings.seed)
         return info
 
     def _build(self, task: RerankTask | None = None) -> None:
@@ -131,8 +131,10 @@ class GeneratorEvaluator(TrainableAgent):
                 generator.fitted = task is None  # loading: the checkpoint holds its weights
         evaluator = None
         self.scorer = SimulatorScorer("train")
-        if self.evaluator == "learned":
-            evaluator = build_reward_model(self.build_info["evaluator_spec"], task, self.seed)
+        if self.settings.evaluator == "learned":
+            evaluator = build_reward_model(
+                self.build_info["evaluator_spec"], task, self.settings.seed
+            )
             self.scorer = ClickModelScorer(evaluator)
         self._collect_modules(evaluator)
 
@@ -142,11 +144,14 @@ class GeneratorEvaluator(TrainableAgent):
             if isinstance(generator, TrainableAgent) and not generator.fitted:
                 generator.fit(task, progress=progress)
         self.setup(task)
-        if self.evaluator == "learned":
+        if self.settings.evaluator == "learned":
             valid_nll = fit_reward_model(
-                self.modules["evaluator"], task, epochs=self.evaluator_epochs, seed=self.seed,
+                self.modules["evaluator"],
+                task,
+                epochs=self.settings.evaluator_epochs,
+                seed=self.settings.seed,
                 progress=progress,
-            )  # fmt: skip
+            )
             logger = self.training_logger()
             for epoch, nll in enumerate(valid_nll, start=1):
                 logger.log("evaluator", step=epoch, epoch=epoch, evaluator_valid_nll=nll)
@@ -172,15 +177,15 @@ class GeneratorEvaluator(TrainableAgent):
         parts = []
         for index, agent in enumerate(self.generators):
             parts.append(agent.rank(task, requests, prefixes)[:, None])
-            if self.lists_per_generator > 1:
+            if self.settings.lists_per_generator > 1:
                 parts.append(
                     agent.sample(
                         task,
                         requests,
-                        self.lists_per_generator - 1,
-                        self.seed + index,
+                        self.settings.lists_per_generator - 1,
+                        self.settings.seed + index,
                         prefixes,
-                        temperature=self.temperature,
+                        temperature=self.settings.temperature,
                     )
                 )
         return np.concatenate(parts, axis=1)

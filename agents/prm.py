@@ -113,14 +113,14 @@ class PRM(TrainableAgent, ScoringAgent):
         return {"user_dim": user_dim, "item_dim": item_dim}
 
     def _build(self, task: RerankTask | None = None) -> None:
-        with isolated_torch_rng(self.seed):
+        with isolated_torch_rng(self.settings.seed):
             model = PRMModel(
                 self.build_info["user_dim"],
                 self.build_info["item_dim"],
-                dim=self.dim,
-                layers=self.layers,
-                heads=self.heads,
-                dropout=self.dropout,
+                dim=self.settings.dim,
+                layers=self.settings.layers,
+                heads=self.settings.heads,
+                dropout=self.settings.dropout,
             )
         self.modules = {"model": model}
 
@@ -134,21 +134,23 @@ class PRM(TrainableAgent, ScoringAgent):
         """Train on the logged positives of the training requests; early stopping on valid."""
         self.setup(task)
         model = self.modules["model"].to(task.device)
-        generator = np.random.default_rng(self.seed)
+        generator = np.random.default_rng(self.settings.seed)
         train, valid = (self._scorable(task, split) for split in ("train", "valid"))
-        if self.train_requests is not None and self.train_requests < len(train):
-            subset = np.random.default_rng(self.seed + 2).permutation(len(train))
-            train = np.sort(train[subset[: self.train_requests]])
+        if self.settings.train_requests is not None and self.settings.train_requests < len(train):
+            subset = np.random.default_rng(self.settings.seed + 2).permutation(len(train))
+            train = np.sort(train[subset[: self.settings.train_requests]])
         logger = self.training_logger()
         optimiser = torch.optim.Adam(
-            model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+            model.parameters(),
+            lr=self.settings.learning_rate,
+            weight_decay=self.settings.weight_decay,
         )
         best, best_state, waited = float("inf"), None, 0
-        bar = progress_bar(self.epochs, "PRM", progress)
-        for epoch in range(self.epochs):
+        bar = progress_bar(self.settings.epochs, "PRM", progress)
+        for epoch in range(self.settings.epochs):
             losses = []
-            with training_mode(model), isolated_torch_rng(self.seed + epoch):  # dropout
-                for rows in minibatches(train, self.batch_size, generator):
+            with training_mode(model), isolated_torch_rng(self.settings.seed + epoch):  # dropout
+                for rows in minibatches(train, self.settings.batch_size, generator):
                     positives = torch.as_tensor(task.logged_positives(rows), device=task.device)
                     loss = self._loss(model(request_inputs(task, rows)), positives.float()).mean()
                     norm = gradient_step(optimiser, loss, list(model.parameters()))
@@ -166,7 +168,7 @@ class PRM(TrainableAgent, ScoringAgent):
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
             else:
                 waited += 1
-                if waited >= self.patience:
+                if waited >= self.settings.patience:
                     break
         bar.close()
         logger.close()

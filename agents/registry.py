@@ -20,18 +20,9 @@ from typing import Any
 
 from agents.base import Agent
 from agents.common.config import BUDGET_PRESETS, Budget
-from agents.common.specs import (
-    agent_from_spec,
-    agent_spec,
-    entry_point,
-    is_entry_point,
-    load_agent_class,
-)
+from agents.common.specs import is_entry_point, load_agent_class
 
-__all__ = [
-    "AgentEntry", "Budget", "agent_from_spec", "agent_names", "agent_spec", "entry_point",
-    "make_agent", "register", "registered",
-]  # fmt: skip
+__all__ = ["AgentEntry", "agent_names", "make_agent", "register", "registered"]
 
 
 @dataclass(frozen=True)

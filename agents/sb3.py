@@ -237,8 +237,8 @@ class SB3Agent(TrainableAgent):
         return POLICIES.get(self.settings.policy, self.settings.policy)
 
     def _make_env(self, task: RerankTask) -> gym.Env:
-        env: gym.Env = SlateRerankEnv(reward_mode=self.reward_mode, task=task)
-        if self.invalid_actions == "remap":
+        env: gym.Env = SlateRerankEnv(reward_mode=self.settings.reward_mode, task=task)
+        if self.settings.invalid_actions == "remap":
             env = RemapInvalidActions(env)
         return env
 
@@ -252,12 +252,12 @@ class SB3Agent(TrainableAgent):
 
     def _build(self, task: RerankTask | None = None) -> None:
         if task is not None:  # a fresh algorithm with its training environments
-            envs = DummyVecEnv([lambda: self._make_env(task) for _ in range(self.n_envs)])
-            envs.seed(self.seed)
-            kwargs = {"gamma": 1.0, **dict(self.algorithm_kwargs)}
+            envs = DummyVecEnv([lambda: self._make_env(task) for _ in range(self.settings.n_envs)])
+            envs.seed(self.settings.seed)
+            kwargs = {"gamma": 1.0, **dict(self.settings.algorithm_kwargs)}
             with preserved_global_rng():  # SB3 seeds the global generators
                 self.model = self.algorithm_class(
-                    self._policy(), envs, seed=self.seed, device=task.device, **kwargs
+                    self._policy(), envs, seed=self.settings.seed, device=task.device, **kwargs
                 )
             self.modules = {"policy": self.model.policy}
             return
@@ -279,8 +279,10 @@ class SB3Agent(TrainableAgent):
         policy_class = self._policy()
         if isinstance(policy_class, str):
             policy_class = self.algorithm_class.policy_aliases.get(policy_class, policy_class)
-        policy_kwargs = dict(self.algorithm_kwargs.get("policy_kwargs", {}))
-        with isolated_torch_rng(self.seed):  # the weights are overwritten by the checkpoint
+        policy_kwargs = dict(self.settings.algorithm_kwargs.get("policy_kwargs", {}))
+        with isolated_torch_rng(
+            self.settings.seed
+        ):  # the weights are overwritten by the checkpoint
             policy = policy_class(
                 observation_space, spaces.Discrete(n), lambda _: 0.0, **policy_kwargs
             )
@@ -292,11 +294,12 @@ class SB3Agent(TrainableAgent):
         self.setup(task)
         logger = self.training_logger()
         with preserved_global_rng():  # SB3 draws from (and seeds) the global generators
-            self.model.set_random_seed(self.seed)  # setup's seeding was undone on its exit
+            self.model.set_random_seed(self.settings.seed)  # setup's seeding was undone on its exit
             # our bar, not SB3's (rich): it also logs lines when stderr is not a terminal
-            bar = progress_bar(self.total_timesteps, self.name, progress)
+            bar = progress_bar(self.settings.total_timesteps, self.name, progress)
             self.model.learn(
-                self.total_timesteps, callback=_TrainingLog(self.curve_every, logger, bar)
+                self.settings.total_timesteps,
+                callback=_TrainingLog(self.settings.curve_every, logger, bar),
             )
             bar.close()
         logger.close()
@@ -331,7 +334,7 @@ class SB3Agent(TrainableAgent):
                 "step": np.full(len(requests), t, dtype=np.int64),
                 "action_mask": mask.copy(),
             }
-            if self.invalid_actions == "mask":
+            if self.settings.invalid_actions == "mask":
                 actions, _ = policy.predict(
                     observation, deterministic=True, action_masks=mask.astype(bool)
                 )

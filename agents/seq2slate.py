@@ -34,7 +34,7 @@ from simulators.base import isolated_torch_rng
 from simulators.data.errors import ConfigError
 from simulators.progress import progress_bar
 
-__all__ = ["Seq2Slate", "Seq2SlateConfig", "advantages"]
+__all__ = ["Seq2Slate", "Seq2SlateConfig"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,8 +40,8 @@ from simulators.composed import fit_composition
 from simulators.data import PipelineConfig, load_rerank_data
 from simulators.data.errors import ConfigError
 from simulators.data.synthetic_config import SyntheticConfig
+from simulators.data.synthetic_world import SyntheticWorld, TrueClickModel
 from simulators.factory import SimulatorSpec, build_simulator
-from simulators.synthetic import SyntheticWorld, TrueClickModel
 
 #: (satiation, position exponent) of the sweep: each strength at 0, 1, 2, 4, the other at 1.
 SETTINGS = (

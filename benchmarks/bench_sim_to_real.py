@@ -63,10 +63,10 @@ from simulators.composed import ComposedSimulator, fit_composition
 from simulators.data import PipelineConfig, load_rerank_data
 from simulators.data.errors import ConfigError
 from simulators.data.synthetic_config import SyntheticConfig
+from simulators.data.synthetic_world import SyntheticWorld, TrueClickModel, true_simulator_for
 from simulators.factory import MODEL_KINDS, SimulatorSpec, build_simulator
 from simulators.fidelity import Requests, fidelity_metrics, lead_ratio, pointwise_sort
 from simulators.search import beam_search
-from simulators.synthetic import SyntheticWorld, TrueClickModel, true_simulator_for
 from simulators.training import (
     disjoint_halves,
     evaluate_simulator,

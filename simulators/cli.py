@@ -219,8 +219,8 @@ def run_train(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     """Run ``rerank-env simulator report``."""
     from simulators.composed import ComposedSimulator  # noqa: PLC0415
+    from simulators.data.synthetic_world import true_simulator_for  # noqa: PLC0415
     from simulators.report import write_report  # noqa: PLC0415  (matplotlib is slow to import)
-    from simulators.synthetic import true_simulator_for  # noqa: PLC0415
 
     data = load_rerank_data(args.dataset, args.data_dir)
     users, items = torch.as_tensor(data.user_features), torch.as_tensor(data.item_features)

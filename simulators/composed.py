@@ -218,15 +218,6 @@ class ComposedSimulator(ClickSimulator):
             self.register_buffer("strength", strength)
             self.register_buffer("pair_matrix", pairs)
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
-        # Checkpoints written before fitted compositions (0.1.0) held the curve as
-        # "examination" and kept the strength in the spec only.
-        legacy = prefix + "examination"
-        if legacy in state_dict and not self.trainable:
-            state_dict[prefix + "fixed_examination"] = state_dict.pop(legacy)
-            state_dict.setdefault(prefix + "strength", self.strength.clone())
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def effect_parameters(self) -> list[nn.Parameter]:
         """The fitted effects' parameters (empty unless ``trainable``)."""
         if not self.trainable:

@@ -220,16 +220,6 @@ def test_implied_position_bias_inverts_the_dcg_curve() -> None:
         assert implied_position_bias(dcg_examination(6, bias)) == pytest.approx(bias, abs=1e-5)
 
 
-def test_checkpoints_of_the_fixed_composition_before_fitting_existed_still_load() -> None:
-    sim = _composed(strength=2.0, bias=1.0)
-    state = sim.state_dict()
-    legacy = {("examination" if k == "fixed_examination" else k): v for k, v in state.items()}
-    del legacy["strength"]  # the old format kept it in the spec only
-    fresh = _composed(strength=2.0, bias=1.0)
-    fresh.load_state_dict(legacy)
-    torch.testing.assert_close(fresh.examination, sim.examination)
-
-
 def test_composition_arguments_are_checked() -> None:
     users, items = _features()
     base = PointwiseModel(Attractiveness(users, items, dim=4))

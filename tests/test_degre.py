@@ -95,13 +95,13 @@ def test_mined_lists_are_valid_and_never_worse_than_the_initial_order(fitted, sm
     requests = small_task.requests("train")[:40]
     calls = fitted.evaluator_calls
     mined = fitted.mine(small_task, requests)
-    n, length, keep = SMALL["num_candidates"], SMALL["slate_length"], fitted.keep_lists
+    n, length, keep = SMALL["num_candidates"], SMALL["slate_length"], fitted.settings.keep_lists
     # The soft labels of beam lists reuse the search's scores; a kept initial order
     # has its extensions scored anew.
     extra = int((~mined.from_beam).sum()) * sum(n - t for t in range(length))
     assert (
         fitted.evaluator_calls - calls
-        == len(requests) * mining_calls_per_request(n, length, fitted.beam_width) + extra
+        == len(requests) * mining_calls_per_request(n, length, fitted.settings.beam_width) + extra
     )
     lists = mined.lists.cpu().numpy()
     assert lists.shape == (len(requests) * keep, length)
@@ -214,7 +214,7 @@ def test_dense_loss_hard_labels_only_is_the_cross_entropy(fitted, small_task) ->
     batch = np.arange(len(mined))
     hard = DeGRe(**{**SMALL_DEGRE, "soft_weight": 0.0})
     loss = hard.dense_loss(small_task, policy, mined, weights, batch)
-    from agents.nn import request_inputs
+    from agents.common.nn import request_inputs
 
     with torch.no_grad():
         log_probs = policy.step_log_probs(request_inputs(small_task, mined.requests), mined.lists)
@@ -245,8 +245,8 @@ def test_invalid_options_are_refused() -> None:
 def test_registry_names_and_budgets() -> None:
     for name in ("degre", "degre-hard", "degre-sparse", "degre-sim", "degre-beam8"):
         agent = make_agent(name, seed=2, budget="quick")
-        assert agent.name == name and agent.seed == 2
+        assert agent.name == name and agent.settings.seed == 2
     assert (
-        make_agent("degre", budget="full").mining_requests
-        > make_agent("degre", budget="quick").mining_requests
+        make_agent("degre", budget="full").settings.mining_requests
+        > make_agent("degre", budget="quick").settings.mining_requests
     )

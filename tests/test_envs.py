@@ -473,7 +473,7 @@ def test_smaller_lists_and_composition_options() -> None:
 
 def test_ml1m_format_dataset_from_a_user_path(tmp_path) -> None:
     from simulators.data.synthetic_config import SyntheticConfig
-    from simulators.synthetic import SyntheticWorld
+    from simulators.data.synthetic_world import SyntheticWorld
 
     # A small world written in the ML-1M format stands in for the real ML-1M files.
     folder = SyntheticWorld(

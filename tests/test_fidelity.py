@@ -14,6 +14,7 @@ from scipy.stats import kendalltau
 
 from simulators.data import PipelineConfig, load_rerank_data
 from simulators.data.synthetic_config import SyntheticConfig
+from simulators.data.synthetic_world import SyntheticWorld, TrueClickModel, true_simulator_for
 from simulators.factory import SimulatorSpec, build_simulator
 from simulators.fidelity import (
     Requests,
@@ -26,7 +27,6 @@ from simulators.fidelity import (
     within_request_agreement,
 )
 from simulators.report import FIDELITY_COLUMNS, write_report
-from simulators.synthetic import SyntheticWorld, TrueClickModel, true_simulator_for
 from simulators.training import disjoint_halves, fit_simulator
 
 WORLD = SyntheticConfig(n_users=80, n_items=150, sessions_per_user=8, seed=5)

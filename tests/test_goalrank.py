@@ -7,14 +7,9 @@ import pytest
 import torch
 
 from agents.baselines import InitialOrder, PointwiseGreedy, RandomAgent
-from agents.goalrank import (
-    SIZE_PRESETS,
-    GoalRank,
-    group_agreement,
-    group_loss,
-    reference_policy,
-)
-from agents.nn import PointerPolicy, input_dims, request_inputs
+from agents.common.losses import group_loss, reference_policy
+from agents.common.nn import PointerPolicy, input_dims, request_inputs
+from agents.goalrank import SIZE_PRESETS, GoalRank, group_agreement
 
 TINY = {"reward_model": "simulator", "iterations": 40, "batch_size": 32, "eval_every": 20,
         "eval_requests": 128}  # fmt: skip

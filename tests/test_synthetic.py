@@ -12,7 +12,7 @@ import torch
 from simulators.base import SlateBatch
 from simulators.data import PipelineConfig, load_rerank_data
 from simulators.data.synthetic_config import SyntheticConfig
-from simulators.synthetic import SyntheticWorld, TrueClickModel, true_simulator_for
+from simulators.data.synthetic_world import SyntheticWorld, TrueClickModel, true_simulator_for
 from simulators.training import logged_slates, roc_auc
 
 SMALL = SyntheticConfig(n_users=120, n_items=200, sessions_per_user=12, seed=3)

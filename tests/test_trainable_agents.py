@@ -10,17 +10,20 @@ import torch
 import rerank_env  # noqa: F401  (registers the environments)
 from agents.base import ScoringAgent, TrainableAgent, checked_rank, empty_prefixes
 from agents.baselines import InitialOrder, PointwiseGreedy
+from agents.common.losses import advantages
+from agents.common.nn import PointerPolicy, input_dims, request_inputs
+from agents.common.sampling import torch_generator
+from agents.common.specs import agent_from_spec, agent_spec
 from agents.degre import DeGRe
 from agents.generator_evaluator import GeneratorEvaluator
 from agents.glorank import GloRank, GloRankConfig
 from agents.goalrank import GoalRank
 from agents.metrics import log_metrics
-from agents.nn import PointerPolicy, input_dims, request_inputs, torch_generator
 from agents.policy_gradient import PolicyGradient, PolicyGradientConfig
 from agents.prm import PRM, PRMConfig
-from agents.registry import agent_from_spec, agent_spec, make_agent
+from agents.registry import make_agent
 from agents.sb3 import SB3Agent, remap_actions
-from agents.seq2slate import Seq2Slate, advantages
+from agents.seq2slate import Seq2Slate
 from simulators.checkpoint import CheckpointError
 
 SMALL = {"num_candidates": 10, "slate_length": 4}
@@ -66,7 +69,7 @@ def _tiny_agents() -> list[TrainableAgent]:
 def quick_prm(task):
     """PRM at the budget of ``compare --quick`` (shared: it is the slowest fit here)."""
     agent = make_agent("prm", seed=0, budget="quick")
-    assert agent.settings == PRMConfig.quick(seed=0) and agent.epochs == 2
+    assert agent.settings == PRMConfig.quick(seed=0) and agent.settings.epochs == 2
     return agent.fit(task)
 
 
@@ -222,14 +225,14 @@ def test_checkpoints_round_trip_and_refuse_other_versions(small_task, fitted, tm
     payload = torch.load(tmp_path / "agent0.pt", weights_only=True)
     payload["format_version"] = 99
     torch.save(payload, tmp_path / "future.pt")
-    with pytest.raises(CheckpointError, match=r"format version 99.*reads versions \[1, 2\]"):
+    with pytest.raises(CheckpointError, match=r"format version 99.*reads version 2"):
         PRM.load(tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match="holds a PRM agent, not a Seq2Slate"):
         Seq2Slate.load(tmp_path / "agent0.pt")
     with pytest.raises(CheckpointError, match="no agent checkpoint"):
         PRM.load(tmp_path / "missing.pt")
     del payload["state_dicts"]
-    payload["format_version"] = 1
+    payload["format_version"] = 2
     torch.save(payload, tmp_path / "damaged.pt")
     with pytest.raises(CheckpointError, match=r"damaged: it lacks \['state_dicts'\]"):
         PRM.load(tmp_path / "damaged.pt")

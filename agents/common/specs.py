@@ -18,21 +18,6 @@ from typing import Any
 from agents.base import Agent
 from agents.common.imports import imports_allowed
 
-#: Class names that agent checkpoints of format version 1 stored instead of entry points.
-LEGACY_CLASS_NAMES: dict[str, str] = {
-    "InitialOrder": "agents.baselines:InitialOrder",
-    "RandomAgent": "agents.baselines:RandomAgent",
-    "PointwiseGreedy": "agents.baselines:PointwiseGreedy",
-    "BeamSearchAgent": "agents.baselines:BeamSearchAgent",
-    "OracleAgent": "agents.baselines:OracleAgent",
-    "PRM": "agents.prm:PRM",
-    "Seq2Slate": "agents.seq2slate:Seq2Slate",
-    "GeneratorEvaluator": "agents.generator_evaluator:GeneratorEvaluator",
-    "SB3Agent": "agents.sb3:SB3Agent",
-    "DeGRe": "agents.degre:DeGRe",
-    "GoalRank": "agents.goalrank:GoalRank",
-}
-
 
 def is_entry_point(text: str) -> bool:
     """Whether ``text`` looks like ``"module.path:ClassName"``."""
@@ -58,10 +43,10 @@ def entry_point(cls: type) -> str:
 
 
 def load_agent_class(name: str, *, allow_import: bool | None = None) -> type[Agent]:
-    """The :class:`~agents.base.Agent` subclass an entry point (or legacy class name) names.
+    """The :class:`~agents.base.Agent` subclass an entry point names.
 
     Args:
-        name: ``"module:Class"``, or a class name of :data:`LEGACY_CLASS_NAMES`.
+        name: ``"module:Class"``.
         allow_import: Import the module if it is not imported yet. ``None``: yes,
             except while a checkpoint loads (:mod:`agents.common.imports`): a file
             should not make Python import arbitrary modules, so then only modules of
@@ -72,13 +57,12 @@ def load_agent_class(name: str, *, allow_import: bool | None = None) -> type[Age
             name an Agent subclass.
     """
     allow_import = imports_allowed() if allow_import is None else allow_import
-    target = LEGACY_CLASS_NAMES.get(name, name)
-    if not is_entry_point(target):
+    if not is_entry_point(name):
         raise ValueError(
             f"{name!r} is not an agent entry point: expected 'module.path:ClassName' "
             f"(e.g. 'agents.degre:DeGRe' or 'mypkg.agents:MyAgent')"
         )
-    module_name, _, attribute = target.partition(":")
+    module_name, _, attribute = name.partition(":")
     if module_name not in sys.modules and not (
         allow_import or module_name == "agents" or module_name.startswith("agents.")
     ):
@@ -113,7 +97,7 @@ def agent_from_spec(spec: dict[str, Any], *, allow_import: bool | None = None) -
     """An (untrained) agent from :func:`agent_spec`'s output.
 
     Args:
-        spec: ``{"agent": entry point or legacy class name, "config": {...}}``.
+        spec: ``{"agent": entry point, "config": {...}}``.
         allow_import: See :func:`load_agent_class`.
     """
     if not isinstance(spec, dict) or "agent" not in spec:

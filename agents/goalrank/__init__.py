@@ -28,12 +28,8 @@ training loop, top to bottom) and :mod:`~agents.goalrank.diagnostics`
 :mod:`agents.common.losses`.
 """
 
-from agents.common.losses import group_loss, reference_policy
 from agents.goalrank.agent import GoalRank
 from agents.goalrank.config import SIZE_PRESETS, GoalRankConfig, RewardModelKind
 from agents.goalrank.diagnostics import group_agreement
 
-__all__ = [
-    "SIZE_PRESETS", "GoalRank", "GoalRankConfig", "RewardModelKind", "group_agreement",
-    "group_loss", "reference_policy",
-]  # fmt: skip
+__all__ = ["SIZE_PRESETS", "GoalRank", "GoalRankConfig", "RewardModelKind", "group_agreement"]

@@ -708,7 +708,9 @@ class GR2(TrainableAgent):
         rankings, written, formed, lengths = [], [], [], []
         for start in range(0, len(requests), SERVE_BATCH):
             prompts, sids = self._prompts(task, facts, requests[start : start + SERVE_BATCH])
-            tokens, state = generate(student, vocab, prompts, sids, self.max_reasoning_tokens)
+            tokens, state = generate(
+                student, vocab, prompts, sids, self.settings.max_reasoning_tokens
+            )
             rankings.append(state.ranking.cpu().numpy())
             lengths.append(state.reasoning_length.cpu().numpy())
             for row, codes in zip(tokens.cpu().numpy(), sids.cpu().numpy(), strict=True):
