@@ -50,6 +50,7 @@ from simulators.data.retrieval import (
     item_scores,
     make_retriever,
 )
+from simulators.metrics import ndcg_at_k, recall_at_k
 from simulators.progress import progress_bar
 
 # Bump whenever a change to this module or to retrieval.py changes its output for an
@@ -1002,9 +1003,9 @@ def compute_stats(data: RerankData, retrieved_positive: np.ndarray) -> dict[str,
     gr2_test = data.request_split[data.gr2_request] == TEST
     pos = data.gr2_target_pos[gr2_test]
     stats["gr2_test_requests"] = int(gr2_test.sum())
-    stats["gr2_test_recall_at_1"] = _mean(pos < 1)
-    stats["gr2_test_recall_at_5"] = _mean(pos < 5)
-    stats["gr2_test_ndcg_at_5"] = _mean(np.where(pos < 5, 1.0 / np.log2(pos + 2.0), 0.0))
+    stats["gr2_test_recall_at_1"] = _mean(recall_at_k(pos, 1))
+    stats["gr2_test_recall_at_5"] = _mean(recall_at_k(pos, 5))
+    stats["gr2_test_ndcg_at_5"] = _mean(ndcg_at_k(pos, 5))
     stats["gr2_test_injected_share"] = _mean(data.gr2_injected[gr2_test])
     return stats
 
