@@ -46,16 +46,14 @@ from simulators.data.cache import package_version
 from simulators.data.errors import ConfigError
 from simulators.data.paths import cache_dir
 from simulators.data.pipeline import PIPELINE_VERSION, SPLITS, RerankData
+from simulators.data.semantic_id_config import SemanticIdConfig, SemanticIds
+from simulators.data.semantic_id_tokenizer import fit_semantic_ids, semantic_id_report
 from simulators.data.semantic_ids import (
-    SemanticIdConfig,
-    SemanticIds,
-    fit_semantic_ids,
     input_checksum,
     items_with_interactions,
     load_semantic_ids,
     save_semantic_ids,
     semantic_id_features,
-    semantic_id_report,
 )
 from simulators.factory import MODEL_KINDS, SimulatorSpec, build_simulator, evaluation_split
 from simulators.progress import progress_bar
