@@ -12,17 +12,12 @@ import pytest
 import torch
 
 from simulators.base import SlateBatch
-from simulators.bundle import (
-    DEFAULT_BUNDLE_DIR,
-    BundleConfig,
-    RequestPool,
-    build_bundle,
-    load_bundle,
-)
+from simulators.bundle import DEFAULT_BUNDLE_DIR, BundleConfig, build_bundle, load_bundle
 from simulators.checkpoint import CheckpointError
 from simulators.data import PipelineConfig, load_rerank_data
 from simulators.data.datasets import data_checksum
 from simulators.data.errors import ConfigError
+from simulators.request_pool import RequestPool
 from simulators.training import evaluate_simulator
 
 
