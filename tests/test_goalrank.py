@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from agents.baselines import InitialOrder, PointwiseGreedy, RandomAgent
+from agents.common.nn import input_dims, request_inputs
+from agents.common.pointer import PointerPolicy
 from agents.goalrank import (
     SIZE_PRESETS,
     GoalRank,
@@ -14,7 +16,6 @@ from agents.goalrank import (
     group_loss,
     reference_policy,
 )
-from agents.nn import PointerPolicy, input_dims, request_inputs
 
 TINY = {"reward_model": "simulator", "iterations": 40, "batch_size": 32, "eval_every": 20,
         "eval_requests": 128}  # fmt: skip

@@ -10,12 +10,14 @@ import torch
 import rerank_env  # noqa: F401  (registers the environments)
 from agents.base import ScoringAgent, TrainableAgent, checked_rank, empty_prefixes
 from agents.baselines import InitialOrder, PointwiseGreedy
+from agents.common.nn import input_dims, request_inputs
+from agents.common.pointer import PointerPolicy
+from agents.common.sampling import torch_generator
 from agents.degre import DeGRe
 from agents.generator_evaluator import GeneratorEvaluator
 from agents.glorank import GloRank, GloRankConfig
 from agents.goalrank import GoalRank
 from agents.metrics import log_metrics
-from agents.nn import PointerPolicy, input_dims, request_inputs, torch_generator
 from agents.policy_gradient import PolicyGradient, PolicyGradientConfig
 from agents.prm import PRM, PRMConfig
 from agents.registry import agent_from_spec, agent_spec, make_agent
