@@ -68,16 +68,13 @@ class RetrievalRequests:
     fallback: np.ndarray
 
     def __len__(self) -> int:
+        """Number of requests."""
         return len(self.history_starts)
 
     def histories(self, rows: slice | np.ndarray) -> sp.csr_matrix:
         """Binary request-by-item history matrix of requests ``rows``."""
         starts, ends = self.history_starts[rows], self.history_ends[rows]
         return history_matrix(self.items, starts, ends, len(self.fallback))
-
-    def empty(self, rows: slice | np.ndarray) -> np.ndarray:
-        """Whether each of requests ``rows`` has an empty history, bool."""
-        return self.history_ends[rows] == self.history_starts[rows]
 
     def mask(self, rows: slice | np.ndarray, scores: np.ndarray) -> None:
         """Set to -inf the scores of history items and of unavailable items, in place."""
