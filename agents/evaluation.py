@@ -48,6 +48,7 @@ from agents.baselines import BeamSearchAgent, OracleAgent, PointwiseGreedy
 from agents.common.training import preserved_global_rng
 from agents.metrics import coverage, intra_list_diversity, log_metrics, permutation_percentile
 from rerank_env.task import RerankTask
+from simulators.metrics import ndcg_at_k, recall_at_k, target_ranks
 
 #: Metric columns in table order, with the header each gets in markdown.
 METRICS: dict[str, str] = {
@@ -209,14 +210,11 @@ def gr2_metrics(agent: Agent, evaluation: EvaluationSet) -> dict[str, float]:
         lists = checked_rank(agent, task, requests)
     except UnsupportedTaskError:
         return missing  # the agent is tied to the main task's candidate count
-    target = task.pool.gr2_target_pos[requests]
-    found = lists == target[:, None]
-    rank = np.where(found.any(axis=1), found.argmax(axis=1), lists.shape[1])
-    ndcg = np.where(rank < 5, 1.0 / np.log2(rank + 2.0), 0.0)
+    rank = target_ranks(lists, task.pool.gr2_target_pos[requests])
     return {
-        "gr2_recall@1": float((rank < 1).mean()),
-        "gr2_recall@5": float((rank < 5).mean()),
-        "gr2_ndcg@5": float(ndcg.mean()),
+        "gr2_recall@1": float(recall_at_k(rank, 1).mean()),
+        "gr2_recall@5": float(recall_at_k(rank, 5).mean()),
+        "gr2_ndcg@5": float(ndcg_at_k(rank, 5).mean()),
     }
 
 

@@ -9,7 +9,7 @@ candidate its logit from the suite's shared pointer network instead:
 * :class:`SlateFeaturesExtractor` encodes the request's candidates with the
   :class:`~agents.common.nn.CandidateSetEncoder` every reranker here uses (a
   Transformer over the set, personalised by the user), reads the slate so far
-  with the causal :class:`~agents.common.nn.PointerDecoder`, and returns, for the
+  with the causal :class:`~agents.common.pointer.PointerDecoder`, and returns, for the
   current slot, one pointer logit per candidate (placed ones masked) and a state
   for the critic (the decoder's state and the mean candidate encoding);
 * :class:`SlateHeads` (SB3's ``mlp_extractor``) passes the logits to the
@@ -37,12 +37,8 @@ from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, create_mlp
 from torch import nn
 
-from agents.common.nn import (
-    CandidateSetEncoder,
-    PointerDecoder,
-    RequestInputs,
-    standardised_scores,
-)
+from agents.common.nn import CandidateSetEncoder, RequestInputs, standardised_scores
+from agents.common.pointer import PointerDecoder
 
 #: Logit of a placed candidate: finite (SB3's categorical computes ``p log p``),
 #: far below any pointer logit (those lie in ``[-10, 10]``).

@@ -8,7 +8,7 @@ Usage::
 
 Sweeps the world's satiation (0, 1, 2, 4, position exponent 1) and its position
 exponent (0, 1, 2, 4, satiation 1), one world per seed, and fits
-:func:`simulators.composed.fit_composition` (``redundancy="sum"`` with a
+:func:`simulators.composition_fit.fit_composition` (``redundancy="sum"`` with a
 complementarity matrix: the true model is inside the family) on each world's logs
 two ways:
 
@@ -36,7 +36,7 @@ import torch
 
 from agents.evaluation import confidence_interval
 from simulators._io import atomic_write
-from simulators.composed import fit_composition
+from simulators.composition_fit import fit_composition
 from simulators.data import PipelineConfig, load_rerank_data
 from simulators.data.errors import ConfigError
 from simulators.data.synthetic_config import SyntheticConfig

@@ -77,7 +77,7 @@ from agents.evaluation import (
 from agents.policy_gradient import PolicyGradient, PolicyGradientConfig
 from rerank_env.task import RerankTask, make_task
 from simulators._io import atomic_write
-from simulators.data.pipeline import PipelineConfig
+from simulators.data.pipeline_config import PipelineConfig
 from simulators.data.synthetic_config import SyntheticConfig
 from simulators.progress import progress_bar
 

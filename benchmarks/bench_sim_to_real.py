@@ -59,7 +59,8 @@ from agents.registry import make_agent
 from rerank_env.task import make_task
 from simulators._io import atomic_write
 from simulators.base import ClickSimulator, SlateBatch
-from simulators.composed import ComposedSimulator, fit_composition
+from simulators.composed import ComposedSimulator
+from simulators.composition_fit import fit_composition
 from simulators.data import PipelineConfig, load_rerank_data
 from simulators.data.errors import ConfigError
 from simulators.data.synthetic_config import SyntheticConfig

@@ -28,7 +28,7 @@ from simulators.data import PipelineConfig
 from simulators.data.datasets import DATASETS
 from simulators.data.errors import ConfigError
 from simulators.data.paths import download_hint
-from simulators.data.semantic_ids import SemanticIdConfig
+from simulators.data.semantic_id_config import SemanticIdConfig
 from simulators.data.synthetic_config import SyntheticConfig
 from simulators.factory import MODEL_KINDS
 

@@ -1,9 +1,11 @@
-"""Atomic file writes shared by caches and checkpoints."""
+"""File helpers shared by caches, checkpoints and bundles: atomic writes, checksums."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -42,3 +44,25 @@ def atomic_torch_save(path: str | Path, payload: Any) -> Path:
     path = Path(path)
     atomic_write(path, lambda out: out.write(buffer.getvalue()))
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def replace_folder(staging: Path, out: Path) -> None:
+    """Move the finished ``staging`` folder to ``out``, replacing an older one.
+
+    The old folder is renamed aside first and removed last, so ``out`` is at every
+    moment either the old folder or the complete new one.
+    """
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,10 +31,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from simulators.base import PAD, ClickSimulator, PrefixScorer, SlateBatch
-
-if TYPE_CHECKING:
-    from simulators.data.pipeline import RerankData
-    from simulators.training import FitResult
 
 
 def dcg_examination(positions: int, position_bias: float = 1.0) -> torch.Tensor:
@@ -374,179 +369,6 @@ class ComposedSimulator(ClickSimulator):
         # Padded positions count for nobody (their own rows are masked by click_probs).
         effect = self._list_effect(items, items, above & batch.mask[:, None, :])
         return self.examination[:k] * torch.sigmoid(torch.logit(base) + effect)
-
-
-#: When the composition is fitted: with the base (``"joint"``) or on a fitted base.
-FIT_MODES = ("joint", "after")
-
-
-def fittable_composition(
-    base: ClickSimulator,
-    item_vectors: torch.Tensor,
-    max_positions: int,
-    *,
-    redundancy: str = "sum",
-    complementarity: bool = True,
-) -> ComposedSimulator:
-    """A trainable composition around ``base`` at its fit's starting point.
-
-    The list effects start at zero and the examination at the DCG prior (a flat
-    start would sit where the sigmoid is saturated), so a strength a fit reports
-    is one the logs support.
-    """
-    width = item_vectors.shape[1]
-    return ComposedSimulator(
-        base,
-        item_vectors,
-        examination=dcg_examination(max_positions, 1.0),
-        diversity_strength=0.0,
-        max_positions=max_positions,
-        redundancy=redundancy,
-        complementarity=torch.zeros(width, width) if complementarity else None,
-        trainable=True,
-    )
-
-
-def composition_optimizer(
-    composed: ComposedSimulator,
-    *,
-    mode: str = "joint",
-    learning_rate: float = 5e-3,
-    weight_decay: float = 1e-5,
-    effect_learning_rate: float = 0.05,
-    pair_learning_rate: float = 5e-4,
-) -> torch.optim.Adam:
-    """Adam over a trainable composition: the effects, the pairs and (joint) the base.
-
-    Each group has its own step size (see :func:`fit_composition` for why); the
-    effects have no weight decay. ``mode="after"`` leaves the base out.
-
-    Raises:
-        ValueError: ``composed`` is not trainable, or an unknown ``mode``.
-    """
-    if not composed.trainable:
-        raise ValueError("composition_optimizer needs a trainable ComposedSimulator")
-    if mode not in FIT_MODES:
-        raise ValueError(f"mode must be one of {FIT_MODES}, got {mode!r}")
-    effect_ids = {id(p) for p in composed.effect_parameters()}
-    groups = [
-        {
-            "params": [composed.examination_logits, composed.strength],
-            "lr": effect_learning_rate,
-            "weight_decay": 0.0,
-        }
-    ]
-    if composed.pair_matrix is not None:
-        groups.append(
-            {"params": [composed.pair_matrix], "lr": pair_learning_rate, "weight_decay": 0.0}
-        )
-    if mode == "joint":
-        groups.append(
-            {
-                "params": [p for p in composed.parameters() if id(p) not in effect_ids],
-                "lr": learning_rate,
-                "weight_decay": weight_decay,
-            }
-        )
-    return torch.optim.Adam(groups)
-
-
-def fit_composition(
-    base: ClickSimulator,
-    data: RerankData,
-    item_vectors: torch.Tensor,
-    *,
-    mode: str = "joint",
-    redundancy: str = "sum",
-    complementarity: bool = True,
-    max_positions: int | None = None,
-    effect_learning_rate: float = 0.05,
-    pair_learning_rate: float = 5e-4,
-    progress: bool = False,
-    **fit_options: object,
-) -> tuple[ComposedSimulator, FitResult]:
-    """Fit examination and list effects by maximum likelihood on the training logs.
-
-    The examination of every position after the first, the redundancy strength and
-    (with ``complementarity``) a pair matrix over the item vectors are parameters of
-    a :class:`ComposedSimulator` around ``base`` (:func:`fittable_composition`);
-    :func:`fit_simulator` maximises the logged clicks' likelihood, stopping early
-    on the validation slates.
-
-    What the logs can identify depends on how they were collected: a position
-    effect only where items appear at several positions, a list effect only where
-    lists vary in composition (the synthetic world's exploratory logging policy
-    does; MovieLens pseudo-slates, ordered by time, carry no list effect at all).
-
-    Args:
-        base: The attractiveness model. ``mode="joint"``: fitted here together with
-            the effects (best with a position- and list-blind base, e.g. the
-            pointwise model, whose parameters cannot absorb them); ``"after"``:
-            already fitted, kept fixed.
-        data: Processed data (train slates fit, valid slates select).
-        item_vectors: ``[I, d]`` item features the similarity and pairs use.
-        mode: ``"joint"`` or ``"after"``.
-        redundancy: ``"sum"`` (default) or ``"max"``.
-        complementarity: Fit the pair matrix too.
-        max_positions: K (default: the logged slates' length).
-        effect_learning_rate: Adam step size of the examination and the strength (no
-            weight decay on the effects). Adam moves a parameter by about its step
-            size per update, so at the base's rate (5e-3) a strength of 1 needs 200
-            updates, more than a pointwise base trains before it overfits and early
-            stopping ends the fit: the effects would stop short of their maximum
-            likelihood.
-        pair_learning_rate: Adam step size of the complementarity matrix. Slow on
-            purpose: its ``d^2`` entries summed over the items above can mimic a
-            position effect, and at the effects' rate they did (a world's position
-            exponent 4 came out as 1.7); at 5e-4 the matrix moves little before
-            early stopping, a regulariser under which it came out at 3.7
-            (docs/simulators.md).
-        progress: Progress bar over epochs.
-        **fit_options: For :func:`fit_simulator` (``epochs``, ``learning_rate``
-            and ``weight_decay`` of the base, ``patience``, ``seed``, ``device``).
-
-    Returns:
-        The fitted (trainable) simulator, and the fit's record. ``.composition()``
-        gives the fitted values; ``.with_base(base)`` a fixed copy for serving.
-
-    Raises:
-        ValueError: An unknown ``mode`` or ``redundancy``.
-    """
-    from simulators.training import fit_simulator  # noqa: PLC0415  (training imports data)
-
-    if mode not in FIT_MODES:
-        raise ValueError(f"mode must be one of {FIT_MODES}, got {mode!r}")
-    composed = fittable_composition(
-        base,
-        item_vectors,
-        max_positions or data.logged_items.shape[1],
-        redundancy=redundancy,
-        complementarity=complementarity,
-    )
-    composed.to(fit_options.get("device", "cpu"))
-    optimizer = composition_optimizer(
-        composed,
-        mode=mode,
-        learning_rate=float(fit_options.get("learning_rate", 5e-3)),
-        weight_decay=float(fit_options.get("weight_decay", 1e-5)),
-        effect_learning_rate=effect_learning_rate,
-        pair_learning_rate=pair_learning_rate,
-    )
-    frozen = [p for p in base.parameters() if p.requires_grad] if mode == "after" else []
-    for parameter in frozen:
-        parameter.requires_grad_(False)
-    try:
-        result = fit_simulator(
-            composed,
-            data,
-            progress=progress,
-            optimizer=optimizer,
-            **fit_options,
-        )
-    finally:
-        for parameter in frozen:
-            parameter.requires_grad_(True)
-    return composed, result
 
 
 class ComposedScorer(PrefixScorer):

@@ -92,7 +92,7 @@ def fit_simulator(
             uses all of them.
         optimizer: An optimizer over the model's parameters (e.g. Adam with a
             parameter group per learning rate, as
-            :func:`~simulators.composed.fit_composition` builds);
+            :func:`~simulators.composition_fit.fit_composition` builds);
             ``None``: Adam with ``learning_rate`` and ``weight_decay``. Build it
             after moving the model to ``device``.
         weight_decay_per_epoch: Train with AdamW's decoupled weight decay instead of

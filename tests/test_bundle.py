@@ -16,7 +16,6 @@ from simulators.bundle import (
     DEFAULT_BUNDLE_DIR,
     AssumedComposition,
     BundleConfig,
-    RequestPool,
     build_bundle,
     load_bundle,
 )
@@ -24,6 +23,7 @@ from simulators.checkpoint import CheckpointError
 from simulators.data import PipelineConfig, load_rerank_data
 from simulators.data.datasets import data_checksum
 from simulators.data.errors import ConfigError
+from simulators.request_pool import RequestPool
 from simulators.training import evaluate_simulator
 
 

@@ -14,7 +14,7 @@ from agents.cli import main
 from simulators.data.cache import CACHE_FORMAT_VERSION, read_cache
 from simulators.data.datasets import cache_path, load_rerank_data
 from simulators.data.errors import CacheError
-from simulators.data.pipeline import PipelineConfig
+from simulators.data.pipeline_config import PipelineConfig
 
 FAST = PipelineConfig(retriever="itemknn")
 

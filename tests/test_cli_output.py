@@ -20,7 +20,7 @@ from agents.compare.presets import PRESET_TIMES, PRESETS
 from agents.evaluation import compact_table
 from simulators.bundle import BundleConfig
 from simulators.cli_help import field_docs, plain
-from simulators.data.pipeline import PipelineConfig
+from simulators.data.pipeline_config import PipelineConfig
 from simulators.progress import LogProgress, progress_bar
 
 STAMP = re.compile(r"^\[\d\d:\d\d:\d\d\] ")

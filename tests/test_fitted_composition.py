@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from simulators.composed import fit_composition
+from simulators.composition_fit import fit_composition
 from simulators.data import PipelineConfig, load_rerank_data
 from simulators.data.synthetic_config import SyntheticConfig
 from simulators.factory import SimulatorSpec, build_simulator
@@ -80,7 +80,7 @@ def test_a_joint_fit_recovers_satiation_and_position_at_the_default_world_size()
 
 
 def test_a_task_with_a_fitted_composition(monkeypatch: pytest.MonkeyPatch) -> None:
-    import simulators.bundle as bundle_module
+    import simulators.composition_fit as composition_fit_module
     from rerank_env import make_task
     from simulators.data.paths import cache_dir
 
@@ -104,7 +104,7 @@ def test_a_task_with_a_fitted_composition(monkeypatch: pytest.MonkeyPatch) -> No
     )
     assert not any(p.requires_grad for p in task.simulators["eval"].effect_parameters())
     # Cached: a second task does not fit again.
-    monkeypatch.setattr(bundle_module, "fit_composition", _refuse)
+    monkeypatch.setattr(composition_fit_module, "fit_composition", _refuse)
     again = make_task(dataset="synthetic", simulator="pbm", composition="fitted", progress=False)
     assert again.description["fitted_composition"] == fitted
     # A file of another format is not trusted: it is fitted again.
@@ -137,7 +137,8 @@ def test_bad_composition_arguments_are_refused(kwargs: dict, message: str) -> No
 
 
 def test_the_composition_optimizer_gives_each_part_its_step() -> None:
-    from simulators.composed import ComposedSimulator, composition_optimizer, fittable_composition
+    from simulators.composed import ComposedSimulator
+    from simulators.composition_fit import composition_optimizer, fittable_composition
 
     data = _world_data(satiation=1.0, position_bias=1.0)
     users, items = torch.as_tensor(data.user_features), torch.as_tensor(data.item_features)
@@ -159,7 +160,7 @@ def test_the_composition_optimizer_gives_each_part_its_step() -> None:
 def test_a_held_out_member_on_the_other_half_of_the_logs(monkeypatch) -> None:
     from rerank_env import make_task
     from simulators import training
-    from simulators.bundle import member_rows
+    from simulators.composition_fit import member_rows
 
     task = make_task(dataset="synthetic", simulator="pbm", progress=False)
     assert member_rows(task.pool, "seed", 3) == [None] * 3
@@ -214,7 +215,7 @@ def test_bundle_config_checks_its_held_out_split() -> None:
 
 
 def test_a_bundle_built_with_its_composition_records_it(tmp_path, monkeypatch) -> None:
-    from simulators import bundle as bundle_module
+    from simulators import composition_fit as composition_fit_module
     from simulators.bundle import BundleConfig, build_bundle, load_bundle
     from simulators.data import load_rerank_data
     from simulators.data.synthetic_config import SyntheticConfig
@@ -230,7 +231,7 @@ def test_a_bundle_built_with_its_composition_records_it(tmp_path, monkeypatch) -
     entry = loaded.manifest["fitted_composition"]["pbm"]
     assert entry["mode"] == "after" and len(entry["members"]) == 2
     # Read back from the manifest, not fitted again.
-    monkeypatch.setattr(bundle_module, "fit_composition", _refuse)
+    monkeypatch.setattr(composition_fit_module, "fit_composition", _refuse)
     assert loaded.fitted_composition("pbm") == entry
     train, _ = loaded.simulators("pbm", composition="fitted")
     assert train.composition().redundancy == "sum"

@@ -14,7 +14,7 @@ from agents.glorank import GloRank, GloRankConfig, GloRankPolicy, output_gradien
 from agents.registry import make_agent
 from simulators.checkpoint import CheckpointError
 from simulators.data.errors import ConfigError
-from simulators.data.semantic_ids import SemanticIdConfig
+from simulators.data.semantic_id_config import SemanticIdConfig
 
 #: Stage 1 on 128 logged demonstrations and a few PPO iterations on the small task.
 TINY = GloRankConfig.tiny(sft_source="logged", train_requests=500)

@@ -8,7 +8,8 @@ import torch
 
 from agents.baselines import InitialOrder, PointwiseGreedy, RandomAgent
 from agents.common.losses import group_loss, reference_policy
-from agents.common.nn import PointerPolicy, input_dims, request_inputs
+from agents.common.nn import input_dims, request_inputs
+from agents.common.pointer import PointerPolicy
 from agents.goalrank import SIZE_PRESETS, GoalRank, group_agreement
 
 TINY = {"reward_model": "simulator", "iterations": 40, "batch_size": 32, "eval_every": 20,

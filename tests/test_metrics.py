@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,6 +15,7 @@ from agents.metrics import (
     log_metrics,
     permutation_percentile,
 )
+from simulators.metrics import ABSENT, ndcg_at_k, recall_at_k, target_ranks
 
 
 def test_log_metrics_by_hand() -> None:
@@ -70,3 +73,55 @@ def test_diversity_and_coverage() -> None:
     assert intra_list_diversity(np.array([[0, 2]]), vectors)[0] == pytest.approx(1.0)
     assert intra_list_diversity(np.array([[0, 1, 2]]), vectors)[0] == pytest.approx(2 / 3)
     assert coverage(np.array([[0, 1], [0, 2]]), np.arange(6)) == pytest.approx(0.5)
+
+
+def _brute_force_target_metrics(lists: np.ndarray, targets: np.ndarray, k: int):
+    """One request at a time, straight from the formulas in simulators/metrics.py."""
+    ranks, recall, ndcg = [], [], []
+    for items, target in zip(lists.tolist(), targets.tolist(), strict=True):
+        rank = items.index(target) if target in items else -1
+        ranks.append(rank)
+        recall.append(1.0 if 0 <= rank < k else 0.0)
+        ndcg.append(1.0 / math.log2(rank + 2) if 0 <= rank < k else 0.0)
+    return np.array(ranks), np.array(recall), np.array(ndcg)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 12])  # 12: longer than the lists
+def test_target_rank_metrics_match_a_brute_force_loop(k: int) -> None:
+    rng = np.random.default_rng(k)
+    lists = np.stack([rng.permutation(20)[:8] for _ in range(200)])
+    targets = rng.integers(0, 20, size=200)  # often absent from the 8 listed items
+    ranks, recall, ndcg = _brute_force_target_metrics(lists, targets, k)
+    assert (ranks == -1).any() and (ranks >= 0).any()
+    np.testing.assert_array_equal(target_ranks(lists, targets), ranks)
+    np.testing.assert_array_equal(recall_at_k(ranks, k), recall)
+    np.testing.assert_allclose(ndcg_at_k(ranks, k), ndcg, rtol=0, atol=1e-15)
+
+
+def test_target_rank_metrics_edge_cases() -> None:
+    lists = np.array([[3, 1, 2], [4, 5, 6]])
+    ranks = target_ranks(lists, np.array([2, 9]))
+    assert ranks.tolist() == [2, ABSENT]
+    # An absent target scores 0 even where k exceeds the list length.
+    assert recall_at_k(ranks, 10).tolist() == [1.0, 0.0]
+    assert ndcg_at_k(ranks, 10).tolist() == [0.5, 0.0]
+    assert recall_at_k(ranks, 2).tolist() == [0.0, 0.0]
+    assert recall_at_k(np.zeros(0, dtype=np.int64), 5).shape == (0,)
+    assert target_ranks(np.zeros((0, 3), dtype=np.int64), np.zeros(0, dtype=np.int64)).shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: target_ranks(np.zeros(3, dtype=int), np.zeros(3, dtype=int)), r"\[B, L\]"),
+        (lambda: target_ranks(np.zeros((2, 3), dtype=int), np.zeros(3, dtype=int)), "same B"),
+        (lambda: target_ranks(np.zeros((2, 3)), np.zeros(2, dtype=int)), "integer ids"),
+        (lambda: recall_at_k(np.array([0, 1]), 0), "k must be an integer >= 1"),
+        (lambda: ndcg_at_k(np.array([0, 1]), 2.0), "k must be an integer >= 1"),
+        (lambda: ndcg_at_k(np.array([0.0, 1.0]), 2), "integer positions"),
+        (lambda: recall_at_k(np.array([0, -2]), 2), "got -2"),
+    ],
+)
+def test_target_rank_metrics_reject_bad_input(call, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -8,22 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulators.data import pipeline as pipeline_module
+from simulators.data import retrieval as retrieval_module
+from simulators.data import top_k as top_k_module
 from simulators.data.datasets import load_rerank_data
 from simulators.data.movielens import load_ml1m
-from simulators.data.pipeline import (
-    PIPELINE_VERSION,
-    TEST,
-    TRAIN,
-    VALID,
-    PipelineConfig,
-    RerankData,
-    _Scorer,
-    build_rerank_data,
-    k_core_mask,
-    top_items,
-)
-from simulators.data.retrieval import history_matrix, make_retriever
+from simulators.data.pipeline import PIPELINE_VERSION, RerankData, build_rerank_data
+from simulators.data.pipeline_config import PipelineConfig
+from simulators.data.retrieval import make_retriever
+from simulators.data.splits import TEST, TRAIN, VALID, k_core_mask
+from simulators.data.top_k import RetrievalRequests, full_scores, history_matrix, top_items
 
 GOLDEN_DIGEST = "26e54271d34707fb"
 
@@ -517,25 +510,24 @@ def test_float32_retrieval_with_float64_certificate_equals_float64_retrieval(
     # Popularity scores the empty histories: tied counts where duplicated.
     popularity = rng.integers(0, 20, n_items) if duplicated else rng.permutation(n_items)
     popularity = popularity.astype(np.float32)
-    scorer = _Scorer(
-        model, popularity, first_rated=rng.integers(0, 100, n_items),
-        request_time=rng.integers(50, 150, len(starts)), item=items,
-        history_starts=starts, history_ends=ends,
+    requests = RetrievalRequests(
+        items, starts, ends, time=rng.integers(50, 150, len(starts)),
+        available_from=rng.integers(0, 100, n_items), fallback=popularity,
     )  # fmt: skip
     rows = slice(0, len(starts))
     logged = rng.integers(0, n_items, (len(starts), 6))
-    reference = scorer(rows)
+    reference = full_scores(model.score_prefixes, requests, rows)
     expected_logged = np.take_along_axis(reference, logged, axis=1)
-    scorer.mask(rows, reference)
+    requests.mask(rows, reference)
     expected = top_items(reference, 20)
 
     full_scorings = []  # rows per full float64 scoring
-    original = pipeline_module.item_scores
+    original = retrieval_module.item_scores
     monkeypatch.setattr(
-        pipeline_module, "item_scores",
+        retrieval_module, "item_scores",
         lambda users, *rest: full_scorings.append(len(users)) or original(users, *rest),
     )  # fmt: skip
-    top, top_scores, logged_scores = scorer.top(rows, logged, 20)
+    top, top_scores, logged_scores = model.top_k(requests, 20, logged)
     np.testing.assert_array_equal(top, expected)
     np.testing.assert_array_equal(top_scores, np.take_along_axis(reference, expected, axis=1))
     np.testing.assert_array_equal(logged_scores, expected_logged)
@@ -545,13 +537,42 @@ def test_float32_retrieval_with_float64_certificate_equals_float64_retrieval(
         assert sum(full_scorings) < len(starts) // 10
 
 
+@pytest.mark.parametrize("retriever", ["mf", "itemknn", "pop"])
+def test_every_retriever_retrieves_its_own_top_k(retriever: str) -> None:
+    # The pipeline asks the retriever for its top k; each one's answer is the best
+    # available items outside the history by its own scores (ALS: certified float32).
+    rng = np.random.default_rng(2)
+    n_items = 200
+    model = make_retriever(retriever, factors=8, iterations=2, neighbors=20)
+    model.fit(rng.integers(0, 40, 3000), rng.integers(0, n_items, 3000), 40, n_items)
+    items = rng.integers(0, n_items, 2000)
+    starts = np.repeat([0, 500, 1000], 10)
+    ends = starts + np.tile(np.arange(0, 60, 6), 3)
+    requests = RetrievalRequests(
+        items, starts, ends, time=rng.integers(50, 150, len(starts)),
+        available_from=rng.integers(0, 100, n_items),
+        fallback=rng.permutation(n_items).astype(np.float32),
+    )  # fmt: skip
+    rows = slice(0, len(starts))
+    logged = rng.integers(0, n_items, (len(starts), 6))
+    reference = full_scores(model.score_prefixes, requests, rows)
+    expected_logged = np.take_along_axis(reference, logged, axis=1)
+    requests.mask(rows, reference)
+    expected = top_items(reference, 12)
+    top, top_scores, logged_scores = model.top_k(requests, 12, logged, workers=2)
+    np.testing.assert_array_equal(top, expected)
+    np.testing.assert_array_equal(top_scores, np.take_along_axis(reference, expected, axis=1))
+    np.testing.assert_array_equal(logged_scores, expected_logged)
+    assert np.isneginf(top_scores).sum() == 0  # enough available items outside histories
+
+
 def test_retrieval_threads_give_the_same_requests(ml100k_ratings, data) -> None:
     # Chunks run on two threads by default; one thread must give every array the same.
-    original = pipeline_module._retrieve
+    original = top_k_module.chunked_top_k
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(
-            pipeline_module, "_retrieve",
-            lambda *args, **kwargs: original(*args, **kwargs, workers=1),
+            retrieval_module, "chunked_top_k",
+            lambda *args, **kwargs: original(*args, **{**kwargs, "workers": 1}),
         )  # fmt: skip
         single = build_rerank_data(ml100k_ratings, PipelineConfig(), progress=False)
     np.testing.assert_array_equal(single.candidates, data.candidates)

@@ -9,19 +9,21 @@ import pytest
 
 from simulators.bundle import load_bundle
 from simulators.data.errors import CacheError, ConfigError
-from simulators.data.semantic_ids import (
-    SEMANTIC_ID_FORMAT_VERSION,
-    SemanticIdConfig,
-    cached_semantic_ids,
+from simulators.data.semantic_id_config import SemanticIdConfig
+from simulators.data.semantic_id_tokenizer import (
     fit_rq_kmeans,
     fit_semantic_ids,
+    resolve_collisions,
+    semantic_id_report,
+)
+from simulators.data.semantic_ids import (
+    SEMANTIC_ID_FORMAT_VERSION,
+    cached_semantic_ids,
     input_checksum,
     items_with_interactions,
     load_semantic_ids,
-    resolve_collisions,
     save_semantic_ids,
     semantic_id_features,
-    semantic_id_report,
 )
 
 

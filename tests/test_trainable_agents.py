@@ -11,7 +11,8 @@ import rerank_env  # noqa: F401  (registers the environments)
 from agents.base import ScoringAgent, TrainableAgent, checked_rank, empty_prefixes
 from agents.baselines import InitialOrder, PointwiseGreedy
 from agents.common.losses import advantages
-from agents.common.nn import PointerPolicy, input_dims, request_inputs
+from agents.common.nn import input_dims, request_inputs
+from agents.common.pointer import PointerPolicy
 from agents.common.sampling import torch_generator
 from agents.common.specs import agent_from_spec, agent_spec
 from agents.degre import DeGRe

@@ -6,7 +6,9 @@ module low in the import graph (:mod:`agents.base`) can use
 
 * :mod:`~agents.common.sampling`: per-request Gumbel noise, torch generators;
 * :mod:`~agents.common.nn`: request features, the candidate-set encoder, the
-  pointer decoder and :class:`~agents.common.nn.PointerPolicy`;
+  Transformer stacks;
+* :mod:`~agents.common.pointer`: the pointer decoder,
+  :class:`~agents.common.pointer.PointerPolicy` and its greedy / sampled lists;
 * :mod:`~agents.common.pointer_agent`: :class:`~agents.common.pointer_agent.PointerAgent`,
   the base of agents whose model is a ``PointerPolicy`` (rank, sample, learning curve);
 * :mod:`~agents.common.scorers`: :class:`~agents.common.scorers.ListScorer`, the one

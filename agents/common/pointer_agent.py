@@ -1,4 +1,4 @@
-"""The base of agents whose model is a :class:`~agents.common.nn.PointerPolicy`.
+"""The base of agents whose model is a :class:`~agents.common.pointer.PointerPolicy`.
 
 Seq2Slate, DeGRe's generator and GoalRank differ in how they train the pointer
 policy, not in how it serves: :class:`PointerAgent` gives them, once, greedy
@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from agents.base import TrainableAgent
-from agents.common.nn import PointerPolicy, greedy_lists, input_dims, sampled_lists
+from agents.common.nn import input_dims
+from agents.common.pointer import PointerPolicy, greedy_lists, sampled_lists
 from rerank_env.task import RerankTask
 
 
@@ -80,7 +81,7 @@ class PointerAgent(TrainableAgent):
         """``count`` lists per request sampled from the policy, ``[B, count, L]``.
 
         A request's lists depend only on ``(seed, request)`` (see
-        :func:`~agents.common.nn.sampled_lists`), not on the rest of the batch.
+        :func:`~agents.common.pointer.sampled_lists`), not on the rest of the batch.
         """
         self._require_built()
         if not self.can_sample:

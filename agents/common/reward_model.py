@@ -10,7 +10,7 @@ With ``composition=True`` the model is wrapped in a trainable
 :class:`~simulators.composed.ComposedSimulator` (examination per position, a
 redundancy strength over the items' genre vectors summed over the items above, a
 complementarity matrix) fitted jointly with it, with the effects' own step sizes
-(:func:`~simulators.composed.composition_optimizer`): every part of it is learned
+(:func:`~simulators.composition_fit.composition_optimizer`): every part of it is learned
 from the logs, as the simulators' ``composition="fitted"`` is.
 """
 
@@ -23,7 +23,8 @@ import torch
 
 from rerank_env.task import RerankTask
 from simulators.base import ClickSimulator, isolated_torch_rng
-from simulators.composed import ComposedSimulator, composition_optimizer, fittable_composition
+from simulators.composed import ComposedSimulator
+from simulators.composition_fit import composition_optimizer, fittable_composition
 from simulators.factory import SimulatorSpec, build_simulator
 from simulators.training import fit_simulator
 

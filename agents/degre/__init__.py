@@ -21,7 +21,7 @@ beam search it could not afford at serving time. Three stages, all in
    never worse than it under the evaluator) with, at every step, the evaluator's
    value of appending each remaining candidate to the mined prefix (the scores
    the search computed anyway).
-3. **Dense supervision** of a :class:`~agents.common.nn.PointerPolicy` (candidate-set
+3. **Dense supervision** of a :class:`~agents.common.pointer.PointerPolicy` (candidate-set
    encoder, causal pointer decoder whose first input is the user): at each step of
    a mined list, cross-entropy on the hard label (the mined item) plus
    ``soft_weight`` times ``KL(soft || p_theta)``, ``soft = softmax(values / temperature)``

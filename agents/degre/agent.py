@@ -18,7 +18,8 @@ import torch
 from agents.base import UnsupportedTaskError, empty_prefixes
 from agents.common.distributed import DataParallel, data_parallel
 from agents.common.losses import advantages, reinforce_loss
-from agents.common.nn import PointerPolicy, request_inputs
+from agents.common.nn import request_inputs
+from agents.common.pointer import PointerPolicy
 from agents.common.pointer_agent import PointerAgent
 from agents.common.sampling import torch_generator
 from agents.common.scorers import ListScorer, SimulatorScorer

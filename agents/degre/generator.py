@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from agents.common.distributed import DataParallel
-from agents.common.nn import PointerPolicy, masked_entropy, request_inputs
+from agents.common.nn import masked_entropy, request_inputs
+from agents.common.pointer import PointerPolicy
 from agents.common.training import training_mode
 from agents.degre.mining import MinedLists
 from rerank_env.task import RerankTask

@@ -28,13 +28,13 @@ import torch
 from torch import nn
 
 from agents.common.nn import (
-    POINTER_CLIP,
     CandidateSetEncoder,
     DecoderCache,
     RequestInputs,
     decoder_stack,
     masked_entropy,
 )
+from agents.common.pointer import POINTER_CLIP
 from agents.common.trie import CandidateTrie
 from rerank_env.task import RerankTask
 from simulators.base import PAD

@@ -17,7 +17,7 @@ generator-evaluator ensemble. It is trained without an evaluator at serving time
    ``-sum_{l in B} pi_ref(l | B) log pi_theta(l | u)``, ``log pi_theta`` the sum of
    the generator's step log-probabilities (teacher-forced).
 
-The generator is the shared :class:`~agents.common.nn.PointerPolicy`; ``size`` picks a
+The generator is the shared :class:`~agents.common.pointer.PointerPolicy`; ``size`` picks a
 width/depth preset from about 0.1M to about 10M parameters (:data:`SIZE_PRESETS`).
 Serving is one greedy pass.
 

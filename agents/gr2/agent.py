@@ -38,6 +38,7 @@ from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
 from simulators.data.errors import ConfigError
 from simulators.data.semantic_ids import codes_checksum
+from simulators.metrics import ndcg_at_k, recall_at_k, target_ranks
 from simulators.progress import progress_bar
 
 #: Share of items held out of the captioning tasks to measure what mid-training taught.
@@ -672,13 +673,12 @@ class GR2(TrainableAgent):
     def _curve_point(self, task: RerankTask, requests: np.ndarray, iteration: int) -> dict:
         """Greedy recall@1/5 and NDCG@5 on validation requests, and the copy diagnostics."""
         rankings = self._rankings(task, requests)
-        targets = task.pool.gr2_target_pos[requests]
-        rank = (rankings == targets[:, None]).argmax(axis=1)
+        rank = target_ranks(rankings, task.pool.gr2_target_pos[requests])
         return {
             "dapo_iteration": iteration,
-            "valid_recall@1": float((rank < 1).mean()),
-            "valid_recall@5": float((rank < 5).mean()),
-            "valid_ndcg@5": float(np.where(rank < 5, 1 / np.log2(rank + 2.0), 0).mean()),
+            "valid_recall@1": float(recall_at_k(rank, 1).mean()),
+            "valid_recall@5": float(recall_at_k(rank, 5).mean()),
+            "valid_ndcg@5": float(ndcg_at_k(rank, 5).mean()),
             "valid_copy_share": float(
                 (rankings == np.arange(rankings.shape[1])).all(axis=1).mean()
             ),

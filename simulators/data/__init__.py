@@ -21,7 +21,8 @@ from simulators.data.errors import (
 from simulators.data.movielens import MovieLensData, load_ml1m, load_ml100k, load_movielens
 from simulators.data.open_bandit import OpenBanditData, load_open_bandit
 from simulators.data.paths import cache_dir, find_dataset_dir
-from simulators.data.pipeline import PipelineConfig, RerankData, build_rerank_data
+from simulators.data.pipeline import RerankData, build_rerank_data
+from simulators.data.pipeline_config import PipelineConfig
 
 __all__ = [
     "CacheError",

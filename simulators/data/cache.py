@@ -27,7 +27,8 @@ import numpy as np
 
 from simulators._io import atomic_write
 from simulators.data.errors import CacheError
-from simulators.data.pipeline import PIPELINE_VERSION, PipelineConfig, RerankData
+from simulators.data.pipeline import PIPELINE_VERSION, RerankData
+from simulators.data.pipeline_config import PipelineConfig
 
 # 2: ratings are float32 stars (half stars from ML-10M on), were int8.
 CACHE_FORMAT_VERSION = 2

@@ -10,7 +10,7 @@ import typing
 
 from simulators.cli_help import HelpFormatter, field_docs
 from simulators.data.datasets import DATASETS, cache_path, load_rerank_data
-from simulators.data.pipeline import PipelineConfig
+from simulators.data.pipeline_config import PipelineConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

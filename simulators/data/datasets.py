@@ -15,7 +15,8 @@ from simulators.data.movielens import (
     load_movielens,
 )
 from simulators.data.paths import cache_dir, find_dataset_dir
-from simulators.data.pipeline import PipelineConfig, RerankData, build_rerank_data
+from simulators.data.pipeline import RerankData, build_rerank_data
+from simulators.data.pipeline_config import PipelineConfig
 from simulators.data.synthetic_config import SyntheticConfig
 from simulators.progress import progress_bar
 
