@@ -1,6 +1,6 @@
 """Policy-gradient estimators for one pointer policy: the credit-assignment study's agent.
 
-One :class:`~agents.common.nn.PointerPolicy`, trained on the task's *training*
+One :class:`~agents.common.pointer.PointerPolicy`, trained on the task's *training*
 simulator for a fixed number of simulator calls (lists scored), by one of:
 
 * ``estimator="reinforce"``: REINFORCE. ``credit="sparse"`` credits every slot

@@ -43,7 +43,7 @@ class ColdStartConfig:
     """Cold start: a seeded share of items that agents never learn on.
 
     The withheld items are removed from every request of ``splits`` (candidates,
-    histories, logged slates; see :meth:`~simulators.bundle.RequestPool.withholding`),
+    histories, logged slates; see :meth:`~simulators.request_pool.RequestPool.withholding`),
     from the semantic-ID tokenizer's fit and from the agents' feature table (their
     learned vectors are replaced by a ridge prediction from content, as for any item
     without training interactions). The simulators, fitted beforehand on every

@@ -52,7 +52,7 @@ class RerankTask:
             (``None`` for a view that no config describes, such as
             :meth:`with_candidate_order`).
         semantic_id_config: Tokenizer settings of :attr:`semantic_ids` (default
-            :class:`~simulators.data.semantic_ids.SemanticIdConfig`).
+            :class:`~simulators.data.semantic_id_config.SemanticIdConfig`).
         stored_semantic_ids: Returns the bundle's saved semantic IDs and their
             manifest entry (or ``None``); used when their kind and config match.
         cold_start: Withhold a seeded share of items from the requests agents learn
@@ -133,7 +133,7 @@ class RerankTask:
 
         The input is the item side features next to this task's learned item
         vectors; the tokenizer is fitted on items with training interactions only
-        (:meth:`~simulators.bundle.RequestPool.semantic_id_inputs`). The bundle's
+        (:meth:`~simulators.request_pool.RequestPool.semantic_id_inputs`). The bundle's
         saved IDs are used when they were fitted on this simulator's vectors with
         this config; otherwise they are fitted once and kept in the user cache.
         In cold start (:class:`ColdStartConfig`) withheld items are not fitted on

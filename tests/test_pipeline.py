@@ -564,6 +564,9 @@ def test_every_retriever_retrieves_its_own_top_k(retriever: str) -> None:
     np.testing.assert_array_equal(top_scores, np.take_along_axis(reference, expected, axis=1))
     np.testing.assert_array_equal(logged_scores, expected_logged)
     assert np.isneginf(top_scores).sum() == 0  # enough available items outside histories
+    # What a reranker may read of the retriever: ALS's item factors, the others none.
+    vectors = model.item_representations(n_items)
+    assert vectors.dtype == np.float32 and vectors.shape == (n_items, 8 if retriever == "mf" else 0)
 
 
 def test_retrieval_threads_give_the_same_requests(ml100k_ratings, data) -> None:

@@ -44,7 +44,7 @@ from simulators.data.errors import ConfigError
 from simulators.data.features import item_features, user_features
 from simulators.data.movielens import MovieLensData
 from simulators.data.pipeline_config import PipelineConfig
-from simulators.data.retrieval import ImplicitALS, make_retriever
+from simulators.data.retrieval import make_retriever
 from simulators.data.splits import (
     SPLITS,
     TEST,
@@ -367,11 +367,7 @@ def build_rerank_data(
         gr2_candidates=gr2["candidates"],
         gr2_target_pos=gr2["target_pos"],
         gr2_injected=gr2["injected"],
-        retriever_item_factors=(
-            retriever.item_factors
-            if isinstance(retriever, ImplicitALS) and retriever.item_factors is not None
-            else np.zeros((n_items, 0), dtype=np.float32)
-        ),
+        retriever_item_factors=retriever.item_representations(n_items),
     )
     stats = compute_stats(data, retrieved_positive=requests["retrieved_positive"])
     stats["dropped_requests_too_few_items"] = int((~enough).sum())

@@ -84,6 +84,12 @@ class Retriever(Protocol):
             ``score_items``. Excluded items score -inf.
         """
 
+    def item_representations(self, n_items: int) -> np.ndarray:
+        """The retriever's own item vectors, float32 ``[n_items, d]`` (``d = 0``: none).
+
+        What a downstream reranker may read of the retriever (ALS: its item factors).
+        """
+
 
 class ImplicitALS:
     """Implicit-feedback matrix factorisation by alternating least squares.
@@ -213,6 +219,16 @@ class ImplicitALS:
                 np.cumsum(sum_added[lo:hi], axis=0, out=sum_added[lo:hi])
             lhs = factors.T @ factors + self.regularization * np.eye(k) + self.alpha * gram_added
             return np.linalg.solve(lhs, (1.0 + self.alpha) * sum_added[..., None])[..., 0]
+
+    def item_representations(self, n_items: int) -> np.ndarray:
+        """The fitted item factors, float32 ``[n_items, factors]``.
+
+        Raises:
+            RuntimeError: Before :meth:`fit`.
+        """
+        if self.item_factors is None:
+            raise RuntimeError("ImplicitALS.item_representations() before fit()")
+        return self.item_factors
 
     def top_k(
         self,
@@ -362,6 +378,10 @@ class ItemKNN:
             raise RuntimeError("ItemKNN.score_prefixes() called before fit()")
         return self.score(history_matrix(items, starts, ends, len(self.similarity)))
 
+    def item_representations(self, n_items: int) -> np.ndarray:
+        """No item vectors: float32 ``[n_items, 0]``."""
+        return np.zeros((n_items, 0), dtype=np.float32)
+
     def top_k(
         self,
         requests: RetrievalRequests,
@@ -402,6 +422,10 @@ class Popularity:
         if self.counts is None:
             raise RuntimeError("Popularity.score_prefixes() called before fit()")
         return np.broadcast_to(self.counts, (len(starts), len(self.counts))).copy()
+
+    def item_representations(self, n_items: int) -> np.ndarray:
+        """No item vectors: float32 ``[n_items, 0]``."""
+        return np.zeros((n_items, 0), dtype=np.float32)
 
     def top_k(
         self,
