@@ -22,13 +22,14 @@ import inspect
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from agents.common.config import AgentConfig
+from agents.common.distributed import DataParallel, data_parallel
 from agents.common.imports import checkpoint_loading
 from agents.common.sampling import request_gumbel
 from agents.common.telemetry import TrainingLogger
@@ -36,6 +37,9 @@ from rerank_env.task import RerankTask
 from simulators._io import atomic_torch_save
 from simulators.base import PAD
 from simulators.checkpoint import CheckpointError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 #: Version of the agent checkpoint format written and read (sub-agents named by entry point).
 AGENT_FORMAT_VERSION = 2
@@ -50,7 +54,7 @@ class UnsupportedTaskError(ValueError):
 
 
 class Agent(ABC):
-    """A reranker. Subclasses implement :meth:`rank` (and, if trainable, ``fit``).
+    """A reranker. Subclasses implement :meth:`rank` (trainable ones: :class:`TrainableAgent`).
 
     Attributes:
         name: Short name used in tables and error messages.
@@ -150,11 +154,13 @@ class ScoringAgent(Agent):
 class TrainableAgent(Agent):
     """An agent with parameters: ``fit(task)``, ``save(path)``, ``load(path)``.
 
-    Subclasses implement :meth:`fit`, :meth:`config` (their constructor keyword
-    arguments), :meth:`_build_info` (the shapes a task implies) and :meth:`_build`
-    (create ``self.modules`` from ``self.build_info``). :meth:`setup` gives the
-    untrained agent (``fit`` starts from it; tests compare against it). Settings are
-    read from the config, ``self.settings``. Checkpoints hold the format version, the
+    Subclasses implement :meth:`_train` (the method's own training stages),
+    :meth:`_build_info` (the shapes a task implies) and :meth:`_build` (create
+    ``self.modules`` from ``self.build_info``), and hold their config in
+    ``self.settings`` (or implement :meth:`config`). :meth:`fit` is the template
+    they share; :meth:`_setup` is its hook for work before the modules are built
+    (fitting sub-agents). :meth:`setup` gives the untrained agent (``fit`` starts
+    from it; tests compare against it). Checkpoints hold the format version, the
     class, the config, the build info, every module's weights and metadata, and are
     written atomically.
     """
@@ -226,9 +232,67 @@ class TrainableAgent(Agent):
             raise NotImplementedError(f"{type(self).__name__} must implement config()")
         return settings.to_dict()
 
+    def fit(self, task: RerankTask, *, progress: bool = False) -> Self:
+        """Train on ``task`` (training requests only); returns ``self``.
+
+        The template every method shares (as Stable-Baselines3's ``learn``): check
+        the task, :meth:`_setup` (build the untrained modules), join the
+        data-parallel group when ``torchrun`` started this process
+        (:mod:`agents.common.distributed`; rank 0 alone writes the log), open the
+        training logger, run the method's :meth:`_train`, then put every module in
+        evaluation mode and mark the agent fitted.
+
+        Raises:
+            UnsupportedTaskError: The agent cannot rank ``task``.
+        """
+        self._check_new_task(task)
+        self._setup(task, progress=progress)
+        parallel = data_parallel(task.device)
+        if not parallel.is_main:
+            self.log_dir = None
+        logger = self.training_logger()
+        try:
+            self._train(task, logger=logger, parallel=parallel, progress=progress)
+        finally:
+            logger.close()  # what was logged reaches curves.csv even if training fails
+        for module in self.modules.values():
+            module.eval()
+        self.fitted = True
+        return self
+
+    def _check_new_task(self, task: RerankTask) -> None:
+        """:meth:`check_task` as for an untrained agent: ``fit`` builds anew for ``task``."""
+        built, self.build_info = self.build_info, {}
+        try:
+            self.check_task(task)
+        finally:
+            self.build_info = built
+
+    def _setup(self, task: RerankTask, *, progress: bool = False) -> None:
+        """``fit``'s first stage: build the untrained modules (:meth:`setup`).
+
+        Composite agents override it to fit their untrained sub-agents first.
+        """
+        self.setup(task)
+
     @abstractmethod
-    def fit(self, task: RerankTask, *, progress: bool = False) -> TrainableAgent:
-        """Train on ``task`` (training requests only); returns ``self``."""
+    def _train(
+        self,
+        task: RerankTask,
+        *,
+        logger: TrainingLogger,
+        parallel: DataParallel,
+        progress: bool,
+    ) -> None:
+        """The method's training stages, on the modules :meth:`_setup` built.
+
+        Args:
+            task: The task (training requests only; validation for curves).
+            logger: Rows of the training log (``fit`` closes it).
+            parallel: This process's place among data-parallel processes (one
+                process unless ``torchrun`` started several).
+            progress: Show progress bars.
+        """
 
     @abstractmethod
     def _build_info(self, task: RerankTask) -> dict[str, Any]:

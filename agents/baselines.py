@@ -19,6 +19,8 @@ from agents.base import (
     empty_prefixes,
 )
 from agents.common.config import AgentConfig
+from agents.common.distributed import DataParallel
+from agents.common.telemetry import TrainingLogger
 from rerank_env.task import RerankTask
 from simulators.base import PAD
 from simulators.click_models import Attractiveness, PointwiseModel
@@ -128,25 +130,18 @@ class PointwiseGreedy(TrainableAgent, ScoringAgent):
             "model": PointwiseModel(attractiveness, max_positions=info["max_positions"])
         }
 
-    def fit(self, task: RerankTask, *, progress: bool = False) -> PointwiseGreedy:
-        """Fit the pointwise model on the task's training logs; returns ``self``."""
-        self.setup(task)
-        pool = task.pool
+    def _train(
+        self, task: RerankTask, *, logger: TrainingLogger, parallel: DataParallel, progress: bool
+    ) -> None:
+        """Fit the pointwise model on the task's training logs."""
+        cfg = self.settings
         report = fit_simulator(
-            self.modules["model"],
-            pool,
-            epochs=self.settings.epochs,
-            seed=self.settings.seed,
-            progress=progress,
+            self.modules["model"], task.pool, epochs=cfg.epochs, seed=cfg.seed, progress=progress
         )
-        logger = self.training_logger()
         for epoch, (train, valid) in enumerate(
             zip(report.train_nll, report.valid_nll, strict=True), start=1
         ):
             logger.log("model", step=epoch, epoch=epoch, train_nll=train, valid_nll=valid)
-        logger.close()
-        self.fitted = True
-        return self
 
     @torch.no_grad()
     def scores(self, task: RerankTask, requests: np.ndarray) -> np.ndarray:

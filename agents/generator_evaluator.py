@@ -24,9 +24,11 @@ import torch
 from agents.base import Agent, TrainableAgent, can_sample, empty_prefixes
 from agents.baselines import PointwiseGreedy
 from agents.common.config import AgentConfig
+from agents.common.distributed import DataParallel
 from agents.common.reward_model import build_reward_model, fit_reward_model, reward_model_spec
 from agents.common.scorers import ClickModelScorer, ListScorer, SimulatorScorer
 from agents.common.specs import agent_from_spec, agent_spec
+from agents.common.telemetry import TrainingLogger
 from rerank_env.task import RerankTask
 from simulators.base import ClickSimulator
 from simulators.data.errors import ConfigError
@@ -138,26 +140,25 @@ class GeneratorEvaluator(TrainableAgent):
             self.scorer = ClickModelScorer(evaluator)
         self._collect_modules(evaluator)
 
-    def fit(self, task: RerankTask, *, progress: bool = False) -> GeneratorEvaluator:
-        """Train the untrained generators and, if ``evaluator="learned"``, the evaluator."""
+    def _setup(self, task: RerankTask, *, progress: bool = False) -> None:
+        """Train the untrained generators, then build the evaluator."""
         for generator in self.generators:
             if isinstance(generator, TrainableAgent) and not generator.fitted:
                 generator.fit(task, progress=progress)
         self.setup(task)
-        if self.settings.evaluator == "learned":
+
+    def _train(
+        self, task: RerankTask, *, logger: TrainingLogger, parallel: DataParallel, progress: bool
+    ) -> None:
+        """Fit the evaluator if ``evaluator="learned"`` (the generators are trained)."""
+        cfg = self.settings
+        if cfg.evaluator == "learned":
             valid_nll = fit_reward_model(
-                self.modules["evaluator"],
-                task,
-                epochs=self.settings.evaluator_epochs,
-                seed=self.settings.seed,
+                self.modules["evaluator"], task, epochs=cfg.evaluator_epochs, seed=cfg.seed,
                 progress=progress,
-            )
-            logger = self.training_logger()
+            )  # fmt: skip
             for epoch, nll in enumerate(valid_nll, start=1):
                 logger.log("evaluator", step=epoch, epoch=epoch, evaluator_valid_nll=nll)
-            logger.close()
-        self.fitted = True
-        return self
 
     def _collect_modules(self, evaluator: ClickSimulator | None) -> None:
         """``self.modules``: the generators' (prefixed ``g<i>.``) and the evaluator."""

@@ -6,12 +6,13 @@ simulator for a fixed number of simulator calls (lists scored), by one of:
 * ``estimator="reinforce"``: REINFORCE. ``credit="sparse"`` credits every slot
   with the list reward, ``credit="dense"`` credits slot ``t`` with its
   reward-to-go (the rewards of ``SlateRerankDense-v0`` from ``t`` on).
-  ``baseline`` is the mean of the request's ``samples`` lists (``"mean"``, what
+  ``baseline`` is the mean of the request's ``group_size`` lists (``"mean"``, what
   Seq2Slate uses), the mean of the *other* lists (``"leave-one-out"``: RLOO,
   unbiased), or none (``"none"``: the plain estimator, as a reference).
 * ``estimator="ppo"``: PPO with GAE(1, ``gae_lambda``) advantages from a learned
   critic (a value head on the decoder state of each step), clipped surrogate,
-  ``ppo_epochs`` passes over each batch. ``credit="dense"`` pays ``r_t`` at each
+  ``ppo_epochs`` passes over each batch (:func:`~agents.common.ppo.ppo_update`).
+  ``credit="dense"`` pays ``r_t`` at each
   step, ``credit="sparse"`` pays the list reward at the last step only (the
   critic must then learn what the prefix is worth).
 
@@ -41,9 +42,9 @@ import torch
 from torch import nn
 
 from agents.common.config import AgentConfig
+from agents.common.distributed import DataParallel
 from agents.common.losses import (
     Credit,
-    clipped_surrogate_loss,
     generalized_advantages,
     group_baseline,
     reinforce_loss,
@@ -51,8 +52,10 @@ from agents.common.losses import (
 )
 from agents.common.nn import RequestInputs, masked_entropy, request_inputs
 from agents.common.pointer_agent import PointerAgent
+from agents.common.ppo import PolicyEvaluation, ppo_update
 from agents.common.sampling import torch_generator
 from agents.common.scorers import SimulatorScorer
+from agents.common.telemetry import TrainingLogger
 from agents.common.training import gradient_step, training_mode
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
@@ -78,14 +81,16 @@ class PolicyGradientConfig(AgentConfig):
         clicks: ``"expected"`` (click probabilities) or ``"sampled"`` (clicks).
         simulator_calls: Training budget: lists the training simulator scores.
         batch_size: Training requests per iteration.
-        samples: Lists sampled per request per iteration.
+        group_size: Lists sampled per request per iteration (the group of the baseline).
         learning_rate: Adam step size.
-        entropy: Weight of an entropy bonus.
+        entropy_coef: Weight of an entropy bonus.
         ppo_epochs: PPO: passes over each iteration's lists.
-        ppo_minibatches: PPO: minibatches (of whole requests) per pass.
-        clip: PPO: clip range of the probability ratio.
+        minibatch_size: PPO: lists per gradient step, a multiple of ``group_size``
+            (minibatches hold whole requests).
+        clip_low: PPO: clip range of the probability ratio below 1.
+        clip_high: PPO: above 1 (``None``: ``clip_low``).
         gae_lambda: PPO: GAE's lambda (1: Monte-Carlo returns minus the critic).
-        value_weight: PPO: weight of the critic's squared error.
+        value_coef: PPO: weight of the critic's squared error.
         dim: Width of the pointer policy.
         encoder_layers: Candidate-set encoder layers.
         decoder_layers: Pointer decoder layers.
@@ -101,14 +106,15 @@ class PolicyGradientConfig(AgentConfig):
     clicks: Clicks = "expected"
     simulator_calls: int = 150_000
     batch_size: int = 64
-    samples: int = 8
+    group_size: int = 8
     learning_rate: float = 1e-3
-    entropy: float = 0.0
+    entropy_coef: float = 0.0
     ppo_epochs: int = 4
-    ppo_minibatches: int = 4
-    clip: float = 0.2
+    minibatch_size: int = 128
+    clip_low: float = 0.2
+    clip_high: float | None = None
     gae_lambda: float = 0.95
-    value_weight: float = 0.5
+    value_coef: float = 0.5
     dim: int = 64
     encoder_layers: int = 2
     decoder_layers: int = 1
@@ -119,8 +125,8 @@ class PolicyGradientConfig(AgentConfig):
 
     QUICK: ClassVar[dict[str, Any]] = {"simulator_calls": 30_720}
     TINY: ClassVar[dict[str, Any]] = {
-        "simulator_calls": 5_120, "batch_size": 32, "curve_points": 2, "eval_requests": 128,
-        "dim": 32, "encoder_layers": 1,
+        "simulator_calls": 5_120, "batch_size": 32, "minibatch_size": 64, "curve_points": 2,
+        "eval_requests": 128, "dim": 32, "encoder_layers": 1,
     }  # fmt: skip
 
     def validate(self) -> None:
@@ -135,23 +141,26 @@ class PolicyGradientConfig(AgentConfig):
                 "is its critic: leave baseline at its default"
             )
         grouped = self.baseline in ("mean", "leave-one-out") and self.estimator == "reinforce"
-        if grouped and self.samples < 2:
+        if grouped and self.group_size < 2:
             raise ConfigError(
-                f"baseline={self.baseline!r} needs samples >= 2 lists per request, got "
-                f"{self.samples}; raise samples or use baseline='none'"
+                f"baseline={self.baseline!r} needs group_size >= 2 lists per request, got "
+                f"{self.group_size}; raise group_size or use baseline='none'"
             )
-        self._at_least(1, "simulator_calls", "batch_size", "samples", "ppo_epochs",
-                       "ppo_minibatches", "dim", "encoder_layers", "decoder_layers", "heads",
+        self._at_least(1, "simulator_calls", "batch_size", "group_size", "ppo_epochs",
+                       "minibatch_size", "dim", "encoder_layers", "decoder_layers", "heads",
                        "curve_points", "eval_requests")  # fmt: skip
-        if self.ppo_minibatches > self.batch_size:
+        if self.estimator == "ppo" and self.minibatch_size % self.group_size:
             raise ConfigError(
-                f"ppo_minibatches={self.ppo_minibatches} exceeds batch_size={self.batch_size} "
-                "(minibatches hold whole requests)"
+                f"minibatch_size={self.minibatch_size} is not a multiple of group_size="
+                f"{self.group_size} (minibatches hold whole requests): use e.g. "
+                f"{max(1, self.minibatch_size // self.group_size) * self.group_size}"
             )
         if not 0 <= self.gae_lambda <= 1:
             raise ConfigError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
-        if self.clip <= 0:
-            raise ConfigError(f"clip must be > 0, got {self.clip}")
+        for name in ("clip_low", "clip_high"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
 
     @property
     def label(self) -> str:
@@ -161,13 +170,13 @@ class PolicyGradientConfig(AgentConfig):
         return f"{name}-{self.credit}" + ("-sampled" if self.clicks == "sampled" else "")
 
     def iterations_for(self) -> int:
-        """Iterations the budget buys: ``ceil(simulator_calls / (batch_size * samples))``."""
-        return max(1, math.ceil(self.simulator_calls / (self.batch_size * self.samples)))
+        """Iterations the budget buys: ``ceil(simulator_calls / (batch_size * group_size))``."""
+        return max(1, math.ceil(self.simulator_calls / (self.batch_size * self.group_size)))
 
 
 @dataclasses.dataclass
 class Rollout:
-    """One iteration's lists and their rewards (``M = B * samples`` lists, request-major).
+    """One iteration's lists and their rewards (``M = B * group_size`` lists, request-major).
 
     Attributes:
         requests: Training request of each list ``[M]``.
@@ -223,12 +232,15 @@ class PolicyGradient(PointerAgent):
 
     # ------------------------------------------------------------------ training
 
-    def fit(self, task: RerankTask, *, progress: bool = False) -> PolicyGradient:
-        """Train on the training requests until ``simulator_calls`` lists are scored."""
-        cfg = self.settings
+    def _setup(self, task: RerankTask, *, progress: bool = False) -> None:
         self.setup(task)
         self.scorer = SimulatorScorer("train")
-        logger = self.training_logger()
+
+    def _train(
+        self, task: RerankTask, *, logger: TrainingLogger, parallel: DataParallel, progress: bool
+    ) -> None:
+        """Train on the training requests until ``simulator_calls`` lists are scored."""
+        cfg = self.settings
         modules = [m.to(task.device) for m in self.modules.values()]
         parameters = [p for m in modules for p in m.parameters()]
         optimiser = torch.optim.Adam(parameters, lr=cfg.learning_rate)
@@ -247,10 +259,10 @@ class PolicyGradient(PointerAgent):
             if cfg.estimator == "reinforce":
                 with training_mode(*modules):
                     log_probs, entropy = self.modules["policy"].step_log_probs_and_entropy(
-                        rollout.inputs, rollout.slots, repeats=cfg.samples
+                        rollout.inputs, rollout.slots, repeats=cfg.group_size
                     )
                     loss = reinforce_loss(log_probs, self.reinforce_advantages(rollout.rewards))
-                    loss = loss - cfg.entropy * entropy.mean()
+                    loss = loss - cfg.entropy_coef * entropy.mean()
                     norm = gradient_step(optimiser, loss, parameters)
                 stats = {"loss": loss.item(), "entropy": entropy.mean().item(), "grad_norm": norm}
             else:
@@ -265,11 +277,6 @@ class PolicyGradient(PointerAgent):
                 )
                 logger.log("curve", **point)
         bar.close()
-        logger.close()
-        for module in modules:
-            module.eval()
-        self.fitted = True
-        return self
 
     def rollout(
         self,
@@ -279,14 +286,14 @@ class PolicyGradient(PointerAgent):
         list_rng: torch.Generator,
         click_rng: torch.Generator,
     ) -> Rollout:
-        """Sample ``samples`` lists for each of ``batch_size`` training requests and score them."""
+        """Sample ``group_size`` lists for each of ``batch_size`` training requests; score them."""
         cfg = self.settings
         rows = task.sample_requests("train", batch_size, request_rng)
         inputs = request_inputs(task, rows)
-        requests = np.repeat(rows, cfg.samples)
+        requests = np.repeat(rows, cfg.group_size)
         with torch.no_grad():
             slots, _ = self.modules["policy"].generate(
-                inputs, task.slate_length, greedy=False, generator=list_rng, repeats=cfg.samples
+                inputs, task.slate_length, greedy=False, generator=list_rng, repeats=cfg.group_size
             )
             prefix = self.scorer.prefix_values(task, requests, slots)
             rewards = torch.diff(prefix, dim=1, prepend=torch.zeros_like(prefix[:, :1]))
@@ -301,7 +308,7 @@ class PolicyGradient(PointerAgent):
         returns = slot_returns(rewards.cumsum(dim=1), cfg.credit)
         if cfg.baseline == "none":
             return returns
-        return group_baseline(returns, cfg.samples, cfg.baseline)
+        return group_baseline(returns, cfg.group_size, cfg.baseline)
 
     def step_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
         """What PPO is paid at each step: ``r_t`` (dense), or the list reward at the end."""
@@ -316,7 +323,7 @@ class PolicyGradient(PointerAgent):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(critic values, step log-probabilities, step entropies)``, each ``[M, L]``."""
         states, logits = self.modules["policy"].step_states_and_logits(
-            inputs, slots, repeats=self.settings.samples
+            inputs, slots, repeats=self.settings.group_size
         )
         log_probs = torch.log_softmax(logits, dim=2)
         chosen = log_probs.gather(2, slots[..., None])[..., 0]
@@ -353,33 +360,25 @@ class PolicyGradient(PointerAgent):
             values, old_log_probs, _ = self.values_and_log_probs(rollout.inputs, rollout.slots)
         advantage, targets = self.ppo_advantages(rollout, values)
         advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
-        sums: dict[str, float] = {}
-        updates = 0
-        for _ in range(cfg.ppo_epochs):
-            for group in np.array_split(rng.permutation(cfg.batch_size), cfg.ppo_minibatches):
-                lists = torch.as_tensor(
-                    (group[:, None] * cfg.samples + np.arange(cfg.samples)).reshape(-1),
-                    device=rollout.slots.device,
-                )
-                inputs = rollout.inputs.select(torch.as_tensor(group, device=lists.device))
-                with training_mode(*self.modules.values()):
-                    values, log_probs, entropy = self.values_and_log_probs(
-                        inputs, rollout.slots[lists]
-                    )
-                    surrogate, stats = clipped_surrogate_loss(
-                        log_probs, old_log_probs[lists], advantage[lists], clip_low=cfg.clip
-                    )
-                    value_loss = (values - targets[lists]).pow(2).mean()
-                    loss = surrogate + cfg.value_weight * value_loss - cfg.entropy * entropy.mean()
-                    norm = gradient_step(optimiser, loss, parameters)
-                for key, value in {
-                    "loss": surrogate.item(), "value_loss": value_loss.item(),
-                    "entropy": entropy.mean().item(), "grad_norm": norm,
-                    "clip_fraction": stats.clip_fraction, "approx_kl": stats.approx_kl,
-                }.items():  # fmt: skip
-                    sums[key] = sums.get(key, 0.0) + value
-                updates += 1
-        return {key: value / updates for key, value in sums.items()}
+
+        def evaluate(batch: np.ndarray) -> PolicyEvaluation:
+            # Whole groups: the policy encodes each request once for its lists.
+            lists = torch.as_tensor(batch, device=rollout.slots.device)
+            requests = lists.reshape(-1, cfg.group_size)[:, 0] // cfg.group_size
+            values, log_probs, entropy = self.values_and_log_probs(
+                rollout.inputs.select(requests), rollout.slots[lists]
+            )
+            return PolicyEvaluation(log_probs, entropy, values=values)
+
+        stats = ppo_update(
+            evaluate, old_log_probs, advantage, optimiser=optimiser, parameters=parameters,
+            modules=list(self.modules.values()), rng=rng, epochs=cfg.ppo_epochs,
+            minibatch_size=cfg.minibatch_size, group_size=cfg.group_size,
+            clip_low=cfg.clip_low, clip_high=cfg.clip_high, entropy_coef=cfg.entropy_coef,
+            returns=targets, value_coef=cfg.value_coef,
+        )  # fmt: skip
+        keys = ("loss", "value_loss", "entropy", "grad_norm", "clip_fraction", "approx_kl")
+        return {key: stats[key] for key in keys}
 
     # ------------------------------------------------------------------ measurement
 
@@ -439,7 +438,7 @@ class PolicyGradient(PointerAgent):
             else:
                 advantage = self.ppo_advantages(rollout)[0]
             with training_mode(policy):
-                log_probs = policy.step_log_probs(rollout.inputs, rollout.slots, cfg.samples)
+                log_probs = policy.step_log_probs(rollout.inputs, rollout.slots, cfg.group_size)
                 for t in range(length):
                     term = -(advantage[:, t].detach() * log_probs[:, t]).mean()
                     grads = torch.autograd.grad(term, parameters, retain_graph=t < length - 1)
@@ -479,7 +478,7 @@ class PolicyGradient(PointerAgent):
             targets = paid.flip(1).cumsum(1).flip(1)  # Monte-Carlo returns (gamma = 1)
             with torch.no_grad():
                 states, _ = self.modules["policy"].step_states_and_logits(
-                    rollout.inputs, rollout.slots, repeats=self.settings.samples
+                    rollout.inputs, rollout.slots, repeats=self.settings.group_size
                 )
             with training_mode(critic):
                 loss = (critic(states)[..., 0] - targets).pow(2).mean()

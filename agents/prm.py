@@ -20,7 +20,9 @@ from torch import nn
 
 from agents.base import ScoringAgent, TrainableAgent, complete_by_scores
 from agents.common.config import AgentConfig
+from agents.common.distributed import DataParallel
 from agents.common.nn import CandidateSetEncoder, input_dims, request_inputs
+from agents.common.telemetry import TrainingLogger
 from agents.common.training import gradient_step, minibatches, training_mode
 from agents.metrics import log_metrics
 from rerank_env.task import RerankTask
@@ -130,27 +132,26 @@ class PRM(TrainableAgent, ScoringAgent):
         targets = positives / positives.sum(dim=1, keepdim=True)
         return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1)
 
-    def fit(self, task: RerankTask, *, progress: bool = False) -> PRM:
+    def _train(
+        self, task: RerankTask, *, logger: TrainingLogger, parallel: DataParallel, progress: bool
+    ) -> None:
         """Train on the logged positives of the training requests; early stopping on valid."""
-        self.setup(task)
+        cfg = self.settings
         model = self.modules["model"].to(task.device)
-        generator = np.random.default_rng(self.settings.seed)
+        generator = np.random.default_rng(cfg.seed)
         train, valid = (self._scorable(task, split) for split in ("train", "valid"))
-        if self.settings.train_requests is not None and self.settings.train_requests < len(train):
-            subset = np.random.default_rng(self.settings.seed + 2).permutation(len(train))
-            train = np.sort(train[subset[: self.settings.train_requests]])
-        logger = self.training_logger()
+        if cfg.train_requests is not None and cfg.train_requests < len(train):
+            subset = np.random.default_rng(cfg.seed + 2).permutation(len(train))
+            train = np.sort(train[subset[: cfg.train_requests]])
         optimiser = torch.optim.Adam(
-            model.parameters(),
-            lr=self.settings.learning_rate,
-            weight_decay=self.settings.weight_decay,
+            model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
         best, best_state, waited = float("inf"), None, 0
-        bar = progress_bar(self.settings.epochs, "PRM", progress)
-        for epoch in range(self.settings.epochs):
+        bar = progress_bar(cfg.epochs, "PRM", progress)
+        for epoch in range(cfg.epochs):
             losses = []
-            with training_mode(model), isolated_torch_rng(self.settings.seed + epoch):  # dropout
-                for rows in minibatches(train, self.settings.batch_size, generator):
+            with training_mode(model), isolated_torch_rng(cfg.seed + epoch):  # dropout
+                for rows in minibatches(train, cfg.batch_size, generator):
                     positives = torch.as_tensor(task.logged_positives(rows), device=task.device)
                     loss = self._loss(model(request_inputs(task, rows)), positives.float()).mean()
                     norm = gradient_step(optimiser, loss, list(model.parameters()))
@@ -168,15 +169,11 @@ class PRM(TrainableAgent, ScoringAgent):
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
             else:
                 waited += 1
-                if waited >= self.settings.patience:
+                if waited >= cfg.patience:
                     break
         bar.close()
-        logger.close()
         if best_state is not None:
             model.load_state_dict(best_state)
-        model.eval()
-        self.fitted = True
-        return self
 
     @staticmethod
     def _scorable(task: RerankTask, split: str) -> np.ndarray:

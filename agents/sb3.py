@@ -34,6 +34,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.base import TrainableAgent, UnsupportedTaskError, empty_prefixes
 from agents.common.config import AgentConfig
+from agents.common.distributed import DataParallel
 from agents.common.telemetry import TrainingLogger
 from agents.common.training import preserved_global_rng
 from agents.sb3_policy import POLICIES
@@ -289,10 +290,10 @@ class SB3Agent(TrainableAgent):
         self.modules = {"policy": policy}
         self.model = None
 
-    def fit(self, task: RerankTask, *, progress: bool = False) -> SB3Agent:
+    def _train(
+        self, task: RerankTask, *, logger: TrainingLogger, parallel: DataParallel, progress: bool
+    ) -> None:
         """Train on the training requests of ``task`` (its training simulator's reward)."""
-        self.setup(task)
-        logger = self.training_logger()
         with preserved_global_rng():  # SB3 draws from (and seeds) the global generators
             self.model.set_random_seed(self.settings.seed)  # setup's seeding was undone on its exit
             # our bar, not SB3's (rich): it also logs lines when stderr is not a terminal
@@ -302,9 +303,6 @@ class SB3Agent(TrainableAgent):
                 callback=_TrainingLog(self.settings.curve_every, logger, bar),
             )
             bar.close()
-        logger.close()
-        self.fitted = True
-        return self
 
     @torch.no_grad()
     def rank(

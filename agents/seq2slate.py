@@ -3,7 +3,7 @@
 Seq2Slate (Bello et al., 2018) decodes a list one slot at a time with a pointer
 network over the candidates. Here it is trained on-policy against the task's
 *training* simulator, the reward ``SlateRerank-v0`` pays: each iteration samples
-``samples`` lists per training request (sampling without replacement), scores them
+``group_size`` lists per training request (sampling without replacement), scores them
 in one batched call, and takes a policy-gradient step with the mean reward of the
 same request's lists as the baseline.
 
@@ -23,11 +23,13 @@ import numpy as np
 import torch
 
 from agents.common.config import AgentConfig
+from agents.common.distributed import DataParallel
 from agents.common.losses import Credit, advantages, reinforce_loss
 from agents.common.nn import request_inputs
 from agents.common.pointer_agent import PointerAgent
 from agents.common.sampling import torch_generator
 from agents.common.scorers import SimulatorScorer
+from agents.common.telemetry import TrainingLogger
 from agents.common.training import gradient_step, training_mode
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
@@ -48,9 +50,9 @@ class Seq2SlateConfig(AgentConfig):
         heads: Attention heads.
         iterations: Policy-gradient steps.
         batch_size: Training requests per step.
-        samples: Lists sampled per request (the baseline is their mean reward).
+        group_size: Lists sampled per request (the baseline is their mean reward).
         learning_rate: Adam step size.
-        entropy: Weight of an entropy bonus on the sampled steps.
+        entropy_coef: Weight of an entropy bonus on the sampled steps.
         reward: ``"sparse"`` (list reward on every slot) or ``"dense"`` (reward-to-go).
         eval_every: Record the greedy reward on validation requests every this many
             iterations (the learning curve).
@@ -64,9 +66,9 @@ class Seq2SlateConfig(AgentConfig):
     heads: int = 4
     iterations: int = 300
     batch_size: int = 64
-    samples: int = 8
+    group_size: int = 8
     learning_rate: float = 1e-3
-    entropy: float = 0.0
+    entropy_coef: float = 0.0
     reward: Credit = "sparse"
     eval_every: int = 25
     eval_requests: int = 256
@@ -81,9 +83,9 @@ class Seq2SlateConfig(AgentConfig):
         """Refuse out-of-range fields."""
         if self.reward not in ("sparse", "dense"):
             raise ConfigError(f"reward must be 'sparse' or 'dense', got {self.reward!r}")
-        if self.samples < 2:
+        if self.group_size < 2:
             raise ConfigError(
-                f"samples must be >= 2 (the baseline is their mean), got {self.samples}"
+                f"group_size must be >= 2 (the baseline is their mean), got {self.group_size}"
             )
         self._at_least(1, "iterations", "batch_size", "eval_every", "eval_requests")
 
@@ -113,11 +115,11 @@ class Seq2Slate(PointerAgent):
             )  # fmt: skip
         self.modules = {"policy": policy}
 
-    def fit(self, task: RerankTask, *, progress: bool = False) -> Seq2Slate:
+    def _train(
+        self, task: RerankTask, *, logger: TrainingLogger, parallel: DataParallel, progress: bool
+    ) -> None:
         """REINFORCE on the training requests against the training simulator."""
         cfg = self.settings
-        self.setup(task)
-        logger = self.training_logger()
         policy = self.modules["policy"].to(task.device)
         request_rng = np.random.default_rng(cfg.seed)
         list_rng = torch_generator(cfg.seed, task.device)
@@ -134,17 +136,17 @@ class Seq2Slate(PointerAgent):
             inputs = request_inputs(task, rows)
             with torch.no_grad():
                 slots, _ = policy.generate(
-                    inputs, length, greedy=False, generator=list_rng, repeats=cfg.samples
+                    inputs, length, greedy=False, generator=list_rng, repeats=cfg.group_size
                 )
-                values = reward.prefix_values(task, np.repeat(rows, cfg.samples), slots)
-            advantage = advantages(values, cfg.samples, cfg.reward)
+                values = reward.prefix_values(task, np.repeat(rows, cfg.group_size), slots)
+            advantage = advantages(values, cfg.group_size, cfg.reward)
             with training_mode(policy):
                 log_probs, entropy = policy.step_log_probs_and_entropy(
-                    inputs, slots, repeats=cfg.samples
+                    inputs, slots, repeats=cfg.group_size
                 )
                 loss = reinforce_loss(log_probs, advantage)
-                if cfg.entropy:
-                    loss = loss - cfg.entropy * entropy.mean()
+                if cfg.entropy_coef:
+                    loss = loss - cfg.entropy_coef * entropy.mean()
                 norm = gradient_step(optimiser, loss, list(policy.parameters()))
             sampled_reward = values[:, -1].mean().item()
             logger.log(
@@ -160,7 +162,3 @@ class Seq2Slate(PointerAgent):
                 point["sampled_reward"] = sampled_reward
                 logger.log("curve", **point)
         bar.close()
-        logger.close()
-        policy.eval()
-        self.fitted = True
-        return self

@@ -110,7 +110,7 @@ class Budget:
     Attributes:
         simulator_calls: Training-simulator calls per run (every arm of a cell).
         batch_size: Requests per policy-gradient iteration.
-        samples: Lists per request per iteration.
+        group_size: Lists per request per iteration.
         test_requests: Test requests each run is judged on.
         gradient_batch: Requests per batch in the gradient measurement.
         resamples: Independent batches in the gradient measurement.
@@ -123,7 +123,7 @@ class Budget:
 
     simulator_calls: int
     batch_size: int
-    samples: int
+    group_size: int
     test_requests: int
     gradient_batch: int
     resamples: int
@@ -166,7 +166,9 @@ def make_arm(arm: str, task: RerankTask, budget: Budget, seed: int) -> PolicyGra
         )  # fmt: skip
     config = PolicyGradientConfig(
         simulator_calls=budget.simulator_calls, batch_size=budget.batch_size,
-        samples=budget.samples, dim=budget.dim, encoder_layers=budget.encoder_layers,
+        group_size=budget.group_size, dim=budget.dim, encoder_layers=budget.encoder_layers,
+        # PPO: four minibatches of whole requests per pass, as the study ran.
+        minibatch_size=max(1, budget.batch_size // 4) * budget.group_size,
         curve_points=budget.curve_points, eval_requests=budget.eval_requests, seed=seed,
         **ARMS[arm],
     )  # fmt: skip

@@ -18,7 +18,7 @@ from agents.policy_gradient import PolicyGradient, PolicyGradientConfig
 from agents.registry import make_agent
 from simulators.data.errors import ConfigError
 
-TINY = {"simulator_calls": 1024, "batch_size": 16, "samples": 4, "curve_points": 1}
+TINY = {"simulator_calls": 1024, "batch_size": 16, "group_size": 4, "curve_points": 1}
 
 
 def _held_out(agent, task, requests) -> float:
@@ -34,13 +34,15 @@ def _rollout(agent, task, seed=0, batch=8):
 def test_config_refuses_what_does_not_apply() -> None:
     with pytest.raises(ConfigError, match="PPO's baseline is its critic"):
         PolicyGradientConfig(estimator="ppo", baseline="leave-one-out")
-    with pytest.raises(ConfigError, match="needs samples >= 2"):
-        PolicyGradientConfig(samples=1)
-    PolicyGradientConfig(samples=1, baseline="none")  # the plain estimator needs no group
+    with pytest.raises(ConfigError, match="needs group_size >= 2"):
+        PolicyGradientConfig(group_size=1)
+    PolicyGradientConfig(group_size=1, baseline="none")  # the plain estimator needs no group
     with pytest.raises(ConfigError, match="credit must be one of"):
         PolicyGradientConfig(credit="per-slot")
-    with pytest.raises(ConfigError, match="ppo_minibatches=9 exceeds batch_size=8"):
-        PolicyGradientConfig(estimator="ppo", batch_size=8, ppo_minibatches=9)
+    with pytest.raises(ConfigError, match="minibatch_size=12 is not a multiple of group_size=8"):
+        PolicyGradientConfig(estimator="ppo", minibatch_size=12)
+    with pytest.raises(ConfigError, match="clip_high must be > 0"):
+        PolicyGradientConfig(estimator="ppo", clip_high=0.0)
     assert PolicyGradientConfig(baseline="leave-one-out", credit="dense").label == "rloo-dense"
     assert PolicyGradientConfig(estimator="ppo", clicks="sampled").label == "ppo-gae-sparse-sampled"
 
@@ -73,19 +75,19 @@ def test_sampled_clicks_are_unbiased(small_task) -> None:
 
 def test_advantages_of_each_credit_and_baseline() -> None:
     rewards = torch.tensor([[1.0, 0.0, 0.5], [0.0, 0.0, 0.5], [0.2, 0.2, 0.2], [0.0, 1.0, 0.0]])
-    plain = PolicyGradient(samples=2, baseline="none", credit="sparse")
+    plain = PolicyGradient(group_size=2, baseline="none", credit="sparse")
     assert torch.equal(
         plain.reinforce_advantages(rewards), rewards.sum(1, keepdim=True).expand(-1, 3)
     )
-    dense = PolicyGradient(samples=2, baseline="none", credit="dense")
+    dense = PolicyGradient(group_size=2, baseline="none", credit="dense")
     torch.testing.assert_close(dense.reinforce_advantages(rewards)[:, 0], rewards.sum(1))
     torch.testing.assert_close(dense.reinforce_advantages(rewards)[:, 2], rewards[:, 2])
-    mean = PolicyGradient(samples=2, credit="sparse").reinforce_advantages(rewards)
-    loo = PolicyGradient(samples=2, credit="sparse", baseline="leave-one-out")
+    mean = PolicyGradient(group_size=2, credit="sparse").reinforce_advantages(rewards)
+    loo = PolicyGradient(group_size=2, credit="sparse", baseline="leave-one-out")
     # RLOO is the group-mean advantage scaled by S / (S - 1): an Adam run is the same run.
     torch.testing.assert_close(loo.reinforce_advantages(rewards), 2 * mean)
     torch.testing.assert_close(mean[0], torch.full((3,), 0.5))
-    ppo_sparse = PolicyGradient(estimator="ppo", samples=2)
+    ppo_sparse = PolicyGradient(estimator="ppo", group_size=2)
     paid = ppo_sparse.step_rewards(rewards)
     assert torch.equal(paid[:, :2], torch.zeros(4, 2)) and torch.equal(paid[:, 2], rewards.sum(1))
     assert torch.equal(
@@ -103,10 +105,10 @@ def test_every_estimator_spends_the_budget_and_beats_the_initial_order(task) -> 
         .mean()
         .item()
     )
-    budget = {"simulator_calls": 4096, "batch_size": 32, "samples": 4, "curve_points": 2}
+    budget = {"simulator_calls": 4096, "batch_size": 32, "group_size": 4, "curve_points": 2}
     for fields in ({}, {"credit": "dense", "clicks": "sampled"},
                    {"estimator": "ppo", "credit": "dense", "ppo_epochs": 2,
-                    "ppo_minibatches": 2}):  # fmt: skip
+                    "minibatch_size": 64}):  # fmt: skip
         agent = PolicyGradient(PolicyGradientConfig.tiny(**budget, **fields)).fit(task)
         assert agent.simulator_calls == 4096, agent.name
         curve = [row for row in agent.history if row["stage"] == "curve"]
@@ -129,7 +131,7 @@ def test_rloo_and_the_mean_baseline_train_identically_under_adam(small_task) -> 
 def test_training_is_seeded(small_task) -> None:
     requests = small_task.requests("test")[:50]
     config = PolicyGradientConfig.tiny(
-        **{**TINY, "simulator_calls": 512}, estimator="ppo", ppo_epochs=1, ppo_minibatches=2
+        **{**TINY, "simulator_calls": 512}, estimator="ppo", ppo_epochs=1, minibatch_size=32
     )
     a, b = (PolicyGradient(config).fit(small_task) for _ in range(2))
     np.testing.assert_array_equal(a.rank(small_task, requests), b.rank(small_task, requests))

@@ -38,10 +38,10 @@ TINY_DEGRE = {
 def _tiny_agents() -> list[TrainableAgent]:
     return [
         PRM(dim=16, layers=1, epochs=1, seed=0),
-        Seq2Slate(dim=16, iterations=5, batch_size=16, samples=4, eval_every=5, seed=0),
+        Seq2Slate(dim=16, iterations=5, batch_size=16, group_size=4, eval_every=5, seed=0),
         GeneratorEvaluator([PointwiseGreedy(epochs=1)], lists_per_generator=4),
         GeneratorEvaluator(
-            [InitialOrder(), Seq2Slate(dim=16, iterations=3, batch_size=8, samples=2)],
+            [InitialOrder(), Seq2Slate(dim=16, iterations=3, batch_size=8, group_size=2)],
             lists_per_generator=3, evaluator="learned", evaluator_epochs=1,
         ),  # fmt: skip
         SB3Agent("MaskablePPO", total_timesteps=128, n_envs=2,
@@ -59,10 +59,11 @@ def _tiny_agents() -> list[TrainableAgent]:
         GloRank(GloRankConfig.tiny(head="local", sft_epochs=1, ppo_iterations=2,
                                    decode="beam", beam_width=2)),
         PolicyGradient(PolicyGradientConfig.tiny(simulator_calls=256, batch_size=16,
-                                                 samples=4, baseline="leave-one-out")),
+                                                 group_size=4, baseline="leave-one-out")),
         PolicyGradient(PolicyGradientConfig.tiny(estimator="ppo", credit="dense",
-                                                 simulator_calls=256, batch_size=16, samples=4,
-                                                 ppo_epochs=1, ppo_minibatches=2)),
+                                                 simulator_calls=256, batch_size=16,
+                                                 group_size=4, ppo_epochs=1,
+                                                 minibatch_size=32)),
     ]  # fmt: skip
 
 
@@ -263,7 +264,7 @@ def test_agent_specs_round_trip() -> None:
 
 def test_seq2slate_training_improves_over_its_untrained_self(task) -> None:
     requests = task.requests("test")[:200]
-    kwargs = {"iterations": 40, "batch_size": 32, "samples": 8, "eval_every": 20}
+    kwargs = {"iterations": 40, "batch_size": 32, "group_size": 8, "eval_every": 20}
     untrained = Seq2Slate(**kwargs, seed=1).setup(task)
     trained = Seq2Slate(**kwargs, seed=1).fit(task)
     before = task.expected_reward(requests, checked_rank(untrained, task, requests)).mean()
@@ -273,7 +274,7 @@ def test_seq2slate_training_improves_over_its_untrained_self(task) -> None:
 
 def test_seq2slate_training_is_seeded(task) -> None:
     requests = task.requests("test")[:200]
-    kwargs = {"iterations": 2, "batch_size": 16, "samples": 4, "eval_every": 1,
+    kwargs = {"iterations": 2, "batch_size": 16, "group_size": 4, "eval_every": 1,
               "eval_requests": 32}  # fmt: skip
     first, second, other = (Seq2Slate(**kwargs, seed=seed).fit(task) for seed in (1, 1, 2))
     lists = checked_rank(first, task, requests)

@@ -23,9 +23,9 @@ from rerank_env.task import RerankTask
 class PointerAgent(TrainableAgent):
     """A trainable agent serving a pointer policy stored as ``modules["policy"]``.
 
-    Subclasses implement ``fit`` and, if they hold more than the policy, extend
-    :meth:`_build_info` and :meth:`_build` (create the policy with
-    :meth:`_pointer_policy` inside their seeded context).
+    Subclasses implement ``_train`` (``fit``'s method stage) and, if they hold more
+    than the policy, extend :meth:`_build_info` and :meth:`_build` (create the
+    policy with :meth:`_pointer_policy` inside their seeded context).
     """
 
     #: Whether :meth:`sample` works (an agent serving something else sets it False).

@@ -88,9 +88,9 @@ class TrainingLogger:
         self._written = 0  # rows of history already in curves.csv
         self._columns: list[str] = []
         self._writer = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            self._writer = tensorboard_writer(self.log_dir)
+        # The folder, curves.csv and TensorBoard events are made by the first row: a
+        # trainer with nothing to log leaves no files.
+        self._opened = False
 
     def log(self, stage: str, *, step: int | None = None, **values: float) -> dict[str, Any]:
         """Record one row of ``stage`` and return it.
@@ -100,6 +100,10 @@ class TrainingLogger:
             step: The stage's step; default one more than its last logged step.
             **values: Numbers (tensors are converted with ``.item()``).
         """
+        if self.log_dir is not None and not self._opened:
+            self._opened = True
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._writer = tensorboard_writer(self.log_dir)
         step = self._steps.get(stage, 0) + 1 if step is None else int(step)
         self._steps[stage] = step
         row: dict[str, Any] = {"stage": stage, "step": step}
@@ -121,7 +125,7 @@ class TrainingLogger:
     def flush(self) -> None:
         """Write ``curves.csv`` (all rows so far) and flush TensorBoard."""
         self._unflushed = 0
-        if self.log_dir is None:
+        if self.log_dir is None or not self._opened:
             return
         path = self.log_dir / "curves.csv"
         new_rows = self.history[self._written :]

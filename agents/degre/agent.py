@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from agents.base import UnsupportedTaskError, empty_prefixes
-from agents.common.distributed import DataParallel, data_parallel
+from agents.common.distributed import DataParallel
 from agents.common.losses import advantages, reinforce_loss
 from agents.common.nn import request_inputs
 from agents.common.pointer import PointerPolicy
@@ -106,17 +106,15 @@ class DeGRe(PointerAgent):
 
     # ------------------------------------------------------------------ training
 
-    def fit(self, task: RerankTask, *, progress: bool = False) -> DeGRe:
-        """Fit the evaluator, then mine and distil (or REINFORCE, or nothing to distil)."""
+    def _train(
+        self, task: RerankTask, *, logger: TrainingLogger, parallel: DataParallel, progress: bool
+    ) -> None:
+        """Fit the evaluator, then mine and distil (or REINFORCE, or nothing to distil).
+
+        torchrun: the evaluator and the mining run in full on every rank; the
+        generator's gradient pass is shared out (:mod:`agents.common.distributed`).
+        """
         cfg = self.settings
-        self.check_task(task)
-        self.setup(task)
-        # torchrun: the evaluator and the mining run in full on every rank; the
-        # generator's gradient pass is shared out (agents.common.distributed).
-        parallel = data_parallel(task.device)
-        if not parallel.is_main:
-            self.log_dir = None
-        logger = self.training_logger()
         # Stage 1: the lookahead evaluator, on simulator-scored lists.
         if cfg.evaluator == "learned":
             self._data_simulator_calls += fit_evaluator(
@@ -130,11 +128,6 @@ class DeGRe(PointerAgent):
                 self._fit_dense(task, curve_requests, logger, progress, parallel)
             else:
                 self._fit_sparse(task, curve_requests, logger, progress)
-        logger.close()
-        for module in self.modules.values():
-            module.eval()
-        self.fitted = True
-        return self
 
     def _fit_dense(
         self,

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import copy
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from agents.base import TrainableAgent, UnsupportedTaskError, empty_prefixes
-from agents.common.distributed import data_parallel
+from agents.common.distributed import DataParallel
 from agents.common.losses import (
-    clipped_surrogate_loss,
     generalized_advantages,
     group_baseline,
     group_relative_advantages,
 )
 from agents.common.nn import input_dims, request_inputs
+from agents.common.ppo import PolicyEvaluation, ppo_update
 from agents.common.sampling import request_gumbel, torch_generator
 from agents.common.scorers import SimulatorScorer
+from agents.common.telemetry import TrainingLogger
 from agents.common.training import gradient_step, minibatches, training_mode
 from agents.glorank.config import GloRankConfig
 from agents.glorank.model import GloRankPolicy, candidate_tokens
@@ -113,18 +115,20 @@ class GloRank(TrainableAgent):
 
     # ------------------------------------------------------------------ training
 
-    def fit(self, task: RerankTask, *, progress: bool = False) -> GloRank:
-        """Stage 1 (SFT on demonstrations), then stage 2 (PPO on the list reward)."""
-        cfg = self.settings
+    def _setup(self, task: RerankTask, *, progress: bool = False) -> None:
         self.setup(task)
         self._checked_tasks.add(task)
-        # torchrun: decoding, rewards and old values run in full on every rank; each
-        # minibatch's gradient pass is shared out (agents.common.distributed), each
-        # share's means weighted so the ranks' average is the minibatch's mean.
-        parallel = data_parallel(task.device)
-        if not parallel.is_main:
-            self.log_dir = None
-        logger = self.training_logger()
+
+    def _train(
+        self, task: RerankTask, *, logger: TrainingLogger, parallel: DataParallel, progress: bool
+    ) -> None:
+        """Stage 1 (SFT on demonstrations), then stage 2 (PPO on the list reward).
+
+        torchrun: decoding, rewards and old values run in full on every rank; each
+        minibatch's gradient pass is shared out (:mod:`agents.common.distributed`),
+        each share's means weighted so the ranks' average is the minibatch's mean.
+        """
+        cfg = self.settings
         policy = self.modules["policy"].to(task.device)
         evaluate = parallel.wrap(policy, "evaluate", find_unused=True)
         rng = np.random.default_rng(cfg.seed)
@@ -191,53 +195,27 @@ class GloRank(TrainableAgent):
                     reference.evaluate(inputs, tokens, lists)[0] if reference is not None else None
                 )
             advantage, returns = self.advantages(rewards, old_values)
-            stats_rows = []
-            for _ in range(cfg.ppo_epochs):
-                for whole in minibatches(np.arange(len(list_rows)), cfg.minibatch_size, rng):
-                    batch = whole[parallel.shard(len(whole), even=False)]
-                    weight = parallel.share_weight(len(batch), len(whole))
-                    with training_mode(policy):
-                        log_probs, entropy, values, _ = evaluate(
-                            request_inputs(task, list_rows[batch]),
-                            candidate_tokens(task, list_rows[batch]),
-                            lists[batch],
-                        )
-                        surrogate, stats = clipped_surrogate_loss(
-                            log_probs, old_log_probs[batch], advantage[batch],
-                            clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                            token_level=cfg.token_level,
-                        )  # fmt: skip
-                        loss = surrogate - cfg.entropy_coef * entropy.mean()
-                        value_loss = torch.zeros(())
-                        if cfg.advantage == "gae":
-                            value_loss = (values - returns[batch]).pow(2).mean()
-                            loss = loss + cfg.value_coef * value_loss
-                        kl = torch.zeros(())
-                        if reference_log_probs is not None:
-                            # k3 estimator of KL(pi || pi_ref) on the sampled tokens (GRPO's).
-                            delta = reference_log_probs[batch] - log_probs
-                            kl = (delta.exp() - delta - 1).mean()
-                            loss = loss + cfg.kl_coef * kl
-                        norm = gradient_step(optimiser, loss * weight, list(policy.parameters()))
-                    shares = [surrogate.item(), value_loss.item(), entropy.mean().item(),
-                              kl.item(), stats.approx_kl, stats.clip_fraction]  # fmt: skip
-                    stats_rows.append([parallel.mean(v * weight) for v in shares] + [norm])
-            means = np.mean(stats_rows, axis=0).tolist()
+            stats = ppo_update(
+                _list_evaluator(evaluate, task, list_rows, lists), old_log_probs, advantage,
+                optimiser=optimiser,
+                parameters=list(policy.parameters()), modules=[policy], rng=rng,
+                epochs=cfg.ppo_epochs, minibatch_size=cfg.minibatch_size,
+                clip_low=cfg.clip_low, clip_high=cfg.clip_high, token_level=cfg.token_level,
+                entropy_coef=cfg.entropy_coef,
+                returns=returns if cfg.advantage == "gae" else None, value_coef=cfg.value_coef,
+                reference_log_probs=reference_log_probs, kl_coef=cfg.kl_coef, parallel=parallel,
+            )  # fmt: skip
             logger.log(
-                "ppo", iteration=iteration, loss=means[0], value_loss=means[1],
-                entropy=means[2], kl_to_sft=means[3], approx_kl=means[4],
-                clip_fraction=means[5], grad_norm=means[6], reward=rewards.mean().item(),
-                reward_calls=self.reward_calls,
+                "ppo", iteration=iteration, loss=stats["loss"], value_loss=stats["value_loss"],
+                entropy=stats["entropy"], kl_to_sft=stats["kl"], approx_kl=stats["approx_kl"],
+                clip_fraction=stats["clip_fraction"], grad_norm=stats["grad_norm"],
+                reward=rewards.mean().item(), reward_calls=self.reward_calls,
             )  # fmt: skip
             bar.update()
             bar.set_postfix(reward=f"{rewards.mean().item():.3f}")
             if iteration % cfg.eval_every == 0 or iteration == cfg.ppo_iterations:
                 logger.log("curve", **self._curve_point(task, curve_requests, sft_done, iteration))
         bar.close()
-        logger.close()
-        policy.eval()
-        self.fitted = True
-        return self
 
     def demonstrations(
         self, task: RerankTask, rng: np.random.Generator, progress: bool = False
@@ -362,3 +340,22 @@ class GloRank(TrainableAgent):
             ),
         )  # fmt: skip
         return lists.cpu().numpy().reshape(len(requests), count, length)
+
+
+def _list_evaluator(
+    evaluate: Callable[..., tuple[torch.Tensor, ...]],
+    task: RerankTask,
+    list_rows: np.ndarray,
+    lists: torch.Tensor,
+) -> Callable[[np.ndarray], PolicyEvaluation]:
+    """PPO's view of the policy on some of the sampled lists (their token steps)."""
+
+    def evaluate_rows(batch: np.ndarray) -> PolicyEvaluation:
+        log_probs, entropy, values, _ = evaluate(
+            request_inputs(task, list_rows[batch]),
+            candidate_tokens(task, list_rows[batch]),
+            lists[batch],
+        )
+        return PolicyEvaluation(log_probs, entropy, values=values)
+
+    return evaluate_rows

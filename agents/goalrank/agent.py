@@ -10,7 +10,7 @@ import torch
 
 from agents.base import Agent, TrainableAgent, can_sample
 from agents.baselines import InitialOrder, PointwiseGreedy
-from agents.common.distributed import data_parallel
+from agents.common.distributed import DataParallel
 from agents.common.losses import group_loss, reference_policy
 from agents.common.nn import request_inputs
 from agents.common.pointer_agent import PointerAgent
@@ -18,6 +18,7 @@ from agents.common.reward_model import build_reward_model, fit_reward_model, rew
 from agents.common.sampling import torch_generator
 from agents.common.scorers import ClickModelScorer, ListScorer, SimulatorScorer
 from agents.common.specs import agent_from_spec, agent_spec
+from agents.common.telemetry import TrainingLogger
 from agents.common.training import gradient_step, training_mode
 from agents.goalrank.config import SIZE_PRESETS, GoalRankConfig
 from rerank_env.task import RerankTask
@@ -110,19 +111,22 @@ class GoalRank(PointerAgent):
 
     # ------------------------------------------------------------------ training
 
-    def fit(self, task: RerankTask, *, progress: bool = False) -> GoalRank:
-        """Fit the reward model and auxiliary policies, then the generator."""
-        cfg = self.settings
+    def _setup(self, task: RerankTask, *, progress: bool = False) -> None:
+        """Fit the untrained auxiliary policies, then build the generator."""
         for agent in self.auxiliary:
             if isinstance(agent, TrainableAgent) and not agent.fitted:
                 agent.fit(task, progress=progress)
         self.setup(task)
-        # torchrun: every rank samples and scores the whole batch, the gradient pass is
-        # shared out (agents.common.distributed); rank 0 alone writes the log.
-        parallel = data_parallel(task.device)
-        if not parallel.is_main:
-            self.log_dir = None
-        logger = self.training_logger()
+
+    def _train(
+        self, task: RerankTask, *, logger: TrainingLogger, parallel: DataParallel, progress: bool
+    ) -> None:
+        """Fit the reward model, then the generator.
+
+        torchrun: every rank samples and scores the whole batch, the gradient pass is
+        shared out (:mod:`agents.common.distributed`).
+        """
+        cfg = self.settings
         # Stage 1: the reward model (learned from the logs), unless it is the simulator.
         if cfg.reward_model == "learned":
             valid_nll = fit_reward_model(
@@ -172,11 +176,6 @@ class GoalRank(PointerAgent):
                 point["group_reward"] = rewards.mean().item()
                 logger.log("curve", **point)
         bar.close()
-        logger.close()
-        for module in self.modules.values():
-            module.eval()
-        self.fitted = True
-        return self
 
     @torch.no_grad()
     def group(

@@ -11,13 +11,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from agents.base import TrainableAgent, UnsupportedTaskError, complete_by_scores
-from agents.common.losses import clipped_surrogate_loss, group_relative_advantages
+from agents.common.distributed import DataParallel
+from agents.common.losses import group_relative_advantages
+from agents.common.ppo import PolicyEvaluation, ppo_update
 from agents.common.scorers import SimulatorScorer
 from agents.common.telemetry import TrainingLogger
 from agents.common.training import gradient_step, minibatches, training_mode
@@ -65,6 +68,7 @@ class _Stage(NamedTuple):
     slot_one: np.ndarray  # the training simulator's slot-1 value of their candidates
     valid: np.ndarray  # the learning curve's validation requests
     clock: float  # perf_counter() at the start of the stage's own work
+    owns_logger: bool  # the stage opened its logger (closes it at its end); not in fit
 
 
 class GR2(TrainableAgent):
@@ -167,20 +171,19 @@ class GR2(TrainableAgent):
 
     # ------------------------------------------------------------------ training
 
-    def fit(self, task: RerankTask, *, progress: bool = False) -> GR2:
+    def _train(
+        self, task: RerankTask, *, logger: TrainingLogger, parallel: DataParallel, progress: bool
+    ) -> None:
         """Mid-training, teacher traces and reasoning SFT, then DAPO (each optional by config).
 
-        The same as :meth:`setup`, :meth:`mid_train`, :meth:`supervise` and
+        ``fit`` is the same as :meth:`setup`, :meth:`mid_train`, :meth:`supervise` and
         :meth:`reinforce` in turn: each stage draws from its own seeded generator, so
         a study may branch between stages (:meth:`branch`) and get the runs it would
         get from separate fits.
         """
-        self.check_task(task)
-        self.setup(task)
-        self.mid_train(task, progress=progress)
-        self.supervise(task, progress=progress)
-        self.reinforce(task, progress=progress)
-        return self
+        self.mid_train(task, progress=progress, logger=logger)
+        self.supervise(task, progress=progress, logger=logger)
+        self.reinforce(task, progress=progress, logger=logger)
 
     def setup(self, task: RerankTask) -> GR2:
         """Build the untrained student for ``task``; no stage done yet."""
@@ -227,8 +230,13 @@ class GR2(TrainableAgent):
         """The generator of one stage: seeded by the agent's seed and the stage alone."""
         return np.random.default_rng([self.settings.seed, STAGES.index(stage)])
 
-    def _start_stage(self, task: RerankTask, stage: str) -> _Stage:
-        """Refuse a stage already run; the stage's logger, generator, data and clock."""
+    def _start_stage(
+        self, task: RerankTask, stage: str, logger: TrainingLogger | None = None
+    ) -> _Stage:
+        """Refuse a stage already run; the stage's logger, generator, data and clock.
+
+        ``logger``: the one ``fit`` opened (default: the stage opens and closes its own).
+        """
         self._require_built()
         self.check_task(task)
         if stage in self.stages_done:
@@ -240,10 +248,10 @@ class GR2(TrainableAgent):
         self.modules["student"].to(task.device)
         pool, slot_one = self._training_pool(task)
         return _Stage(
-            logger=self.training_logger(), rng=self._stage_rng(stage),
-            facts=ItemFacts.from_task(task, self.vocab), pool=pool, slot_one=slot_one,
-            valid=task.requests("valid")[: self.settings.eval_requests],
-            clock=time.perf_counter(),
+            logger=self.training_logger() if logger is None else logger,
+            rng=self._stage_rng(stage), facts=ItemFacts.from_task(task, self.vocab), pool=pool,
+            slot_one=slot_one, valid=task.requests("valid")[: self.settings.eval_requests],
+            clock=time.perf_counter(), owns_logger=logger is None,
         )  # fmt: skip
 
     def _training_pool(self, task: RerankTask) -> tuple[np.ndarray, np.ndarray]:
@@ -262,14 +270,16 @@ class GR2(TrainableAgent):
             self._shared["slot_one"] = slot_one_values(task, pool, self.reward)
         return self._shared["pool"], self._shared["slot_one"]
 
-    def mid_train(self, task: RerankTask, *, progress: bool = False) -> GR2:
+    def mid_train(
+        self, task: RerankTask, *, progress: bool = False, logger: TrainingLogger | None = None
+    ) -> GR2:
         """Stage 0: what semantic IDs mean (next SID, captioning, the reasoning grammar).
 
         Measured before and after on held-out items and validation requests
-        (``mid_report``).
+        (``mid_report``). ``logger``: ``fit``'s (default: the stage opens its own).
         """
         cfg, student = self.settings, self.modules["student"]
-        stage = self._start_stage(task, "mid")
+        stage = self._start_stage(task, "mid", logger)
         logger, rng, facts, valid = stage.logger, stage.rng, stage.facts, stage.valid
         captioned, held_out = self._caption_split(task, rng)
         before = self._mid_training_report(task, facts, valid, held_out)
@@ -298,10 +308,15 @@ class GR2(TrainableAgent):
         logger.log("mid_report", **self.mid_report)
         return self._end_stage("mid", stage)
 
-    def supervise(self, task: RerankTask, *, progress: bool = False) -> GR2:
-        """Stage 1: teacher traces (rejection-sampled or targeted), then SFT on them."""
+    def supervise(
+        self, task: RerankTask, *, progress: bool = False, logger: TrainingLogger | None = None
+    ) -> GR2:
+        """Stage 1: teacher traces (rejection-sampled or targeted), then SFT on them.
+
+        ``logger``: ``fit``'s (default: the stage opens its own).
+        """
         cfg = self.settings
-        stage = self._start_stage(task, "sft")
+        stage = self._start_stage(task, "sft", logger)
         logger, rng, pool, valid = stage.logger, stage.rng, stage.pool, stage.valid
         kept = teach(
             task, pool, task.pool.gr2_target_pos[pool], self.reward, rng, mode=cfg.teacher,
@@ -319,10 +334,17 @@ class GR2(TrainableAgent):
         logger.log("curve", sft_done=1, **self._curve_point(task, valid, 0))
         return self._end_stage("sft", stage)
 
-    def reinforce(self, task: RerankTask, *, progress: bool = False) -> GR2:
-        """Stage 2: DAPO on the verifiable rank reward (+ format reward), no KL."""
+    def reinforce(
+        self, task: RerankTask, *, progress: bool = False, logger: TrainingLogger | None = None
+    ) -> GR2:
+        """Stage 2: DAPO on the verifiable rank reward (+ format reward), no KL.
+
+        DAPO's update is PPO's (:func:`~agents.common.ppo.ppo_update`) with clip-higher,
+        token-level normalisation and no critic. ``logger``: ``fit``'s (default: the
+        stage opens its own).
+        """
         cfg, student = self.settings, self.modules["student"]
-        stage = self._start_stage(task, "dapo")
+        stage = self._start_stage(task, "dapo", logger)
         logger, rng, facts, valid = stage.logger, stage.rng, stage.facts, stage.valid
         optimiser = torch.optim.AdamW(student.parameters(), lr=cfg.learning_rate)
         bar = progress_bar(cfg.dapo_iterations, "GR2 DAPO", progress)
@@ -332,32 +354,19 @@ class GR2(TrainableAgent):
             advantage = group_relative_advantages(torch.as_tensor(rewards)).reshape(-1)
             pairs = zip(batch["prompts"], written, strict=True)
             sequences = [np.concatenate([prompt, tokens]) for prompt, tokens in pairs]
-            stats_rows = []
             with torch.no_grad():
                 old = self._sequence_log_probs(task, sequences, batch["starts"], batch["sids"])[0]
-            for _ in range(cfg.dapo_epochs):
-                for rows in minibatches(np.arange(len(sequences)), cfg.minibatch_size, rng):
-                    with training_mode(student):
-                        log_probs, entropy, mask = self._sequence_log_probs(
-                            task, [sequences[r] for r in rows], batch["starts"][rows],
-                            batch["sids"][rows],
-                        )  # fmt: skip
-                        # Right-padded: a narrower mini-batch is a prefix of the columns.
-                        old_rows = old[rows][:, : log_probs.shape[1]]
-                        loss, stats = clipped_surrogate_loss(
-                            log_probs, old_rows, advantage[rows].to(log_probs.dtype),
-                            mask=mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                            token_level=True,
-                        )  # fmt: skip
-                        norm = gradient_step(optimiser, loss, list(student.parameters()))
-                    stats_rows.append(
-                        [loss.item(), (entropy * mask).sum().item() / mask.sum().item(),
-                         stats.clip_fraction, stats.approx_kl, norm]
-                    )  # fmt: skip
-            means = np.mean(stats_rows, axis=0).tolist()
+            evaluate = self._sequence_evaluator(task, sequences, batch["starts"], batch["sids"])
+            stats = ppo_update(
+                evaluate, old, advantage, optimiser=optimiser,
+                parameters=list(student.parameters()), modules=[student], rng=rng,
+                epochs=cfg.dapo_epochs, minibatch_size=cfg.minibatch_size,
+                clip_low=cfg.clip_low, clip_high=cfg.clip_high, token_level=True,
+            )  # fmt: skip
             logger.log(
-                "dapo", iteration=iteration, loss=means[0], entropy=means[1],
-                clip_fraction=means[2], approx_kl=means[3], grad_norm=means[4],
+                "dapo", iteration=iteration, loss=stats["loss"], entropy=stats["entropy"],
+                clip_fraction=stats["clip_fraction"], approx_kl=stats["approx_kl"],
+                grad_norm=stats["grad_norm"],
                 reward=float(rewards.mean()), rank_reward=batch["rank_reward"],
                 format_reward=batch["format_reward"], overlong=batch["overlong"],
                 kept_groups=batch["kept_groups"], sampled_groups=batch["sampled_groups"],
@@ -370,12 +379,26 @@ class GR2(TrainableAgent):
         bar.close()
         return self._end_stage("dapo", stage)
 
+    def _sequence_evaluator(
+        self, task: RerankTask, sequences: list[np.ndarray], starts: np.ndarray, sids: torch.Tensor
+    ) -> Callable[[np.ndarray], PolicyEvaluation]:
+        """PPO's view of the student on some of the sampled sequences (their written tokens)."""
+
+        def evaluate(rows: np.ndarray) -> PolicyEvaluation:
+            log_probs, entropy, mask = self._sequence_log_probs(
+                task, [sequences[r] for r in rows], starts[rows], sids[rows]
+            )
+            return PolicyEvaluation(log_probs, entropy, mask=mask)
+
+        return evaluate
+
     def _end_stage(self, name: str, stage: _Stage) -> GR2:
         self.stage_seconds[name] = time.perf_counter() - stage.clock
         self.stages_done.append(name)
         if name == STAGES[-1]:
             stage.logger.log("timing", **{f"{k}_s": v for k, v in self.stage_seconds.items()})
-        stage.logger.close()
+        if stage.owns_logger:
+            stage.logger.close()
         self.modules["student"].eval()
         self.fitted = True
         return self
