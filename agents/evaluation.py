@@ -322,9 +322,13 @@ def confidence_interval(
     if len(values) < 2 or np.ptp(values) == 0:
         return mean, mean, mean
     result = scipy.stats.bootstrap(
-        (values,), np.mean, confidence_level=confidence, method="percentile",
-        n_resamples=2000, rng=np.random.default_rng(seed),
-    )  # fmt: skip
+        (values,),
+        np.mean,
+        confidence_level=confidence,
+        method="percentile",
+        n_resamples=2000,
+        rng=np.random.default_rng(seed),
+    )
     return mean, float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
@@ -457,7 +461,7 @@ def read_csv(paths: Sequence[str | Path], text_columns: Sequence[str] = ("agent"
             rows += [
                 {k: v if k in text_columns else float(v or "nan") for k, v in row.items()}
                 for row in csv.DictReader(handle)
-            ]  # fmt: skip
+            ]
     if not rows:
         raise ValueError(f"no rows in {', '.join(map(str, paths))}")
     return rows

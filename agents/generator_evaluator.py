@@ -154,9 +154,12 @@ class GeneratorEvaluator(TrainableAgent):
         cfg = self.settings
         if cfg.evaluator == "learned":
             valid_nll = fit_reward_model(
-                self.modules["evaluator"], task, epochs=cfg.evaluator_epochs, seed=cfg.seed,
+                self.modules["evaluator"],
+                task,
+                epochs=cfg.evaluator_epochs,
+                seed=cfg.seed,
                 progress=progress,
-            )  # fmt: skip
+            )
             for epoch, nll in enumerate(valid_nll, start=1):
                 logger.log("evaluator", step=epoch, epoch=epoch, evaluator_valid_nll=nll)
 

@@ -125,9 +125,14 @@ class PolicyGradientConfig(AgentConfig):
 
     QUICK: ClassVar[dict[str, Any]] = {"simulator_calls": 30_720}
     TINY: ClassVar[dict[str, Any]] = {
-        "simulator_calls": 5_120, "batch_size": 32, "minibatch_size": 64, "curve_points": 2,
-        "eval_requests": 128, "dim": 32, "encoder_layers": 1,
-    }  # fmt: skip
+        "simulator_calls": 5_120,
+        "batch_size": 32,
+        "minibatch_size": 64,
+        "curve_points": 2,
+        "eval_requests": 128,
+        "dim": 32,
+        "encoder_layers": 1,
+    }
 
     def validate(self) -> None:
         """Refuse out-of-range fields."""
@@ -146,9 +151,20 @@ class PolicyGradientConfig(AgentConfig):
                 f"baseline={self.baseline!r} needs group_size >= 2 lists per request, got "
                 f"{self.group_size}; raise group_size or use baseline='none'"
             )
-        self._at_least(1, "simulator_calls", "batch_size", "group_size", "ppo_epochs",
-                       "minibatch_size", "dim", "encoder_layers", "decoder_layers", "heads",
-                       "curve_points", "eval_requests")  # fmt: skip
+        self._at_least(
+            1,
+            "simulator_calls",
+            "batch_size",
+            "group_size",
+            "ppo_epochs",
+            "minibatch_size",
+            "dim",
+            "encoder_layers",
+            "decoder_layers",
+            "heads",
+            "curve_points",
+            "eval_requests",
+        )
         if self.estimator == "ppo" and self.minibatch_size % self.group_size:
             raise ConfigError(
                 f"minibatch_size={self.minibatch_size} is not a multiple of group_size="
@@ -220,9 +236,11 @@ class PolicyGradient(PointerAgent):
         cfg = self.settings
         with isolated_torch_rng(cfg.seed):
             policy = self._pointer_policy(
-                dim=cfg.dim, encoder_layers=cfg.encoder_layers,
-                decoder_layers=cfg.decoder_layers, heads=cfg.heads,
-            )  # fmt: skip
+                dim=cfg.dim,
+                encoder_layers=cfg.encoder_layers,
+                decoder_layers=cfg.decoder_layers,
+                heads=cfg.heads,
+            )
             self.modules = {"policy": policy}
             if cfg.estimator == "ppo":
                 # The critic reads the policy's decoder state of each step (shared trunk).
@@ -371,12 +389,22 @@ class PolicyGradient(PointerAgent):
             return PolicyEvaluation(log_probs, entropy, values=values)
 
         stats = ppo_update(
-            evaluate, old_log_probs, advantage, optimiser=optimiser, parameters=parameters,
-            modules=list(self.modules.values()), rng=rng, epochs=cfg.ppo_epochs,
-            minibatch_size=cfg.minibatch_size, group_size=cfg.group_size,
-            clip_low=cfg.clip_low, clip_high=cfg.clip_high, entropy_coef=cfg.entropy_coef,
-            returns=targets, value_coef=cfg.value_coef,
-        )  # fmt: skip
+            evaluate,
+            old_log_probs,
+            advantage,
+            optimiser=optimiser,
+            parameters=parameters,
+            modules=list(self.modules.values()),
+            rng=rng,
+            epochs=cfg.ppo_epochs,
+            minibatch_size=cfg.minibatch_size,
+            group_size=cfg.group_size,
+            clip_low=cfg.clip_low,
+            clip_high=cfg.clip_high,
+            entropy_coef=cfg.entropy_coef,
+            returns=targets,
+            value_coef=cfg.value_coef,
+        )
         keys = ("loss", "value_loss", "entropy", "grad_norm", "clip_fraction", "approx_kl")
         return {key: stats[key] for key in keys}
 

@@ -90,8 +90,9 @@ class PRMConfig(AgentConfig):
 
     def validate(self) -> None:
         """Refuse out-of-range fields."""
-        self._at_least(1, "dim", "layers", "heads", "epochs", "batch_size", "patience",
-                       "train_requests")  # fmt: skip
+        self._at_least(
+            1, "dim", "layers", "heads", "epochs", "batch_size", "patience", "train_requests"
+        )
 
 
 class PRM(TrainableAgent, ScoringAgent):
@@ -159,9 +160,13 @@ class PRM(TrainableAgent, ScoringAgent):
                     logger.log("model", loss=losses[-1], grad_norm=norm)
             valid_loss, valid_ndcg = self._validate(task, valid)
             logger.log(
-                "model_valid", step=epoch + 1, epoch=epoch + 1,
-                train_loss=float(np.mean(losses)), valid_loss=valid_loss, valid_ndcg=valid_ndcg,
-            )  # fmt: skip
+                "model_valid",
+                step=epoch + 1,
+                epoch=epoch + 1,
+                train_loss=float(np.mean(losses)),
+                valid_loss=valid_loss,
+                valid_ndcg=valid_ndcg,
+            )
             bar.update()
             bar.set_postfix(valid_loss=f"{valid_loss:.4f}")
             if valid_loss < best - 1e-4:

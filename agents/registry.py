@@ -72,9 +72,11 @@ def register(
     if not is_entry_point(entry_point):
         raise ValueError(f"entry_point must look like 'module.path:ClassName', got {entry_point!r}")
     _REGISTRY[name] = AgentEntry(
-        entry_point, description, dict(kwargs or {}),
+        entry_point,
+        description,
+        dict(kwargs or {}),
         {key: tuple(names) for key, names in (components or {}).items()},
-    )  # fmt: skip
+    )
 
 
 def registered() -> dict[str, AgentEntry]:
@@ -140,51 +142,53 @@ def _from_preset(cls: type[Agent], budget: str, seed: int, kwargs: dict[str, Any
 
 
 # ---------------------------------------------------------------------- the built-in agents
+# One entry per agent, laid out as a table: the formatter would spread each over lines.
+# fmt: off
 
 register("initial-order", "agents.baselines:InitialOrder", "the upstream ranker's top L")
 register("random", "agents.baselines:RandomAgent", "uniformly random lists")
 register(
     "pointwise-greedy", "agents.baselines:PointwiseGreedy",
     "sort by a pointwise click model fitted on the logs",
-)  # fmt: skip
+)
 register(
     "prm", "agents.prm:PRM", "Transformer over the candidate list, trained on logged positives"
 )
 register(
     "seq2slate", "agents.seq2slate:Seq2Slate", "pointer network, REINFORCE on the list reward",
     kwargs={"reward": "sparse"},
-)  # fmt: skip
+)
 register(
     "seq2slate-dense", "agents.seq2slate:Seq2Slate", "the same with dense per-slot credit",
     kwargs={"reward": "dense"},
-)  # fmt: skip
+)
 register(
     "rloo", "agents.policy_gradient:PolicyGradient",
     "pointer network, REINFORCE with a leave-one-out group baseline (RLOO)",
     kwargs={"baseline": "leave-one-out"},
-)  # fmt: skip
+)
 register(
     "ppo-gae", "agents.policy_gradient:PolicyGradient",
     "pointer network, PPO with GAE and a learned critic, dense per-slot rewards",
     kwargs={"estimator": "ppo", "credit": "dense"},
-)  # fmt: skip
+)
 register(
     "gen-eval", "agents.generator_evaluator:GeneratorEvaluator",
     "pointwise generator (16 Plackett-Luce lists), training simulator as evaluator",
     kwargs={"lists_per_generator": 16}, components={"generators": ("pointwise-greedy",)},
-)  # fmt: skip
+)
 register(
     "gen-eval-learned", "agents.generator_evaluator:GeneratorEvaluator",
     "the same, with a click model learned from the logs as evaluator (GoalRank's reward)",
     kwargs={"lists_per_generator": 16, "evaluator": "learned"},
     components={"generators": ("pointwise-greedy",)},
-)  # fmt: skip
+)
 register(
     "multi-gen-eval", "agents.generator_evaluator:GeneratorEvaluator",
     "initial-order, pointwise and PRM generators (8 lists each), simulator evaluator",
     kwargs={"lists_per_generator": 8},
     components={"generators": ("initial-order", "pointwise-greedy", "prm")},
-)  # fmt: skip
+)
 register(
     "maskable-ppo", "agents.sb3:SB3Agent",
     "sb3-contrib MaskablePPO with the suite's SlatePolicy (a pointer over the candidates), "
@@ -193,94 +197,95 @@ register(
             # tuned on one seed (docs/benchmarks.md, "MaskablePPO with SlatePolicy")
             "algorithm_kwargs": {"n_steps": 64, "batch_size": 64, "n_epochs": 5,
                                  "learning_rate": 2e-3, "ent_coef": 0.01}},
-)  # fmt: skip
+)
 register(
     "degre", "agents.degre:DeGRe",
     "DeGRe: lookahead evaluator, beam-8 mining, dense hard+soft labels, greedy generator",
-)  # fmt: skip
+)
 register(
     "degre-hard", "agents.degre:DeGRe", "DeGRe with hard labels only (no soft-label KL)",
     kwargs={"soft_weight": 0.0},
-)  # fmt: skip
+)
 register(
     "degre-sparse", "agents.degre:DeGRe",
     "DeGRe's generator by REINFORCE on the evaluator's list value, same evaluator calls",
     kwargs={"supervision": "sparse"},
-)  # fmt: skip
+)
 register(
     "degre-sim", "agents.degre:DeGRe", "DeGRe mining with the training simulator",
     kwargs={"evaluator": "simulator"},
-)  # fmt: skip
+)
 register(
     "degre-beam8", "agents.degre:DeGRe",
     "DeGRe's learned evaluator served by beam search (width 8): the teacher",
     kwargs={"decode": "evaluator-beam"},
-)  # fmt: skip
+)
 register(
     "goalrank", "agents.goalrank:GoalRank",
     "GoalRank: pointer generator on group-relative reference policies (learned reward)",
     components={"auxiliary": ("initial-order", "pointwise-greedy")},
-)  # fmt: skip
+)
 register(
     "goalrank-composed", "agents.goalrank:GoalRank",
     "GoalRank, learned reward model fitted inside a learned composition (examination, "
     "redundancy, complementarity)",
     kwargs={"reward_model_composition": True},
     components={"auxiliary": ("initial-order", "pointwise-greedy")},
-)  # fmt: skip
+)
 register(
     "goalrank-sim", "agents.goalrank:GoalRank", "GoalRank, training simulator as reward",
     kwargs={"reward_model": "simulator"},
     components={"auxiliary": ("initial-order", "pointwise-greedy")},
-)  # fmt: skip
+)
 register(
     "glorank", "agents.glorank:GloRank",
     "GloRank: semantic-ID token generator under a candidate trie, SFT on beam lists then PPO",
-)  # fmt: skip
+)
 register(
     "glorank-local", "agents.glorank:GloRank",
     "GloRank's local-index twin: same backbone and stages, pointer head over positions",
     kwargs={"head": "local"},
-)  # fmt: skip
+)
 register(
     "glorank-index", "agents.glorank:GloRank",
     "GloRank's index twin: same backbone and stages, a Linear(d, N) over candidate positions",
     kwargs={"head": "index"},
-)  # fmt: skip
+)
 register(
     "glorank-sft", "agents.glorank:GloRank", "GloRank after stage 1 alone (SFT, no PPO)",
     kwargs={"ppo_iterations": 0},
-)  # fmt: skip
+)
 register(
     "glorank-scratch", "agents.glorank:GloRank", "GloRank by PPO alone (no SFT stage)",
     kwargs={"sft_source": "none"},
-)  # fmt: skip
+)
 register(
     "glorank-logged", "agents.glorank:GloRank",
     "GloRank with SFT on the logged positives instead of beam-search lists",
     kwargs={"sft_source": "logged"},
-)  # fmt: skip
+)
 register(
     "gr2", "agents.gr2:GR2",
     "GR2: a small LM over semantic IDs; mid-training, rejection-sampled reasoning SFT, DAPO "
     "(GR2 protocol tasks; needs the lm extra)",
-)  # fmt: skip
+)
 register(
     "gr2-sft", "agents.gr2:GR2", "GR2 after reasoning SFT alone (no DAPO)",
     kwargs={"dapo_iterations": 0},
-)  # fmt: skip
+)
 register(
     "gr2-targeted-sft", "agents.gr2:GR2",
     "GR2's SFT on targeted traces (the answer revealed to the teacher), no DAPO",
     kwargs={"teacher": "targeted", "dapo_iterations": 0},
-)  # fmt: skip
+)
 register(
     "gr2-unconditional", "agents.gr2:GR2",
     "GR2 with an unconditional format reward (invites copying the input order)",
     kwargs={"format_reward": "unconditional"},
-)  # fmt: skip
+)
 register(
     "gr2-no-mid", "agents.gr2:GR2", "GR2 without mid-training",
     kwargs={"mid_steps": 0},
-)  # fmt: skip
+)
 register("oracle", "agents.baselines:OracleAgent", "exhaustive search (small N, L only)")
+# fmt: on

@@ -123,9 +123,11 @@ class _TrainingLog(BaseCallback):
         if self.num_timesteps >= self.next_point and self.rewards:
             self.next_point += self.every
             self.log.log(
-                "curve", timesteps=self.num_timesteps, simulator_calls=self.num_timesteps,
+                "curve",
+                timesteps=self.num_timesteps,
+                simulator_calls=self.num_timesteps,
                 train_reward=float(np.mean(self.rewards)),
-            )  # fmt: skip
+            )
             self.rewards = []
         return True
 

@@ -119,14 +119,21 @@ class SlateFeaturesExtractor(BaseFeaturesExtractor):
         # Every candidate row has the same bounds (the item table's).
         item_offset, item_scale = _scale_to_unit(observation_space["candidates"])
         for name, value in {
-            "user_offset": user_offset, "user_scale": user_scale,
-            "item_offset": item_offset[0], "item_scale": item_scale[0],
-        }.items():  # fmt: skip
+            "user_offset": user_offset,
+            "user_scale": user_scale,
+            "item_offset": item_offset[0],
+            "item_scale": item_scale[0],
+        }.items():
             self.register_buffer(name, value)
         self.encoder = CandidateSetEncoder(
-            observation_space["user"].shape[0], item_dim, dim=dim, layers=encoder_layers,
-            heads=heads, initial_order=initial_order, max_candidates=n,
-        )  # fmt: skip
+            observation_space["user"].shape[0],
+            item_dim,
+            dim=dim,
+            layers=encoder_layers,
+            heads=heads,
+            initial_order=initial_order,
+            max_candidates=n,
+        )
         self.decoder = PointerDecoder(dim, layers=decoder_layers, heads=heads, max_length=length)
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -217,10 +224,14 @@ class SlatePolicy(MaskableActorCriticPolicy):
                 f"(e.g. [64]); got {net_arch!r}"
             )
         super().__init__(
-            observation_space, action_space, lr_schedule, net_arch=[64] if net_arch is None
-            else net_arch, ortho_init=ortho_init,
-            features_extractor_class=features_extractor_class, **kwargs,
-        )  # fmt: skip
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch=[64] if net_arch is None else net_arch,
+            ortho_init=ortho_init,
+            features_extractor_class=features_extractor_class,
+            **kwargs,
+        )
 
     def _build_mlp_extractor(self) -> None:
         extractor = self.features_extractor

@@ -76,8 +76,11 @@ class Seq2SlateConfig(AgentConfig):
 
     QUICK: ClassVar[dict[str, Any]] = {"iterations": 60}
     TINY: ClassVar[dict[str, Any]] = {
-        "iterations": 40, "batch_size": 32, "eval_every": 20, "eval_requests": 128,
-    }  # fmt: skip
+        "iterations": 40,
+        "batch_size": 32,
+        "eval_every": 20,
+        "eval_requests": 128,
+    }
 
     def validate(self) -> None:
         """Refuse out-of-range fields."""
@@ -110,9 +113,11 @@ class Seq2Slate(PointerAgent):
         cfg = self.settings
         with isolated_torch_rng(cfg.seed):
             policy = self._pointer_policy(
-                dim=cfg.dim, encoder_layers=cfg.encoder_layers,
-                decoder_layers=cfg.decoder_layers, heads=cfg.heads,
-            )  # fmt: skip
+                dim=cfg.dim,
+                encoder_layers=cfg.encoder_layers,
+                decoder_layers=cfg.decoder_layers,
+                heads=cfg.heads,
+            )
         self.modules = {"policy": policy}
 
     def _train(
@@ -150,9 +155,13 @@ class Seq2Slate(PointerAgent):
                 norm = gradient_step(optimiser, loss, list(policy.parameters()))
             sampled_reward = values[:, -1].mean().item()
             logger.log(
-                "policy", loss=loss.item(), entropy=entropy.mean().item(), grad_norm=norm,
-                reward=sampled_reward, simulator_calls=reward.calls,
-            )  # fmt: skip
+                "policy",
+                loss=loss.item(),
+                entropy=entropy.mean().item(),
+                grad_norm=norm,
+                reward=sampled_reward,
+                simulator_calls=reward.calls,
+            )
             bar.update()
             bar.set_postfix(reward=f"{sampled_reward:.3f}")
             if iteration % cfg.eval_every == 0 or iteration == cfg.iterations:

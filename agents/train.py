@@ -75,10 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget", default="full", choices=("tiny", "quick", "full"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--config", action="append", default=[], metavar="FIELD=VALUE",
+        "--config",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
         help="change a field of the preset's config, repeatable, e.g. size='10M' "
         "(GoalRank's generator) or iterations=300",
-    )  # fmt: skip
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (one GPU per process)")
     parser.add_argument("--log-dir", help="training log folder (curves.csv, TensorBoard)")
     parser.add_argument("--quiet", action="store_true", help="no progress")

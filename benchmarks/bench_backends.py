@@ -46,24 +46,36 @@ def main() -> None:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     settings = {
-        "agents": args.agents.split(","), "seeds": args.seeds, "budget": args.budget,
-        "requests": args.requests, "out": out, "progress": False,
-    }  # fmt: skip
+        "agents": args.agents.split(","),
+        "seeds": args.seeds,
+        "budget": args.budget,
+        "requests": args.requests,
+        "out": out,
+        "progress": False,
+    }
     runs = []
     start = time.perf_counter()
     local = run_compare(name="local", **settings)
-    runs.append((f"local ({torch.get_num_threads()} torch threads per run)", local,
-                 time.perf_counter() - start))  # fmt: skip
+    runs.append(
+        (
+            f"local ({torch.get_num_threads()} torch threads per run)",
+            local,
+            time.perf_counter() - start,
+        )
+    )
     for workers in args.workers:
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
         try:
             start = time.perf_counter()
             folder = run_compare(
-                name=f"ray-{workers}", backend="ray",
-                ray_options=RayOptions(cpus_per_trial=1), **settings,
-            )  # fmt: skip
-            runs.append((f"ray, {workers} worker(s), 1 thread each", folder,
-                         time.perf_counter() - start))  # fmt: skip
+                name=f"ray-{workers}",
+                backend="ray",
+                ray_options=RayOptions(cpus_per_trial=1),
+                **settings,
+            )
+            runs.append(
+                (f"ray, {workers} worker(s), 1 thread each", folder, time.perf_counter() - start)
+            )
         finally:
             ray.shutdown()
     base = runs[0][2]

@@ -160,33 +160,52 @@ def make_arm(arm: str, task: RerankTask, budget: Budget, seed: int) -> PolicyGra
         per_request = mining_calls_per_request(task.num_candidates, task.slate_length, width)
         mined = max(1, budget.simulator_calls // per_request)
         return DeGRe(
-            evaluator="simulator", beam_width=width, keep_lists=min(4, width),
-            mining_requests=mined, rounds=min(5, mined), dim=budget.dim,
-            encoder_layers=budget.encoder_layers, eval_requests=budget.eval_requests, seed=seed,
-        )  # fmt: skip
+            evaluator="simulator",
+            beam_width=width,
+            keep_lists=min(4, width),
+            mining_requests=mined,
+            rounds=min(5, mined),
+            dim=budget.dim,
+            encoder_layers=budget.encoder_layers,
+            eval_requests=budget.eval_requests,
+            seed=seed,
+        )
     config = PolicyGradientConfig(
-        simulator_calls=budget.simulator_calls, batch_size=budget.batch_size,
-        group_size=budget.group_size, dim=budget.dim, encoder_layers=budget.encoder_layers,
+        simulator_calls=budget.simulator_calls,
+        batch_size=budget.batch_size,
+        group_size=budget.group_size,
+        dim=budget.dim,
+        encoder_layers=budget.encoder_layers,
         # PPO: four minibatches of whole requests per pass, as the study ran.
         minibatch_size=max(1, budget.batch_size // 4) * budget.group_size,
-        curve_points=budget.curve_points, eval_requests=budget.eval_requests, seed=seed,
+        curve_points=budget.curve_points,
+        eval_requests=budget.eval_requests,
+        seed=seed,
         **ARMS[arm],
-    )  # fmt: skip
+    )
     return PolicyGradient(config)
 
 
 def run_one(task: RerankTask, arm: str, seed: int, budget: Budget) -> dict[str, Any]:
     """Measure the gradient at the initial weights, train, and judge one (arm, seed)."""
     agent = make_arm(arm, task, budget, seed)
-    record: dict[str, Any] = {"arm": arm, "seed": seed, "N": task.num_candidates,
-                              "L": task.slate_length, "config": agent.config()}  # fmt: skip
+    record: dict[str, Any] = {
+        "arm": arm,
+        "seed": seed,
+        "N": task.num_candidates,
+        "L": task.slate_length,
+        "config": agent.config(),
+    }
     if isinstance(agent, PolicyGradient):
         agent.setup(task)
         start = time.perf_counter()
         stats = agent.slot_gradients(
-            task, resamples=budget.resamples, batch_size=budget.gradient_batch,
-            seed=10_000 + seed, critic_warmup=budget.critic_warmup,
-        )  # fmt: skip
+            task,
+            resamples=budget.resamples,
+            batch_size=budget.gradient_batch,
+            seed=10_000 + seed,
+            critic_warmup=budget.critic_warmup,
+        )
         record["gradient"] = {key: value.tolist() for key, value in stats.items()}
         record["gradient_s"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -206,9 +225,11 @@ def run_one(task: RerankTask, arm: str, seed: int, budget: Budget) -> dict[str, 
 def run(args: argparse.Namespace) -> None:
     budget = BUDGETS[args.budget]
     out = Path(args.out)
-    cells = [_parse_cell(text) for text in args.cells] if args.cells else [
-        (n, length) for length in LENGTHS for n in CANDIDATES
-    ]  # fmt: skip
+    cells = (
+        [_parse_cell(text) for text in args.cells]
+        if args.cells
+        else [(n, length) for length in LENGTHS for n in CANDIDATES]
+    )
     arms = args.arms or list(ARMS)
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
@@ -222,11 +243,15 @@ def run(args: argparse.Namespace) -> None:
         store = TrialStore(_cell_dir(out, (n, length)))
         trials = [
             Trial(f"{arm}/seed{seed}", run_one, (arm, seed, budget))
-            for seed in range(args.seeds) for arm in arms
-        ]  # fmt: skip
+            for seed in range(args.seeds)
+            for arm in arms
+        ]
         todo = [t for t in trials if store.read(t.key) is None]
-        print(f"N={n} L={length}: {len(todo)} runs to do ({args.budget} budget, "
-              f"{budget.simulator_calls:,} calls each)", flush=True)  # fmt: skip
+        print(
+            f"N={n} L={length}: {len(todo)} runs to do ({args.budget} budget, "
+            f"{budget.simulator_calls:,} calls each)",
+            flush=True,
+        )
         if not todo:
             continue
         task = world_task(n, length, progress=True)  # one world at a time
@@ -244,9 +269,14 @@ def run(args: argparse.Namespace) -> None:
             )
 
         run_trials(
-            trials, store, shared=(task,), backend=args.backend,
-            ray_options=ray_options_from(args), on_finish=report_run, progress=False,
-        )  # fmt: skip
+            trials,
+            store,
+            shared=(task,),
+            backend=args.backend,
+            ray_options=ray_options_from(args),
+            on_finish=report_run,
+            progress=False,
+        )
         bar.close()
 
 
@@ -293,9 +323,12 @@ def report(args: argparse.Namespace) -> None:
             if reference_path.exists()
             else math.nan
         )
-        lines += [f"### N = {n}, L = {length} (initial order: {start:.4f})", "",
-                  "| arm | seeds | mean [95% CI] | IQM [95% stratified CI] | calls | fit s |",
-                  "|---|---:|---|---|---:|---:|"]  # fmt: skip
+        lines += [
+            f"### N = {n}, L = {length} (initial order: {start:.4f})",
+            "",
+            "| arm | seeds | mean [95% CI] | IQM [95% stratified CI] | calls | fit s |",
+            "|---|---:|---|---|---:|---:|",
+        ]
         for arm, values in scores.items():
             mean, low, high = confidence_interval(values)
             fit = np.mean([r["fit_s"] for r in mine if r["arm"] == arm])
@@ -306,8 +339,11 @@ def report(args: argparse.Namespace) -> None:
                 f"{q:.4f} [{q_low:.4f}, {q_high:.4f}] | {calls:,.0f} | {fit:.0f} |"
             )
         best = max(scores, key=lambda a: scores[a].mean())
-        pairs = [("reinforce-dense", "reinforce-sparse"), ("ppo-gae-dense", "ppo-gae-sparse"),
-                 ("degre-greedy", "reinforce-sparse")]  # fmt: skip
+        pairs = [
+            ("reinforce-dense", "reinforce-sparse"),
+            ("ppo-gae-dense", "ppo-gae-sparse"),
+            ("degre-greedy", "reinforce-sparse"),
+        ]
         lines.append("")
         entry = {"N": n, "L": length, "winner": best}
         for dense, sparse in pairs:
@@ -346,9 +382,11 @@ def report(args: argparse.Namespace) -> None:
 
 
 def _winner_table(winners: list[dict[str, Any]]) -> list[str]:
-    lines = ["| N | L | best arm | reinforce: dense - sparse | P(dense > sparse) | "
-             "PPO: dense - sparse | DeGRe greedy - REINFORCE sparse |",
-             "|---:|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| N | L | best arm | reinforce: dense - sparse | P(dense > sparse) | "
+        "PPO: dense - sparse | DeGRe greedy - REINFORCE sparse |",
+        "|---:|---:|---|---:|---:|---:|---:|",
+    ]
     for w in winners:
 
         def cell(key: str, w: dict[str, Any] = w) -> str:
@@ -511,9 +549,11 @@ def main() -> None:
     parser.add_argument("--cells", nargs="*", help="NxL cells, e.g. 20x6 100x20 (default: all 9)")
     parser.add_argument("--arms", nargs="*", help=f"default: all of {list(ARMS)}")
     parser.add_argument(
-        "--metric", default="reward_eval", choices=["reward_eval", "reward_true", "reward_train"],
+        "--metric",
+        default="reward_eval",
+        choices=["reward_eval", "reward_true", "reward_train"],
         help="report: held-out (default), true-model or training-simulator reward",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", default="runs/bench-credit")
     add_backend_arguments(parser)
     args = parser.parse_args()

@@ -117,7 +117,7 @@ def write_ml1m_sized_files(folder: Path, seed: int = 0) -> None:
         "".join(
             f"{u}::{'MF'[u % 2]}::{(1, 18, 25, 35, 45, 50, 56)[u % 7]}::{u % 21}::12345\n"
             for u in range(1, n_users + 1)
-        )  # fmt: skip
+        )
     )
     per_user = rng.multinomial(n_ratings - 20 * n_users, np.ones(n_users) / n_users) + 20
     popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8

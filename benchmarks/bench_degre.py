@@ -70,15 +70,20 @@ def teacher(agent: DeGRe, width: int = 8) -> DeGRe:
 
 def credit(args: argparse.Namespace, task: RerankTask, requests: np.ndarray, out: Path) -> None:
     records = run_study(
-        args, task, requests, out / "runs" / "credit",
+        args,
+        task,
+        requests,
+        out / "runs" / "credit",
         [Trial(f"seed{seed}", credit_trial, (args, seed)) for seed in seeds(args)],
-    )  # fmt: skip
+    )
     rows = [row for record in records for row in record["rows"]]
     curves = [curve for record in records for curve in record["curves"]]
     summary = summarise(rows, ["reward_eval", "reward_train", "fit_s", "evaluator_calls"])
-    print(f"\nDense vs sparse, evaluator = {args.evaluator}, mining beam width "
-          f"{args.beam_width}, {args.mining_requests} mined requests, {args.seeds} seeds, "
-          f"{len(requests)} test requests (mean [95% CI])")  # fmt: skip
+    print(
+        f"\nDense vs sparse, evaluator = {args.evaluator}, mining beam width "
+        f"{args.beam_width}, {args.mining_requests} mined requests, {args.seeds} seeds, "
+        f"{len(requests)} test requests (mean [95% CI])"
+    )
     print("| training | held-out reward | training-sim reward | evaluator calls | fit s |")
     print("|---|---|---|---|---|")
     for entry in summary:
@@ -114,31 +119,51 @@ def credit_trial(
     """One seed of the credit study (here or in a Ray worker): both arms' rows and curves."""
     rows, curves = [], []
     dense = DeGRe(
-        evaluator=args.evaluator, mining_requests=args.mining_requests, rounds=5,
-        epochs=args.epochs, beam_width=args.beam_width,
-        keep_lists=min(4, args.beam_width), seed=seed,
-    )  # fmt: skip
+        evaluator=args.evaluator,
+        mining_requests=args.mining_requests,
+        rounds=5,
+        epochs=args.epochs,
+        beam_width=args.beam_width,
+        keep_lists=min(4, args.beam_width),
+        seed=seed,
+    )
     # The sparse arm gets exactly the evaluator calls the dense run spent.
     for arm in ("dense", "sparse"):
         if arm == "dense":
             agent = dense
         else:
             agent = DeGRe(
-                **{**dense.config(), "supervision": "sparse", "sparse_batch": 256,
-                   "sparse_samples": 8,
-                   "sparse_iterations": math.ceil(dense.evaluator_calls / (256 * 8))},
-            )  # fmt: skip
+                **{
+                    **dense.config(),
+                    "supervision": "sparse",
+                    "sparse_batch": 256,
+                    "sparse_samples": 8,
+                    "sparse_iterations": math.ceil(dense.evaluator_calls / (256 * 8)),
+                },
+            )
         start = time.perf_counter()
         agent.fit(task)
         fit = time.perf_counter() - start
         metrics = reward_and_latency(agent, task, requests)
-        rows.append({"agent": arm, "seed": seed, **metrics, "fit_s": fit,
-                     "evaluator_calls": agent.evaluator_calls})  # fmt: skip
+        rows.append(
+            {
+                "agent": arm,
+                "seed": seed,
+                **metrics,
+                "fit_s": fit,
+                "evaluator_calls": agent.evaluator_calls,
+            }
+        )
         curves += [
-            {"arm": arm, "seed": seed, "evaluator_calls": p["evaluator_calls"],
-             "valid_reward": p["valid_reward"]}
-            for p in agent.history if "valid_reward" in p
-        ]  # fmt: skip
+            {
+                "arm": arm,
+                "seed": seed,
+                "evaluator_calls": p["evaluator_calls"],
+                "valid_reward": p["valid_reward"],
+            }
+            for p in agent.history
+            if "valid_reward" in p
+        ]
         print(
             f"seed {seed} {arm}: held-out {metrics['reward_eval']:.4f}, fit {fit:.0f} s, "
             f"{agent.evaluator_calls:,} evaluator calls",
@@ -176,11 +201,14 @@ def ablation_trial(
         flush=True,
     )
     return {
-        "agent": name, "seed": seed, **greedy, "fit_s": fit,
+        "agent": name,
+        "seed": seed,
+        **greedy,
+        "fit_s": fit,
         "teacher_reward_eval": beam["reward_eval"],
         "teacher_latency_ms": beam["latency_ms"],
         "share_of_teacher": greedy["reward_eval"] / beam["reward_eval"],
-    }  # fmt: skip
+    }
 
 
 def ablations(args: argparse.Namespace, task: RerankTask, requests: np.ndarray, out: Path) -> None:
@@ -191,10 +219,14 @@ def ablations(args: argparse.Namespace, task: RerankTask, requests: np.ndarray, 
     ]
     rows = run_study(args, task, requests, out / "runs" / "ablations", trials)
     summary = summarise(rows, [k for k in rows[0] if k not in ("agent", "seed")])
-    print(f"\nDeGRe ablations, {args.seeds} seeds, {len(requests)} test requests, "
-          f"{args.mining_requests} mined requests (mean [95% CI])")  # fmt: skip
-    print("| configuration | held-out reward | teacher (evaluator beam-8) | share of teacher "
-          "| ms/request greedy | ms/request teacher | fit s |")  # fmt: skip
+    print(
+        f"\nDeGRe ablations, {args.seeds} seeds, {len(requests)} test requests, "
+        f"{args.mining_requests} mined requests (mean [95% CI])"
+    )
+    print(
+        "| configuration | held-out reward | teacher (evaluator beam-8) | share of teacher "
+        "| ms/request greedy | ms/request teacher | fit s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for entry in summary:
         print(
@@ -212,9 +244,12 @@ def seeds(args: argparse.Namespace) -> range:
 
 
 def run_study(
-    args: argparse.Namespace, task: RerankTask, requests: np.ndarray, folder: Path,
+    args: argparse.Namespace,
+    task: RerankTask,
+    requests: np.ndarray,
+    folder: Path,
     trials: list[Trial],
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[dict[str, Any]]:
     """Run (or, with ``--resume``, read back) every trial; their records in order.
 
     Each record is stored in ``folder`` as it finishes, so a stopped study loses no
@@ -222,9 +257,12 @@ def run_study(
     """
     store = TrialStore(folder, fresh=not args.resume)
     records = run_trials(
-        trials, store, shared=(task, requests), backend=args.backend,
+        trials,
+        store,
+        shared=(task, requests),
+        backend=args.backend,
         ray_options=ray_options_from(args),
-    )  # fmt: skip
+    )
     return list(records.values())
 
 
@@ -235,8 +273,11 @@ def _key(name: str) -> str:
 
 def _ci(entry: dict[str, Any], metric: str, percent: bool = False) -> str:
     scale, unit = (100, "%") if percent else (1, "")
-    mean, low, high = (entry[metric] * scale, entry[f"{metric}_low"] * scale,
-                       entry[f"{metric}_high"] * scale)  # fmt: skip
+    mean, low, high = (
+        entry[metric] * scale,
+        entry[f"{metric}_low"] * scale,
+        entry[f"{metric}_high"] * scale,
+    )
     if math.isnan(mean):
         return "n/a"
     return f"{mean:.3f}{unit} [{low:.3f}, {high:.3f}]"
@@ -248,21 +289,29 @@ def main() -> None:
     parser.add_argument("--env", default="SlateRerank-v0")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument(
-        "--first-seed", type=int, default=0,
+        "--first-seed",
+        type=int,
+        default=0,
         help="run seeds first-seed ... first-seed + seeds - 1 (to split a study over machines)",
-    )  # fmt: skip
+    )
     parser.add_argument("--requests", type=int, default=500, help="test requests")
     parser.add_argument("--mining-requests", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=4, help="generator epochs per round")
-    parser.add_argument("--evaluator", default="simulator", choices=["simulator", "learned"],
-                        help="credit study: the evaluator both arms learn from")  # fmt: skip
-    parser.add_argument("--beam-width", type=int, default=8,
-                        help="credit study: the dense arm's mining beam width")  # fmt: skip
+    parser.add_argument(
+        "--evaluator",
+        default="simulator",
+        choices=["simulator", "learned"],
+        help="credit study: the evaluator both arms learn from",
+    )
+    parser.add_argument(
+        "--beam-width", type=int, default=8, help="credit study: the dense arm's mining beam width"
+    )
     parser.add_argument("--out", default="runs/bench-degre")
     parser.add_argument(
-        "--resume", action="store_true",
+        "--resume",
+        action="store_true",
         help="reuse the runs stored in --out by an earlier run of this study (same settings)",
-    )  # fmt: skip
+    )
     add_backend_arguments(parser)
     args = parser.parse_args()
     out = Path(args.out)

@@ -113,23 +113,34 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--requests", type=int, default=1000, help="test requests")
     parser.add_argument(
-        "--cold-start", type=float, default=None, metavar="F",
+        "--cold-start",
+        type=float,
+        default=None,
+        metavar="F",
         help="heads: withhold this share of items from training (ColdStartConfig(F, seed=0))",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--configs", nargs="+", default=list(HEADS)[:5], choices=list(HEADS),
+        "--configs",
+        nargs="+",
+        default=list(HEADS)[:5],
+        choices=list(HEADS),
         help="heads: configurations (default: the first five)",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench-glorank"))
     parser.add_argument(
-        "--resume", action="store_true",
+        "--resume",
+        action="store_true",
         help="heads: reuse the runs stored in --out by an earlier run (same settings)",
-    )  # fmt: skip
+    )
     add_backend_arguments(parser)
     parser.add_argument(
-        "--from-csv", nargs="+", type=Path, default=None, metavar="CSV",
+        "--from-csv",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="CSV",
         help="train nothing: summarise and plot these CSVs of earlier runs",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.from_csv:
@@ -157,9 +168,12 @@ def main() -> None:
         for label in args.configs
     ]
     records = run_trials(
-        trials, store, shared=(task, requests), backend=args.backend,
+        trials,
+        store,
+        shared=(task, requests),
+        backend=args.backend,
         ray_options=ray_options_from(args),
-    )  # fmt: skip
+    )
     rows = [record["row"] for record in records.values()]
     write_csv(args.out / "heads.csv", rows)
     write_csv(args.out / "curves.csv", [c for r in records.values() for c in r["curves"]])
@@ -179,16 +193,24 @@ def heads_trial(
     if cold:
         metrics |= withheld_shares(agent, task, requests)
     held_out, latency = metrics["reward_eval"], metrics["latency_ms"]
-    print(f"seed {seed} {label}: held-out {held_out:.4f}, {latency:.2f} ms/request, "
-          f"fit {fit:.0f} s", flush=True)  # fmt: skip
+    print(
+        f"seed {seed} {label}: held-out {held_out:.4f}, {latency:.2f} ms/request, fit {fit:.0f} s",
+        flush=True,
+    )
     return {
-        "row": {"agent": label, "seed": seed, **metrics, "fit_s": fit,
-                "parameters": agent.parameter_count()},
+        "row": {
+            "agent": label,
+            "seed": seed,
+            **metrics,
+            "fit_s": fit,
+            "parameters": agent.parameter_count(),
+        },
         "curves": [
             {"agent": label, "seed": seed, **row}
-            for row in agent.history if row["stage"] == "curve"
+            for row in agent.history
+            if row["stage"] == "curve"
         ],
-    }  # fmt: skip
+    }
 
 
 def withheld_shares(agent: GloRank, task: Any, requests: Any) -> dict[str, float]:
@@ -234,16 +256,20 @@ def gradient_variance(args: argparse.Namespace) -> None:
                     agent.fit(task)
                 measured = output_gradient_variance(agent.modules["policy"], task, requests, lists)
                 rows.append({"agent": f"{label}, {stage}", "seed": seed, **measured})
-                print(f"seed {seed} {label} {stage}: relative variance "
-                      f"{measured['relative']:.3f}", flush=True)  # fmt: skip
+                print(
+                    f"seed {seed} {label} {stage}: relative variance {measured['relative']:.3f}",
+                    flush=True,
+                )
                 write_csv(args.out / "variance.csv", rows)
     summary = summarise(rows, ["relative", "variance", "mean_norm2"])
     print(f"\nOutput-layer gradient across 16 mini-batches, {args.seeds} seeds (mean [95% CI])")
     print("| head, stage | relative variance | variance (trace) | squared mean norm |")
     print("|---|---|---|---|")
     for entry in summary:
-        cells = [f"{entry[m]:.4g} [{entry[m + '_low']:.4g}, {entry[m + '_high']:.4g}]"
-                 for m in ("relative", "variance", "mean_norm2")]  # fmt: skip
+        cells = [
+            f"{entry[m]:.4g} [{entry[m + '_low']:.4g}, {entry[m + '_high']:.4g}]"
+            for m in ("relative", "variance", "mean_norm2")
+        ]
         print(f"| {entry['agent']} | " + " | ".join(cells) + " |")
 
 
@@ -262,9 +288,14 @@ def maskable_ppo(args: argparse.Namespace) -> None:
     rows = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         model = MaskablePPO(
-            "MultiInputPolicy", make_vec_env(make, n_envs=8, seed=seed), n_steps=256,
-            batch_size=128, learning_rate=1e-3, seed=seed, verbose=0,
-        )  # fmt: skip
+            "MultiInputPolicy",
+            make_vec_env(make, n_envs=8, seed=seed),
+            n_steps=256,
+            batch_size=128,
+            learning_rate=1e-3,
+            seed=seed,
+            verbose=0,
+        )
         start = time.perf_counter()
         model.learn(args.timesteps)
         fit = time.perf_counter() - start
@@ -278,11 +309,20 @@ def maskable_ppo(args: argparse.Namespace) -> None:
                 obs, _, done, _, info = test.step(int(action))
             rewards.append(info["eval_reward"])
         latency = (time.perf_counter() - start) * 1000 / len(rewards)
-        rows.append({"agent": "maskable-ppo-global", "seed": seed, "reward_eval": np.mean(rewards),
-                     "latency_ms": latency, "fit_s": fit})  # fmt: skip
-        print(f"seed {seed}: {args.timesteps} token steps, fit {fit:.0f} s, held-out "
-              f"{np.mean(rewards):.4f} on {len(rewards)} test requests, "
-              f"{latency:.1f} ms/request")  # fmt: skip
+        rows.append(
+            {
+                "agent": "maskable-ppo-global",
+                "seed": seed,
+                "reward_eval": np.mean(rewards),
+                "latency_ms": latency,
+                "fit_s": fit,
+            }
+        )
+        print(
+            f"seed {seed}: {args.timesteps} token steps, fit {fit:.0f} s, held-out "
+            f"{np.mean(rewards):.4f} on {len(rewards)} test requests, "
+            f"{latency:.1f} ms/request"
+        )
         write_csv(args.out / "sb3.csv", rows)
 
 
@@ -321,24 +361,42 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     summary = summarise(rows, metrics)
     seeds = len({row["seed"] for row in rows})
     columns = [
-        m for m in ("reward_eval", "reward_true", "reward_train", "same_list", "same_items",
-                    "withheld_listed", "withheld_offered") if m in metrics
-    ]  # fmt: skip
+        m
+        for m in (
+            "reward_eval",
+            "reward_true",
+            "reward_train",
+            "same_list",
+            "same_items",
+            "withheld_listed",
+            "withheld_offered",
+        )
+        if m in metrics
+    ]
     cold = "" if getattr(args, "cold_start", None) is None else f", cold start {args.cold_start}"
     print(f"\nGloRank {args.study} on {args.env}{cold}, {seeds} seeds (mean [95% CI])")
     print("| configuration | " + " | ".join(columns) + " | ms/request | fit s | parameters |")
     print("|---|" + "---|" * (len(columns) + 3))
     for entry in summary:
-        cells = [f"{entry[m]:.4f} [{entry[m + '_low']:.4f}, {entry[m + '_high']:.4f}]"
-                 for m in columns]  # fmt: skip
-        print(f"| {entry['agent']} | " + " | ".join(cells)
-              + f" | {entry['latency_ms']:.2f} | {entry['fit_s']:.0f} | "
-              f"{entry['parameters']:,.0f} |")  # fmt: skip
+        cells = [
+            f"{entry[m]:.4f} [{entry[m + '_low']:.4f}, {entry[m + '_high']:.4f}]" for m in columns
+        ]
+        print(
+            f"| {entry['agent']} | "
+            + " | ".join(cells)
+            + f" | {entry['latency_ms']:.2f} | {entry['fit_s']:.0f} | "
+            f"{entry['parameters']:,.0f} |"
+        )
     figure, axis = plt.subplots(figsize=(7, 3.5))
     for index, entry in enumerate(summary):
         low, high = entry["reward_eval_low"], entry["reward_eval_high"]
-        axis.errorbar(index, entry["reward_eval"], yerr=[[entry["reward_eval"] - low],
-                      [high - entry["reward_eval"]]], fmt="o", capsize=4)  # fmt: skip
+        axis.errorbar(
+            index,
+            entry["reward_eval"],
+            yerr=[[entry["reward_eval"] - low], [high - entry["reward_eval"]]],
+            fmt="o",
+            capsize=4,
+        )
     axis.set_xticks(range(len(summary)), [entry["agent"] for entry in summary], rotation=20)
     axis.set_ylabel("held-out reward (eval simulator)")
     axis.set_title(f"GloRank {args.study}, {args.env}, {seeds} seeds, 95% CI")

@@ -82,8 +82,10 @@ def configurations(args: argparse.Namespace, seed: int) -> dict[str, tuple[Any, 
 
     if args.study == "groups" and args.matched_calls:
         # G x iterations fixed at that of G = 16: every G gets the same reward calls.
-        return {f"G={g}": (g, goalrank(group_size=g, iterations=args.iterations * 16 // g))
-                for g in GROUP_SIZES}  # fmt: skip
+        return {
+            f"G={g}": (g, goalrank(group_size=g, iterations=args.iterations * 16 // g))
+            for g in GROUP_SIZES
+        }
     if args.study == "groups":
         return {f"G={g}": (g, goalrank(group_size=g)) for g in GROUP_SIZES}
     if args.study == "scaling":
@@ -94,13 +96,24 @@ def configurations(args: argparse.Namespace, seed: int) -> dict[str, tuple[Any, 
     agents: dict[str, tuple[Any, Agent]] = {}
     for g in MATCHED_SIZES:
         agents[f"GoalRank G={g}"] = (g, goalrank(group_size=g))
-        agents[f"G-E {g} lists"] = (g, GeneratorEvaluator(
-            [PointwiseGreedy(seed=seed)], lists_per_generator=g, evaluator=evaluator, seed=seed,
-        ))  # fmt: skip
-        agents[f"multi-G-E {g} lists"] = (g, GeneratorEvaluator(
-            [InitialOrder(), PointwiseGreedy(seed=seed), PRM(seed=seed)],
-            lists_per_generator=max(1, g // 3), evaluator=evaluator, seed=seed,
-        ))  # fmt: skip
+        agents[f"G-E {g} lists"] = (
+            g,
+            GeneratorEvaluator(
+                [PointwiseGreedy(seed=seed)],
+                lists_per_generator=g,
+                evaluator=evaluator,
+                seed=seed,
+            ),
+        )
+        agents[f"multi-G-E {g} lists"] = (
+            g,
+            GeneratorEvaluator(
+                [InitialOrder(), PointwiseGreedy(seed=seed), PRM(seed=seed)],
+                lists_per_generator=max(1, g // 3),
+                evaluator=evaluator,
+                seed=seed,
+            ),
+        )
     return agents
 
 
@@ -126,36 +139,47 @@ def main() -> None:
     parser.add_argument("--env", default="SlateRerank-v0")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument(
-        "--first-seed", type=int, default=0,
+        "--first-seed",
+        type=int,
+        default=0,
         help="run seeds first-seed ... first-seed + seeds - 1 (to split a long study "
         "over machines; then summarise their CSVs together with --from-csv)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--from-csv", nargs="+", type=Path, default=None, metavar="CSV",
+        "--from-csv",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="CSV",
         help="train nothing: summarise and plot the rows of these CSVs of earlier runs "
         "of the same study",
-    )  # fmt: skip
+    )
     parser.add_argument("--requests", type=int, default=500, help="evaluation requests")
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--reward-model", default="learned", choices=["learned", "simulator"])
     parser.add_argument("--device", default="cpu", help="torch device of the task and agents")
     parser.add_argument(
-        "--resume", action="store_true",
+        "--resume",
+        action="store_true",
         help="reuse the runs stored in --out by an earlier run of this study (same settings)",
-    )  # fmt: skip
+    )
     add_backend_arguments(parser)
     parser.add_argument("--out", default="runs/bench-goalrank")
     parser.add_argument("--split", default="test", choices=["test", "valid"])
     parser.add_argument(
-        "--matched-calls", action="store_true",
+        "--matched-calls",
+        action="store_true",
         help="groups study: train G for iterations x 16 / G steps, so every group size "
         "spends the reward-model calls of G = 16",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--sizes", nargs="+", default=list(SIZE_PRESETS), choices=list(SIZE_PRESETS),
+        "--sizes",
+        nargs="+",
+        default=list(SIZE_PRESETS),
+        choices=list(SIZE_PRESETS),
         help="generator presets of the scaling study (on 2 CPU cores a 0.6M fit takes "
         "about 2.5 min, 2M about 6 min and 10M one to two hours: see docs/benchmarks.md)",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,14 +213,21 @@ def main() -> None:
 
     def collect(trial: Trial, row: dict[str, Any]) -> None:
         rows.append(row)
-        print(f"seed {row['seed']} {row['agent']}: held-out {row['reward_eval']:.4f}, "
-              f"fit {row['fit_s']:.0f} s", flush=True)  # fmt: skip
+        print(
+            f"seed {row['seed']} {row['agent']}: held-out {row['reward_eval']:.4f}, "
+            f"fit {row['fit_s']:.0f} s",
+            flush=True,
+        )
         write_csv(out / f"{args.study}.csv", rows)  # so far: a stopped run keeps its rows
 
     records = run_trials(
-        trials, store, shared=(task, requests), backend=args.backend,
-        ray_options=ray_options_from(args), on_finish=collect,
-    )  # fmt: skip
+        trials,
+        store,
+        shared=(task, requests),
+        backend=args.backend,
+        ray_options=ray_options_from(args),
+        on_finish=collect,
+    )
     rows = list(records.values())  # every trial, in order (stored ones too)
     write_csv(out / f"{args.study}.csv", rows)
     swept = {label: value for label, (value, _) in configurations(args, 0).items()}
@@ -204,15 +235,20 @@ def main() -> None:
 
 
 def report(
-    rows: list[dict[str, Any]], swept: dict[str, Any], args: argparse.Namespace, evaluated: str,
+    rows: list[dict[str, Any]],
+    swept: dict[str, Any],
+    args: argparse.Namespace,
+    evaluated: str,
     out: Path,
-) -> None:  # fmt: skip
+) -> None:
     """Print the study's table (mean [95% CI] over seeds) and plot it."""
     metrics = [k for k in rows[0] if k not in ("agent", "seed")]
     summary = summarise(rows, metrics)
     seeds = len({row["seed"] for row in rows})
-    print(f"\nGoalRank {args.study}, reward model = {args.reward_model}, {seeds} seeds, "
-          f"{evaluated} (mean [95% CI])")  # fmt: skip
+    print(
+        f"\nGoalRank {args.study}, reward model = {args.reward_model}, {seeds} seeds, "
+        f"{evaluated} (mean [95% CI])"
+    )
     columns = [m for m in ("reward_eval", "reward_true", "reward_train") if m in metrics]
     print("| configuration | " + " | ".join(columns) + " | ms/request | fit s | parameters |")
     print("|---|" + "---|" * (len(columns) + 3))
@@ -221,9 +257,13 @@ def report(
             f"{entry[m]:.4f} [{entry[m + '_low']:.4f}, {entry[m + '_high']:.4f}]" for m in columns
         ]
         parameters = entry.get("parameters", math.nan)
-        print(f"| {entry['agent']} | " + " | ".join(cells)
-              + f" | {entry['latency_ms']:.2f} | {entry['fit_s']:.0f} | "
-              + (f"{parameters:,.0f}" if parameters == parameters else "") + " |")  # fmt: skip
+        print(
+            f"| {entry['agent']} | "
+            + " | ".join(cells)
+            + f" | {entry['latency_ms']:.2f} | {entry['fit_s']:.0f} | "
+            + (f"{parameters:,.0f}" if parameters == parameters else "")
+            + " |"
+        )
     plot(summary, swept, args, out)
 
 
@@ -250,17 +290,27 @@ def agreement(args: argparse.Namespace, task: RerankTask, requests: Any, out: Pa
                 label = f"{model} vs {reference}, {subset}"
                 metrics = group_agreement(values[model][:, columns], values[reference][:, columns])
                 rows.append({"agent": label, "seed": seed, **metrics})
-                print(f"seed {seed} {label}: " + ", ".join(
-                    f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)  # fmt: skip
+                print(
+                    f"seed {seed} {label}: "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+                    flush=True,
+                )
     metrics = [k for k in rows[0] if k not in ("agent", "seed")]
-    print(f"\nLearned reward model on GoalRank's groups (G = {group.shape[1]}), {args.seeds} "
-          f"seeds, {len(requests)} {args.split} requests (mean [95% CI])")  # fmt: skip
+    print(
+        f"\nLearned reward model on GoalRank's groups (G = {group.shape[1]}), {args.seeds} "
+        f"seeds, {len(requests)} {args.split} requests (mean [95% CI])"
+    )
     print("| model vs reference | " + " | ".join(metrics) + " |")
     print("|---|" + "---|" * len(metrics))
     for entry in summarise(rows, metrics):
-        print(f"| {entry['agent']} | " + " | ".join(
-            f"{entry[m]:.3f} [{entry[m + '_low']:.3f}, {entry[m + '_high']:.3f}]"
-            for m in metrics) + " |")  # fmt: skip
+        print(
+            f"| {entry['agent']} | "
+            + " | ".join(
+                f"{entry[m]:.3f} [{entry[m + '_low']:.3f}, {entry[m + '_high']:.3f}]"
+                for m in metrics
+            )
+            + " |"
+        )
     write_csv(out / "agreement.csv", rows)
 
 
@@ -291,9 +341,14 @@ def plot(summary: list[dict], swept: dict[str, Any], args: argparse.Namespace, o
         values = sorted({swept[entry["agent"]] for entry in summary})
         axis.set_xticks(values, [f"{v:g}" for v in values])
     axis.minorticks_off()
-    axis.set_xlabel({"groups": "group size G", "scaling": "generator parameters",
-                     "matched": "reward-model calls per request (G)",
-                     "temperature": "reference-policy temperature tau"}[args.study])  # fmt: skip
+    axis.set_xlabel(
+        {
+            "groups": "group size G",
+            "scaling": "generator parameters",
+            "matched": "reward-model calls per request (G)",
+            "temperature": "reference-policy temperature tau",
+        }[args.study]
+    )
     axis.set_ylabel("held-out reward")
     matched_calls = ", matched calls" if args.study == "groups" and args.matched_calls else ""
     seeds = max(entry["seeds"] for entry in summary)

@@ -76,8 +76,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "gr2-unconditional": {"format_reward": "unconditional"},
     "gr2-no-mid": {"mid_steps": 0},
 }
-COLUMNS = ("recall@1", "recall@5", "ndcg@5", "reward_eval", "copy_share", "kendall_tau",
-           "target_rank", "format_breaks")  # fmt: skip
+COLUMNS = (
+    "recall@1",
+    "recall@5",
+    "ndcg@5",
+    "reward_eval",
+    "copy_share",
+    "kendall_tau",
+    "target_rank",
+    "format_breaks",
+)
 
 
 def main() -> None:
@@ -90,19 +98,27 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--split", default="test", choices=["valid", "test"])
     parser.add_argument(
-        "--configs", nargs="+", default=list(CONFIGS)[:4], choices=list(CONFIGS),
+        "--configs",
+        nargs="+",
+        default=list(CONFIGS)[:4],
+        choices=list(CONFIGS),
         help="stages: configurations (default: the first four)",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench-gr2"))
     parser.add_argument(
-        "--resume", action="store_true",
+        "--resume",
+        action="store_true",
         help="stages: reuse the seeds stored in --out by an earlier run (same settings)",
-    )  # fmt: skip
+    )
     add_backend_arguments(parser, unit="seed")
     parser.add_argument(
-        "--from-csv", nargs="+", type=Path, default=None, metavar="CSV",
+        "--from-csv",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="CSV",
         help="train nothing: summarise and plot these CSVs of earlier runs",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.from_csv:
@@ -135,14 +151,21 @@ def main() -> None:
 
     def collect(trial: Trial, record: dict[str, Any]) -> None:
         for row in record["rows"]:
-            print(f"seed {row['seed']} {row['agent']}: recall@1 {row['recall@1']:.3f}, "
-                  f"recall@5 {row['recall@5']:.3f}, copy {row['copy_share']:.3f}, "
-                  f"fit {row['fit_s']:.0f} s", flush=True)  # fmt: skip
+            print(
+                f"seed {row['seed']} {row['agent']}: recall@1 {row['recall@1']:.3f}, "
+                f"recall@5 {row['recall@5']:.3f}, copy {row['copy_share']:.3f}, "
+                f"fit {row['fit_s']:.0f} s",
+                flush=True,
+            )
 
     records = run_trials(
-        trials, store, shared=(task, splits), backend=args.backend,
-        ray_options=ray_options_from(args), on_finish=collect,
-    )  # fmt: skip
+        trials,
+        store,
+        shared=(task, splits),
+        backend=args.backend,
+        ray_options=ray_options_from(args),
+        on_finish=collect,
+    )
     rows = [pre_ranker] + [row for record in records.values() for row in record["rows"]]
     dapo = [row for record in records.values() for row in record["dapo"]]
     write_csv(args.out / "stages.csv", rows)
@@ -176,15 +199,19 @@ def seed_trial(
             metrics |= {prefix + key: value for key, value in measured.items()}
         if checkpoints is not None:
             agent.save(checkpoints / f"{label}-seed{seed}.pt", {"study": "bench_gr2 stages"})
-        rows.append({
-            "agent": label, "seed": seed, **metrics, **agent.mid_report,
-            "acceptance_rate": agent.teacher_stats["acceptance_rate"],
-            "fit_s": sum(agent.stage_seconds[stage] for stage in stages),
-        })  # fmt: skip
+        rows.append(
+            {
+                "agent": label,
+                "seed": seed,
+                **metrics,
+                **agent.mid_report,
+                "acceptance_rate": agent.teacher_stats["acceptance_rate"],
+                "fit_s": sum(agent.stage_seconds[stage] for stage in stages),
+            }
+        )
         dapo.extend(
-            {"agent": label, "seed": seed, **row}
-            for row in agent.history if row["stage"] == "dapo"
-        )  # fmt: skip
+            {"agent": label, "seed": seed, **row} for row in agent.history if row["stage"] == "dapo"
+        )
 
     base = GR2(GR2Config.preset(budget, seed=seed)).setup(task).mid_train(task)
     if "gr2-targeted-sft" in configs:
@@ -245,9 +272,13 @@ DIFFERENCES = (
     ("gr2 - pre-ranker", "gr2", "pre-ranker", ("recall@1", "recall@5", "ndcg@5")),
     ("gr2 - gr2-sft", "gr2", "gr2-sft", ("recall@1", "recall@5", "ndcg@5")),
     ("gr2-sft - gr2-targeted-sft", "gr2-sft", "gr2-targeted-sft", ("recall@1", "recall@5")),
-    ("gr2-unconditional - gr2", "gr2-unconditional", "gr2",
-     ("copy_share", "kendall_tau", "recall@1", "recall@5")),
-)  # fmt: skip
+    (
+        "gr2-unconditional - gr2",
+        "gr2-unconditional",
+        "gr2",
+        ("copy_share", "kendall_tau", "recall@1", "recall@5"),
+    ),
+)
 
 
 def paired_differences(rows: list[dict[str, Any]], prefix: str = "") -> None:
@@ -264,10 +295,13 @@ def paired_differences(rows: list[dict[str, Any]], prefix: str = "") -> None:
             a = by_key.get((left, seed))
             b = by_key.get((right, 0 if right == "pre-ranker" else seed))
             if a is not None and b is not None:
-                differences.append({
-                    "agent": name, "seed": seed,
-                    **{m: a[prefix + m] - b[prefix + m] for m in metrics if prefix + m in a},
-                })  # fmt: skip
+                differences.append(
+                    {
+                        "agent": name,
+                        "seed": seed,
+                        **{m: a[prefix + m] - b[prefix + m] for m in metrics if prefix + m in a},
+                    }
+                )
     if not differences:
         return
     metrics = list(dict.fromkeys(m for *_, names in DIFFERENCES for m in names))
@@ -275,8 +309,10 @@ def paired_differences(rows: list[dict[str, Any]], prefix: str = "") -> None:
         for metric in metrics:
             row.setdefault(metric, float("nan"))
     split = prefix.rstrip("_") or "the main split"
-    print(f"\nPaired differences on {split}, seed by seed on the same requests "
-          "(mean [95% CI]; (wins/seeds))")  # fmt: skip
+    print(
+        f"\nPaired differences on {split}, seed by seed on the same requests "
+        "(mean [95% CI]; (wins/seeds))"
+    )
     print("| difference | " + " | ".join(metrics) + " |")
     print("|---|" + "---|" * len(metrics))
     for entry in summarise(differences, metrics):
@@ -287,8 +323,10 @@ def paired_differences(rows: list[dict[str, Any]], prefix: str = "") -> None:
                 cells.append("")
                 continue
             wins = sum(row[metric] > 0 for row in mine)
-            cells.append(f"{entry[metric]:+.3f} [{entry[metric + '_low']:+.3f}, "
-                         f"{entry[metric + '_high']:+.3f}] ({wins}/{len(mine)})")  # fmt: skip
+            cells.append(
+                f"{entry[metric]:+.3f} [{entry[metric + '_low']:+.3f}, "
+                f"{entry[metric + '_high']:+.3f}] ({wins}/{len(mine)})"
+            )
         print(f"| {entry['agent']} | " + " | ".join(cells) + " |")
 
 
@@ -302,53 +340,74 @@ def preset_times(task: Any, args: argparse.Namespace) -> None:
         agent.fit(task)
         total = time.perf_counter() - start
         times = agent.stage_seconds
-        print(f"| {budget} | {agent.parameter_count():,} | {times['mid']:.0f} s | "
-              f"{times['sft']:.0f} s | {times['dapo']:.0f} s | {total:.0f} s |",
-              flush=True)  # fmt: skip
+        print(
+            f"| {budget} | {agent.parameter_count():,} | {times['mid']:.0f} s | "
+            f"{times['sft']:.0f} s | {times['dapo']:.0f} s | {total:.0f} s |",
+            flush=True,
+        )
 
 
 def report(rows: list[dict[str, Any]], dapo: list[dict[str, Any]], args) -> None:
     """Print the table (mean [95% CI] over seeds) and plot it and DAPO's diagnostics."""
-    extra = [k for k in ("next_sid_recall@1_before", "next_sid_recall@1_after",
-                         "caption_genre_accuracy_before", "caption_genre_accuracy_after",
-                         "acceptance_rate", "fit_s") if k in rows[-1]]  # fmt: skip
+    extra = [
+        k
+        for k in (
+            "next_sid_recall@1_before",
+            "next_sid_recall@1_after",
+            "caption_genre_accuracy_before",
+            "caption_genre_accuracy_after",
+            "acceptance_rate",
+            "fit_s",
+        )
+        if k in rows[-1]
+    ]
     for row in rows:
         for key in extra:
             row.setdefault(key, float("nan"))
     summary = summarise(rows, [*COLUMNS, *extra])
     seeds = len({row["seed"] for row in rows if row["agent"] != "pre-ranker"})
-    print(f"\nGR2 stages on {args.env} ({args.split}), budget {args.budget}, {seeds} seeds "
-          "(mean [95% CI])")  # fmt: skip
+    print(
+        f"\nGR2 stages on {args.env} ({args.split}), budget {args.budget}, {seeds} seeds "
+        "(mean [95% CI])"
+    )
     print("| configuration | " + " | ".join(COLUMNS) + " | fit s |")
     print("|---|" + "---|" * (len(COLUMNS) + 1))
     for entry in summary:
         cells = [
-            "-" if np.isnan(entry[m]) else
-            f"{entry[m]:.3f}" if entry[m + "_low"] == entry[m + "_high"] else
-            f"{entry[m]:.3f} [{entry[m + '_low']:.3f}, {entry[m + '_high']:.3f}]"
+            "-"
+            if np.isnan(entry[m])
+            else f"{entry[m]:.3f}"
+            if entry[m + "_low"] == entry[m + "_high"]
+            else f"{entry[m]:.3f} [{entry[m + '_low']:.3f}, {entry[m + '_high']:.3f}]"
             for m in COLUMNS
-        ]  # fmt: skip
+        ]
         fit = entry.get("fit_s", float("nan"))
         print(f"| {entry['agent']} | " + " | ".join(cells) + f" | {fit:.0f} |")
     if "next_sid_recall@1_after" in extra:
-        print("\n| configuration | next-SID recall@1 before / after | caption genre accuracy "
-              "before / after | teacher acceptance |")  # fmt: skip
+        print(
+            "\n| configuration | next-SID recall@1 before / after | caption genre accuracy "
+            "before / after | teacher acceptance |"
+        )
         print("|---|---|---|---|")
         for entry in summary[1:]:
-            print(f"| {entry['agent']} | {entry['next_sid_recall@1_before']:.3f} / "
-                  f"{entry['next_sid_recall@1_after']:.3f} | "
-                  f"{entry['caption_genre_accuracy_before']:.3f} / "
-                  f"{entry['caption_genre_accuracy_after']:.3f} | "
-                  f"{entry['acceptance_rate']:.3f} |")  # fmt: skip
+            print(
+                f"| {entry['agent']} | {entry['next_sid_recall@1_before']:.3f} / "
+                f"{entry['next_sid_recall@1_after']:.3f} | "
+                f"{entry['caption_genre_accuracy_before']:.3f} / "
+                f"{entry['caption_genre_accuracy_after']:.3f} | "
+                f"{entry['acceptance_rate']:.3f} |"
+            )
     paired_differences(rows)
     prefix = next((p for p in ("valid_", "test_") if p + "recall@1" in rows[-1]), None)
     if prefix is not None:
         print(f"\nThe other split, {prefix.rstrip('_')} (mean [95% CI])")
         print("| configuration | recall@1 | recall@5 | ndcg@5 |\n|---|---|---|---|")
         for entry in summarise(rows, [prefix + m for m in ("recall@1", "recall@5", "ndcg@5")]):
-            cells = [f"{entry[prefix + m]:.3f} [{entry[prefix + m + '_low']:.3f}, "
-                     f"{entry[prefix + m + '_high']:.3f}]"
-                     for m in ("recall@1", "recall@5", "ndcg@5")]  # fmt: skip
+            cells = [
+                f"{entry[prefix + m]:.3f} [{entry[prefix + m + '_low']:.3f}, "
+                f"{entry[prefix + m + '_high']:.3f}]"
+                for m in ("recall@1", "recall@5", "ndcg@5")
+            ]
             print(f"| {entry['agent']} | " + " | ".join(cells) + " |")
         paired_differences(rows, prefix)
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.6))
@@ -356,8 +415,9 @@ def report(rows: list[dict[str, Any]], dapo: list[dict[str, Any]], args) -> None
         for index, entry in enumerate(summary):
             mean, low, high = entry[metric], entry[metric + "_low"], entry[metric + "_high"]
             axis.errorbar(index, mean, yerr=[[mean - low], [high - mean]], fmt="o", capsize=4)
-        axis.set_xticks(range(len(summary)), [e["agent"] for e in summary], rotation=30,
-                        ha="right", fontsize=8)  # fmt: skip
+        axis.set_xticks(
+            range(len(summary)), [e["agent"] for e in summary], rotation=30, ha="right", fontsize=8
+        )
         axis.set_title(metric)
         axis.grid(alpha=0.3)
     figure.suptitle(f"GR2 on {args.env} ({args.split}), {seeds} seeds, 95% CI")
@@ -366,10 +426,11 @@ def report(rows: list[dict[str, Any]], dapo: list[dict[str, Any]], args) -> None
     plt.close(figure)
     if dapo:
         panels = {
-            "copy_share": "identical to the input order", "kendall_tau": "Kendall tau to input",
+            "copy_share": "identical to the input order",
+            "kendall_tau": "Kendall tau to input",
             "target_rank_after": "rank of x* after (before: dotted)",
             "format_breaks": "malformed rationales",
-        }  # fmt: skip
+        }
         figure, axes = plt.subplots(1, len(panels), figsize=(16, 3.6))
         for index, label in enumerate(dict.fromkeys(row["agent"] for row in dapo)):
             mine = [row for row in dapo if row["agent"] == label]
@@ -378,15 +439,19 @@ def report(rows: list[dict[str, Any]], dapo: list[dict[str, Any]], args) -> None
                 means = [np.mean([r[key] for r in mine if r["iteration"] == s]) for s in steps]
                 axis.plot(steps, _smoothed(means), label=label, color=f"C{index}")
                 if key == "target_rank_after":
-                    before = [np.mean([r["target_rank_before"] for r in mine
-                                       if r["iteration"] == s]) for s in steps]  # fmt: skip
+                    before = [
+                        np.mean([r["target_rank_before"] for r in mine if r["iteration"] == s])
+                        for s in steps
+                    ]
                     axis.plot(steps, _smoothed(before), ":", color=f"C{index}")
                 axis.set_xlabel("DAPO iteration")
                 axis.set_title(title + " (sampled)", fontsize=9)
                 axis.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
-        figure.suptitle(f"Reward hacking: copying the input order, mean over {seeds} seeds "
-                        f"(running mean of {SMOOTHING} iterations)")  # fmt: skip
+        figure.suptitle(
+            f"Reward hacking: copying the input order, mean over {seeds} seeds "
+            f"(running mean of {SMOOTHING} iterations)"
+        )
         figure.tight_layout()
         figure.savefig(args.out / "hacking.png", dpi=120)
         plt.close(figure)

@@ -68,10 +68,21 @@ def ppo_runs(
             fit = time.perf_counter() - start
             metrics = reward_and_latency(agent, task, requests)
             label = f"{policy} {checkpoint}"
-            rows.append({"agent": label, "policy": policy, "timesteps": checkpoint,
-                         "seed": seed, **metrics, "fit_s": fit})  # fmt: skip
-            print(f"seed {seed} {policy} at {checkpoint} steps: held-out "
-                  f"{metrics['reward_eval']:.4f}, fit {fit:.0f} s", flush=True)  # fmt: skip
+            rows.append(
+                {
+                    "agent": label,
+                    "policy": policy,
+                    "timesteps": checkpoint,
+                    "seed": seed,
+                    **metrics,
+                    "fit_s": fit,
+                }
+            )
+            print(
+                f"seed {seed} {policy} at {checkpoint} steps: held-out "
+                f"{metrics['reward_eval']:.4f}, fit {fit:.0f} s",
+                flush=True,
+            )
     return rows
 
 
@@ -86,8 +97,16 @@ def references(task: RerankTask, requests: np.ndarray, seed: int) -> list[dict[s
         if isinstance(agent, TrainableAgent):
             agent.fit(task)
         metrics = reward_and_latency(agent, task, requests)
-        rows.append({"agent": name, "policy": "", "timesteps": 0, "seed": seed, **metrics,
-                     "fit_s": time.perf_counter() - start})  # fmt: skip
+        rows.append(
+            {
+                "agent": name,
+                "policy": "",
+                "timesteps": 0,
+                "seed": seed,
+                **metrics,
+                "fit_s": time.perf_counter() - start,
+            }
+        )
     return rows
 
 
@@ -100,9 +119,13 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, nargs="+", default=[8192, 16384])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-sb3-policy"))
     parser.add_argument(
-        "--from-csv", nargs="+", type=Path, default=None, metavar="CSV",
+        "--from-csv",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="CSV",
         help="train nothing: summarise these CSVs of earlier runs",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     if sorted(args.checkpoints) != args.checkpoints or args.checkpoints[0] < 1:
         parser.error(f"--checkpoints must be positive and increasing, got {args.checkpoints}")
@@ -128,19 +151,28 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\nMaskablePPO policies on {args.env}, {seeds} seeds (mean [95% CI])")
     print("| agent | held-out reward | ms / request | fit s |\n|---|---|---:|---:|")
     for entry in summary:
-        print(f"| {entry['agent']} | {entry['reward_eval']:.4f} [{entry['reward_eval_low']:.4f}, "
-              f"{entry['reward_eval_high']:.4f}] | {entry['latency_ms']:.2f} | "
-              f"{entry['fit_s']:.0f} |")  # fmt: skip
+        print(
+            f"| {entry['agent']} | {entry['reward_eval']:.4f} [{entry['reward_eval_low']:.4f}, "
+            f"{entry['reward_eval_high']:.4f}] | {entry['latency_ms']:.2f} | "
+            f"{entry['fit_s']:.0f} |"
+        )
     greedy = {row["seed"]: row["reward_eval"] for row in rows if row["agent"] == "pointwise-greedy"}
     print("\npaired difference to pointwise greedy (same seed):")
     for entry in summary:
         if entry["agent"].split(" ")[0] not in POLICIES:
             continue
-        gaps = np.array([row["reward_eval"] - greedy[row["seed"]] for row in rows
-                         if row["agent"] == entry["agent"] and row["seed"] in greedy])  # fmt: skip
+        gaps = np.array(
+            [
+                row["reward_eval"] - greedy[row["seed"]]
+                for row in rows
+                if row["agent"] == entry["agent"] and row["seed"] in greedy
+            ]
+        )
         mean, low, high = confidence_interval(gaps)
-        print(f"  {entry['agent']}: {mean:+.4f} [{low:+.4f}, {high:+.4f}] "
-              f"(ahead on {int((gaps > 0).sum())} of {len(gaps)} seeds)")  # fmt: skip
+        print(
+            f"  {entry['agent']}: {mean:+.4f} [{low:+.4f}, {high:+.4f}] "
+            f"(ahead on {int((gaps > 0).sum())} of {len(gaps)} seeds)"
+        )
     plot(summary, rows, args)
 
 
@@ -152,12 +184,16 @@ def plot(
     by_agent = {entry["agent"]: entry for entry in summary}
     steps = {row["agent"]: row["timesteps"] for row in rows}
     for marker, policy in zip("os", POLICIES, strict=True):
-        entries = sorted((e for a, e in by_agent.items() if a.split(" ")[0] == policy),
-                         key=lambda e: steps[e["agent"]])  # fmt: skip
+        entries = sorted(
+            (e for a, e in by_agent.items() if a.split(" ")[0] == policy),
+            key=lambda e: steps[e["agent"]],
+        )
         xs = [steps[e["agent"]] for e in entries]
         ys = np.array([e["reward_eval"] for e in entries])
-        errors = [ys - [e["reward_eval_low"] for e in entries],
-                  [e["reward_eval_high"] for e in entries] - ys]  # fmt: skip
+        errors = [
+            ys - [e["reward_eval_low"] for e in entries],
+            [e["reward_eval_high"] for e in entries] - ys,
+        ]
         axis.errorbar(xs, ys, yerr=errors, marker=marker, capsize=3, label=f"MaskablePPO, {policy}")
     for style, name in (("--", "pointwise-greedy"), (":", "initial-order")):
         if name in by_agent:

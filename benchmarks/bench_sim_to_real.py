@@ -223,10 +223,16 @@ class RankSetup:
             else None
         )
         fit_simulator(
-            model, data, weight_decay=weight_decay, epochs=40, patience=4, progress=False,
-            optimizer=chosen, learning_rate=5e-3,
+            model,
+            data,
+            weight_decay=weight_decay,
+            epochs=40,
+            patience=4,
+            progress=False,
+            optimizer=chosen,
+            learning_rate=5e-3,
             weight_decay_per_epoch=weight_decay if optimizer == "adamw-epoch" else None,
-        )  # fmt: skip
+        )
         seconds = time.perf_counter() - start
         with torch.no_grad():
             reward = model.expected_reward(self.batch).numpy()
@@ -252,11 +258,16 @@ def decay_study(args: argparse.Namespace) -> None:
                     continue
                 setup = setup or RankSetup.build(world, args.requests or 500)
                 record = {
-                    "seed": seed, "world": dataclasses.asdict(world), "kind": kind,
-                    "optimizer": optimizer, "weight_decay": decay, "dim": args.dim,
-                    "blind_rho": setup.blind_rho, "ceiling_auc": setup.ceiling_auc,
+                    "seed": seed,
+                    "world": dataclasses.asdict(world),
+                    "kind": kind,
+                    "optimizer": optimizer,
+                    "weight_decay": decay,
+                    "dim": args.dim,
+                    "blind_rho": setup.blind_rho,
+                    "ceiling_auc": setup.ceiling_auc,
                     **setup.fit_and_score(kind, args.dim, optimizer, decay),
-                }  # fmt: skip
+                }
                 print(f"seed {seed} {kind} {optimizer} {decay:g}: rho {record['rho']:.3f}")
                 _store(path, record)
     _tabulate(out, "decay.md", decay_table)
@@ -312,9 +323,10 @@ def decay_table(records: list[dict]) -> str:
         cells = []
         for kind in kinds:
             rows = [
-                r for r in records
+                r
+                for r in records
                 if (r["kind"], r["optimizer"], r["weight_decay"]) == (kind, optimizer, decay)
-            ]  # fmt: skip
+            ]
             auc = sum(r["auc"] for r in rows) / max(len(rows), 1)
             # A setting run on fewer seeds than the rest says so (its CI is narrower).
             fewer = f" n={len(rows)}" if 0 < len(rows) < len(seeds) else ""
@@ -540,9 +552,13 @@ def judges_run(seed: int, args: argparse.Namespace) -> dict:
             judge = composed(judge_model, composition, judge_rows)
             with torch.no_grad():
                 lists, _ = beam_search(
-                    train, requests.users, requests.histories, requests.candidates, length,
+                    train,
+                    requests.users,
+                    requests.histories,
+                    requests.candidates,
+                    length,
                     width=8,
-                )  # fmt: skip
+                )
             baseline = pointwise_sort(train, requests, length)
             record["variants"][f"{name} / {composition}"] = {
                 "judge": lead_ratio(judge, truth, requests, lists, baseline),

@@ -71,8 +71,9 @@ def slate_image(episodes: EpisodeBatch) -> np.ndarray:
         else "call reset() first",
         fontsize=11,
     )
-    grid = figure.add_gridspec(1, 2, width_ratios=(1, 1.25), left=0.07, right=0.98,
-                               bottom=0.13, top=0.84, wspace=0.08)  # fmt: skip
+    grid = figure.add_gridspec(
+        1, 2, width_ratios=(1, 1.25), left=0.07, right=0.98, bottom=0.13, top=0.84, wspace=0.08
+    )
 
     candidates = figure.add_subplot(grid[0])
     scores = episodes.candidate_scores[0] if started else np.zeros(n)
@@ -83,9 +84,14 @@ def slate_image(episodes: EpisodeBatch) -> np.ndarray:
     for slot in range(placed):
         position = int(episodes.slate[0, slot])
         candidates.annotate(
-            str(slot + 1), (position, scores[position]), ha="center", va="bottom",
-            fontsize=8, xytext=(0, 1), textcoords="offset points",
-        )  # fmt: skip
+            str(slot + 1),
+            (position, scores[position]),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            xytext=(0, 1),
+            textcoords="offset points",
+        )
     candidates.set_title(f"{n} candidates (upstream order)", fontsize=9)
     candidates.set_xlabel("candidate position", fontsize=8)
     candidates.set_ylabel("upstream score", fontsize=8)

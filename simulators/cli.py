@@ -26,18 +26,24 @@ def _add_fit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
     parser.add_argument("--dim", type=int, default=32, help="attractiveness and Transformer width")
     parser.add_argument(
-        "--epochs", type=int, default=20,
+        "--epochs",
+        type=int,
+        default=20,
         help="maximum epochs (early stopping on validation likelihood)",
-    )  # fmt: skip
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling")
     parser.add_argument(
-        "--position-bias", type=float, default=1.0,
+        "--position-bias",
+        type=float,
+        default=1.0,
         help="examination exponent of the composed simulator (DCG-like position bias)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--diversity-strength", type=float, default=2.0,
+        "--diversity-strength",
+        type=float,
+        default=2.0,
         help="diminishing-returns strength of the composed simulator",
-    )  # fmt: skip
+    )
 
 
 _DATA_DIR_HELP = (
@@ -67,9 +73,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_fit_options(train)
     train.add_argument(
-        "--model", choices=MODEL_KINDS, default="transformer",
+        "--model",
+        choices=MODEL_KINDS,
+        default="transformer",
         help="click model: context-aware Transformer, PBM, DCM, cascade or pointwise",
-    )  # fmt: skip
+    )
     train.add_argument("--batch-size", type=int, default=256, help="slates per Adam step")
     train.add_argument("--learning-rate", type=float, default=5e-3, help="Adam step size")
     train.add_argument(
@@ -100,9 +108,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_fit_options(report)
     report.add_argument(
-        "--requests", type=int, default=200,
+        "--requests",
+        type=int,
+        default=200,
         help="test requests for headroom and order sensitivity",
-    )  # fmt: skip
+    )
     report.add_argument(
         "--out", type=Path, default=Path("runs/simulator-report"), help="report folder"
     )

@@ -57,7 +57,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
                     initial_indent=indent,
                     break_on_hyphens=False,
                     subsequent_indent=indent + " " * len(column.group(0)),
-                )  # fmt: skip
+                )
             )
         return "\n".join(lines)
 

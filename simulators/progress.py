@@ -80,8 +80,9 @@ class LogProgress:
         if self.clock() - self.last >= self.interval:
             self._write(self._position())
 
-    def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True,
-                    **values: Any) -> None:  # fmt: skip
+    def set_postfix(
+        self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **values: Any
+    ) -> None:
         """Values shown at the end of the next lines (as tqdm's ``set_postfix``)."""
         values = {**(ordered_dict or {}), **values}
         self.postfix = ", ".join(f"{key}={_number(value)}" for key, value in values.items())

@@ -35,9 +35,12 @@ from simulators.training import (
 
 @torch.no_grad()
 def _attractiveness_sort(
-    model: ClickSimulator, users: torch.Tensor, histories: torch.Tensor, candidates: torch.Tensor,
+    model: ClickSimulator,
+    users: torch.Tensor,
+    histories: torch.Tensor,
+    candidates: torch.Tensor,
     length: int,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Top ``length`` candidates by the model's own user-item attractiveness.
 
     For an ensemble, the members' mean attractiveness logit. A model with no learned
@@ -123,8 +126,12 @@ def _order_diagnostics(
 
 #: The fidelity metrics the report shows when a true model is known.
 FIDELITY_COLUMNS = (
-    "regret_pct", "kendall_tau_random", "kendall_tau_local", "lead_ratio", "click_level_ratio",
-)  # fmt: skip
+    "regret_pct",
+    "kendall_tau_random",
+    "kendall_tau_local",
+    "lead_ratio",
+    "click_level_ratio",
+)
 
 
 def _fidelity(

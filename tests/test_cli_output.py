@@ -78,8 +78,10 @@ def test_data_options_take_their_help_from_the_config_docstring() -> None:
     assert docs["split"].startswith('"user" (time-ordered split per user)')  # no markup
     assert set(field_docs(BundleConfig)) == set(BundleConfig.__dataclass_fields__)
     help_text = " ".join(dict(ALL_PARSERS)["rerank-env data"].format_help().split())
-    assert "--k-core INT Minimum ratings per user and per item (applied until stable) " \
-        "(default: 5)" in help_text  # fmt: skip
+    assert (
+        "--k-core INT Minimum ratings per user and per item (applied until stable) "
+        "(default: 5)" in help_text
+    )
 
     class Undocumented:
         """No attributes section."""
@@ -149,8 +151,13 @@ def _summary(names, seeds=5.0):
     summary = []
     for name in names:
         row = {"agent": name, "seeds": seeds, "fit_s": 1234.5}
-        for metric, value in (("reward_eval", 2.4567), ("pct_beam", 95.31), ("hr@1%", 0.5),
-                              ("ndcg", 0.123), ("latency_ms", 53.25)):  # fmt: skip
+        for metric, value in (
+            ("reward_eval", 2.4567),
+            ("pct_beam", 95.31),
+            ("hr@1%", 0.5),
+            ("ndcg", 0.123),
+            ("latency_ms", 53.25),
+        ):
             row.update({metric: value, f"{metric}_low": value - 0.01, f"{metric}_high": value})
         summary.append(row)
     return summary
@@ -178,11 +185,28 @@ def test_piped_compare_logs_progress_before_it_ends_and_quiet_keeps_the_results(
     tmp_path,
 ) -> None:
     command = [
-        sys.executable, "-m", "agents.compare", "--env-kwarg", "num_candidates=10",
-        "--env-kwarg", "slate_length=4", "--agents", "initial-order,seq2slate,beam-4",
-        "--budget", "tiny", "--seeds", "2", "--requests", "30", "--permutations", "20",
-        "--out", str(tmp_path), "--name", "piped",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "agents.compare",
+        "--env-kwarg",
+        "num_candidates=10",
+        "--env-kwarg",
+        "slate_length=4",
+        "--agents",
+        "initial-order,seq2slate,beam-4",
+        "--budget",
+        "tiny",
+        "--seeds",
+        "2",
+        "--requests",
+        "30",
+        "--permutations",
+        "20",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "piped",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
@@ -204,9 +228,13 @@ def test_piped_compare_logs_progress_before_it_ends_and_quiet_keeps_the_results(
     assert "(default" not in table  # plain results, nothing of the help
     # --quiet: no progress at all, the same results on stdout
     quiet = subprocess.run(
-        [*command[:-1], "quiet", "--quiet"], capture_output=True, text=True, env=env,
-        check=True, timeout=600,
-    )  # fmt: skip
+        [*command[:-1], "quiet", "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=600,
+    )
     assert quiet.stderr == ""
     assert "seq2slate" in quiet.stdout and "Headroom:" in quiet.stdout
 
@@ -232,5 +260,7 @@ def test_figures_leave_the_callers_matplotlib_backend_alone(tmp_path) -> None:
     )
     assert result.stdout.strip() == "svg"
     assert {p.name for p in tmp_path.iterdir()} == {
-        "learning_curves.png", "pareto.png", "credit_profile.png"
-    }  # fmt: skip
+        "learning_curves.png",
+        "pareto.png",
+        "credit_profile.png",
+    }

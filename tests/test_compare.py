@@ -111,7 +111,7 @@ def test_compare_end_to_end_on_a_tiny_preset(tmp_path) -> None:
             "beam-4",
             "oracle",
             LastCandidatesFirst(),
-        ],  # fmt: skip
+        ],
         seeds=2,
         requests=30,
         permutations=40,
@@ -120,15 +120,28 @@ def test_compare_end_to_end_on_a_tiny_preset(tmp_path) -> None:
         name="tiny",
         progress=False,
     )
-    for name in ("results.md", "results.csv", "per_seed.csv", "curves.csv",
-                 "position_clicks.csv", "learning_curves.png", "pareto.png",
-                 "credit_profile.png", "config.json"):  # fmt: skip
+    for name in (
+        "results.md",
+        "results.csv",
+        "per_seed.csv",
+        "curves.csv",
+        "position_clicks.csv",
+        "learning_curves.png",
+        "pareto.png",
+        "credit_profile.png",
+        "config.json",
+    ):
         assert (folder / name).stat().st_size > 0, name
     rows = list(csv.DictReader((folder / "results.csv").open()))
     assert [row["agent"] for row in rows] == [
-        "initial-order", "random", "seq2slate", "gen-eval(pointwise-greedy)", "beam-4", "oracle",
+        "initial-order",
+        "random",
+        "seq2slate",
+        "gen-eval(pointwise-greedy)",
+        "beam-4",
+        "oracle",
         "last-first",
-    ]  # fmt: skip
+    ]
     by_agent = {row["agent"]: row for row in rows}
     assert float(by_agent["oracle"]["pct_oracle"]) == pytest.approx(100.0, abs=1e-3)
     assert float(by_agent["seq2slate"]["reward_eval"]) > float(by_agent["random"]["reward_eval"])
@@ -195,8 +208,15 @@ def test_python_dash_m_agents_compare_help() -> None:
 
 def test_compare_resumes_a_run_folder_reusing_its_stored_runs(tmp_path) -> None:
     """An interrupted or partial comparison continues: stored (agent, seed) runs are read back."""
-    settings = {"env_kwargs": TINY, "requests": 20, "permutations": 20, "budget": "tiny",
-                "out": tmp_path, "name": "parts", "progress": False}  # fmt: skip
+    settings = {
+        "env_kwargs": TINY,
+        "requests": 20,
+        "permutations": 20,
+        "budget": "tiny",
+        "out": tmp_path,
+        "name": "parts",
+        "progress": False,
+    }
     folder = run_compare(agents=["initial-order", "random"], seeds=2, **settings)
     first = {(r["agent"], r["seed"]): r for r in csv.DictReader((folder / "per_seed.csv").open())}
     stored = sorted(

@@ -149,9 +149,15 @@ def _fitted_like(strength: float = 1.5) -> ComposedSimulator:
     base = PointwiseModel(Attractiveness(users, items, dim=4, init_std=0.8))
     pairs = torch.randn(5, 5, generator=torch.Generator().manual_seed(2))
     return ComposedSimulator(
-        base, items, examination=torch.tensor([1.0, 0.7, 0.5, 0.3]), diversity_strength=strength,
-        max_positions=4, redundancy="sum", complementarity=pairs, trainable=True,
-    )  # fmt: skip
+        base,
+        items,
+        examination=torch.tensor([1.0, 0.7, 0.5, 0.3]),
+        diversity_strength=strength,
+        max_positions=4,
+        redundancy="sum",
+        complementarity=pairs,
+        trainable=True,
+    )
 
 
 def test_trainable_composition_matches_its_fixed_copy_and_the_formula() -> None:
@@ -189,9 +195,13 @@ def test_composed_prefix_scorer_equals_the_model_in_any_order(form, pairs) -> No
     base = PointwiseModel(Attractiveness(users, items, dim=4, init_std=0.8))
     matrix = torch.randn(5, 5, generator=torch.Generator().manual_seed(3)) if pairs else None
     sim = ComposedSimulator(
-        base, items, diversity_strength=1.5, max_positions=4, redundancy=form,
+        base,
+        items,
+        diversity_strength=1.5,
+        max_positions=4,
+        redundancy=form,
         complementarity=matrix,
-    ).eval()  # fmt: skip
+    ).eval()
     requests, histories, candidates = _requests(batch=8)
     generator = torch.Generator().manual_seed(4)
     order = torch.stack([torch.randperm(6, generator=generator)[:4] for _ in range(8)])

@@ -166,8 +166,13 @@ def test_dense_training_improves_over_the_untrained_generator(fitted, small_task
 
 
 def test_seeded_runs_are_identical_and_share_the_evaluator_with_beam(small_task) -> None:
-    tiny = {**SMALL_DEGRE, "mining_requests": 32, "evaluator_epochs": 1, "epochs": 1,
-            "train_requests": 1000}  # fmt: skip
+    tiny = {
+        **SMALL_DEGRE,
+        "mining_requests": 32,
+        "evaluator_epochs": 1,
+        "epochs": 1,
+        "train_requests": 1000,
+    }
     first = DeGRe(**tiny, seed=5).fit(small_task)
     second = DeGRe(**tiny, seed=5).fit(small_task)
     requests = small_task.requests("test")[:64]
@@ -200,9 +205,12 @@ def test_sparse_ablation_spends_the_dense_budget(small_task) -> None:
     assert iterations == -(-budget // (32 * 4))
     assert dense.name == "degre" and sparse.name == "degre-sparse"
     quick = DeGRe(
-        **{**SMALL_DEGRE, "evaluator_epochs": 1}, supervision="sparse", sparse_iterations=6,
-        sparse_batch=8, sparse_samples=4,
-    ).fit(small_task)  # fmt: skip
+        **{**SMALL_DEGRE, "evaluator_epochs": 1},
+        supervision="sparse",
+        sparse_iterations=6,
+        sparse_batch=8,
+        sparse_samples=4,
+    ).fit(small_task)
     assert quick.evaluator_calls == 6 * 8 * 4  # one call per sampled list
     checked_rank(quick, small_task, small_task.requests("test")[:20])
 

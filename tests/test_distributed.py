@@ -22,13 +22,25 @@ CONFIGS = {
     "goalrank-sim": ["batch_size=8", "iterations=6", "eval_every=3"],
     # Mining with the training simulator (no evaluator to fit); 2 rounds x 2 epochs of
     # minibatches of 16 mined lists (32, then 64 lists).
-    "degre-sim": ["mining_requests=32", "rounds=2", "epochs=2", "batch_size=16",
-                  "eval_requests=32"],
+    "degre-sim": [
+        "mining_requests=32",
+        "rounds=2",
+        "epochs=2",
+        "batch_size=16",
+        "eval_requests=32",
+    ],
     # SFT minibatches of 45, 45 and 6 demonstrations (unequal shares 22 / 23), then
     # PPO: 4 iterations of 8 requests x 4 lists in minibatches of 12 (12, 12, 8).
-    "glorank": ["sft_requests=96", "sft_batch_size=45", "sft_epochs=2", "ppo_iterations=4",
-                "batch_size=8", "minibatch_size=12", "eval_requests=32"],
-}  # fmt: skip
+    "glorank": [
+        "sft_requests=96",
+        "sft_batch_size=45",
+        "sft_epochs=2",
+        "ppo_iterations=4",
+        "batch_size=8",
+        "minibatch_size=12",
+        "eval_requests=32",
+    ],
+}
 LOADERS = {"goalrank-sim": GoalRank, "degre-sim": DeGRe, "glorank": GloRank}
 #: The training stages each agent logs per gradient step, and their columns compared.
 STAGES = {
@@ -45,11 +57,29 @@ def _train(tmp_path, agent: str, name: str, processes: int) -> tuple[list[dict],
     out, logs = tmp_path / f"{name}.pt", tmp_path / name
     launcher = [sys.executable, "-m", "agents.train"]
     if processes > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc_per_node={processes}", "-m", "agents.train"]  # fmt: skip
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            "-m",
+            "agents.train",
+        ]
     config = [arg for field in CONFIGS[agent] for arg in ("--config", field)]
-    command = [*launcher, agent, "--budget", "tiny", *ENV, *config,
-               "--out", str(out), "--log-dir", str(logs), "--quiet"]  # fmt: skip
+    command = [
+        *launcher,
+        agent,
+        "--budget",
+        "tiny",
+        *ENV,
+        *config,
+        "--out",
+        str(out),
+        "--log-dir",
+        str(logs),
+        "--quiet",
+    ]
     # One torch thread per process either way (torchrun's default), so the sums agree.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -67,8 +97,10 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path, agent) -> No
         assert a["stage"] == b["stage"]
         for column in STAGES[agent][a["stage"]]:
             assert float(b[column]) == pytest.approx(float(a[column]), rel=1e-5, abs=1e-7), (
-                a["stage"], a.get("step"), column,
-            )  # fmt: skip
+                a["stage"],
+                a.get("step"),
+                column,
+            )
     assert sum(row["stage"] in STAGES[agent] for row in parallel.history) == len(one)
     # Rank 0 alone wrote the checkpoint and the log, with the world size.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "one.pt", "two", "two.pt"]
@@ -81,14 +113,19 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path, agent) -> No
 
 def test_shares_are_equal_contiguous_and_checked() -> None:
     assert [DataParallel(rank, 4).shard(8) for rank in range(4)] == [
-        slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8),
-    ]  # fmt: skip
+        slice(0, 2),
+        slice(2, 4),
+        slice(4, 6),
+        slice(6, 8),
+    ]
     assert DataParallel().shard(7) == slice(0, 7)
     with pytest.raises(ConfigError, match="12 rows does not split over 5 processes"):
         DataParallel(0, 5).shard(12)
     assert [DataParallel(rank, 3).shard(7, even=False) for rank in range(3)] == [
-        slice(0, 2), slice(2, 5), slice(5, 7),
-    ]  # fmt: skip
+        slice(0, 2),
+        slice(2, 5),
+        slice(5, 7),
+    ]
     with pytest.raises(ConfigError, match="make the batch size at least 3"):
         DataParallel(0, 3).shard(2, even=False)
     assert DataParallel(1, 2).is_main is False and DataParallel().mean(2.5) == 2.5

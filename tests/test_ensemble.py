@@ -17,8 +17,17 @@ from simulators.training import bootstrap_slates
 
 
 def _spec(**changes) -> SimulatorSpec:
-    base = dict(kind="pbm", n_users=5, n_items=9, user_feature_dim=3, item_feature_dim=4, dim=4,
-                max_positions=4, ensemble_size=3, seed=1)  # fmt: skip
+    base = dict(
+        kind="pbm",
+        n_users=5,
+        n_items=9,
+        user_feature_dim=3,
+        item_feature_dim=4,
+        dim=4,
+        max_positions=4,
+        ensemble_size=3,
+        seed=1,
+    )
     return SimulatorSpec(**{**base, **changes})
 
 

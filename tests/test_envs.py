@@ -403,8 +403,10 @@ def test_envs_take_a_built_task_or_a_config_and_their_spec_rebuilds_them() -> No
     by_task = gym.make("SlateRerank-v0", task=task)
     assert by_task.unwrapped.task is task  # shared as it is, not rebuilt
     rebuilt = gym.make(by_fields.spec)
-    episodes = [_random_episode(env, np.random.default_rng(3), seed=3) for env in
-                (by_fields, by_config, by_task, rebuilt)]  # fmt: skip
+    episodes = [
+        _random_episode(env, np.random.default_rng(3), seed=3)
+        for env in (by_fields, by_config, by_task, rebuilt)
+    ]
     for other in episodes[1:]:
         _assert_same(episodes[0], other)
     vector = SlateRerankVectorEnv(2, task=task)

@@ -36,9 +36,11 @@ LENGTH = 6
 @pytest.fixture(scope="module")
 def world():
     data = load_rerank_data(
-        "synthetic", config=PipelineConfig(num_candidates=20, retriever="pop"), synthetic=WORLD,
+        "synthetic",
+        config=PipelineConfig(num_candidates=20, retriever="pop"),
+        synthetic=WORLD,
         progress=False,
-    )  # fmt: skip
+    )
     index = data.split_indices("test")[:40]
     requests = Requests(
         torch.as_tensor(data.request_user[index]),
@@ -199,9 +201,13 @@ def test_a_fit_on_one_half_only_sees_that_half(world) -> None:
     for half in (first, second):
         model = build_simulator(SimulatorSpec.for_data(data, "pointwise", dim=4), users, items)
         result = fit_simulator(
-            model, data, epochs=2, progress=False,
-            train_rows=half["train"], valid_rows=half["valid"],
-        )  # fmt: skip
+            model,
+            data,
+            epochs=2,
+            progress=False,
+            train_rows=half["train"],
+            valid_rows=half["valid"],
+        )
         fits.append(result)
     assert fits[0].train_nll != fits[1].train_nll
     assert fits[0].valid_nll != fits[1].valid_nll

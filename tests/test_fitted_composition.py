@@ -17,9 +17,11 @@ from simulators.factory import SimulatorSpec, build_simulator
 def _world_data(satiation: float, position_bias: float):
     world = SyntheticConfig(n_users=300, satiation=satiation, position_bias=position_bias, seed=0)
     return load_rerank_data(
-        "synthetic", config=PipelineConfig(num_candidates=30, retriever="pop"), synthetic=world,
+        "synthetic",
+        config=PipelineConfig(num_candidates=30, retriever="pop"),
+        synthetic=world,
         progress=False,
-    )  # fmt: skip
+    )
 
 
 def _fit(data, **options):
@@ -68,9 +70,11 @@ def test_a_joint_fit_recovers_satiation_and_position_at_the_default_world_size()
     # the same fit gave 0.5-0.7 for a satiation of 4.
     world = SyntheticConfig(satiation=2.0, position_bias=2.0, seed=0)
     data = load_rerank_data(
-        "synthetic", config=PipelineConfig(num_candidates=30, retriever="pop"), synthetic=world,
+        "synthetic",
+        config=PipelineConfig(num_candidates=30, retriever="pop"),
+        synthetic=world,
         progress=False,
-    )  # fmt: skip
+    )
     users, items = torch.as_tensor(data.user_features), torch.as_tensor(data.item_features)
     base = build_simulator(SimulatorSpec.for_data(data, "pointwise", dim=16), users, items)
     model, _ = fit_composition(base, data, items[:, :-1], epochs=80, patience=5)
@@ -224,9 +228,13 @@ def test_a_bundle_built_with_its_composition_records_it(tmp_path, monkeypatch) -
     data = load_rerank_data("synthetic", synthetic=world, progress=False)
     config = BundleConfig(kinds=("pbm",), epochs=2, fit_composition=True, headroom_requests=20)
     folder = build_bundle(
-        data, tmp_path / "bundle", config, data_checksum=world.key(), semantic_ids=None,
+        data,
+        tmp_path / "bundle",
+        config,
+        data_checksum=world.key(),
+        semantic_ids=None,
         progress=False,
-    )  # fmt: skip
+    )
     loaded = load_bundle(folder)
     entry = loaded.manifest["fitted_composition"]["pbm"]
     assert entry["mode"] == "after" and len(entry["members"]) == 2

@@ -126,13 +126,15 @@ def test_local_twin_has_the_same_backbone_and_budget(small_task) -> None:
     local = GloRank(TINY.replace(ppo_iterations=1, head="local")).setup(small_task)
     assert local.name == "glorank-local-logged" and glo.name == "glorank-logged"
     shared = {
-        name: p.shape for name, p in glo.modules["policy"].named_parameters()
+        name: p.shape
+        for name, p in glo.modules["policy"].named_parameters()
         if not name.startswith(("output", "query", "key"))
-    }  # fmt: skip
+    }
     local_shared = {
-        name: p.shape for name, p in local.modules["policy"].named_parameters()
+        name: p.shape
+        for name, p in local.modules["policy"].named_parameters()
         if not name.startswith(("output", "query", "key"))
-    }  # fmt: skip
+    }
     assert shared == local_shared  # only the output head differs
     ratio = glo.parameter_count() / local.parameter_count()
     assert 0.9 < ratio < 1.1
@@ -165,9 +167,10 @@ def test_checkpoints_round_trip_and_refuse_other_semantic_ids(small_task, tmp_pa
         loaded.rank(small_task, requests), agent.rank(small_task, requests)
     )
     other_ids = make_task(
-        num_candidates=10, slate_length=4,
+        num_candidates=10,
+        slate_length=4,
         semantic_ids=SemanticIdConfig(levels=2, codebook_size=32, collisions="extra-level"),
-    )  # fmt: skip
+    )
     with pytest.raises(UnsupportedTaskError, match="other semantic IDs"):
         loaded.rank(other_ids, requests)
     path.write_bytes(path.read_bytes()[:200])
@@ -189,9 +192,12 @@ def test_bad_settings_are_refused_and_registered_variants_build() -> None:
         for name in ("glorank", "glorank-local", "glorank-index", "glorank-sft", "glorank-scratch")
     }
     assert names == {
-        "glorank": "glorank", "glorank-local": "glorank-local", "glorank-index": "glorank-index",
-        "glorank-sft": "glorank-sft", "glorank-scratch": "glorank-scratch",
-    }  # fmt: skip
+        "glorank": "glorank",
+        "glorank-local": "glorank-local",
+        "glorank-index": "glorank-index",
+        "glorank-sft": "glorank-sft",
+        "glorank-scratch": "glorank-scratch",
+    }
 
 
 def test_index_head_scores_positions_and_refuses_more_candidates(small_task) -> None:

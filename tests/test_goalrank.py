@@ -12,8 +12,13 @@ from agents.common.nn import input_dims, request_inputs
 from agents.common.pointer import PointerPolicy
 from agents.goalrank import SIZE_PRESETS, GoalRank, group_agreement
 
-TINY = {"reward_model": "simulator", "iterations": 40, "batch_size": 32, "eval_every": 20,
-        "eval_requests": 128}  # fmt: skip
+TINY = {
+    "reward_model": "simulator",
+    "iterations": 40,
+    "batch_size": 32,
+    "eval_every": 20,
+    "eval_requests": 128,
+}
 
 
 def test_reference_policy_is_a_distribution_ordered_by_reward() -> None:
@@ -135,9 +140,15 @@ def test_a_composed_reward_model_is_learned_and_survives_a_checkpoint(small_task
     # their start (strength 0, DCG examination), and a saved agent scores lists
     # exactly as the fitted one does.
     agent = GoalRank(
-        reward_model="learned", reward_model_composition=True, reward_model_epochs=2,
-        train_requests=2000, iterations=2, batch_size=16, eval_every=1, eval_requests=32,
-    ).fit(small_task)  # fmt: skip
+        reward_model="learned",
+        reward_model_composition=True,
+        reward_model_epochs=2,
+        train_requests=2000,
+        iterations=2,
+        batch_size=16,
+        eval_every=1,
+        eval_requests=32,
+    ).fit(small_task)
     model = agent.modules["reward_model"]
     composition = model.composition()
     assert composition.redundancy == "sum" and composition.diversity_strength != 0.0

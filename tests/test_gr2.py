@@ -134,8 +134,10 @@ def test_transformers_generate_with_the_logits_processor_ranks_every_candidate()
     codes = _random_codes(rng, 4, 5, (3, 3), vocab)
     torch.manual_seed(0)
     model = build_student(vocab, dim=16, layers=1, heads=2, intermediate=32, max_length=128)
-    prompts = [np.array([vocab.id("<bos>"), vocab.id("<cands>")] + [vocab.id("<think>")] * n)
-               for n in (1, 3, 2, 1)]  # fmt: skip
+    prompts = [
+        np.array([vocab.id("<bos>"), vocab.id("<cands>")] + [vocab.id("<think>")] * n)
+        for n in (1, 3, 2, 1)
+    ]
     for sample in (False, True):
         written, state = generate(model, vocab, prompts, codes, 6, sample=sample)
         for row in range(4):
@@ -291,8 +293,16 @@ def test_a_tiny_fit_ranks_validly_logs_every_stage_and_is_seeded(trained, gr2_ta
     stages = {row["stage"] for row in trained.history}
     assert {"mid", "mid_report", "teacher", "sft", "dapo", "curve"} <= stages
     dapo = [row for row in trained.history if row["stage"] == "dapo"]
-    for key in ("copy_share", "kendall_tau", "target_rank_before", "target_rank_after",
-                "format_breaks", "kept_groups", "clip_fraction", "rank_reward"):  # fmt: skip
+    for key in (
+        "copy_share",
+        "kendall_tau",
+        "target_rank_before",
+        "target_rank_after",
+        "format_breaks",
+        "kept_groups",
+        "clip_fraction",
+        "rank_reward",
+    ):
         assert key in dapo[0], key
     requests = gr2_task.requests("test")[:16]
     lists = trained.rank(gr2_task, requests)
@@ -317,8 +327,10 @@ def test_branching_between_stages_gives_the_runs_of_separate_fits(trained, gr2_t
     agent.reinforce(gr2_task)
     assert agent.stages_done == ["mid", "sft", "dapo"]
     np.testing.assert_array_equal(agent.rank(gr2_task, requests), trained.rank(gr2_task, requests))
-    for branch, overrides in ((targeted, {"teacher": "targeted", "dapo_iterations": 0}),
-                              (unconditional, {"format_reward": "unconditional"})):  # fmt: skip
+    for branch, overrides in (
+        (targeted, {"teacher": "targeted", "dapo_iterations": 0}),
+        (unconditional, {"format_reward": "unconditional"}),
+    ):
         alone = GR2(TINY.replace(**overrides)).fit(gr2_task)
         assert branch.name == alone.name
         np.testing.assert_array_equal(
@@ -379,10 +391,17 @@ def test_compare_runs_gr2_on_the_gr2_protocol_environment(tmp_path) -> None:
     seen = cli.compare_kwargs(cli._parser().parse_args(["--preset", "gr2", "--quick"]))
     assert seen["env_id"] == "SlateRerankGR2-v0" and "gr2" in seen["agents"]
     folder = compare.run_compare(  # L = 3 keeps the exhaustive reference small
-        env_id="SlateRerankGR2-v0", env_kwargs={"slate_length": 3},
-        agents=["initial-order", "gr2"], seeds=1, requests=40,
-        permutations=20, budget="tiny", out=tmp_path, name="gr2", progress=False,
-    )  # fmt: skip
+        env_id="SlateRerankGR2-v0",
+        env_kwargs={"slate_length": 3},
+        agents=["initial-order", "gr2"],
+        seeds=1,
+        requests=40,
+        permutations=20,
+        budget="tiny",
+        out=tmp_path,
+        name="gr2",
+        progress=False,
+    )
     rows = {row["agent"]: row for row in csv.DictReader((folder / "results.csv").open())}
     assert 0 <= float(rows["gr2"]["gr2_recall@5"]) <= 1
     # The pre-ranker's recall@1 is the share of requests whose next item it put first.
@@ -403,20 +422,31 @@ def test_the_dapo_loss_equals_trl_grpo_trainers_on_one_tiny_batch(tmp_path) -> N
         tokenizer_object=Tokenizer(
             models.WordLevel({name: i for i, name in enumerate(names)}, unk_token="<pad>")
         ),
-        pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
-    )  # fmt: skip
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+    )
     torch.manual_seed(0)
     model = build_student(vocab, dim=16, layers=1, heads=2, intermediate=32, max_length=64)
     args = GRPOConfig(
-        output_dir=str(tmp_path), loss_type="dapo", epsilon=0.2, epsilon_high=0.28, beta=0.0,
-        per_device_train_batch_size=4, num_generations=2, max_completion_length=8,
-        report_to=[], use_cpu=True,
-    )  # fmt: skip
+        output_dir=str(tmp_path),
+        loss_type="dapo",
+        epsilon=0.2,
+        epsilon_high=0.28,
+        beta=0.0,
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=8,
+        report_to=[],
+        use_cpu=True,
+    )
     trainer = GRPOTrainer(
-        model=model, args=args, processing_class=tokenizer,
+        model=model,
+        args=args,
+        processing_class=tokenizer,
         reward_funcs=[lambda completions, **_: [0.0] * len(completions)],
         train_dataset=Dataset.from_dict({"prompt": ["<bos> <cands>"] * 4}),
-    )  # fmt: skip
+    )
     generator = torch.Generator().manual_seed(1)
     prompt = torch.randint(len(lang.CONTROL), vocab.size, (3, 5), generator=generator)
     completion = torch.randint(len(lang.CONTROL), vocab.size, (3, 4), generator=generator)
@@ -431,10 +461,14 @@ def test_the_dapo_loss_equals_trl_grpo_trainers_on_one_tiny_batch(tmp_path) -> N
         shift = torch.tensor([[0.3, -0.4, 0.05, 0.0], [-0.3, 0.2, 0.0, 0.1], [0.5, -0.5, 0.0, 0]])
         old = new + shift
         inputs = {
-            "prompt_ids": prompt, "prompt_mask": torch.ones_like(prompt),
-            "completion_ids": completion, "completion_mask": mask, "advantages": advantages,
-            "old_per_token_logps": old, "num_items_in_batch": mask.sum(),
-        }  # fmt: skip
+            "prompt_ids": prompt,
+            "prompt_mask": torch.ones_like(prompt),
+            "completion_ids": completion,
+            "completion_mask": mask,
+            "advantages": advantages,
+            "old_per_token_logps": old,
+            "num_items_in_batch": mask.sum(),
+        }
         reference = trainer._compute_loss(model, inputs)
     ours, _ = clipped_surrogate_loss(
         new, old, advantages, mask=mask.bool(), clip_low=0.2, clip_high=0.28, token_level=True

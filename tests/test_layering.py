@@ -36,9 +36,16 @@ def test_lower_layers_do_not_import_higher_ones(package: str) -> None:
 
 
 def test_library_code_uses_no_global_random_state() -> None:
-    pattern_calls = ("np.random.seed(", "np.random.rand(", "np.random.randint(",
-                     "np.random.choice(", "np.random.normal(", "torch.manual_seed(",
-                     "random.random(", "random.seed(")  # fmt: skip
+    pattern_calls = (
+        "np.random.seed(",
+        "np.random.rand(",
+        "np.random.randint(",
+        "np.random.choice(",
+        "np.random.normal(",
+        "torch.manual_seed(",
+        "random.random(",
+        "random.seed(",
+    )
     # simulators/base.py: isolated_torch_rng seeds torch inside fork_rng (state restored).
     # agents/evaluation.py: rliable draws from NumPy's global generator, so _seeded_rliable
     # seeds it inside preserved_global_rng (state restored; tested in test_policy_gradient).

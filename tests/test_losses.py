@@ -116,7 +116,10 @@ def test_a_second_logger_on_the_same_history_continues_the_steps(tmp_path) -> No
     second.log("dapo", loss=0.5)
     second.close()
     assert [(row["stage"], row["step"]) for row in history] == [
-        ("curve", 1), ("mid", 1), ("curve", 2), ("dapo", 1),
-    ]  # fmt: skip
+        ("curve", 1),
+        ("mid", 1),
+        ("curve", 2),
+        ("dapo", 1),
+    ]
     lines = (tmp_path / "curves.csv").read_text().splitlines()
     assert len(lines) == 5 and lines[3].startswith("curve,2,")

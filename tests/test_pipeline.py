@@ -381,9 +381,16 @@ def test_pipeline_output_is_pinned_to_its_version(tmp_path: Path) -> None:
     )
     data = build_rerank_data(load_ml1m(folder), config, progress=False)
     digest = hashlib.sha256()
-    arrays = ("interaction_item", "interaction_split", "request_seq_pos", "candidates",
-              "candidate_rating", "candidate_injected", "gr2_request",
-              "gr2_candidates")  # fmt: skip
+    arrays = (
+        "interaction_item",
+        "interaction_split",
+        "request_seq_pos",
+        "candidates",
+        "candidate_rating",
+        "candidate_injected",
+        "gr2_request",
+        "gr2_candidates",
+    )
     for name in arrays:
         digest.update(np.ascontiguousarray(getattr(data, name)).astype(np.int64).tobytes())
     assert (PIPELINE_VERSION, digest.hexdigest()[:16]) == (PIPELINE_VERSION, GOLDEN_DIGEST), (
@@ -511,9 +518,13 @@ def test_float32_retrieval_with_float64_certificate_equals_float64_retrieval(
     popularity = rng.integers(0, 20, n_items) if duplicated else rng.permutation(n_items)
     popularity = popularity.astype(np.float32)
     requests = RetrievalRequests(
-        items, starts, ends, time=rng.integers(50, 150, len(starts)),
-        available_from=rng.integers(0, 100, n_items), fallback=popularity,
-    )  # fmt: skip
+        items,
+        starts,
+        ends,
+        time=rng.integers(50, 150, len(starts)),
+        available_from=rng.integers(0, 100, n_items),
+        fallback=popularity,
+    )
     rows = slice(0, len(starts))
     logged = rng.integers(0, n_items, (len(starts), 6))
     reference = full_scores(model.score_prefixes, requests, rows)
@@ -524,9 +535,10 @@ def test_float32_retrieval_with_float64_certificate_equals_float64_retrieval(
     full_scorings = []  # rows per full float64 scoring
     original = retrieval_module.item_scores
     monkeypatch.setattr(
-        retrieval_module, "item_scores",
+        retrieval_module,
+        "item_scores",
         lambda users, *rest: full_scorings.append(len(users)) or original(users, *rest),
-    )  # fmt: skip
+    )
     top, top_scores, logged_scores = model.top_k(requests, 20, logged)
     np.testing.assert_array_equal(top, expected)
     np.testing.assert_array_equal(top_scores, np.take_along_axis(reference, expected, axis=1))
@@ -549,10 +561,13 @@ def test_every_retriever_retrieves_its_own_top_k(retriever: str) -> None:
     starts = np.repeat([0, 500, 1000], 10)
     ends = starts + np.tile(np.arange(0, 60, 6), 3)
     requests = RetrievalRequests(
-        items, starts, ends, time=rng.integers(50, 150, len(starts)),
+        items,
+        starts,
+        ends,
+        time=rng.integers(50, 150, len(starts)),
         available_from=rng.integers(0, 100, n_items),
         fallback=rng.permutation(n_items).astype(np.float32),
-    )  # fmt: skip
+    )
     rows = slice(0, len(starts))
     logged = rng.integers(0, n_items, (len(starts), 6))
     reference = full_scores(model.score_prefixes, requests, rows)
@@ -574,9 +589,10 @@ def test_retrieval_threads_give_the_same_requests(ml100k_ratings, data) -> None:
     original = top_k_module.chunked_top_k
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(
-            retrieval_module, "chunked_top_k",
+            retrieval_module,
+            "chunked_top_k",
             lambda *args, **kwargs: original(*args, **{**kwargs, "workers": 1}),
-        )  # fmt: skip
+        )
         single = build_rerank_data(ml100k_ratings, PipelineConfig(), progress=False)
     np.testing.assert_array_equal(single.candidates, data.candidates)
     np.testing.assert_array_equal(single.candidate_scores, data.candidate_scores)

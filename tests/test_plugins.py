@@ -59,11 +59,26 @@ def test_a_custom_agent_by_entry_point_in_make_agent_register_and_specs() -> Non
 
 
 def test_compare_command_line_takes_an_entry_point(tmp_path, capsys) -> None:
-    code = main([
-        "compare", "--env-kwarg", "num_candidates=10", "--env-kwarg", "slate_length=4",
-        "--agents", f"initial-order,{__name__}:ReverseInitialOrder", "--seeds", "1",
-        "--requests", "20", "--permutations", "10", "--out", str(tmp_path), "--no-progress",
-    ])  # fmt: skip
+    code = main(
+        [
+            "compare",
+            "--env-kwarg",
+            "num_candidates=10",
+            "--env-kwarg",
+            "slate_length=4",
+            "--agents",
+            f"initial-order,{__name__}:ReverseInitialOrder",
+            "--seeds",
+            "1",
+            "--requests",
+            "20",
+            "--permutations",
+            "10",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     results = next(tmp_path.iterdir()) / "results.csv"
     assert "reverse-initial" in results.read_text()
@@ -151,8 +166,13 @@ def test_compare_takes_local_and_pretrained_instances(tmp_path, small_task) -> N
     folder = run_compare(
         env_kwargs={"num_candidates": 10, "slate_length": 4},
         agents=[LocalRandom(seed=0), pretrained],
-        seeds=2, requests=20, permutations=10, budget="tiny", out=tmp_path, progress=False,
-    )  # fmt: skip
+        seeds=2,
+        requests=20,
+        permutations=10,
+        budget="tiny",
+        out=tmp_path,
+        progress=False,
+    )
     rows = list(csv.DictReader((folder / "per_seed.csv").open()))
     local = [row for row in rows if row["agent"] == "local-random"]
     assert local[0]["reward_eval"] != local[1]["reward_eval"]  # rebuilt with each seed

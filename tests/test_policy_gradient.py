@@ -106,9 +106,11 @@ def test_every_estimator_spends_the_budget_and_beats_the_initial_order(task) -> 
         .item()
     )
     budget = {"simulator_calls": 4096, "batch_size": 32, "group_size": 4, "curve_points": 2}
-    for fields in ({}, {"credit": "dense", "clicks": "sampled"},
-                   {"estimator": "ppo", "credit": "dense", "ppo_epochs": 2,
-                    "minibatch_size": 64}):  # fmt: skip
+    for fields in (
+        {},
+        {"credit": "dense", "clicks": "sampled"},
+        {"estimator": "ppo", "credit": "dense", "ppo_epochs": 2, "minibatch_size": 64},
+    ):
         agent = PolicyGradient(PolicyGradientConfig.tiny(**budget, **fields)).fit(task)
         assert agent.simulator_calls == 4096, agent.name
         curve = [row for row in agent.history if row["stage"] == "curve"]

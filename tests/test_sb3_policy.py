@@ -24,9 +24,11 @@ def _policy(env, **extractor) -> SlatePolicy:
     torch.manual_seed(0)
     kwargs = {"dim": 16, "encoder_layers": 1, "heads": 2, **extractor}
     return SlatePolicy(
-        env.observation_space, env.action_space, lambda _: 1e-3,
+        env.observation_space,
+        env.action_space,
+        lambda _: 1e-3,
         features_extractor_kwargs=kwargs,
-    ).eval()  # fmt: skip
+    ).eval()
 
 
 def _probabilities(policy: SlatePolicy, observation: dict) -> np.ndarray:
@@ -108,16 +110,26 @@ def test_refuses_index_observations_and_other_action_spaces() -> None:
 def test_maskable_ppo_trains_it_and_sb3_agent_finds_it_by_name(small_task) -> None:
     envs = DummyVecEnv([lambda: _env(reward_mode="dense") for _ in range(2)])
     model = MaskablePPO(
-        SlatePolicy, envs, n_steps=32, batch_size=32, n_epochs=2, seed=0,
+        SlatePolicy,
+        envs,
+        n_steps=32,
+        batch_size=32,
+        n_epochs=2,
+        seed=0,
         policy_kwargs={"features_extractor_kwargs": {"dim": 16, "encoder_layers": 1}},
-    )  # fmt: skip
+    )
     before = [p.detach().clone() for p in model.policy.parameters()]
     model.learn(64)
     after = list(model.policy.parameters())
     changed = [not torch.equal(a, b) for a, b in zip(before, after, strict=True)]
     assert all(changed), "every weight, encoder and critic alike, gets a gradient"
-    agent = SB3Agent("MaskablePPO", policy="SlatePolicy", total_timesteps=64, n_envs=2,
-                     algorithm_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1})  # fmt: skip
+    agent = SB3Agent(
+        "MaskablePPO",
+        policy="SlatePolicy",
+        total_timesteps=64,
+        n_envs=2,
+        algorithm_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1},
+    )
     agent.fit(small_task)
     assert isinstance(agent.modules["policy"], SlatePolicy)
     lists = agent.rank(small_task, small_task.requests("test")[:8])

@@ -21,9 +21,17 @@ from simulators.factory import MODEL_KINDS, SimulatorSpec, build_simulator
 
 def _spec(kind: str, composed: bool = False) -> SimulatorSpec:
     return SimulatorSpec(
-        kind=kind, n_users=5, n_items=9, user_feature_dim=3, item_feature_dim=4, dim=8,
-        max_positions=4, composed=composed, similarity_dim=4 if composed else 0, seed=2,
-    )  # fmt: skip
+        kind=kind,
+        n_users=5,
+        n_items=9,
+        user_feature_dim=3,
+        item_feature_dim=4,
+        dim=8,
+        max_positions=4,
+        composed=composed,
+        similarity_dim=4 if composed else 0,
+        seed=2,
+    )
 
 
 def _batch() -> SlateBatch:
@@ -83,8 +91,23 @@ def test_cli_trains_saves_and_evaluates(
 ) -> None:
     monkeypatch.setenv("RERANK_ENV_DATA", str(data_root))
     out = tmp_path / "pbm.pt"
-    assert main(["simulator", "train", "--model", "pbm", "--epochs", "1", "--dim", "8",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "simulator",
+                "train",
+                "--model",
+                "pbm",
+                "--epochs",
+                "1",
+                "--dim",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "valid auc" in printed and str(out) in printed
     _, spec, metadata = load_simulator(out)
@@ -103,8 +126,20 @@ def test_cli_report_writes_markdown_csv_and_plots(
 ) -> None:
     monkeypatch.setenv("RERANK_ENV_DATA", str(data_root))
     out = tmp_path / "report"
-    code = main(["simulator", "report", "--epochs", "1", "--dim", "8", "--requests", "20",
-                 "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "simulator",
+            "report",
+            "--epochs",
+            "1",
+            "--dim",
+            "8",
+            "--requests",
+            "20",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     for name in ("report.md", "metrics.csv", "reliability.png", "headroom.png"):
         assert (out / name).stat().st_size > 100, name

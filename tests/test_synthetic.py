@@ -21,9 +21,11 @@ SMALL = SyntheticConfig(n_users=120, n_items=200, sessions_per_user=12, seed=3)
 @pytest.fixture(scope="module")
 def small_data():
     return load_rerank_data(
-        "synthetic", config=PipelineConfig(num_candidates=30, retriever="pop"), synthetic=SMALL,
+        "synthetic",
+        config=PipelineConfig(num_candidates=30, retriever="pop"),
+        synthetic=SMALL,
         progress=False,
-    )  # fmt: skip
+    )
 
 
 def test_true_model_is_top_down_with_exact_prefix_values() -> None:

@@ -29,10 +29,19 @@ from simulators.checkpoint import CheckpointError
 
 SMALL = {"num_candidates": 10, "slate_length": 4}
 TINY_DEGRE = {
-    "evaluator_lists": 1, "evaluator_epochs": 1, "evaluator_dim": 16, "evaluator_layers": 1,
-    "dim": 16, "mining_requests": 16, "rounds": 1, "epochs": 1, "beam_width": 2,
-    "keep_lists": 2, "eval_requests": 16, "train_requests": 500,
-}  # fmt: skip
+    "evaluator_lists": 1,
+    "evaluator_epochs": 1,
+    "evaluator_dim": 16,
+    "evaluator_layers": 1,
+    "dim": 16,
+    "mining_requests": 16,
+    "rounds": 1,
+    "epochs": 1,
+    "beam_width": 2,
+    "keep_lists": 2,
+    "eval_requests": 16,
+    "train_requests": 500,
+}
 
 
 def _tiny_agents() -> list[TrainableAgent]:
@@ -42,29 +51,69 @@ def _tiny_agents() -> list[TrainableAgent]:
         GeneratorEvaluator([PointwiseGreedy(epochs=1)], lists_per_generator=4),
         GeneratorEvaluator(
             [InitialOrder(), Seq2Slate(dim=16, iterations=3, batch_size=8, group_size=2)],
-            lists_per_generator=3, evaluator="learned", evaluator_epochs=1,
-        ),  # fmt: skip
-        SB3Agent("MaskablePPO", total_timesteps=128, n_envs=2,
-                 algorithm_kwargs={"n_steps": 64, "batch_size": 64, "n_epochs": 1}),
-        SB3Agent("MaskablePPO", policy="SlatePolicy", total_timesteps=128, n_envs=2,
-                 algorithm_kwargs={"n_steps": 64, "batch_size": 64, "n_epochs": 1,
-                                   "policy_kwargs": {"features_extractor_kwargs": {"dim": 16}}}),
-        SB3Agent("PPO", total_timesteps=128, n_envs=2, invalid_actions="remap",
-                 algorithm_kwargs={"n_steps": 64, "batch_size": 64, "n_epochs": 1}),
+            lists_per_generator=3,
+            evaluator="learned",
+            evaluator_epochs=1,
+        ),
+        SB3Agent(
+            "MaskablePPO",
+            total_timesteps=128,
+            n_envs=2,
+            algorithm_kwargs={"n_steps": 64, "batch_size": 64, "n_epochs": 1},
+        ),
+        SB3Agent(
+            "MaskablePPO",
+            policy="SlatePolicy",
+            total_timesteps=128,
+            n_envs=2,
+            algorithm_kwargs={
+                "n_steps": 64,
+                "batch_size": 64,
+                "n_epochs": 1,
+                "policy_kwargs": {"features_extractor_kwargs": {"dim": 16}},
+            },
+        ),
+        SB3Agent(
+            "PPO",
+            total_timesteps=128,
+            n_envs=2,
+            invalid_actions="remap",
+            algorithm_kwargs={"n_steps": 64, "batch_size": 64, "n_epochs": 1},
+        ),
         DeGRe(**TINY_DEGRE),
-        GoalRank(reward_model_epochs=1, train_requests=500, iterations=3, batch_size=8,
-                 group_size=4, eval_every=3, eval_requests=16),
+        GoalRank(
+            reward_model_epochs=1,
+            train_requests=500,
+            iterations=3,
+            batch_size=8,
+            group_size=4,
+            eval_every=3,
+            eval_requests=16,
+        ),
         DeGRe(**{**TINY_DEGRE, "beam_width": 3, "keep_lists": 1}, decode="evaluator-beam"),
         GloRank(GloRankConfig.tiny(sft_source="logged", sft_epochs=1, ppo_iterations=2)),
-        GloRank(GloRankConfig.tiny(head="local", sft_epochs=1, ppo_iterations=2,
-                                   decode="beam", beam_width=2)),
-        PolicyGradient(PolicyGradientConfig.tiny(simulator_calls=256, batch_size=16,
-                                                 group_size=4, baseline="leave-one-out")),
-        PolicyGradient(PolicyGradientConfig.tiny(estimator="ppo", credit="dense",
-                                                 simulator_calls=256, batch_size=16,
-                                                 group_size=4, ppo_epochs=1,
-                                                 minibatch_size=32)),
-    ]  # fmt: skip
+        GloRank(
+            GloRankConfig.tiny(
+                head="local", sft_epochs=1, ppo_iterations=2, decode="beam", beam_width=2
+            )
+        ),
+        PolicyGradient(
+            PolicyGradientConfig.tiny(
+                simulator_calls=256, batch_size=16, group_size=4, baseline="leave-one-out"
+            )
+        ),
+        PolicyGradient(
+            PolicyGradientConfig.tiny(
+                estimator="ppo",
+                credit="dense",
+                simulator_calls=256,
+                batch_size=16,
+                group_size=4,
+                ppo_epochs=1,
+                minibatch_size=32,
+            )
+        ),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -274,8 +323,13 @@ def test_seq2slate_training_improves_over_its_untrained_self(task) -> None:
 
 def test_seq2slate_training_is_seeded(task) -> None:
     requests = task.requests("test")[:200]
-    kwargs = {"iterations": 2, "batch_size": 16, "group_size": 4, "eval_every": 1,
-              "eval_requests": 32}  # fmt: skip
+    kwargs = {
+        "iterations": 2,
+        "batch_size": 16,
+        "group_size": 4,
+        "eval_every": 1,
+        "eval_requests": 32,
+    }
     first, second, other = (Seq2Slate(**kwargs, seed=seed).fit(task) for seed in (1, 1, 2))
     lists = checked_rank(first, task, requests)
     np.testing.assert_array_equal(lists, checked_rank(second, task, requests))

@@ -115,12 +115,19 @@ def test_a_killed_worker_loses_no_finished_trial_and_its_trial_is_retried(
         _trials(_square, log, [0, 1]) + _trials(_dies_once, log, [2]) + _trials(_square, log, [3])
     )
     records = run_trials(
-        trials, store, shared=(0,), backend="ray", ray_options=RayOptions(max_retries=2),
+        trials,
+        store,
+        shared=(0,),
+        backend="ray",
+        ray_options=RayOptions(max_retries=2),
         progress=False,
-    )  # fmt: skip
+    )
     assert {key: r["square"] for key, r in records.items()} == {
-        "sq/seed0": 0, "sq/seed1": 1, "sq/seed2": 4, "sq/seed3": 9,
-    }  # fmt: skip
+        "sq/seed0": 0,
+        "sq/seed1": 1,
+        "sq/seed2": 4,
+        "sq/seed3": 9,
+    }
     assert _attempts(log) == [0, 1, 2, 2, 3]  # the killed trial ran twice, the rest once
     assert all(store.read(f"sq/seed{v}") is not None for v in range(4))
 
@@ -146,9 +153,13 @@ def test_compare_on_ray_gives_the_local_table(tmp_path, local_ray) -> None:
     settings = {
         "env_kwargs": {"num_candidates": 10, "slate_length": 4},
         "agents": ["initial-order", "random", "prm", "seq2slate"],
-        "seeds": 2, "requests": 20, "permutations": 20, "budget": "tiny", "out": tmp_path,
+        "seeds": 2,
+        "requests": 20,
+        "permutations": 20,
+        "budget": "tiny",
+        "out": tmp_path,
         "progress": False,
-    }  # fmt: skip
+    }
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

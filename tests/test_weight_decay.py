@@ -106,9 +106,12 @@ def test_a_task_fitted_with_decoupled_decay_records_it(monkeypatch) -> None:
     monkeypatch.setattr(training, "fit_simulator", recording)
     world = SyntheticConfig(n_users=200, n_items=250, seed=1)
     task = make_task(
-        dataset="synthetic", simulator="pbm", synthetic=world, weight_decay_per_epoch=50,
+        dataset="synthetic",
+        simulator="pbm",
+        synthetic=world,
+        weight_decay_per_epoch=50,
         progress=False,
-    )  # fmt: skip
+    )
     assert seen == [50, 50]  # both members, the held-out one too
     assert task.description["weight_decay_per_epoch"] == 50
     plain = make_task(dataset="synthetic", simulator="pbm", synthetic=world, progress=False)

@@ -130,10 +130,14 @@ def ppo_update(
                 log_probs, mask = out.log_probs, out.mask
                 width = log_probs.shape[1]
                 surrogate, stats = clipped_surrogate_loss(
-                    log_probs, old_log_probs[batch][:, :width],
-                    advantage[batch].to(log_probs.dtype), mask=mask, clip_low=clip_low,
-                    clip_high=clip_high, token_level=token_level,
-                )  # fmt: skip
+                    log_probs,
+                    old_log_probs[batch][:, :width],
+                    advantage[batch].to(log_probs.dtype),
+                    mask=mask,
+                    clip_low=clip_low,
+                    clip_high=clip_high,
+                    token_level=token_level,
+                )
                 loss = surrogate
                 if entropy_coef:
                     loss = loss - entropy_coef * _mean(out.entropy, mask)
@@ -154,8 +158,14 @@ def ppo_update(
                 if mask is None
                 else (out.entropy * mask).sum().item() / mask.sum().item()
             )
-            values = [surrogate.item(), value_loss.item(), entropy, kl.item(),
-                      stats.approx_kl, stats.clip_fraction]  # fmt: skip
+            values = [
+                surrogate.item(),
+                value_loss.item(),
+                entropy,
+                kl.item(),
+                stats.approx_kl,
+                stats.clip_fraction,
+            ]
             rows.append([parallel.mean(v * weight) for v in values] + [norm])
     return dict(zip(PPO_STATS, np.mean(rows, axis=0).tolist(), strict=True))
 

@@ -98,8 +98,14 @@ def fit_reward_model(
     if isinstance(model, ComposedSimulator) and model.trainable:
         optimizer = composition_optimizer(model.to(task.device))
     report = fit_simulator(
-        model, task.pool, epochs=epochs, seed=seed, progress=progress, train_rows=rows,
-        optimizer=optimizer, device=task.device,
-    )  # fmt: skip
+        model,
+        task.pool,
+        epochs=epochs,
+        seed=seed,
+        progress=progress,
+        train_rows=rows,
+        optimizer=optimizer,
+        device=task.device,
+    )
     model.eval()
     return list(report.valid_nll)

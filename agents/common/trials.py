@@ -175,8 +175,16 @@ def run_trials(
             record = trial.function(*shared, *trial.arguments)
             _finish(trial, record, store, records, on_finish)
     elif pending:
-        _run_on_ray(pending, store, records, shared, ray_options or RayOptions(),
-                    on_start, on_finish, progress)  # fmt: skip
+        _run_on_ray(
+            pending,
+            store,
+            records,
+            shared,
+            ray_options or RayOptions(),
+            on_start,
+            on_finish,
+            progress,
+        )
     return {key: records[key] for key in keys}
 
 
@@ -276,27 +284,35 @@ def add_backend_arguments(parser: argparse.ArgumentParser, unit: str = "run") ->
     :func:`ray_options_from`. ``unit`` names a trial in the help (``"run"``).
     """
     parser.add_argument(
-        "--backend", choices=BACKENDS, default="local",
+        "--backend",
+        choices=BACKENDS,
+        default="local",
         help=f"local: one {unit} after another here; ray: each a Ray task on a local Ray or "
         f'the cluster at --address (pip install -e ".[ray]"). Each {unit}\'s record is '
         "stored as it finishes; --resume skips stored ones",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--address", help="ray: a running cluster's address (auto, ray://HOST:10001); "
+        "--address",
+        help="ray: a running cluster's address (auto, ray://HOST:10001); "
         "default: start a local Ray on this machine",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--ray-cpus", type=int,
+        "--ray-cpus",
+        type=int,
         help="ray: CPUs of the local Ray started here, i.e. workers (default: all cores)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--cpus-per-run", type=float, default=1.0,
+        "--cpus-per-run",
+        type=float,
+        default=1.0,
         help=f"ray: CPUs each {unit} reserves (its torch threads)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--max-retries", type=int, default=2,
+        "--max-retries",
+        type=int,
+        default=2,
         help=f"ray: times a {unit} whose worker died (killed, out of memory) is started again",
-    )  # fmt: skip
+    )
 
 
 def ray_options_from(args: argparse.Namespace) -> RayOptions:

@@ -96,8 +96,10 @@ def results_text(folder: str | Path, full: bool = False, width: int = 100) -> st
             f"{prose(title)}\n{prose(config['headroom_line'])}\n\n{compact_table(summary)}"
             f"{prose(legend)}\n"
         )
-    notes = [f"wrote {folder} in {config['wall_s']:.0f} s: results.md, results.csv, "
-             "learning_curves.png, pareto.png, credit_profile.png"]  # fmt: skip
+    notes = [
+        f"wrote {folder} in {config['wall_s']:.0f} s: results.md, results.csv, "
+        "learning_curves.png, pareto.png, credit_profile.png"
+    ]
     if not config["tensorboard"]:
         notes.append(
             "TensorBoard logs skipped: pip install -e '.[tensorboard]' (the tensorboard extra) "

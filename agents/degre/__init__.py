@@ -61,8 +61,20 @@ from agents.degre.evaluator import (
 from agents.degre.mining import MinedLists, beam_calls_per_request, mine, mining_calls_per_request
 
 __all__ = [
-    "EVALUATOR_LIST_TEMPERATURES", "DeGRe", "DeGReConfig", "Decode", "EvaluatorKind",
-    "ListWeight", "LookaheadEvaluator", "LookaheadScorer", "MinedLists", "Supervision",
-    "Targets", "beam_calls_per_request", "count_tails", "mine", "mining_calls_per_request",
+    "EVALUATOR_LIST_TEMPERATURES",
+    "DeGRe",
+    "DeGReConfig",
+    "Decode",
+    "EvaluatorKind",
+    "ListWeight",
+    "LookaheadEvaluator",
+    "LookaheadScorer",
+    "MinedLists",
+    "Supervision",
+    "Targets",
+    "beam_calls_per_request",
+    "count_tails",
+    "mine",
+    "mining_calls_per_request",
     "poisson_binomial_tails",
-]  # fmt: skip
+]

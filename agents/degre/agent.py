@@ -82,14 +82,20 @@ class DeGRe(PointerAgent):
         with isolated_torch_rng(cfg.seed):
             if cfg.evaluator == "learned":
                 self.modules["evaluator"] = LookaheadEvaluator(
-                    info["user_dim"], info["item_dim"], max_length=info["max_length"],
-                    dim=cfg.evaluator_dim, layers=cfg.evaluator_layers, heads=cfg.heads,
-                )  # fmt: skip
+                    info["user_dim"],
+                    info["item_dim"],
+                    max_length=info["max_length"],
+                    dim=cfg.evaluator_dim,
+                    layers=cfg.evaluator_layers,
+                    heads=cfg.heads,
+                )
             if cfg.decode == "generator":
                 self.modules["policy"] = self._pointer_policy(
-                    dim=cfg.dim, encoder_layers=cfg.encoder_layers,
-                    decoder_layers=cfg.decoder_layers, heads=cfg.heads,
-                )  # fmt: skip
+                    dim=cfg.dim,
+                    encoder_layers=cfg.encoder_layers,
+                    decoder_layers=cfg.decoder_layers,
+                    heads=cfg.heads,
+                )
         self.scorer = (
             LookaheadScorer(self.modules["evaluator"])
             if cfg.evaluator == "learned"
@@ -154,20 +160,28 @@ class DeGRe(PointerAgent):
             for _ in range(cfg.epochs):
                 for batch in minibatches(np.arange(len(data)), cfg.batch_size, rng):
                     loss, entropy = dense_loss(
-                        task, policy, data, weights, batch,
-                        soft_weight=cfg.soft_weight, temperature=cfg.temperature,
-                        parallel=parallel, step_logits=step_logits,
-                    )  # fmt: skip
+                        task,
+                        policy,
+                        data,
+                        weights,
+                        batch,
+                        soft_weight=cfg.soft_weight,
+                        temperature=cfg.temperature,
+                        parallel=parallel,
+                        step_logits=step_logits,
+                    )
                     with training_mode(policy):
                         norm = gradient_step(optimiser, loss, list(policy.parameters()))
                     rows = torch.as_tensor(batch, device=task.device)
                     logger.log(
-                        "generator", loss=parallel.mean(loss.item()),
-                        entropy=parallel.mean(entropy.item()), grad_norm=norm,
+                        "generator",
+                        loss=parallel.mean(loss.item()),
+                        entropy=parallel.mean(entropy.item()),
+                        grad_norm=norm,
                         reward=data.values[rows].mean().item(),
                         evaluator_calls=self.evaluator_calls,
                         simulator_calls=self.simulator_calls,
-                    )  # fmt: skip
+                    )
             point = self._curve_point(task, curve_requests)
             point["mined_lists"] = len(data)
             point["mined_value"] = data.values.mean().item()
@@ -204,10 +218,14 @@ class DeGRe(PointerAgent):
                 loss = reinforce_loss(log_probs, advantage)
                 norm = gradient_step(optimiser, loss, list(policy.parameters()))
             logger.log(
-                "generator", loss=loss.item(), entropy=entropy.mean().item(), grad_norm=norm,
-                reward=values[:, -1].mean().item(), evaluator_calls=self.evaluator_calls,
+                "generator",
+                loss=loss.item(),
+                entropy=entropy.mean().item(),
+                grad_norm=norm,
+                reward=values[:, -1].mean().item(),
+                evaluator_calls=self.evaluator_calls,
                 simulator_calls=self.simulator_calls,
-            )  # fmt: skip
+            )
             bar.update()
             if iteration % every == 0 or iteration == iterations:
                 logger.log("curve", **self._curve_point(task, curve_requests))
@@ -226,18 +244,25 @@ class DeGRe(PointerAgent):
 
     def _curve_point(self, task: RerankTask, requests: np.ndarray) -> dict[str, float]:
         return self.curve_point(
-            task, requests,
-            evaluator_calls=self.evaluator_calls, simulator_calls=self.simulator_calls,
-        )  # fmt: skip
+            task,
+            requests,
+            evaluator_calls=self.evaluator_calls,
+            simulator_calls=self.simulator_calls,
+        )
 
     def mine(self, task: RerankTask, requests: np.ndarray, progress: bool = False) -> MinedLists:
         """Beam-search each request's best lists under the evaluator, with step values."""
         self._require_built()
         cfg = self.settings
         return mine(
-            task, self.scorer, requests, beam_width=cfg.beam_width, keep=cfg.keep_lists,
-            batch_size=cfg.mining_batch, progress=progress,
-        )  # fmt: skip
+            task,
+            self.scorer,
+            requests,
+            beam_width=cfg.beam_width,
+            keep=cfg.keep_lists,
+            batch_size=cfg.mining_batch,
+            progress=progress,
+        )
 
     def dense_loss(
         self,
@@ -250,9 +275,14 @@ class DeGRe(PointerAgent):
         """Value-weighted ``sum_t CE(hard_t) + lambda * KL(soft_t || p_t)`` of ``batch``."""
         cfg = self.settings
         return dense_loss(
-            task, policy, data, weights, batch,
-            soft_weight=cfg.soft_weight, temperature=cfg.temperature,
-        )[0]  # fmt: skip
+            task,
+            policy,
+            data,
+            weights,
+            batch,
+            soft_weight=cfg.soft_weight,
+            temperature=cfg.temperature,
+        )[0]
 
     # ------------------------------------------------------------------ serving
 

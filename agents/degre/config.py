@@ -100,14 +100,26 @@ class DeGReConfig(AgentConfig):
     seed: int = 0
 
     QUICK: ClassVar[dict[str, Any]] = {
-        "evaluator_lists": 4, "evaluator_epochs": 3, "mining_requests": 200, "rounds": 2,
-    }  # fmt: skip
+        "evaluator_lists": 4,
+        "evaluator_epochs": 3,
+        "mining_requests": 200,
+        "rounds": 2,
+    }
     #: Small but real: on N = 10, L = 4 the evaluator and generator learn in seconds.
     TINY: ClassVar[dict[str, Any]] = {
-        "evaluator_lists": 2, "evaluator_epochs": 3, "evaluator_dim": 32, "dim": 32,
-        "train_requests": 4000, "evaluator_batch_size": 128, "mining_requests": 256,
-        "rounds": 2, "epochs": 3, "beam_width": 4, "keep_lists": 2, "eval_requests": 128,
-    }  # fmt: skip
+        "evaluator_lists": 2,
+        "evaluator_epochs": 3,
+        "evaluator_dim": 32,
+        "dim": 32,
+        "train_requests": 4000,
+        "evaluator_batch_size": 128,
+        "mining_requests": 256,
+        "rounds": 2,
+        "epochs": 3,
+        "beam_width": 4,
+        "keep_lists": 2,
+        "eval_requests": 128,
+    }
 
     def validate(self) -> None:
         """Refuse out-of-range fields, naming the field, the value and what is valid."""
@@ -121,10 +133,20 @@ class DeGReConfig(AgentConfig):
                 f"keep_lists must be in [1, beam_width={self.beam_width}], got {self.keep_lists}"
             )
         self._at_least(
-            1, "mining_requests", "rounds", "mining_batch", "evaluator_epochs",
-            "evaluator_batch_size", "evaluator_lists", "epochs", "batch_size", "sparse_batch",
-            "eval_requests", "sparse_iterations", "train_requests",
-        )  # fmt: skip
+            1,
+            "mining_requests",
+            "rounds",
+            "mining_batch",
+            "evaluator_epochs",
+            "evaluator_batch_size",
+            "evaluator_lists",
+            "epochs",
+            "batch_size",
+            "sparse_batch",
+            "eval_requests",
+            "sparse_iterations",
+            "train_requests",
+        )
         if self.temperature <= 0 or self.soft_weight < 0:
             raise ConfigError(
                 f"temperature must be > 0 and soft_weight >= 0, got {self.temperature}, "

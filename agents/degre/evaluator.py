@@ -226,9 +226,13 @@ def fit_evaluator(
         train_requests = np.sort(train_requests[subset[: settings.train_requests]])
     train, calls = evaluator_data(task, settings, train_requests, rng, clicks_rng, train=True)
     valid, valid_calls = evaluator_data(
-        task, settings, task.requests("valid")[: settings.eval_requests], rng, clicks_rng,
+        task,
+        settings,
+        task.requests("valid")[: settings.eval_requests],
+        rng,
+        clicks_rng,
         train=False,
-    )  # fmt: skip
+    )
     optimiser = torch.optim.Adam(evaluator.parameters(), lr=settings.learning_rate)
     best, best_state = math.inf, None
     bar = progress_bar(settings.evaluator_epochs, "DeGRe evaluator", progress)
@@ -246,9 +250,12 @@ def fit_evaluator(
             # E[V_L] of the targets: the sum of the last prefix's tail probabilities.
             error = (predicted - valid[2][:, -1].sum(dim=-1)).abs().mean().item()
         logger.log(
-            "evaluator_valid", step=epoch, evaluator_epoch=epoch,
-            evaluator_valid_bce=valid_loss, evaluator_valid_mae=error,
-        )  # fmt: skip
+            "evaluator_valid",
+            step=epoch,
+            evaluator_epoch=epoch,
+            evaluator_valid_bce=valid_loss,
+            evaluator_valid_mae=error,
+        )
         if valid_loss < best:
             best = valid_loss
             best_state = {k: v.detach().clone() for k, v in evaluator.state_dict().items()}
@@ -314,9 +321,10 @@ def evaluator_data(
         batch = task.slate_batch(repeated[part], slots[part])
         probs = simulator.click_probs(batch)
         tail_parts.append(
-            _tails(settings, probs, heads, clicks_rng) if train
+            _tails(settings, probs, heads, clicks_rng)
+            if train
             else poisson_binomial_tails(probs, heads)
-        )  # fmt: skip
+        )
         item_parts.append(batch.items)
         request_parts.append(torch.as_tensor(repeated[part], device=task.device))
     calls += len(repeated)
@@ -350,6 +358,12 @@ def evaluator_loss(
 
 
 __all__: list[Any] = [
-    "EVALUATOR_LIST_TEMPERATURES", "LookaheadEvaluator", "LookaheadScorer", "count_tails",
-    "evaluator_data", "evaluator_loss", "fit_evaluator", "poisson_binomial_tails",
-]  # fmt: skip
+    "EVALUATOR_LIST_TEMPERATURES",
+    "LookaheadEvaluator",
+    "LookaheadScorer",
+    "count_tails",
+    "evaluator_data",
+    "evaluator_loss",
+    "fit_evaluator",
+    "poisson_binomial_tails",
+]

@@ -117,8 +117,15 @@ def _mine_chunk(
     batch, n, length = len(requests), task.num_candidates, task.slate_length
     device = task.device
     slots, values, extensions = beam_search_slots(
-        score, batch, n, length, beam_width, keep=keep, device=device, return_extensions=True,
-    )  # fmt: skip
+        score,
+        batch,
+        n,
+        length,
+        beam_width,
+        keep=keep,
+        device=device,
+        return_extensions=True,
+    )
     # The initial order competes with the beam's lists (unless already among them).
     initial = torch.as_tensor(
         complete_by_scores(task.scores_np[requests], length, None), device=device

@@ -76,13 +76,21 @@ class GloRank(TrainableAgent):
         cfg, info = self.settings, self.build_info
         with isolated_torch_rng(cfg.seed):
             policy = GloRankPolicy(
-                info["user_dim"], info["item_dim"], info["vocab_size"], info["levels"],
-                head=cfg.head, dim=cfg.dim, encoder_layers=cfg.encoder_layers,
-                decoder_layers=cfg.decoder_layers, heads=cfg.heads,
-                max_length=info["max_length"], initial_order=cfg.initial_order,
-                tied_output=cfg.tied_output, detach_value=cfg.detach_value,
+                info["user_dim"],
+                info["item_dim"],
+                info["vocab_size"],
+                info["levels"],
+                head=cfg.head,
+                dim=cfg.dim,
+                encoder_layers=cfg.encoder_layers,
+                decoder_layers=cfg.decoder_layers,
+                heads=cfg.heads,
+                max_length=info["max_length"],
+                initial_order=cfg.initial_order,
+                tied_output=cfg.tied_output,
+                detach_value=cfg.detach_value,
                 max_candidates=info.get("num_candidates", 256),
-            )  # fmt: skip
+            )
         self.modules = {"policy": policy}
 
     def check_task(self, task: RerankTask) -> None:
@@ -157,11 +165,13 @@ class GloRank(TrainableAgent):
                         norm = gradient_step(optimiser, loss, list(policy.parameters()))
                     loss_value = parallel.mean(loss.item())
                     logger.log(
-                        "sft", epoch=epoch, loss=loss_value,
+                        "sft",
+                        epoch=epoch,
+                        loss=loss_value,
                         entropy=parallel.mean(entropy.mean().item() * weight),
                         token_accuracy=parallel.mean(correct.float().mean().item() * weight),
                         grad_norm=norm,
-                    )  # fmt: skip
+                    )
                     bar.update()
                     bar.set_postfix(loss=f"{loss_value:.3f}")
             bar.close()
@@ -181,9 +191,13 @@ class GloRank(TrainableAgent):
             list_rows = np.repeat(rows, group)
             policy.eval()
             lists, old_log_probs = policy.decode(
-                request_inputs(task, rows), candidate_tokens(task, rows), length,
-                mode="sample", generator=list_rng, repeats=group,
-            )  # fmt: skip
+                request_inputs(task, rows),
+                candidate_tokens(task, rows),
+                length,
+                mode="sample",
+                generator=list_rng,
+                repeats=group,
+            )
             rewards = self.reward.group_values(task, rows, lists.reshape(len(rows), group, -1))
             with torch.no_grad():
                 inputs, tokens = (
@@ -196,21 +210,38 @@ class GloRank(TrainableAgent):
                 )
             advantage, returns = self.advantages(rewards, old_values)
             stats = ppo_update(
-                _list_evaluator(evaluate, task, list_rows, lists), old_log_probs, advantage,
+                _list_evaluator(evaluate, task, list_rows, lists),
+                old_log_probs,
+                advantage,
                 optimiser=optimiser,
-                parameters=list(policy.parameters()), modules=[policy], rng=rng,
-                epochs=cfg.ppo_epochs, minibatch_size=cfg.minibatch_size,
-                clip_low=cfg.clip_low, clip_high=cfg.clip_high, token_level=cfg.token_level,
+                parameters=list(policy.parameters()),
+                modules=[policy],
+                rng=rng,
+                epochs=cfg.ppo_epochs,
+                minibatch_size=cfg.minibatch_size,
+                clip_low=cfg.clip_low,
+                clip_high=cfg.clip_high,
+                token_level=cfg.token_level,
                 entropy_coef=cfg.entropy_coef,
-                returns=returns if cfg.advantage == "gae" else None, value_coef=cfg.value_coef,
-                reference_log_probs=reference_log_probs, kl_coef=cfg.kl_coef, parallel=parallel,
-            )  # fmt: skip
+                returns=returns if cfg.advantage == "gae" else None,
+                value_coef=cfg.value_coef,
+                reference_log_probs=reference_log_probs,
+                kl_coef=cfg.kl_coef,
+                parallel=parallel,
+            )
             logger.log(
-                "ppo", iteration=iteration, loss=stats["loss"], value_loss=stats["value_loss"],
-                entropy=stats["entropy"], kl_to_sft=stats["kl"], approx_kl=stats["approx_kl"],
-                clip_fraction=stats["clip_fraction"], grad_norm=stats["grad_norm"],
-                reward=rewards.mean().item(), reward_calls=self.reward_calls,
-            )  # fmt: skip
+                "ppo",
+                iteration=iteration,
+                loss=stats["loss"],
+                value_loss=stats["value_loss"],
+                entropy=stats["entropy"],
+                kl_to_sft=stats["kl"],
+                approx_kl=stats["approx_kl"],
+                clip_fraction=stats["clip_fraction"],
+                grad_norm=stats["grad_norm"],
+                reward=rewards.mean().item(),
+                reward_calls=self.reward_calls,
+            )
             bar.update()
             bar.set_postfix(reward=f"{rewards.mean().item():.3f}")
             if iteration % cfg.eval_every == 0 or iteration == cfg.ppo_iterations:
@@ -242,9 +273,13 @@ class GloRank(TrainableAgent):
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
             slots, _ = beam_search_slots(
-                self.reward.prefix_scorer(task, part), len(part), n, length,
-                cfg.sft_beam_width, device=task.device,
-            )  # fmt: skip
+                self.reward.prefix_scorer(task, part),
+                len(part),
+                n,
+                length,
+                cfg.sft_beam_width,
+                device=task.device,
+            )
             parts.append(slots[:, 0])
             bar.update()
         bar.close()
@@ -286,9 +321,11 @@ class GloRank(TrainableAgent):
         lists = self.rank(task, requests)
         reward = task.expected_reward(requests, lists, "train").mean().item()
         return {
-            "sft_done": sft_done, "iteration": iteration, "reward_calls": self.reward_calls,
+            "sft_done": sft_done,
+            "iteration": iteration,
+            "reward_calls": self.reward_calls,
             "valid_reward": reward,
-        }  # fmt: skip
+        }
 
     def rank(
         self, task: RerankTask, requests: np.ndarray, prefixes: np.ndarray | None = None
@@ -302,10 +339,13 @@ class GloRank(TrainableAgent):
             empty_prefixes(len(requests), task.slate_length) if prefixes is None else prefixes
         )
         lists, _ = policy.decode(
-            request_inputs(task, requests), candidate_tokens(task, requests),
-            task.slate_length, mode=cfg.decode, beam_width=cfg.beam_width,
+            request_inputs(task, requests),
+            candidate_tokens(task, requests),
+            task.slate_length,
+            mode=cfg.decode,
+            beam_width=cfg.beam_width,
             prefix=torch.as_tensor(np.asarray(prefixes), device=task.device),
-        )  # fmt: skip
+        )
         return lists.cpu().numpy()
 
     def sample(
@@ -332,13 +372,17 @@ class GloRank(TrainableAgent):
         noise = request_gumbel(seed, requests, (count, steps, actions))
         repeated = np.repeat(np.asarray(prefixes), count, axis=0)
         lists, _ = policy.decode(
-            request_inputs(task, requests), candidate_tokens(task, requests), length,
-            mode="sample", temperature=temperature, repeats=count,
+            request_inputs(task, requests),
+            candidate_tokens(task, requests),
+            length,
+            mode="sample",
+            temperature=temperature,
+            repeats=count,
             prefix=torch.as_tensor(repeated, device=task.device),
             gumbel=torch.as_tensor(noise, dtype=torch.float32, device=task.device).reshape(
                 len(requests) * count, steps, actions
             ),
-        )  # fmt: skip
+        )
         return lists.cpu().numpy().reshape(len(requests), count, length)
 
 

@@ -104,13 +104,24 @@ class GloRankConfig(AgentConfig):
     seed: int = 0
 
     QUICK: ClassVar[dict[str, Any]] = {
-        "sft_requests": 500, "sft_beam_width": 4, "ppo_iterations": 40,
-    }  # fmt: skip
+        "sft_requests": 500,
+        "sft_beam_width": 4,
+        "ppo_iterations": 40,
+    }
     TINY: ClassVar[dict[str, Any]] = {
-        "sft_requests": 128, "sft_beam_width": 2, "sft_epochs": 4, "sft_batch_size": 64,
-        "ppo_iterations": 6, "batch_size": 16, "group_size": 4, "ppo_epochs": 1,
-        "minibatch_size": 64, "train_requests": 1000, "eval_every": 3, "eval_requests": 64,
-    }  # fmt: skip
+        "sft_requests": 128,
+        "sft_beam_width": 2,
+        "sft_epochs": 4,
+        "sft_batch_size": 64,
+        "ppo_iterations": 6,
+        "batch_size": 16,
+        "group_size": 4,
+        "ppo_epochs": 1,
+        "minibatch_size": 64,
+        "train_requests": 1000,
+        "eval_every": 3,
+        "eval_requests": 64,
+    }
 
     def validate(self) -> None:
         """Refuse out-of-range fields, naming the field, the value and what is valid."""
@@ -137,11 +148,24 @@ class GloRankConfig(AgentConfig):
             raise ConfigError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
         self._at_least(0, "value_coef", "entropy_coef", "kl_coef", "ppo_iterations")
         self._at_least(
-            1, "dim", "encoder_layers", "decoder_layers", "heads", "sft_requests",
-            "sft_beam_width", "sft_epochs", "sft_batch_size", "batch_size", "group_size",
-            "ppo_epochs", "minibatch_size", "beam_width", "train_requests", "eval_every",
+            1,
+            "dim",
+            "encoder_layers",
+            "decoder_layers",
+            "heads",
+            "sft_requests",
+            "sft_beam_width",
+            "sft_epochs",
+            "sft_batch_size",
+            "batch_size",
+            "group_size",
+            "ppo_epochs",
+            "minibatch_size",
+            "beam_width",
+            "train_requests",
+            "eval_every",
             "eval_requests",
-        )  # fmt: skip
+        )
 
     @property
     def name(self) -> str:

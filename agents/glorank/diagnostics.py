@@ -63,9 +63,11 @@ def output_gradient_variance(
             log_probs, _, _, _ = policy.evaluate(
                 request_inputs(task, rows),
                 candidate_tokens(task, rows),
-                torch.as_tensor(np.asarray(lists[index * batch_size : (index + 1) * batch_size]),
-                                device=task.device),
-            )  # fmt: skip
+                torch.as_tensor(
+                    np.asarray(lists[index * batch_size : (index + 1) * batch_size]),
+                    device=task.device,
+                ),
+            )
             grads = torch.autograd.grad(-log_probs.mean(), parameters)
         gradients.append(torch.cat([g.reshape(-1) for g in grads]).double())
     stacked = torch.stack(gradients)

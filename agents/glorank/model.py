@@ -104,9 +104,13 @@ class GloRankPolicy(nn.Module):
         #: Decoder steps per placed item.
         self.steps_per_item = levels if head == "global" else 1
         self.encoder = CandidateSetEncoder(
-            user_dim, item_dim, dim=dim, layers=encoder_layers, heads=heads,
+            user_dim,
+            item_dim,
+            dim=dim,
+            layers=encoder_layers,
+            heads=heads,
             initial_order=initial_order,
-        )  # fmt: skip
+        )
         self.sid_embedding = nn.Embedding(vocab_size, dim)
         # Sized for token steps under both heads, so the twins' backbones are identical.
         self.position = nn.Embedding(max_length * levels + 1, dim)

@@ -99,9 +99,11 @@ class GoalRank(PointerAgent):
         self.reward = SimulatorScorer("train")
         if cfg.reward_model == "learned":
             self.modules["reward_model"] = build_reward_model(
-                self.build_info["reward_model_spec"], task, cfg.seed,
+                self.build_info["reward_model_spec"],
+                task,
+                cfg.seed,
                 composition=cfg.reward_model_composition,
-            )  # fmt: skip
+            )
             self.reward = ClickModelScorer(self.modules["reward_model"])
 
     def parameter_count(self) -> int:
@@ -130,14 +132,20 @@ class GoalRank(PointerAgent):
         # Stage 1: the reward model (learned from the logs), unless it is the simulator.
         if cfg.reward_model == "learned":
             valid_nll = fit_reward_model(
-                self.modules["reward_model"], task, epochs=cfg.reward_model_epochs,
-                seed=cfg.seed, progress=progress, train_requests=cfg.train_requests,
-            )  # fmt: skip
+                self.modules["reward_model"],
+                task,
+                epochs=cfg.reward_model_epochs,
+                seed=cfg.seed,
+                progress=progress,
+                train_requests=cfg.train_requests,
+            )
             for epoch, nll in enumerate(valid_nll, start=1):
                 logger.log(
-                    "reward_model", step=epoch, reward_model_epoch=epoch,
+                    "reward_model",
+                    step=epoch,
+                    reward_model_epoch=epoch,
                     reward_model_valid_nll=nll,
-                )  # fmt: skip
+                )
         # Stage 2: the generator on group-relative reference policies.
         policy = self.modules["policy"].to(task.device)
         request_rng = np.random.default_rng(cfg.seed)
@@ -164,11 +172,14 @@ class GoalRank(PointerAgent):
                 )
                 norm = gradient_step(optimiser, loss, list(policy.parameters()))
             logger.log(
-                "generator", loss=parallel.mean(loss.item()),
-                entropy=parallel.mean(entropy.mean().item()), grad_norm=norm,
-                reward=rewards.mean().item(), reward_calls=self.reward_calls,
+                "generator",
+                loss=parallel.mean(loss.item()),
+                entropy=parallel.mean(entropy.mean().item()),
+                grad_norm=norm,
+                reward=rewards.mean().item(),
+                reward_calls=self.reward_calls,
                 simulator_calls=self.reward_calls if self.reward.queries_simulator else 0,
-            )  # fmt: skip
+            )
             bar.update()
             bar.set_postfix(group_reward=f"{rewards.mean().item():.3f}")
             if iteration % cfg.eval_every == 0 or iteration == cfg.iterations:
@@ -195,9 +206,12 @@ class GoalRank(PointerAgent):
         policy = self.modules["policy"].to(task.device).eval()
         length = task.slate_length
         sampled, _ = policy.generate(
-            request_inputs(task, requests), length, greedy=False, generator=generator,
+            request_inputs(task, requests),
+            length,
+            greedy=False,
+            generator=generator,
             repeats=self.policy_lists,
-        )  # fmt: skip
+        )
         parts = [sampled.cpu().numpy().reshape(len(requests), self.policy_lists, length)]
         remaining = cfg.group_size - self.policy_lists
         shares = np.diff(np.linspace(0, remaining, len(self.auxiliary) + 1).round().astype(int))
@@ -214,7 +228,7 @@ class GoalRank(PointerAgent):
                         int(count) - 1,
                         seed,
                         temperature=cfg.auxiliary_temperature,
-                    )  # fmt: skip
+                    )
                 )
         return np.concatenate(parts, axis=1)
 

@@ -67,9 +67,13 @@ class GoalRankConfig(AgentConfig):
 
     QUICK: ClassVar[dict[str, Any]] = {"reward_model_epochs": 5, "iterations": 60}
     TINY: ClassVar[dict[str, Any]] = {
-        "reward_model_epochs": 2, "train_requests": 2000, "iterations": 40, "batch_size": 32,
-        "eval_every": 20, "eval_requests": 128,
-    }  # fmt: skip
+        "reward_model_epochs": 2,
+        "train_requests": 2000,
+        "iterations": 40,
+        "batch_size": 32,
+        "eval_every": 20,
+        "eval_requests": 128,
+    }
 
     def validate(self) -> None:
         """Refuse out-of-range fields, naming the field, the value and what is valid."""
@@ -97,9 +101,14 @@ class GoalRankConfig(AgentConfig):
                 f"auxiliary_temperature={self.auxiliary_temperature}"
             )
         self._at_least(
-            1, "reward_model_epochs", "iterations", "batch_size", "eval_every", "eval_requests",
+            1,
+            "reward_model_epochs",
+            "iterations",
+            "batch_size",
+            "eval_every",
+            "eval_requests",
             "train_requests",
-        )  # fmt: skip
+        )
 
     @property
     def policy_lists(self) -> int:

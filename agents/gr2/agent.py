@@ -51,9 +51,18 @@ STAGES = ("pool", "mid", "sft", "dapo")
 #: Settings :meth:`GR2.branch` keeps: the student's architecture, its prompt, its seed
 #: and its training requests (the branches share them).
 BRANCH_FIXED = (
-    "dim", "layers", "heads", "intermediate", "history_items", "year_buckets",
-    "popularity_buckets", "max_reasoning_tokens", "cited_candidates", "seed", "train_requests",
-)  # fmt: skip
+    "dim",
+    "layers",
+    "heads",
+    "intermediate",
+    "history_items",
+    "year_buckets",
+    "popularity_buckets",
+    "max_reasoning_tokens",
+    "cited_candidates",
+    "seed",
+    "train_requests",
+)
 #: Requests decoded per ``generate`` call when serving.
 SERVE_BATCH = 256
 
@@ -151,17 +160,24 @@ class GR2(TrainableAgent):
         self._require_built()
         info, cfg = self.build_info, self.settings
         return GR2Vocabulary(
-            info["n_genres"], cfg.year_buckets, cfg.popularity_buckets, info["candidates"],
+            info["n_genres"],
+            cfg.year_buckets,
+            cfg.popularity_buckets,
+            info["candidates"],
             tuple(info["sid_sizes"]),
-        )  # fmt: skip
+        )
 
     def _build(self, task: RerankTask | None = None) -> None:
         cfg = self.settings
         with isolated_torch_rng(cfg.seed):
             student = build_student(
-                self.vocab, dim=cfg.dim, layers=cfg.layers, heads=cfg.heads,
-                intermediate=cfg.intermediate, max_length=self.build_info["max_length"] + 8,
-            )  # fmt: skip
+                self.vocab,
+                dim=cfg.dim,
+                layers=cfg.layers,
+                heads=cfg.heads,
+                intermediate=cfg.intermediate,
+                max_length=self.build_info["max_length"] + 8,
+            )
         self.modules = {"student": student}
 
     def parameter_count(self) -> int:
@@ -249,10 +265,14 @@ class GR2(TrainableAgent):
         pool, slot_one = self._training_pool(task)
         return _Stage(
             logger=self.training_logger() if logger is None else logger,
-            rng=self._stage_rng(stage), facts=ItemFacts.from_task(task, self.vocab), pool=pool,
-            slot_one=slot_one, valid=task.requests("valid")[: self.settings.eval_requests],
-            clock=time.perf_counter(), owns_logger=logger is None,
-        )  # fmt: skip
+            rng=self._stage_rng(stage),
+            facts=ItemFacts.from_task(task, self.vocab),
+            pool=pool,
+            slot_one=slot_one,
+            valid=task.requests("valid")[: self.settings.eval_requests],
+            clock=time.perf_counter(),
+            owns_logger=logger is None,
+        )
 
     def _training_pool(self, task: RerankTask) -> tuple[np.ndarray, np.ndarray]:
         """The training requests used and their slot-1 values (computed once per agent).
@@ -295,9 +315,12 @@ class GR2(TrainableAgent):
                     loss, accuracy = self._lm_loss(task, [sequences[r] for r in rows], starts[rows])
                     norm = gradient_step(optimiser, loss, list(student.parameters()))
                 logger.log(
-                    "mid", task=cfg.mid_tasks.index(kind), loss=loss.item(),
-                    token_accuracy=accuracy, grad_norm=norm,
-                )  # fmt: skip
+                    "mid",
+                    task=cfg.mid_tasks.index(kind),
+                    loss=loss.item(),
+                    token_accuracy=accuracy,
+                    grad_norm=norm,
+                )
                 bar.update()
             bar.close()
         after = self._mid_training_report(task, facts, valid, held_out)
@@ -319,14 +342,23 @@ class GR2(TrainableAgent):
         stage = self._start_stage(task, "sft", logger)
         logger, rng, pool, valid = stage.logger, stage.rng, stage.pool, stage.valid
         kept = teach(
-            task, pool, task.pool.gr2_target_pos[pool], self.reward, rng, mode=cfg.teacher,
-            temperature=cfg.teacher_temperature, attempts=cfg.rejection_attempts,
-            beam_width=cfg.teacher_beam_width, values=stage.slot_one,
-        )  # fmt: skip
+            task,
+            pool,
+            task.pool.gr2_target_pos[pool],
+            self.reward,
+            rng,
+            mode=cfg.teacher,
+            temperature=cfg.teacher_temperature,
+            attempts=cfg.rejection_attempts,
+            beam_width=cfg.teacher_beam_width,
+            values=stage.slot_one,
+        )
         self.teacher_stats = {
-            "offered": kept.offered, "kept": len(kept.requests),
-            "acceptance_rate": kept.acceptance_rate, "mean_attempts": float(kept.attempts.mean()),
-        }  # fmt: skip
+            "offered": kept.offered,
+            "kept": len(kept.requests),
+            "acceptance_rate": kept.acceptance_rate,
+            "mean_attempts": float(kept.attempts.mean()),
+        }
         logger.log("teacher", **self.teacher_stats)
         logger.log("curve", sft_done=0, **self._curve_point(task, valid, 0))
         if len(kept.requests):
@@ -358,20 +390,35 @@ class GR2(TrainableAgent):
                 old = self._sequence_log_probs(task, sequences, batch["starts"], batch["sids"])[0]
             evaluate = self._sequence_evaluator(task, sequences, batch["starts"], batch["sids"])
             stats = ppo_update(
-                evaluate, old, advantage, optimiser=optimiser,
-                parameters=list(student.parameters()), modules=[student], rng=rng,
-                epochs=cfg.dapo_epochs, minibatch_size=cfg.minibatch_size,
-                clip_low=cfg.clip_low, clip_high=cfg.clip_high, token_level=True,
-            )  # fmt: skip
+                evaluate,
+                old,
+                advantage,
+                optimiser=optimiser,
+                parameters=list(student.parameters()),
+                modules=[student],
+                rng=rng,
+                epochs=cfg.dapo_epochs,
+                minibatch_size=cfg.minibatch_size,
+                clip_low=cfg.clip_low,
+                clip_high=cfg.clip_high,
+                token_level=True,
+            )
             logger.log(
-                "dapo", iteration=iteration, loss=stats["loss"], entropy=stats["entropy"],
-                clip_fraction=stats["clip_fraction"], approx_kl=stats["approx_kl"],
+                "dapo",
+                iteration=iteration,
+                loss=stats["loss"],
+                entropy=stats["entropy"],
+                clip_fraction=stats["clip_fraction"],
+                approx_kl=stats["approx_kl"],
                 grad_norm=stats["grad_norm"],
-                reward=float(rewards.mean()), rank_reward=batch["rank_reward"],
-                format_reward=batch["format_reward"], overlong=batch["overlong"],
-                kept_groups=batch["kept_groups"], sampled_groups=batch["sampled_groups"],
+                reward=float(rewards.mean()),
+                rank_reward=batch["rank_reward"],
+                format_reward=batch["format_reward"],
+                overlong=batch["overlong"],
+                kept_groups=batch["kept_groups"],
+                sampled_groups=batch["sampled_groups"],
                 **batch["diagnostics"],
-            )  # fmt: skip
+            )
             bar.update()
             bar.set_postfix(reward=f"{rewards.mean():.3f}")
             if iteration % cfg.eval_every == 0 or iteration == cfg.dapo_iterations:
@@ -425,11 +472,13 @@ class GR2(TrainableAgent):
             sequences.append(np.concatenate([prompt, reasoning, answer]))
             starts.append(len(prompt))
             weights.append(
-                np.concatenate([
-                    np.full(len(reasoning), cfg.reasoning_weight),
-                    np.full(len(answer), cfg.answer_weight),
-                ])
-            )  # fmt: skip
+                np.concatenate(
+                    [
+                        np.full(len(reasoning), cfg.reasoning_weight),
+                        np.full(len(answer), cfg.answer_weight),
+                    ]
+                )
+            )
         starts = np.array(starts)
         sids = torch.as_tensor(facts.sid_tokens[candidates], device=task.device)
         optimiser = torch.optim.AdamW(student.parameters(), lr=cfg.sft_learning_rate)
@@ -475,15 +524,22 @@ class GR2(TrainableAgent):
             seed = int(rng.integers(2**31))
             with isolated_torch_rng(seed):
                 written, state = generate(
-                    student, vocab, prompts, sids, cfg.max_reasoning_tokens, sample=True,
+                    student,
+                    vocab,
+                    prompts,
+                    sids,
+                    cfg.max_reasoning_tokens,
+                    sample=True,
                     temperature=cfg.temperature,
-                )  # fmt: skip
+                )
             rankings = state.ranking.cpu().numpy()
             written = written.cpu().numpy()
-            formed = np.array([
-                lang.well_formed(vocab, _reasoning(vocab, w), s)
-                for w, s in zip(written, sids.cpu().numpy(), strict=True)
-            ])  # fmt: skip
+            formed = np.array(
+                [
+                    lang.well_formed(vocab, _reasoning(vocab, w), s)
+                    for w, s in zip(written, sids.cpu().numpy(), strict=True)
+                ]
+            )
             pre = targets[rows] + 1
             post = (rankings == targets[rows][:, None]).argmax(axis=1) + 1
             r_rank = rank_reward(pre, post, task.num_candidates)
@@ -497,15 +553,21 @@ class GR2(TrainableAgent):
             if not keep.any():
                 continue
             keep_rows = np.repeat(keep, group)
-            kept.append({
-                "requests": requests[keep], "rows": rows[keep_rows],
-                "prompts": [prompts[r] for r in np.flatnonzero(keep_rows)],
-                "written": [_trimmed(vocab, written[r]) for r in np.flatnonzero(keep_rows)],
-                "sids": sids[torch.as_tensor(keep_rows, device=sids.device)],
-                "rewards": rewards[keep], "rankings": rankings[keep_rows],
-                "formed": formed[keep_rows], "r_rank": r_rank[keep_rows],
-                "r_format": r_format[keep_rows], "r_long": r_long[keep_rows],
-            })  # fmt: skip
+            kept.append(
+                {
+                    "requests": requests[keep],
+                    "rows": rows[keep_rows],
+                    "prompts": [prompts[r] for r in np.flatnonzero(keep_rows)],
+                    "written": [_trimmed(vocab, written[r]) for r in np.flatnonzero(keep_rows)],
+                    "sids": sids[torch.as_tensor(keep_rows, device=sids.device)],
+                    "rewards": rewards[keep],
+                    "rankings": rankings[keep_rows],
+                    "formed": formed[keep_rows],
+                    "r_rank": r_rank[keep_rows],
+                    "r_format": r_format[keep_rows],
+                    "r_long": r_long[keep_rows],
+                }
+            )
         joined = {key: [x for part in kept for x in part[key]] for key in ("prompts", "written")}
         rows = np.concatenate([part["rows"] for part in kept])
         rankings = np.concatenate([part["rankings"] for part in kept])
@@ -605,10 +667,16 @@ class GR2(TrainableAgent):
         if "next-sid" in cfg.mid_tasks:
             histories = lang.recent_history(task, pool, cfg.history_items + 1)
             sequences = [
-                np.concatenate([vocab.ids(["<bos>", "<next>", "<hist>"]),
-                                facts.sid_tokens[h].reshape(-1), vocab.ids(["<eos>"])])
-                for h in histories if len(h) >= 2
-            ]  # fmt: skip
+                np.concatenate(
+                    [
+                        vocab.ids(["<bos>", "<next>", "<hist>"]),
+                        facts.sid_tokens[h].reshape(-1),
+                        vocab.ids(["<eos>"]),
+                    ]
+                )
+                for h in histories
+                if len(h) >= 2
+            ]
             # Scored from the second item on: each next code given the ones before.
             corpus["next-sid"] = (sequences, np.full(len(sequences), 3 + vocab.levels))
         if "caption" in cfg.mid_tasks or "describe" in cfg.mid_tasks:
@@ -616,15 +684,33 @@ class GR2(TrainableAgent):
             for item in captioned:
                 attributes = _attribute_tokens(vocab, facts, item)
                 code = facts.sid_tokens[item]
-                captions.append(np.concatenate([vocab.ids(["<bos>", "<caption>"]), code,
-                                                vocab.ids(["<attr>"]), attributes,
-                                                vocab.ids(["<eos>"])]))  # fmt: skip
-                descriptions.append(np.concatenate([vocab.ids(["<bos>", "<describe>"]), attributes,
-                                                    vocab.ids(["<attr>"]), code,
-                                                    vocab.ids(["<eos>"])]))  # fmt: skip
+                captions.append(
+                    np.concatenate(
+                        [
+                            vocab.ids(["<bos>", "<caption>"]),
+                            code,
+                            vocab.ids(["<attr>"]),
+                            attributes,
+                            vocab.ids(["<eos>"]),
+                        ]
+                    )
+                )
+                descriptions.append(
+                    np.concatenate(
+                        [
+                            vocab.ids(["<bos>", "<describe>"]),
+                            attributes,
+                            vocab.ids(["<attr>"]),
+                            code,
+                            vocab.ids(["<eos>"]),
+                        ]
+                    )
+                )
             corpus["caption"] = (captions, np.full(len(captions), 3 + vocab.levels))
-            corpus["describe"] = (descriptions, np.array([len(d) - vocab.levels - 1 for d in
-                                                          descriptions]))  # fmt: skip
+            corpus["describe"] = (
+                descriptions,
+                np.array([len(d) - vocab.levels - 1 for d in descriptions]),
+            )
         if "grammar" in cfg.mid_tasks:
             # Rationales of the simulator's own top candidates, no answer, no x*.
             order = np.argsort(-slot_one, axis=1, kind="stable")
@@ -655,39 +741,48 @@ class GR2(TrainableAgent):
         k = task.num_candidates
         sequences, starts = [], []
         for history, cands in zip(histories, candidates, strict=True):
-            head = np.concatenate([vocab.ids(["<bos>", "<next>", "<hist>"]),
-                                   facts.sid_tokens[history].reshape(-1)])  # fmt: skip
+            head = np.concatenate(
+                [vocab.ids(["<bos>", "<next>", "<hist>"]), facts.sid_tokens[history].reshape(-1)]
+            )
             for item in cands:
                 sequences.append(np.concatenate([head, facts.sid_tokens[item]]))
                 starts.append(len(head))
         with torch.no_grad():
             log_probs, _ = token_log_probs(
-                student, *pad(sequences, vocab.id("<pad>"), device), None,
+                student,
+                *pad(sequences, vocab.id("<pad>"), device),
+                None,
                 torch.as_tensor(np.array(starts), device=device),
-            )  # fmt: skip
+            )
         scores = log_probs.sum(dim=1).reshape(len(requests), k).cpu().numpy()
         targets = task.pool.gr2_target_pos[requests]
         report["next_sid_recall@1"] = float((scores.argmax(axis=1) == targets).mean())
         # Captioning held-out items: the likeliest genre / year / popularity word.
-        prompts = [np.concatenate([vocab.ids(["<bos>", "<caption>"]), facts.sid_tokens[item],
-                                   vocab.ids(["<attr>"])]) for item in held_out]  # fmt: skip
+        prompts = [
+            np.concatenate(
+                [vocab.ids(["<bos>", "<caption>"]), facts.sid_tokens[item], vocab.ids(["<attr>"])]
+            )
+            for item in held_out
+        ]
         if prompts:
             ids, attention = pad(prompts, vocab.id("<pad>"), device)
             with torch.no_grad():
                 logits = student(input_ids=ids, attention_mask=attention).logits[:, -1]
             for kind, truth in (
-                ("genre", None), ("year", facts.year_bucket[held_out]),
+                ("genre", None),
+                ("year", facts.year_bucket[held_out]),
                 ("pop", facts.popularity_bucket[held_out]),
-            ):  # fmt: skip
+            ):
                 lo, hi = vocab.word_range(kind)
                 guess = logits[:, lo:hi].argmax(dim=1).cpu().numpy()
                 if kind == "genre":
                     genres = facts.genres[held_out]
                     none = ~genres.any(axis=1)
                     hit = np.where(
-                        guess == hi - lo - 1, none,
+                        guess == hi - lo - 1,
+                        none,
                         genres[np.arange(len(guess)), np.minimum(guess, genres.shape[1] - 1)],
-                    )  # fmt: skip
+                    )
                     report["caption_genre_accuracy"] = float(hit.mean())
                 else:
                     report[f"caption_{kind}_accuracy"] = float((guess == truth).mean())

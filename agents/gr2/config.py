@@ -114,24 +114,48 @@ class GR2Config(AgentConfig):
     seed: int = 0
 
     QUICK: ClassVar[dict[str, Any]] = {
-        "mid_steps": 500, "sft_epochs": 20, "dapo_iterations": 100,
-    }  # fmt: skip
+        "mid_steps": 500,
+        "sft_epochs": 20,
+        "dapo_iterations": 100,
+    }
     TINY: ClassVar[dict[str, Any]] = {
-        "dim": 32, "layers": 2, "heads": 2, "intermediate": 64, "history_items": 8,
-        "mid_steps": 20, "mid_batch_size": 16, "sft_epochs": 2, "sft_batch_size": 16,
-        "dapo_iterations": 4, "prompts_per_batch": 4, "group_size": 4, "minibatch_size": 16,
-        "train_requests": 64, "eval_every": 2, "eval_requests": 32,
-    }  # fmt: skip
+        "dim": 32,
+        "layers": 2,
+        "heads": 2,
+        "intermediate": 64,
+        "history_items": 8,
+        "mid_steps": 20,
+        "mid_batch_size": 16,
+        "sft_epochs": 2,
+        "sft_batch_size": 16,
+        "dapo_iterations": 4,
+        "prompts_per_batch": 4,
+        "group_size": 4,
+        "minibatch_size": 16,
+        "train_requests": 64,
+        "eval_every": 2,
+        "eval_requests": 32,
+    }
 
     #: A larger run for a CUDA GPU: an 8.5M-parameter student (width 256, 8 layers),
     #: 3x the mid-training, 5x the DAPO iterations, 4x the prompts per iteration and
     #: twice the group size. Not run here (no GPU was lent to measure it); on 2 CPU
     #: cores it would take days.
     LARGE: ClassVar[dict[str, Any]] = {
-        "dim": 256, "layers": 8, "heads": 8, "intermediate": 1024, "history_items": 30,
-        "mid_steps": 5000, "mid_batch_size": 128, "sft_epochs": 30, "dapo_iterations": 1000,
-        "prompts_per_batch": 64, "group_size": 16, "minibatch_size": 256, "eval_every": 50,
-    }  # fmt: skip
+        "dim": 256,
+        "layers": 8,
+        "heads": 8,
+        "intermediate": 1024,
+        "history_items": 30,
+        "mid_steps": 5000,
+        "mid_batch_size": 128,
+        "sft_epochs": 30,
+        "dapo_iterations": 1000,
+        "prompts_per_batch": 64,
+        "group_size": 16,
+        "minibatch_size": 256,
+        "eval_every": 50,
+    }
 
     @classmethod
     def large(cls, **overrides: Any) -> GR2Config:
@@ -171,15 +195,37 @@ class GR2Config(AgentConfig):
                 f", temperature={self.temperature}"
             )
         self._at_least(
-            0, "mid_steps", "dapo_iterations", "reasoning_weight", "answer_weight",
-            "format_alpha", "max_refill_rounds", "overlong_cache",
-        )  # fmt: skip
+            0,
+            "mid_steps",
+            "dapo_iterations",
+            "reasoning_weight",
+            "answer_weight",
+            "format_alpha",
+            "max_refill_rounds",
+            "overlong_cache",
+        )
         self._at_least(
-            1, "dim", "layers", "heads", "intermediate", "history_items", "cited_candidates",
-            "year_buckets", "popularity_buckets", "mid_batch_size", "teacher_beam_width",
-            "rejection_attempts", "sft_epochs", "sft_batch_size", "prompts_per_batch",
-            "dapo_epochs", "minibatch_size", "train_requests", "eval_every", "eval_requests",
-        )  # fmt: skip
+            1,
+            "dim",
+            "layers",
+            "heads",
+            "intermediate",
+            "history_items",
+            "cited_candidates",
+            "year_buckets",
+            "popularity_buckets",
+            "mid_batch_size",
+            "teacher_beam_width",
+            "rejection_attempts",
+            "sft_epochs",
+            "sft_batch_size",
+            "prompts_per_batch",
+            "dapo_epochs",
+            "minibatch_size",
+            "train_requests",
+            "eval_every",
+            "eval_requests",
+        )
 
     @property
     def name(self) -> str:

@@ -34,8 +34,23 @@ import numpy as np
 
 from rerank_env.task import RerankTask
 
-CONTROL = ("<pad>", "<bos>", "<eos>", "<hist>", "<cands>", "<think>", "</think>", "<rank>",
-           "<user>", "<cand>", "<div>", "<next>", "<caption>", "<describe>", "<attr>")  # fmt: skip
+CONTROL = (
+    "<pad>",
+    "<bos>",
+    "<eos>",
+    "<hist>",
+    "<cands>",
+    "<think>",
+    "</think>",
+    "<rank>",
+    "<user>",
+    "<cand>",
+    "<div>",
+    "<next>",
+    "<caption>",
+    "<describe>",
+    "<attr>",
+)
 FIT_WORDS = ("fit_low", "fit_mid", "fit_high")
 DIVERSITY_WORDS = ("div_low", "div_mid", "div_high")
 #: A candidate's fit: the largest history share of its genres, cut at these values.
@@ -68,12 +83,14 @@ class GR2Vocabulary:
     def words(self) -> tuple[str, ...]:
         """The reasoning words, in token order."""
         return (
-            *(f"genre_{g}" for g in range(self.n_genres)), "genre_none",
+            *(f"genre_{g}" for g in range(self.n_genres)),
+            "genre_none",
             *(f"year_{b}" for b in range(self.year_buckets)),
             *(f"pop_{b}" for b in range(self.popularity_buckets)),
             *(f"pos_{p}" for p in range(1, self.candidates + 1)),
-            *FIT_WORDS, *DIVERSITY_WORDS,
-        )  # fmt: skip
+            *FIT_WORDS,
+            *DIVERSITY_WORDS,
+        )
 
     @cached_property
     def _index(self) -> dict[str, int]:
@@ -208,10 +225,15 @@ def genre_affinity(facts: ItemFacts, history: np.ndarray) -> np.ndarray:
 
 def prompt(vocab: GR2Vocabulary, facts: ItemFacts, history: np.ndarray, candidates: np.ndarray):
     """``<bos> <hist> S(h..) <cands> S(c_1) .. S(c_K) <think>``, int64."""
-    return np.concatenate([
-        vocab.ids(["<bos>", "<hist>"]), facts.sid_tokens[history].reshape(-1),
-        vocab.ids(["<cands>"]), facts.sid_tokens[candidates].reshape(-1), vocab.ids(["<think>"]),
-    ])  # fmt: skip
+    return np.concatenate(
+        [
+            vocab.ids(["<bos>", "<hist>"]),
+            facts.sid_tokens[history].reshape(-1),
+            vocab.ids(["<cands>"]),
+            facts.sid_tokens[candidates].reshape(-1),
+            vocab.ids(["<think>"]),
+        ]
+    )
 
 
 def rationale(
@@ -238,11 +260,15 @@ def rationale(
         genre, share = best[position]
         fit = int(np.searchsorted(FIT_THRESHOLDS, share, side="right"))
         tokens += [vocab.id("<cand>"), *facts.sid_tokens[item].tolist()]
-        tokens += vocab.ids([
-            f"pos_{position + 1}", "genre_none" if genre < 0 else f"genre_{genre}",
-            f"year_{facts.year_bucket[item]}", f"pop_{facts.popularity_bucket[item]}",
-            FIT_WORDS[fit],
-        ]).tolist()  # fmt: skip
+        tokens += vocab.ids(
+            [
+                f"pos_{position + 1}",
+                "genre_none" if genre < 0 else f"genre_{genre}",
+                f"year_{facts.year_bucket[item]}",
+                f"pop_{facts.popularity_bucket[item]}",
+                FIT_WORDS[fit],
+            ]
+        ).tolist()
     top = ranking[:5]
     spread = len({best[p][0] for p in top}) / len(top)
     diversity = DIVERSITY_WORDS[int(np.searchsorted(DIVERSITY_THRESHOLDS, spread, side="right"))]

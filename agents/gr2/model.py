@@ -44,17 +44,27 @@ def build_student(
     """An untrained ``LlamaForCausalLM`` over GR2's vocabulary (seed the caller's RNG)."""
     transformers = require_transformers()
     config = transformers.LlamaConfig(
-        vocab_size=vocab.size, hidden_size=dim, intermediate_size=intermediate,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-        max_position_embeddings=max_length, tie_word_embeddings=True,
-        pad_token_id=vocab.id("<pad>"), bos_token_id=vocab.id("<bos>"),
+        vocab_size=vocab.size,
+        hidden_size=dim,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_length,
+        tie_word_embeddings=True,
+        pad_token_id=vocab.id("<pad>"),
+        bos_token_id=vocab.id("<bos>"),
         eos_token_id=vocab.id("<eos>"),
-    )  # fmt: skip
+    )
     model = transformers.LlamaForCausalLM(config)
     model.generation_config = transformers.GenerationConfig(
-        pad_token_id=vocab.id("<pad>"), bos_token_id=vocab.id("<bos>"),
-        eos_token_id=vocab.id("<eos>"), do_sample=False, top_k=None, top_p=None,
-    )  # fmt: skip
+        pad_token_id=vocab.id("<pad>"),
+        bos_token_id=vocab.id("<bos>"),
+        eos_token_id=vocab.id("<eos>"),
+        do_sample=False,
+        top_k=None,
+        top_p=None,
+    )
     return model
 
 
@@ -117,11 +127,13 @@ def generate(
     processor = ConstraintLogitsProcessor(constraint, ids.shape[1])
     with torch.no_grad():
         output = model.generate(
-            input_ids=ids, attention_mask=attention,
+            input_ids=ids,
+            attention_mask=attention,
             max_new_tokens=continuation_length(vocab, max_reasoning),
-            do_sample=sample, temperature=temperature if sample else None,
+            do_sample=sample,
+            temperature=temperature if sample else None,
             logits_processor=transformers.LogitsProcessorList([processor]),
-        )  # fmt: skip
+        )
     written = output[:, ids.shape[1] :]
     # generate stops once every row is done: replay the last token to finish the state.
     constraint.advance(written[:, -1])

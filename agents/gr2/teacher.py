@@ -111,9 +111,14 @@ def teach(
     if len(kept):
         prefix = torch.as_tensor(targets[keep][:, None], device=task.device)
         slots, _ = beam_search_slots(
-            scorer.prefix_scorer(task, kept), len(kept), k, length, beam_width, prefix,
+            scorer.prefix_scorer(task, kept),
+            len(kept),
+            k,
+            length,
+            beam_width,
+            prefix,
             device=task.device,
-        )  # fmt: skip
+        )
         # Below the L slots the simulator scores: the rest by their slot-1 value.
         top = slots[:, 0].cpu().numpy()
         order = np.argsort(-values[keep], axis=1, kind="stable")

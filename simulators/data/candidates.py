@@ -83,9 +83,11 @@ def build_candidates(
     """Candidates of the main (N) protocol and of the GR2 (K) protocol."""
     # One retrieval of the wider list serves both protocols (its prefix is the top K).
     widest, widest_scores, logged_scores = retriever.top_k(
-        requests, max(config.num_candidates, config.gr2_candidates), logged_items,
+        requests,
+        max(config.num_candidates, config.gr2_candidates),
+        logged_items,
         progress=progress,
-    )  # fmt: skip
+    )
     retrieved = widest[:, : config.num_candidates]
     retrieved_scores = widest_scores[:, : config.num_candidates]
     gr2_retrieved = widest[:, : config.gr2_candidates]
@@ -96,9 +98,14 @@ def build_candidates(
     else:
         must = positive if config.inject == "positives" else np.ones_like(positive)
     candidates, scores, injected = inject_required(
-        retrieved, retrieved_scores, logged_items, logged_scores, must,
-        config.inject_position, np.column_stack([stream_keys, np.zeros_like(stream_keys[:, 0])]),
-    )  # fmt: skip
+        retrieved,
+        retrieved_scores,
+        logged_items,
+        logged_scores,
+        must,
+        config.inject_position,
+        np.column_stack([stream_keys, np.zeros_like(stream_keys[:, 0])]),
+    )
     # One logged position at a time: an [R, N, L] comparison is gigabytes at 25M ratings.
     rating = np.zeros(candidates.shape, dtype=np.float32)
     retrieved_positive = np.zeros_like(positive)
@@ -125,10 +132,14 @@ def build_candidates(
         request, first, target = request[holds], first[holds], target[holds]
     target_scores = np.take_along_axis(logged_scores[request], first, axis=1)
     gr2_candidates, _, gr2_injected = inject_required(
-        gr2_retrieved[request], gr2_scores[request], target, target_scores,
-        np.ones_like(target, dtype=bool), config.inject_position,
+        gr2_retrieved[request],
+        gr2_scores[request],
+        target,
+        target_scores,
+        np.ones_like(target, dtype=bool),
+        config.inject_position,
         np.column_stack([stream_keys[request], np.ones_like(request)]),
-    )  # fmt: skip
+    )
     gr2 = {
         "request": request.astype(np.int64),
         "candidates": gr2_candidates,

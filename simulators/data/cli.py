@@ -25,10 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     parser.add_argument(
-        "--dataset", choices=DATASETS, default="ml-100k",
+        "--dataset",
+        choices=DATASETS,
+        default="ml-100k",
         help="a MovieLens release's files (ML-100K to ML-32M and ml-latest, in --data-dir "
         "or a data root), or the synthetic world (built from ML-1M-format files)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--data-dir",
         default=None,
@@ -48,14 +50,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         option = "--" + field.name.replace("_", "-")
         if typing.get_origin(kind) is typing.Literal:
             group.add_argument(
-                option, choices=typing.get_args(kind), default=field.default,
+                option,
+                choices=typing.get_args(kind),
+                default=field.default,
                 help=docs[field.name],
-            )  # fmt: skip
+            )
         else:
             group.add_argument(
-                option, type=kind, default=field.default, metavar=kind.__name__.upper(),
+                option,
+                type=kind,
+                default=field.default,
+                metavar=kind.__name__.upper(),
                 help=docs[field.name],
-            )  # fmt: skip
+            )
     parser.set_defaults(handler=run)
 
 

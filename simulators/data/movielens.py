@@ -36,17 +36,49 @@ from simulators.data.errors import DataFormatError
 from simulators.data.paths import download_hint, find_dataset_dir
 
 ML100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-    "Romance", "Sci-Fi", "Thriller", "War", "Western",
-)  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 ML1M_GENRES = ML100K_GENRES[1:]
 #: Genres of ML-10M and of every later release (ML-20M, 25M, 32M, ml-latest).
 ML10M_GENRES = (
-    "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary",
-    "Drama", "Fantasy", "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance",
-    "Sci-Fi", "Thriller", "War", "Western",
-)  # fmt: skip
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "IMAX",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 #: The genre field of a movie without genres (ML-10M on): an all-false genre row.
 NO_GENRES = "(no genres listed)"
 #: Releases in the ``ratings.csv`` / ``movies.csv`` format.
@@ -55,12 +87,28 @@ CSV_RELEASES = ("ml-20m", "ml-25m", "ml-32m", "ml-latest", "ml-latest-small")
 MOVIELENS_RELEASES = ("ml-100k", "ml-1m", "ml-10m", *CSV_RELEASES)
 ML1M_AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
 ML1M_OCCUPATIONS = (
-    "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
-    "customer service", "doctor/health care", "executive/managerial", "farmer",
-    "homemaker", "K-12 student", "lawyer", "programmer", "retired", "sales/marketing",
-    "scientist", "self-employed", "technician/engineer", "tradesman/craftsman",
-    "unemployed", "writer",
-)  # fmt: skip
+    "other",
+    "academic/educator",
+    "artist",
+    "clerical/admin",
+    "college/grad student",
+    "customer service",
+    "doctor/health care",
+    "executive/managerial",
+    "farmer",
+    "homemaker",
+    "K-12 student",
+    "lawyer",
+    "programmer",
+    "retired",
+    "sales/marketing",
+    "scientist",
+    "self-employed",
+    "technician/engineer",
+    "tradesman/craftsman",
+    "unemployed",
+    "writer",
+)
 _RATING_FIELDS = ("user", "item", "rating", "timestamp")
 _CSV_RATINGS_HEADER = "userId,movieId,rating,timestamp"
 _CSV_MOVIES_HEADER = "movieId,title,genres"
@@ -191,18 +239,21 @@ def load_ml100k(folder: str | os.PathLike[str]) -> MovieLensData:
         occupations = [line.strip() for line in read_lines(occupation_path) if line.strip()]
     user_rows = []
     for lineno, fields in split_fields(
-        user_path, read_lines(user_path, encoding="latin-1"), "|",
+        user_path,
+        read_lines(user_path, encoding="latin-1"),
+        "|",
         ("user", "age", "gender", "occupation", "zip code"),
-    ):  # fmt: skip
+    ):
         user_id = parse_int(user_path, lineno, "user", fields[0])
         age = parse_int(user_path, lineno, "age", fields[1])
         gender = _parse_gender(user_path, lineno, fields[2])
         if fields[3] not in occupations:
             if occupation_path.is_file():
                 raise DataFormatError(
-                    user_path, lineno,
+                    user_path,
+                    lineno,
                     f"occupation {fields[3]!r} is not listed in {occupation_path.name}",
-                )  # fmt: skip
+                )
             occupations.append(fields[3])
         user_rows.append((user_id, age, gender, fields[3]))
     if not occupation_path.is_file():
@@ -248,17 +299,21 @@ def load_ml1m(folder: str | os.PathLike[str]) -> MovieLensData:
     item_ids, titles, genres, years = _read_movies(
         movie_path,
         split_fields(
-            movie_path, read_lines(movie_path, encoding="latin-1"), "::",
+            movie_path,
+            read_lines(movie_path, encoding="latin-1"),
+            "::",
             ("MovieID", "Title", "Genres"),
         ),
         ML1M_GENRES,
-    )  # fmt: skip
+    )
 
     user_rows = []
     for lineno, fields in split_fields(
-        user_path, read_lines(user_path, encoding="latin-1"), "::",
+        user_path,
+        read_lines(user_path, encoding="latin-1"),
+        "::",
         ("UserID", "Gender", "Age", "Occupation", "Zip-code"),
-    ):  # fmt: skip
+    ):
         user_id = parse_int(user_path, lineno, "UserID", fields[0])
         gender = _parse_gender(user_path, lineno, fields[1])
         age = parse_int(user_path, lineno, "Age", fields[2])
@@ -388,9 +443,11 @@ def _after_header(path: Path, lines: list[str], header: str) -> list[str]:
     """The lines after the header line, which must be ``header`` exactly."""
     if lines[0] != header:
         raise DataFormatError(
-            path, 1, f"expected the header {header!r}, found {lines[0][:80]!r}: is this the "
+            path,
+            1,
+            f"expected the header {header!r}, found {lines[0][:80]!r}: is this the "
             "right file of the right MovieLens release?",
-        )  # fmt: skip
+        )
     return lines[1:]
 
 
@@ -404,9 +461,11 @@ def _csv_rows(
             lineno = offset + 2
             if len(fields) != len(field_names):
                 raise DataFormatError(
-                    path, lineno, f"expected {len(field_names)} comma-separated fields "
+                    path,
+                    lineno,
+                    f"expected {len(field_names)} comma-separated fields "
                     f"({', '.join(field_names)}), found {len(fields)}: {lines[offset][:80]!r}",
-                )  # fmt: skip
+                )
             rows.append((lineno, fields))
     except csv.Error as err:
         raise DataFormatError(path, offset + 2, f"not valid CSV ({err})") from None
@@ -427,10 +486,11 @@ def _read_movies(
             for genre in fields[2].split("|"):
                 if genre not in genre_index:
                     raise DataFormatError(
-                        path, lineno,
+                        path,
+                        lineno,
                         f"unknown genre {genre!r}; expected '|'-separated names from "
                         f"{genre_names}, or {NO_GENRES!r} alone",
-                    )  # fmt: skip
+                    )
                 flags[genre_index[genre]] = True
         genres.append(flags)
         match = _YEAR_IN_TITLE.search(fields[1])
@@ -521,9 +581,10 @@ def _assemble(
         unlisted = np.flatnonzero(sorted_users[users] != raw_user_of_row)
         if len(unlisted):
             raise DataFormatError(
-                data_path, int(unlisted[0]) + first_rating_line,
+                data_path,
+                int(unlisted[0]) + first_rating_line,
                 f"user {raw_user_of_row[unlisted[0]]} is not listed in {user_path.name}",
-            )  # fmt: skip
+            )
         user_table = np.asarray(user_rows, dtype=np.int64)[user_order]
     users = users.astype(np.int64)
 

@@ -329,10 +329,15 @@ def build_rerank_data(
     )
     requests, gr2 = build_candidates(
         retriever,
-        RetrievalRequests(item, history_starts, history_ends, request_time, first_rated,
-                          popularity),
-        logged_items, logged_ratings, config, stream_keys, progress,
-    )  # fmt: skip
+        RetrievalRequests(
+            item, history_starts, history_ends, request_time, first_rated, popularity
+        ),
+        logged_items,
+        logged_ratings,
+        config,
+        stream_keys,
+        progress,
+    )
     steps.update(2)
     steps.close()
 

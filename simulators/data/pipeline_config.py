@@ -120,11 +120,12 @@ class PipelineConfig:
             f"({self.slate_length}): a list of L items is chosen among N candidates",
         )
         need(
-            self.valid_fraction > 0 and self.test_fraction > 0
+            self.valid_fraction > 0
+            and self.test_fraction > 0
             and self.valid_fraction + self.test_fraction < 1,
             "valid_fraction and test_fraction must be > 0 and sum to < 1, got "
             f"{self.valid_fraction} and {self.test_fraction}",
-        )  # fmt: skip
+        )
         need(
             self.mf_regularization > 0,
             f"mf_regularization must be > 0, got {self.mf_regularization}",

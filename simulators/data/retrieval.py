@@ -255,10 +255,13 @@ class ImplicitALS:
         # computed once per call rather than per chunk.
         largest = np.abs(self.item_factors).max(axis=0)
         return chunked_top_k(
-            requests, size, score_items,
+            requests,
+            size,
+            score_items,
             lambda rows, items: self._certified_top_k(requests, rows, size, items, largest),
-            progress=progress, workers=workers,
-        )  # fmt: skip
+            progress=progress,
+            workers=workers,
+        )
 
     def _certified_top_k(
         self,
@@ -393,10 +396,13 @@ class ItemKNN:
     ) -> TopK:
         """:meth:`Retriever.top_k`, every item scored in full."""
         return chunked_top_k(
-            requests, size, score_items,
+            requests,
+            size,
+            score_items,
             lambda rows, items: scored_top_k(self.score_prefixes, requests, rows, size, items),
-            progress=progress, workers=workers,
-        )  # fmt: skip
+            progress=progress,
+            workers=workers,
+        )
 
 
 class Popularity:
@@ -438,10 +444,13 @@ class Popularity:
     ) -> TopK:
         """:meth:`Retriever.top_k`, every item scored in full."""
         return chunked_top_k(
-            requests, size, score_items,
+            requests,
+            size,
+            score_items,
             lambda rows, items: scored_top_k(self.score_prefixes, requests, rows, size, items),
-            progress=progress, workers=workers,
-        )  # fmt: skip
+            progress=progress,
+            workers=workers,
+        )
 
 
 def make_retriever(

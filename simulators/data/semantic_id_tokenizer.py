@@ -143,18 +143,23 @@ def fit_rq_vae(
     dim = standardised.shape[1]
     with isolated_torch_rng(config.seed):
         encoder = torch.nn.Sequential(
-            torch.nn.Linear(dim, config.hidden_dim), torch.nn.ReLU(),
+            torch.nn.Linear(dim, config.hidden_dim),
+            torch.nn.ReLU(),
             torch.nn.Linear(config.hidden_dim, config.latent_dim),
-        )  # fmt: skip
+        )
         decoder = torch.nn.Sequential(
-            torch.nn.Linear(config.latent_dim, config.hidden_dim), torch.nn.ReLU(),
+            torch.nn.Linear(config.latent_dim, config.hidden_dim),
+            torch.nn.ReLU(),
             torch.nn.Linear(config.hidden_dim, dim),
-        )  # fmt: skip
+        )
         quantizer = ResidualVQ(
-            dim=config.latent_dim, num_quantizers=config.levels,
-            codebook_size=config.codebook_size, decay=config.decay, kmeans_init=True,
+            dim=config.latent_dim,
+            num_quantizers=config.levels,
+            codebook_size=config.codebook_size,
+            decay=config.decay,
+            kmeans_init=True,
             threshold_ema_dead_code=config.dead_code_threshold,
-        )  # fmt: skip
+        )
         parameters = [*encoder.parameters(), *decoder.parameters()]
         optimiser = torch.optim.Adam(parameters, lr=config.learning_rate)
         data = torch.as_tensor(standardised, dtype=torch.float32)

@@ -215,6 +215,12 @@ def cached_semantic_ids(
 
 
 __all__ = [
-    "SEMANTIC_ID_FORMAT_VERSION", "cached_semantic_ids", "codes_checksum", "input_checksum",
-    "items_with_interactions", "load_semantic_ids", "save_semantic_ids", "semantic_id_features",
-]  # fmt: skip
+    "SEMANTIC_ID_FORMAT_VERSION",
+    "cached_semantic_ids",
+    "codes_checksum",
+    "input_checksum",
+    "items_with_interactions",
+    "load_semantic_ids",
+    "save_semantic_ids",
+    "semantic_id_features",
+]

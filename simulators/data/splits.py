@@ -92,9 +92,10 @@ def slates_and_split(
     else:
         slate_end_time = time[offsets[slate_user] + slate_pos + length - 1]
         cut_valid, cut_test = np.quantile(
-            slate_end_time, [1 - config.valid_fraction - config.test_fraction,
-                             1 - config.test_fraction], method="lower",
-        )  # fmt: skip
+            slate_end_time,
+            [1 - config.valid_fraction - config.test_fraction, 1 - config.test_fraction],
+            method="lower",
+        )
         slate_split = np.where(
             slate_end_time <= cut_valid, TRAIN, np.where(slate_end_time <= cut_test, VALID, TEST)
         ).astype(np.int8)
