@@ -49,7 +49,7 @@ VARIANTS["SlateRerankGlobal-v0"] = {}
 from rerank_env.config import ColdStartConfig, TaskConfig  # noqa: E402
 from rerank_env.core import InvalidActionError  # noqa: E402
 from rerank_env.task import RerankTask, make_task  # noqa: E402
-from simulators.bundle import AssumedComposition  # noqa: E402
+from simulators.composed import AssumedComposition  # noqa: E402
 
 __all__ = [
     "VARIANTS",

@@ -17,13 +17,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from simulators.bundle import (
-    HELD_OUT_SPLITS,
-    AssumedComposition,
-    CompositionSetting,
-    composition_from,
-)
+from simulators.bundle import HELD_OUT_SPLITS
 from simulators.bundle_store import BundleSource
+from simulators.composed import AssumedComposition, CompositionSetting, composition_from
 from simulators.data import PipelineConfig
 from simulators.data.datasets import DATASETS
 from simulators.data.errors import ConfigError
@@ -109,7 +105,7 @@ class TaskConfig:
             initial ranking).
         slate_length: L, items placed per episode.
         composition: How examination and list effects sit on top of the learned
-            simulator: an :class:`~simulators.bundle.AssumedComposition` (default;
+            simulator: an :class:`~simulators.composed.AssumedComposition` (default;
             ``"assumed"`` is one with the bundle's default strengths: the DCG
             examination curve and diminishing returns of strength 2), ``"fitted"``
             (both simulators' examination, redundancy strength and

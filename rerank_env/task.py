@@ -24,8 +24,9 @@ import torch
 
 from rerank_env.config import ColdStartConfig, TaskConfig, check_gr2_slots
 from simulators.base import PAD, ClickSimulator, SlateBatch
-from simulators.bundle import SIMULATOR_HISTORY, AssumedComposition, fitted_summary
+from simulators.bundle import SIMULATOR_HISTORY, fitted_summary
 from simulators.bundle_store import clear_source_cache, load_source
+from simulators.composed import AssumedComposition
 from simulators.data.errors import ConfigError
 from simulators.data.semantic_id_config import SemanticIdConfig, SemanticIds
 from simulators.data.semantic_ids import cached_semantic_ids, semantic_id_features

@@ -40,7 +40,12 @@ import torch
 from simulators._io import atomic_write, file_sha256, replace_folder
 from simulators.base import ClickSimulator
 from simulators.checkpoint import CheckpointError, load_simulator, save_simulator
-from simulators.composed import ComposedSimulator
+from simulators.composed import (
+    AssumedComposition,
+    ComposedSimulator,
+    CompositionSetting,
+    composition_from,
+)
 from simulators.composition_fit import (
     COMPOSITION_FORMAT,
     cached_fitted_composition,
@@ -65,80 +70,8 @@ _POOL_FILE, _MANIFEST_FILE = "requests.npz", "manifest.json"
 _SEMANTIC_IDS_FILE = "semantic_ids.npz"
 
 
-#: How a simulator's examination and list effects are set: not at all (``"none"``: the
-#: learned simulator alone), by hand (``"assumed"``: :class:`AssumedComposition`, a DCG
-#: examination curve and a diminishing-returns strength) or by maximum likelihood on
-#: the bundle's training logs (``"fitted"``, :meth:`SimulatorBundle.fitted_composition`).
-COMPOSITIONS = ("none", "assumed", "fitted")
 #: How a bundle's held-out member is made independent (:attr:`BundleConfig.held_out`).
 HELD_OUT_SPLITS = ("seed", "sessions", "users")
-
-
-@dataclass(frozen=True)
-class AssumedComposition:
-    """Examination and diminishing returns set by hand on top of a learned simulator.
-
-    Attributes:
-        position_bias: Examination exponent: the item at position ``k`` (from 0) is
-            examined with probability ``1 / log2(k + 2) ** position_bias``; ``None``
-            takes the bundle's default (``BundleConfig.position_bias``, 1).
-        diversity_strength: Diminishing-returns strength for items similar to those
-            placed above; ``None`` takes the bundle's default
-            (``BundleConfig.diversity_strength``, 2).
-    """
-
-    position_bias: float | None = None
-    diversity_strength: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("position_bias", "diversity_strength"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-                raise ConfigError(
-                    f"AssumedComposition.{name} must be a number or None, got {value!r}"
-                )
-            if not float(value) >= 0:
-                raise ConfigError(
-                    f"AssumedComposition.{name} must be >= 0 (0 switches the effect off), "
-                    f"got {value!r}"
-                )
-            object.__setattr__(self, name, float(value))
-
-
-#: A simulator's composition: ``"none"``, ``"fitted"`` or an :class:`AssumedComposition`.
-CompositionSetting = str | AssumedComposition
-
-
-def composition_from(value: Any) -> CompositionSetting:
-    """``value`` as a composition: ``"none"``, ``"fitted"`` or an :class:`AssumedComposition`.
-
-    Accepts ``"assumed"`` (the bundle's default strengths) and a mapping of
-    :class:`AssumedComposition` fields (``{"position_bias": 0.5}``, as a command line
-    or a JSON file gives it).
-
-    Raises:
-        ConfigError: Anything else, naming what is accepted.
-    """
-    if isinstance(value, AssumedComposition) or value in ("none", "fitted"):
-        return value
-    if value == "assumed":
-        return AssumedComposition()
-    if isinstance(value, dict):
-        fields = {f.name for f in dataclasses.fields(AssumedComposition)}
-        unknown = sorted(set(value) - fields)
-        if unknown:
-            raise ConfigError(
-                f"composition {value!r} has unknown field(s) {unknown}; an assumed "
-                f"composition takes {sorted(fields)}"
-            )
-        return AssumedComposition(**value)
-    raise ConfigError(
-        f"composition must be 'none', 'assumed', 'fitted', an AssumedComposition or a dict "
-        f"of its fields, got {value!r} ('fitted': examination and list effects fitted on "
-        "the training logs)"
-    )
 
 
 @dataclass(frozen=True)

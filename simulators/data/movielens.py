@@ -35,50 +35,21 @@ from simulators.data._parsing import parse_int, read_lines, require_file, split_
 from simulators.data.errors import DataFormatError
 from simulators.data.paths import download_hint, find_dataset_dir
 
+# Vocabulary tables of the releases, kept compact for reading.
+# fmt: off
 ML100K_GENRES = (
-    "unknown",
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+    "Romance", "Sci-Fi", "Thriller", "War", "Western",
 )
 ML1M_GENRES = ML100K_GENRES[1:]
 #: Genres of ML-10M and of every later release (ML-20M, 25M, 32M, ml-latest).
 ML10M_GENRES = (
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "IMAX",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
+    "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary",
+    "Drama", "Fantasy", "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance",
+    "Sci-Fi", "Thriller", "War", "Western",
 )
+# fmt: on
 #: The genre field of a movie without genres (ML-10M on): an all-false genre row.
 NO_GENRES = "(no genres listed)"
 #: Releases in the ``ratings.csv`` / ``movies.csv`` format.
@@ -86,29 +57,15 @@ CSV_RELEASES = ("ml-20m", "ml-25m", "ml-32m", "ml-latest", "ml-latest-small")
 #: Every release :func:`load_movielens` reads.
 MOVIELENS_RELEASES = ("ml-100k", "ml-1m", "ml-10m", *CSV_RELEASES)
 ML1M_AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
+# fmt: off
 ML1M_OCCUPATIONS = (
-    "other",
-    "academic/educator",
-    "artist",
-    "clerical/admin",
-    "college/grad student",
-    "customer service",
-    "doctor/health care",
-    "executive/managerial",
-    "farmer",
-    "homemaker",
-    "K-12 student",
-    "lawyer",
-    "programmer",
-    "retired",
-    "sales/marketing",
-    "scientist",
-    "self-employed",
-    "technician/engineer",
-    "tradesman/craftsman",
-    "unemployed",
-    "writer",
+    "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
+    "customer service", "doctor/health care", "executive/managerial", "farmer",
+    "homemaker", "K-12 student", "lawyer", "programmer", "retired", "sales/marketing",
+    "scientist", "self-employed", "technician/engineer", "tradesman/craftsman",
+    "unemployed", "writer",
 )
+# fmt: on
 _RATING_FIELDS = ("user", "item", "rating", "timestamp")
 _CSV_RATINGS_HEADER = "userId,movieId,rating,timestamp"
 _CSV_MOVIES_HEADER = "movieId,title,genres"
