@@ -13,8 +13,8 @@ import torch
 
 from simulators.base import SlateBatch
 from simulators.bundle import DEFAULT_BUNDLE_DIR, BundleConfig, build_bundle, load_bundle
-from simulators.composed import AssumedComposition
 from simulators.checkpoint import CheckpointError
+from simulators.composed import AssumedComposition
 from simulators.data import PipelineConfig, load_rerank_data
 from simulators.data.datasets import data_checksum
 from simulators.data.errors import ConfigError
