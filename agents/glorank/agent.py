@@ -145,41 +145,72 @@ class GloRank(TrainableAgent):
         curve_requests = task.requests("valid")[: cfg.eval_requests]
         logger.log("curve", **self._curve_point(task, curve_requests, 0, 0))
 
-        # Stage 1: token-level cross-entropy on demonstration lists.
         if cfg.sft_source != "none":
-            rows, demonstrations = self.demonstrations(task, rng, progress)
-            optimiser = torch.optim.Adam(policy.parameters(), lr=cfg.sft_learning_rate)
-            steps = cfg.sft_epochs * -(-len(rows) // cfg.sft_batch_size)
-            bar = progress_bar(steps, "GloRank SFT", progress)
-            for epoch in range(1, cfg.sft_epochs + 1):
-                for whole in minibatches(np.arange(len(rows)), cfg.sft_batch_size, rng):
-                    batch = whole[parallel.shard(len(whole), even=False)]
-                    weight = parallel.share_weight(len(batch), len(whole))
-                    with training_mode(policy):
-                        log_probs, entropy, _, correct = evaluate(
-                            request_inputs(task, rows[batch]),
-                            candidate_tokens(task, rows[batch]),
-                            demonstrations[batch],
-                        )
-                        loss = -log_probs.mean() * weight
-                        norm = gradient_step(optimiser, loss, list(policy.parameters()))
-                    loss_value = parallel.mean(loss.item())
-                    logger.log(
-                        "sft",
-                        epoch=epoch,
-                        loss=loss_value,
-                        entropy=parallel.mean(entropy.mean().item() * weight),
-                        token_accuracy=parallel.mean(correct.float().mean().item() * weight),
-                        grad_norm=norm,
-                    )
-                    bar.update()
-                    bar.set_postfix(loss=f"{loss_value:.3f}")
-            bar.close()
+            self._supervise(task, evaluate, rng, logger, parallel, progress)
             logger.log("curve", **self._curve_point(task, curve_requests, 1, 0))
-        sft_done = int(cfg.sft_source != "none")
         reference = copy.deepcopy(policy).eval() if cfg.kl_coef > 0 else None
 
-        # Stage 2: PPO on the list reward, token log-probabilities under the trie mask.
+        self._reinforce(
+            task, evaluate, reference, rng, list_rng, logger, parallel, progress, curve_requests
+        )
+
+    def _supervise(
+        self,
+        task: RerankTask,
+        evaluate: Any,
+        rng: np.random.Generator,
+        logger: TrainingLogger,
+        parallel: DataParallel,
+        progress: bool,
+    ) -> None:
+        """Stage 1: token-level cross-entropy on the demonstration lists."""
+        cfg = self.settings
+        policy = self.modules["policy"]
+        rows, demonstrations = self.demonstrations(task, rng, progress)
+        optimiser = torch.optim.Adam(policy.parameters(), lr=cfg.sft_learning_rate)
+        steps = cfg.sft_epochs * -(-len(rows) // cfg.sft_batch_size)
+        bar = progress_bar(steps, "GloRank SFT", progress)
+        for epoch in range(1, cfg.sft_epochs + 1):
+            for whole in minibatches(np.arange(len(rows)), cfg.sft_batch_size, rng):
+                batch = whole[parallel.shard(len(whole), even=False)]
+                weight = parallel.share_weight(len(batch), len(whole))
+                with training_mode(policy):
+                    log_probs, entropy, _, correct = evaluate(
+                        request_inputs(task, rows[batch]),
+                        candidate_tokens(task, rows[batch]),
+                        demonstrations[batch],
+                    )
+                    loss = -log_probs.mean() * weight
+                    norm = gradient_step(optimiser, loss, list(policy.parameters()))
+                loss_value = parallel.mean(loss.item())
+                logger.log(
+                    "sft",
+                    epoch=epoch,
+                    loss=loss_value,
+                    entropy=parallel.mean(entropy.mean().item() * weight),
+                    token_accuracy=parallel.mean(correct.float().mean().item() * weight),
+                    grad_norm=norm,
+                )
+                bar.update()
+                bar.set_postfix(loss=f"{loss_value:.3f}")
+        bar.close()
+
+    def _reinforce(
+        self,
+        task: RerankTask,
+        evaluate: Any,
+        reference: torch.nn.Module | None,
+        rng: np.random.Generator,
+        list_rng: torch.Generator,
+        logger: TrainingLogger,
+        parallel: DataParallel,
+        progress: bool,
+        curve_requests: np.ndarray,
+    ) -> None:
+        """Stage 2: PPO on the list reward, token log-probabilities under the trie mask."""
+        cfg = self.settings
+        policy = self.modules["policy"]
+        sft_done = int(cfg.sft_source != "none")
         pool = task.requests("train")
         if cfg.train_requests is not None and cfg.train_requests < len(pool):
             pool = np.sort(rng.choice(pool, cfg.train_requests, replace=False))
