@@ -337,7 +337,37 @@ def item_scores(users: np.ndarray, item_factors: np.ndarray, block: int = 8192) 
     return out
 
 
-class ItemKNN:
+class _ScoresEveryItem:
+    """What a retriever without item vectors or a faster path has: full scoring."""
+
+    def score_prefixes(self, items: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def item_representations(self, n_items: int) -> np.ndarray:
+        """No item vectors: float32 ``[n_items, 0]``."""
+        return np.zeros((n_items, 0), dtype=np.float32)
+
+    def top_k(
+        self,
+        requests: RetrievalRequests,
+        size: int,
+        score_items: np.ndarray,
+        *,
+        progress: bool = False,
+        workers: int | None = None,
+    ) -> TopK:
+        """:meth:`Retriever.top_k`, every item scored in full."""
+        return chunked_top_k(
+            requests,
+            size,
+            score_items,
+            lambda rows, items: scored_top_k(self.score_prefixes, requests, rows, size, items),
+            progress=progress,
+            workers=workers,
+        )
+
+
+class ItemKNN(_ScoresEveryItem):
     """Item-item cosine nearest neighbours on training co-occurrences.
 
     Args:
@@ -381,31 +411,8 @@ class ItemKNN:
             raise RuntimeError("ItemKNN.score_prefixes() called before fit()")
         return self.score(history_matrix(items, starts, ends, len(self.similarity)))
 
-    def item_representations(self, n_items: int) -> np.ndarray:
-        """No item vectors: float32 ``[n_items, 0]``."""
-        return np.zeros((n_items, 0), dtype=np.float32)
 
-    def top_k(
-        self,
-        requests: RetrievalRequests,
-        size: int,
-        score_items: np.ndarray,
-        *,
-        progress: bool = False,
-        workers: int | None = None,
-    ) -> TopK:
-        """:meth:`Retriever.top_k`, every item scored in full."""
-        return chunked_top_k(
-            requests,
-            size,
-            score_items,
-            lambda rows, items: scored_top_k(self.score_prefixes, requests, rows, size, items),
-            progress=progress,
-            workers=workers,
-        )
-
-
-class Popularity:
+class Popularity(_ScoresEveryItem):
     """Score items by their number of training interactions (same list for everyone)."""
 
     name = "pop"
@@ -428,29 +435,6 @@ class Popularity:
         if self.counts is None:
             raise RuntimeError("Popularity.score_prefixes() called before fit()")
         return np.broadcast_to(self.counts, (len(starts), len(self.counts))).copy()
-
-    def item_representations(self, n_items: int) -> np.ndarray:
-        """No item vectors: float32 ``[n_items, 0]``."""
-        return np.zeros((n_items, 0), dtype=np.float32)
-
-    def top_k(
-        self,
-        requests: RetrievalRequests,
-        size: int,
-        score_items: np.ndarray,
-        *,
-        progress: bool = False,
-        workers: int | None = None,
-    ) -> TopK:
-        """:meth:`Retriever.top_k`, every item scored in full."""
-        return chunked_top_k(
-            requests,
-            size,
-            score_items,
-            lambda rows, items: scored_top_k(self.score_prefixes, requests, rows, size, items),
-            progress=progress,
-            workers=workers,
-        )
 
 
 def make_retriever(
