@@ -14,7 +14,7 @@ This layer may import :mod:`simulators`, never :mod:`agents`.
 
 from gymnasium.envs.registration import register
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _STEPWISE = {
     "entry_point": "rerank_env.env:SlateRerankEnv",

@@ -76,7 +76,7 @@ def test_compare_command_line_takes_an_entry_point(tmp_path, capsys) -> None:
             "10",
             "--out",
             str(tmp_path),
-            "--no-progress",
+            "--quiet",
         ]
     )
     assert code == 0

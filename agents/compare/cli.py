@@ -117,8 +117,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_backend_arguments(parser)
     parser.add_argument(
         "--quiet",
-        "--no-progress",
-        dest="quiet",
         action="store_true",
         help="no progress bars or log lines; the results are still printed",
     )
