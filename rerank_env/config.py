@@ -200,7 +200,7 @@ class TaskConfig:
         if (
             self.dataset not in ("ml-100k", "synthetic")
             and self.data_dir is None
-            and not self.bundle
+            and self.bundle is None
         ):
             raise ConfigError(
                 f"dataset={self.dataset!r} needs data_dir=PATH, the folder holding its files. "

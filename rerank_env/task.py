@@ -25,7 +25,7 @@ import torch
 from rerank_env.config import ColdStartConfig, TaskConfig, check_gr2_slots
 from simulators.base import PAD, ClickSimulator, SlateBatch
 from simulators.bundle import SIMULATOR_HISTORY, fitted_summary
-from simulators.bundle_store import clear_source_cache, load_source
+from simulators.bundle_store import LoadedSource, clear_source_cache, load_source
 from simulators.composed import AssumedComposition
 from simulators.data.errors import ConfigError
 from simulators.data.semantic_id_config import SemanticIdConfig, SemanticIds
@@ -398,7 +398,9 @@ def make_task(
         ConfigError: An invalid value, with what was expected and how to fix it.
         simulators.data.DataNotFoundError: ``data_dir`` or the raw files are missing.
     """
-    config = (config or TaskConfig()).replace(**fields) if fields else config or TaskConfig()
+    config = config or TaskConfig()
+    if fields:
+        config = config.replace(**fields)
     source = load_source(config.bundle_source(), progress=progress)
     bundle = source.bundle
     train, held_out = bundle.simulators(config.simulator, composition=config.composition)
@@ -433,7 +435,7 @@ def make_task(
     return view
 
 
-def _description(config: TaskConfig, source: Any) -> dict[str, Any]:
+def _description(config: TaskConfig, source: LoadedSource) -> dict[str, Any]:
     """What a task was built from, as plain values (recorded beside results)."""
     bundle = source.bundle
     composition = config.composition

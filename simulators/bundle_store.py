@@ -59,7 +59,8 @@ class BundleSource:
         num_candidates: Candidates per request the bundle must offer (at least).
         slate_length: Positions the simulators must know (at least).
         pipeline: Data pipeline settings when raw data is processed.
-        synthetic: The synthetic world's settings (``dataset="synthetic"``).
+        synthetic: The synthetic world's settings (``dataset="synthetic"``; default
+            ``SyntheticConfig(slate_length=slate_length)``).
         device: Where the loaded simulators live.
         held_out: How the held-out member is kept apart (``BundleConfig.held_out``).
         weight_decay_per_epoch: ``BundleConfig.weight_decay_per_epoch`` of a fit.
@@ -76,6 +77,11 @@ class BundleSource:
     device: str
     held_out: str
     weight_decay_per_epoch: float | None
+
+    def __post_init__(self) -> None:
+        # The synthetic world's logs (and the bundle's cache key) follow its config.
+        if self.dataset == "synthetic" and self.synthetic is None:
+            object.__setattr__(self, "synthetic", SyntheticConfig(slate_length=self.slate_length))
 
 
 @dataclass(frozen=True)
@@ -175,7 +181,7 @@ def cached_bundle(data: RerankData, source: BundleSource, *, progress: bool) -> 
     cached bundle is rebuilt.
     """
     if source.dataset == "synthetic":
-        checksum = source.synthetic.key() if source.synthetic else SyntheticConfig().key()
+        checksum = source.synthetic.key()
     else:
         checksum = data_checksum(source.dataset, source.data_dir)
     config = BundleConfig(
