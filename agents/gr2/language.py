@@ -341,3 +341,15 @@ def well_formed(vocab: GR2Vocabulary, reasoning: np.ndarray, candidate_sids: np.
         and i + 3 == len(tokens)
         and div_lo <= tokens[i + 1] < div_hi
     )
+
+
+def trimmed(vocab: GR2Vocabulary, written: np.ndarray) -> np.ndarray:
+    """Written tokens up to and including ``<eos>`` (no padding)."""
+    ends = np.flatnonzero(written == vocab.id("<eos>"))
+    return written[: ends[0] + 1] if len(ends) else written
+
+
+def reasoning_segment(vocab: GR2Vocabulary, written: np.ndarray) -> np.ndarray:
+    """The reasoning segment of written tokens, up to and including ``</think>``."""
+    ends = np.flatnonzero(written == vocab.id("</think>"))
+    return written[: ends[0] + 1] if len(ends) else written

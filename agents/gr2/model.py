@@ -10,7 +10,10 @@ GR2's own vocabulary (:mod:`agents.gr2.language`), trained from scratch.
 * :func:`generate`: constrained greedy or sampled continuation of prompts through
   ``model.generate`` and :class:`~agents.gr2.constraint.ConstraintLogitsProcessor`.
 * :func:`token_log_probs`: log-probabilities of written tokens under the
-  constraint's masks (what SFT and DAPO optimise), with their entropies.
+  constraint's masks (what SFT and DAPO optimise), with their entropies;
+  :func:`sequence_log_probs` replays the constraint over written tokens for them.
+* :func:`prompts`: the student's inputs for requests; :func:`greedy_outputs`: its
+  greedy constrained outputs for them (the learning curve's and serving's).
 """
 
 from __future__ import annotations
@@ -21,9 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.gr2.constraint import ConstraintLogitsProcessor, DecodingConstraint
-from agents.gr2.language import GR2Vocabulary
+from agents.gr2 import language as lang
+from agents.gr2.constraint import ConstraintLogitsProcessor, DecodingConstraint, replay_masks
+from agents.gr2.language import GR2Vocabulary, ItemFacts
+from rerank_env.task import RerankTask
 from simulators.data.errors import ConfigError
+
+#: Requests decoded per ``generate`` call when serving.
+SERVE_BATCH = 256
 
 
 def require_transformers() -> Any:
@@ -171,3 +179,100 @@ def token_log_probs(
     return chosen.where(scored, torch.zeros_like(chosen)), entropy.where(
         scored, torch.zeros_like(entropy)
     )
+
+
+def prompts(
+    task: RerankTask,
+    vocab: GR2Vocabulary,
+    facts: ItemFacts,
+    requests: np.ndarray,
+    history_items: int,
+) -> tuple[list[np.ndarray], torch.Tensor]:
+    """Prompts of ``requests`` and their candidates' codes ``[B, K, levels]``."""
+    histories = lang.recent_history(task, requests, history_items)
+    candidates = task.candidates_np[requests]
+    pairs = zip(histories, candidates, strict=True)
+    texts = [lang.prompt(vocab, facts, history, cands) for history, cands in pairs]
+    return texts, torch.as_tensor(facts.sid_tokens[candidates], device=task.device)
+
+
+def sequence_log_probs(
+    student: torch.nn.Module,
+    vocab: GR2Vocabulary,
+    sequences: list[np.ndarray],
+    starts: np.ndarray,
+    sids: torch.Tensor,
+    max_reasoning: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Constrained log-probs and entropies of the written tokens, and their mask.
+
+    Each sequence is a prompt (``starts[i]`` tokens) and what was written after
+    it; ``sids`` are its candidates' codes ``[B, K, levels]`` (on the student's
+    device). Returns ``[B, T - 1]`` tensors (entry ``t``: token ``t + 1``); the mask
+    marks written tokens that were a choice (more than one token allowed).
+    """
+    device = sids.device
+    pad_id = vocab.id("<pad>")
+    ids, attention = pad(sequences, pad_id, device)
+    batch, width = ids.shape
+    written = torch.full(
+        (batch, width - int(starts.min())), pad_id, dtype=torch.long, device=device
+    )
+    for row, (sequence, start) in enumerate(zip(sequences, starts, strict=True)):
+        written[row, : len(sequence) - start] = torch.as_tensor(sequence[start:])
+    masks, _ = replay_masks(vocab, sids, written, max_reasoning)
+    full = torch.ones(batch, width - 1, vocab.size, dtype=torch.bool, device=device)
+    choice = torch.zeros(batch, width - 1, dtype=torch.bool, device=device)
+    for row, (sequence, start) in enumerate(zip(sequences, starts, strict=True)):
+        length = len(sequence) - start
+        full[row, start - 1 : start - 1 + length] = masks[row, :length]
+        choice[row, start - 1 : start - 1 + length] = masks[row, :length].sum(dim=1) > 1
+    start_t = torch.as_tensor(starts, device=device)
+    log_probs, entropy = token_log_probs(student, ids, attention, full, start_t)
+    return log_probs, entropy, choice
+
+
+def greedy_outputs(
+    student: torch.nn.Module,
+    task: RerankTask,
+    vocab: GR2Vocabulary,
+    facts: ItemFacts,
+    requests: np.ndarray,
+    history_items: int,
+    max_reasoning: int,
+) -> dict[str, Any]:
+    """The student's greedy constrained outputs for ``requests``, :data:`SERVE_BATCH` at a time.
+
+    Args:
+        student: The student, on the task's device (put in evaluation mode).
+        task: The GR2-protocol task.
+        vocab: The student's vocabulary.
+        facts: The task's item facts in that vocabulary.
+        requests: The requests (int ``[B]``).
+        history_items: Items of history in a prompt.
+        max_reasoning: L_max.
+
+    Returns:
+        ``rankings`` (positions ``[B, K]``), ``written`` (the tokens after
+        ``<think>``, one array per request, up to ``<eos>``), ``well_formed``
+        (bool ``[B]``: the rationale follows the grammar) and
+        ``reasoning_length`` (``[B]``).
+    """
+    student.eval()
+    rankings, written, formed, lengths = [], [], [], []
+    for start in range(0, len(requests), SERVE_BATCH):
+        batch = requests[start : start + SERVE_BATCH]
+        texts, sids = prompts(task, vocab, facts, batch, history_items)
+        tokens, state = generate(student, vocab, texts, sids, max_reasoning)
+        rankings.append(state.ranking.cpu().numpy())
+        lengths.append(state.reasoning_length.cpu().numpy())
+        for row, codes in zip(tokens.cpu().numpy(), sids.cpu().numpy(), strict=True):
+            written.append(lang.trimmed(vocab, row))
+            formed.append(lang.well_formed(vocab, lang.reasoning_segment(vocab, row), codes))
+    k = task.num_candidates
+    return {
+        "rankings": np.concatenate(rankings) if rankings else np.zeros((0, k), np.int64),
+        "written": written,
+        "well_formed": np.array(formed, dtype=bool),
+        "reasoning_length": np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
+    }
