@@ -63,12 +63,25 @@ class ContextAwareSimulator(ClickSimulator):
         self.register_buffer("causal_mask", causal)
 
     def _context(self, batch: SlateBatch) -> torch.Tensor:
-        """User vector plus the mean vector of the user's history, ``[B, dim]``."""
-        user = self.attractiveness.user_vectors(batch.users)
-        if batch.histories.shape[1] == 0:
+        """User vector plus the mean vector of the user's history, ``[B, dim]``.
+
+        At inference, runs of rows with the same user and history (the many lists
+        of one request that search, enumeration and rollouts score) share one
+        computation: the history's mean dominates the cost of short lists.
+        """
+        if not torch.is_grad_enabled() and len(batch.users) > 1:
+            key = torch.cat([batch.users[:, None], batch.histories], dim=1)
+            unique, inverse = torch.unique_consecutive(key, dim=0, return_inverse=True)
+            if len(unique) < len(key):
+                return self._context_of(unique[:, 0], unique[:, 1:])[inverse]
+        return self._context_of(batch.users, batch.histories)
+
+    def _context_of(self, users: torch.Tensor, histories: torch.Tensor) -> torch.Tensor:
+        user = self.attractiveness.user_vectors(users)
+        if histories.shape[1] == 0:
             return user
-        known = batch.histories != PAD
-        vectors = self.attractiveness.item_vectors(batch.histories.clamp(min=0))
+        known = histories != PAD
+        vectors = self.attractiveness.item_vectors(histories.clamp(min=0))
         summed = (vectors * known[..., None]).sum(dim=1)
         return user + summed / known.sum(dim=1, keepdim=True).clamp(min=1)
 

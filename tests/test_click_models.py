@@ -258,3 +258,22 @@ def test_context_model_inference_path_matches_the_nn_encoder() -> None:
         fast = model.click_probs(batch)  # the inference path
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
     assert (reference[batch.mask] > 0.01).all() and reference.std() > 0.01
+    # Runs of one request's lists share the history summary: the same numbers, bit
+    # for bit, as scoring each list on its own.
+    runs = SlateBatch(
+        batch.users.repeat_interleave(3),
+        batch.items.repeat_interleave(3, dim=0)[:, :4],
+        batch.histories.repeat_interleave(3, dim=0),
+    )
+    with torch.no_grad():
+        together = model.click_probs(runs)
+        alone = torch.cat([model.click_probs(runs_row) for runs_row in _rows(runs)])
+    assert torch.equal(together, alone)
+
+
+def _rows(batch: SlateBatch) -> list[SlateBatch]:
+    """Each list of ``batch`` as a batch of one."""
+    return [
+        SlateBatch(batch.users[i : i + 1], batch.items[i : i + 1], batch.histories[i : i + 1])
+        for i in range(len(batch.users))
+    ]

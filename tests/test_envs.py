@@ -123,14 +123,11 @@ def test_sb3_make_vec_env_works_unchanged() -> None:
 
 
 @pytest.mark.slow
-def test_synthetic_variant_passes_check_env_and_reports_true_reward() -> None:
-    # A small world (the default one costs about a minute to generate and fit); the
-    # registered variant's code path is the same.
+def test_synthetic_variant_reports_true_reward() -> None:
+    # The small world test_clients' check_env runs on (the default one costs about a
+    # minute to generate and fit): fitted once per run in the shared cache.
     small = SyntheticConfig(n_users=120, n_items=200, sessions_per_user=12, seed=3)
     env = gym.make("SlateRerankSynthetic-v0", synthetic=small)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        check_env(env.unwrapped)
     steps = _random_episode(env, np.random.default_rng(0), seed=1)
     info = steps[-1][2]
     assert {"true_reward", "eval_reward", "list_reward"} <= set(info)

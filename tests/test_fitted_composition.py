@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,8 +98,10 @@ def test_a_task_with_a_fitted_composition(monkeypatch: pytest.MonkeyPatch) -> No
     assert len(fitted["examination"]) == task.pool.slate_length
     # The held-out simulator carries its own member's values, the training one the
     # mean of the others' (here one), all fixed.
-    cached = list((cache_dir() / "compositions").glob("pbm-*-v1.json"))
-    assert len(cached) == 1
+    # (the run's cache is shared: other tests' compositions may sit beside this one)
+    checksum = json.loads((Path(task.description["bundle"]) / "manifest.json").read_text())
+    cached = list((cache_dir() / "compositions").glob(f"pbm-{checksum['files']['pbm.pt'][:16]}-*"))
+    assert [path.name for path in cached] == [f"pbm-{checksum['files']['pbm.pt'][:16]}-v1.json"]
     entry = json.loads(cached[0].read_text())
     held_out = task.simulators["eval"].composition()
     assert held_out.redundancy == "sum"
@@ -112,10 +115,13 @@ def test_a_task_with_a_fitted_composition(monkeypatch: pytest.MonkeyPatch) -> No
     again = make_task(dataset="synthetic", simulator="pbm", composition="fitted", progress=False)
     assert again.description["fitted_composition"] == fitted
     # A file of another format is not trusted: it is fitted again.
-    entry["format"] = 0
-    cached[0].write_text(json.dumps(entry))
-    with pytest.raises(AssertionError, match="fitted again"):
-        make_task(dataset="synthetic", simulator="pbm", composition="fitted", progress=False)
+    original = cached[0].read_text()
+    cached[0].write_text(json.dumps({**entry, "format": 0}))
+    try:
+        with pytest.raises(AssertionError, match="fitted again"):
+            make_task(dataset="synthetic", simulator="pbm", composition="fitted", progress=False)
+    finally:  # the cache is the run's: leave the valid entry for the other tests
+        cached[0].write_text(original)
 
 
 def _refuse(*args, **kwargs):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import gymnasium as gym
 import numpy as np
@@ -35,7 +34,12 @@ def test_the_masked_observation_holds_the_state_and_the_mask() -> None:
 
 @pytest.mark.slow
 def test_rllib_ppo_with_two_env_runners_beats_random_held_out() -> None:
-    """Within a 2-minute budget (80 s of training on 2 cores)."""
+    """Eight iterations of 1,000 steps, six passes each, lift held-out clicks by ~0.14.
+
+    Measured at these settings (about 20 s of training on 2 idle cores): 1.40 for
+    random, 1.52 after 4 iterations, 1.54 after 8: a margin over the asserted 0.05.
+    RLlib's default of 30 passes per batch is slower and learns less per second here.
+    """
     if not os.environ.get("CI"):  # under CI the extra is installed: a failure, not a skip
         pytest.importorskip("ray.rllib")
     import ray
@@ -46,10 +50,11 @@ def test_rllib_ppo_with_two_env_runners_beats_random_held_out() -> None:
     assert "SlateRerank-v0" in register()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        config = ppo_config(TINY, num_env_runners=2, train_batch_size=1000, learning_rate=1e-3)
+        config = ppo_config(
+            TINY, num_env_runners=2, train_batch_size=1000, learning_rate=1e-3
+        ).training(num_epochs=6)
         algo = config.build_algo()
-        start = time.perf_counter()
-        while time.perf_counter() - start < 80:
+        for _ in range(8):
             algo.train()
         module = algo.get_module()
         env = make_rllib_env({**TINY, "split": "test"})

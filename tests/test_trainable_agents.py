@@ -338,6 +338,7 @@ def test_seq2slate_training_is_seeded(task) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("quick_prm")  # one worker fits the shared PRM
 def test_prm_improves_over_its_untrained_self_on_logged_positives(task, quick_prm) -> None:
     requests = task.requests("test")
     positives = task.logged_positives(requests)
@@ -351,6 +352,7 @@ def test_prm_improves_over_its_untrained_self_on_logged_positives(task, quick_pr
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("quick_prm")  # one worker fits the shared PRM
 def test_prm_and_seq2slate_beat_the_initial_order_on_the_held_out_simulator(
     task, quick_prm
 ) -> None:
