@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import importlib
 import re
+import sys
 import types
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
@@ -29,6 +30,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import HumanOutputFormat, Logger
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -300,6 +302,10 @@ class SB3Agent(TrainableAgent):
             self.model.set_random_seed(self.settings.seed)  # setup's seeding was undone on its exit
             # our bar, not SB3's (rich): it also logs lines when stderr is not a terminal
             bar = progress_bar(self.settings.total_timesteps, self.name, progress)
+            if self.model.tensorboard_log is None:
+                # SB3's default logger makes an empty folder in the temp dir per learn()
+                outputs = [HumanOutputFormat(sys.stdout)] if self.model.verbose >= 1 else []
+                self.model.set_logger(Logger(None, outputs))
             self.model.learn(
                 self.settings.total_timesteps,
                 callback=_TrainingLog(self.settings.curve_every, logger, bar),

@@ -72,6 +72,8 @@ def _run_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _isolated_cache(_run_cache: Path, monkeypatch: pytest.MonkeyPatch):
     """Keep every test's processed-data cache out of the user's real cache folder."""
     monkeypatch.setenv("RERANK_ENV_CACHE", str(_run_cache))
+    # SB3's default logger (tests that call .learn() themselves) makes a folder per call
+    monkeypatch.setenv("SB3_LOGDIR", str(_run_cache.parent / "sb3-logs"))
 
 
 #: The small task most agent tests train on: N = 10 candidates, L = 4 slots.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -107,7 +109,9 @@ def test_refuses_index_observations_and_other_action_spaces() -> None:
         SlatePolicy(env.observation_space, env.action_space, lambda _: 1e-3, net_arch={"pi": [64]})
 
 
-def test_maskable_ppo_trains_it_and_sb3_agent_finds_it_by_name(small_task) -> None:
+def test_maskable_ppo_trains_it_and_sb3_agent_finds_it_by_name(
+    small_task, tmp_path, monkeypatch
+) -> None:
     envs = DummyVecEnv([lambda: _env(reward_mode="dense") for _ in range(2)])
     model = MaskablePPO(
         SlatePolicy,
@@ -130,7 +134,10 @@ def test_maskable_ppo_trains_it_and_sb3_agent_finds_it_by_name(small_task) -> No
         n_envs=2,
         algorithm_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1},
     )
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     agent.fit(small_task)
+    assert not list(tmp_path.iterdir()), "SB3's default logger would leave SB3-<date>/ here"
     assert isinstance(agent.modules["policy"], SlatePolicy)
     lists = agent.rank(small_task, small_task.requests("test")[:8])
     assert lists.shape == (8, small_task.slate_length)
