@@ -258,17 +258,22 @@ def test_context_model_inference_path_matches_the_nn_encoder() -> None:
         fast = model.click_probs(batch)  # the inference path
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
     assert (reference[batch.mask] > 0.01).all() and reference.std() > 0.01
-    # Runs of one request's lists share the history summary: the same numbers, bit
-    # for bit, as scoring each list on its own.
+    # Runs of one request's lists share the history summary: the same summary, bit
+    # for bit, as computing it row by row, and the same click probabilities as
+    # scoring each list on its own (to float precision: the layers' matrix products
+    # may sum in another order at another batch size).
     runs = SlateBatch(
         batch.users.repeat_interleave(3),
         batch.items.repeat_interleave(3, dim=0)[:, :4],
         batch.histories.repeat_interleave(3, dim=0),
     )
     with torch.no_grad():
+        shared = model._context(runs)
+        row_by_row = model._context_of(runs.users, runs.histories)
         together = model.click_probs(runs)
         alone = torch.cat([model.click_probs(runs_row) for runs_row in _rows(runs)])
-    assert torch.equal(together, alone)
+    assert torch.equal(shared, row_by_row)
+    torch.testing.assert_close(together, alone, rtol=1e-6, atol=1e-7)
 
 
 def _rows(batch: SlateBatch) -> list[SlateBatch]:

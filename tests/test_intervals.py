@@ -1,0 +1,109 @@
+"""Two-way bootstrap intervals, paired differences and minimum detectable differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from agents.evaluation import confidence_interval
+from agents.intervals import (
+    hierarchical_interval,
+    minimum_detectable_difference,
+    paired_difference,
+)
+
+
+def _world(
+    generator: np.random.Generator,
+    seeds: int,
+    requests: int,
+    *,
+    seed_sd: float,
+    request_sd: float,
+    noise_sd: float = 0.1,
+) -> np.ndarray:
+    """``mu + seed effect + request effect + noise`` with ``mu = 0``."""
+    return (
+        generator.normal(0, seed_sd, (seeds, 1))
+        + generator.normal(0, request_sd, (1, requests))
+        + generator.normal(0, noise_sd, (seeds, requests))
+    )
+
+
+def test_the_two_way_interval_covers_where_a_bootstrap_over_seeds_does_not() -> None:
+    # Requests vary more than seeds (as held-out rewards do): an interval over the
+    # seed means alone treats the requests as fixed and misses the true mean 0.
+    generator = np.random.default_rng(0)
+    trials, two_way, seeds_only = 400, 0, 0
+    for trial in range(trials):
+        values = _world(generator, 5, 150, seed_sd=0.02, request_sd=0.5)
+        interval = hierarchical_interval(values, reps=1000, seed=trial)
+        two_way += interval.low <= 0 <= interval.high
+        _, low, high = confidence_interval(values.mean(axis=1), seed=trial)
+        seeds_only += low <= 0 <= high
+    assert two_way / trials >= 0.88, two_way / trials  # nominal 0.95; seen: 0.915
+    assert seeds_only / trials <= 0.4, seeds_only / trials  # seen: 0.30
+
+
+def test_interval_fields_and_a_single_seed() -> None:
+    values = _world(np.random.default_rng(1), 1, 400, seed_sd=0.0, request_sd=1.0)
+    interval = hierarchical_interval(values, reps=1000)
+    assert (interval.seeds, interval.requests) == (1, 400)
+    assert interval.low < interval.mean < interval.high
+    assert interval.mean == pytest.approx(values.mean())
+    # One seed: the requests' standard error, 1 / sqrt(400) = 0.05.
+    assert interval.se == pytest.approx(values.std(ddof=1) / 20, rel=0.15)
+    assert hierarchical_interval(values, reps=1000) == interval  # seeded
+
+
+def test_nan_cells_are_left_out_not_counted_as_zero() -> None:
+    values = np.full((3, 100), 2.0)
+    values[:, ::2] = np.nan  # a metric undefined on half the requests
+    interval = hierarchical_interval(values, reps=200)
+    assert interval.mean == interval.low == interval.high == 2.0
+
+
+def test_pairing_on_requests_removes_their_shared_variance() -> None:
+    generator = np.random.default_rng(2)
+    shared = generator.normal(0, 1.0, (1, 300))  # what makes a request easy or hard
+    a = shared + 0.05 + generator.normal(0, 0.05, (5, 300))
+    b = shared + generator.normal(0, 0.05, (5, 300))
+    paired = paired_difference(a, b, reps=1000)
+    assert paired.low <= 0.05 <= paired.high and paired.separated
+    # Unpaired, the difference would carry each request's variance twice over.
+    separate = [hierarchical_interval(x, reps=1000).se for x in (a, b)]
+    assert paired.se < 0.2 * np.hypot(*separate)
+    assert paired.mde == pytest.approx(2.8016 * paired.se, rel=1e-3)
+    assert paired.mde < 0.05  # the run had the power to see this effect
+
+
+def test_a_paired_difference_too_small_for_the_run_is_not_separated() -> None:
+    generator = np.random.default_rng(3)
+    a = generator.normal(0.01, 1.0, (3, 50))
+    b = generator.normal(0.0, 1.0, (3, 50))
+    paired = paired_difference(a, b, reps=500)
+    assert not paired.separated and paired.mde > 0.3  # 50 noisy requests see nothing small
+
+
+def test_minimum_detectable_difference_formula_and_errors() -> None:
+    z = scipy.stats.norm.ppf(0.975) + scipy.stats.norm.ppf(0.8)
+    assert minimum_detectable_difference(0.01) == pytest.approx(z * 0.01)
+    assert minimum_detectable_difference(0.01, power=0.9) > minimum_detectable_difference(0.01)
+    with pytest.raises(ValueError, match="power must be in"):
+        minimum_detectable_difference(0.01, power=1.0)
+    with pytest.raises(ValueError, match="se must be"):
+        minimum_detectable_difference(-1.0)
+
+
+def test_malformed_inputs_are_refused_with_the_shape() -> None:
+    with pytest.raises(ValueError, match=r"\[seeds, requests\] matrix.*shape \(4,\)"):
+        hierarchical_interval(np.zeros(4))
+    with pytest.raises(ValueError, match="every cell is NaN"):
+        hierarchical_interval(np.full((2, 3), np.nan))
+    with pytest.raises(ValueError, match="a has 3 requests and b has 4"):
+        paired_difference(np.zeros((2, 3)), np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="reps must be at least 2"):
+        hierarchical_interval(np.zeros((2, 3)), reps=1)
+    with pytest.raises(ValueError, match="confidence must be in"):
+        hierarchical_interval(np.ones((2, 3)), confidence=95)
