@@ -169,7 +169,7 @@ def paired_difference(
         )
     generator = np.random.default_rng(seed)
     seeds_a, requests = _draws(generator, a.shape, reps)
-    seeds_b = generator.multinomial(b.shape[0], np.full(b.shape[0], 1 / b.shape[0]), size=reps)
+    seeds_b = _counts(generator, b.shape[0], reps)
     replicates = _replicate_means(a, seeds_a, requests) - _replicate_means(b, seeds_b, requests)
     spread = _percentiles(replicates, confidence)
     return PairedDifference(
@@ -199,11 +199,12 @@ def _draws(
     """Resampling counts of seeds ``[reps, S]`` and of requests ``[reps, R]``."""
     if reps < 2:
         raise ValueError(f"reps must be at least 2 bootstrap replicates, got {reps}")
-    seeds, requests = shape
-    return (
-        generator.multinomial(seeds, np.full(seeds, 1 / seeds), size=reps),
-        generator.multinomial(requests, np.full(requests, 1 / requests), size=reps),
-    )
+    return _counts(generator, shape[0], reps), _counts(generator, shape[1], reps)
+
+
+def _counts(generator: np.random.Generator, n: int, reps: int) -> np.ndarray:
+    """How often each of ``n`` units is drawn in each of ``reps`` resamples ``[reps, n]``."""
+    return generator.multinomial(n, np.full(n, 1 / n), size=reps)
 
 
 def _replicate_means(

@@ -67,7 +67,8 @@ class ContextAwareSimulator(ClickSimulator):
 
         At inference, runs of rows with the same user and history (the many lists
         of one request that search, enumeration and rollouts score) share one
-        computation: the history's mean dominates the cost of short lists.
+        computation (the mean over H history items is a large share of a short
+        list's cost). A batch of one, the step-wise env's, skips the check.
         """
         if not torch.is_grad_enabled() and len(batch.users) > 1:
             key = torch.cat([batch.users[:, None], batch.histories], dim=1)

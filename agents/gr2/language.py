@@ -345,11 +345,15 @@ def well_formed(vocab: GR2Vocabulary, reasoning: np.ndarray, candidate_sids: np.
 
 def trimmed(vocab: GR2Vocabulary, written: np.ndarray) -> np.ndarray:
     """Written tokens up to and including ``<eos>`` (no padding)."""
-    ends = np.flatnonzero(written == vocab.id("<eos>"))
-    return written[: ends[0] + 1] if len(ends) else written
+    return _through(written, vocab.id("<eos>"))
 
 
 def reasoning_segment(vocab: GR2Vocabulary, written: np.ndarray) -> np.ndarray:
     """The reasoning segment of written tokens, up to and including ``</think>``."""
-    ends = np.flatnonzero(written == vocab.id("</think>"))
+    return _through(written, vocab.id("</think>"))
+
+
+def _through(written: np.ndarray, token: int) -> np.ndarray:
+    """``written`` up to and including the first ``token`` (all of it if none)."""
+    ends = np.flatnonzero(written == token)
     return written[: ends[0] + 1] if len(ends) else written

@@ -132,7 +132,6 @@ class Rollouts:
 
     Attributes:
         requests: The request of each group ``[n]``.
-        rows: The request of each sample ``[M]``.
         prompts: Each sample's prompt tokens (``M`` arrays).
         written: Each sample's tokens after the prompt, up to ``<eos>`` (``M`` arrays).
         sids: Each sample's candidates' codes ``[M, K, levels]`` (a tensor).
@@ -144,7 +143,6 @@ class Rollouts:
     """
 
     requests: np.ndarray
-    rows: np.ndarray
     prompts: list[np.ndarray]
     written: list[np.ndarray]
     sids: torch.Tensor
@@ -153,6 +151,16 @@ class Rollouts:
     rank_reward: np.ndarray
     format_reward: np.ndarray
     overlong: np.ndarray
+
+    @property
+    def group_size(self) -> int:
+        """G, samples per group."""
+        return len(self.prompts) // len(self.requests)
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The request of each sample ``[M]``."""
+        return np.repeat(self.requests, self.group_size)
 
     @property
     def rewards(self) -> np.ndarray:
@@ -172,11 +180,10 @@ class Rollouts:
 
     def select(self, keep: np.ndarray) -> Rollouts:
         """The groups ``keep`` (bool ``[n]``) marks."""
-        samples = np.repeat(keep, len(self.rows) // len(self.requests))
+        samples = np.repeat(keep, self.group_size)
         kept = np.flatnonzero(samples)
         return Rollouts(
             requests=self.requests[keep],
-            rows=self.rows[samples],
             prompts=[self.prompts[r] for r in kept],
             written=[self.written[r] for r in kept],
             sids=self.sids[torch.as_tensor(samples, device=self.sids.device)],
@@ -192,7 +199,6 @@ class Rollouts:
         """All ``parts`` as one batch, in order."""
         return Rollouts(
             requests=np.concatenate([p.requests for p in parts]),
-            rows=np.concatenate([p.rows for p in parts]),
             prompts=[x for p in parts for x in p.prompts],
             written=[x for p in parts for x in p.written],
             sids=torch.cat([p.sids for p in parts]),
@@ -354,21 +360,17 @@ def sft(ctx: StageContext, kept: TeacherRankings) -> None:
     """
     cfg, student, task = ctx.settings, ctx.student, ctx.task
     sequences, starts, weights, sids = _traces(ctx, kept)
+    evaluate = _sequence_evaluator(ctx, sequences, starts, sids)
     optimiser = torch.optim.AdamW(student.parameters(), lr=cfg.sft_learning_rate)
     steps = cfg.sft_epochs * -(-len(sequences) // cfg.sft_batch_size)
     bar = progress_bar(steps, "GR2 SFT", ctx.progress)
     for epoch in range(1, cfg.sft_epochs + 1):
         for rows in minibatches(np.arange(len(sequences)), cfg.sft_batch_size, ctx.rng):
             with training_mode(student):
-                log_probs, _, mask = sequence_log_probs(
-                    student,
-                    ctx.vocab,
-                    [sequences[r] for r in rows],
-                    starts[rows],
-                    sids[rows],
-                    cfg.max_reasoning_tokens,
+                log_probs = evaluate(rows).log_probs
+                weight = _aligned(
+                    [weights[r] for r in rows], starts[rows], log_probs.shape, task.device
                 )
-                weight = _aligned([weights[r] for r in rows], starts[rows], mask.shape, task.device)
                 loss = -(log_probs * weight).sum() / weight.sum().clamp(min=1e-9)
                 norm = gradient_step(optimiser, loss, list(student.parameters()))
             ctx.logger.log("sft", epoch=epoch, loss=loss.item(), grad_norm=norm)
@@ -381,11 +383,12 @@ def _traces(
 ) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray], torch.Tensor]:
     """The teacher's traces: sequences, prompt lengths, written tokens' weights, codes."""
     cfg, vocab, facts, task = ctx.settings, ctx.vocab, ctx.facts, ctx.task
+    texts, sids = prompts(task, vocab, facts, kept.requests, cfg.history_items)
     histories = lang.recent_history(task, kept.requests, cfg.history_items)
     candidates = task.candidates_np[kept.requests]
     sequences, starts, weights = [], [], []
-    for history, cands, ranking in zip(histories, candidates, kept.rankings, strict=True):
-        prompt = lang.prompt(vocab, facts, history, cands)
+    rows = zip(texts, histories, candidates, kept.rankings, strict=True)
+    for prompt, history, cands, ranking in rows:
         reasoning = lang.rationale(vocab, facts, history, cands, ranking, cfg.cited_candidates)
         answer = lang.answer(vocab, facts, cands, ranking)
         sequences.append(np.concatenate([prompt, reasoning, answer]))
@@ -398,7 +401,6 @@ def _traces(
                 ]
             )
         )
-    sids = torch.as_tensor(facts.sid_tokens[candidates], device=task.device)
     return sequences, np.array(starts), weights, sids
 
 
@@ -420,12 +422,11 @@ def reinforce(ctx: StageContext) -> None:
         rewards = batch.rewards
         advantage = group_relative_advantages(torch.as_tensor(rewards)).reshape(-1)
         sequences, starts = batch.sequences(), batch.starts
+        evaluate = _sequence_evaluator(ctx, sequences, starts, batch.sids)
         with torch.no_grad():
-            old = sequence_log_probs(
-                student, ctx.vocab, sequences, starts, batch.sids, cfg.max_reasoning_tokens
-            )[0]
+            old = evaluate(np.arange(len(sequences))).log_probs
         stats = ppo_update(
-            _sequence_evaluator(ctx, sequences, starts, batch.sids),
+            evaluate,
             old,
             advantage,
             optimiser=optimiser,
@@ -524,7 +525,6 @@ def _sample(ctx: StageContext, requests: np.ndarray) -> Rollouts:
     lengths = state.reasoning_length.cpu().numpy()
     return Rollouts(
         requests=requests,
-        rows=rows,
         prompts=texts,
         written=[lang.trimmed(vocab, w) for w in written],
         sids=sids,
