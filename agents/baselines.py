@@ -1,4 +1,7 @@
-"""Reference rerankers: initial order, random, pointwise greedy, beam search, oracle."""
+"""Reference rerankers: initial order, random, pointwise greedy, beam search, oracle.
+
+And a probe of the observations, :class:`VectorDotProduct`.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +39,48 @@ class InitialOrder(ScoringAgent):
     def scores(self, task: RerankTask, requests: np.ndarray) -> np.ndarray:
         """The upstream ranker's scores (its order)."""
         return np.asarray(task.scores_np[np.asarray(requests)], dtype=np.float64)
+
+
+class VectorDotProduct(ScoringAgent):
+    """A probe of the observations: rank by the dot product of their user and item vectors.
+
+    No training. It reads the vectors the observations carry after the side
+    features (``task.user_table[:, Du:]`` and ``task.item_table[:, Di:]``). With the
+    default ``representations="retriever"`` these are the upstream retriever's
+    factors, so it is close to the initial order; with ``"privileged"`` (the
+    training simulator's own vectors, whose dot product is its attractiveness
+    logit) it nearly matches a trained pointwise click model: the observations
+    then hand agents the reward model.
+    """
+
+    name = "vector-dot"
+
+    def check_task(self, task: RerankTask) -> None:
+        """Refuse a task whose observations carry no (or unequal) user and item vectors."""
+        users, items = _observed_vector_sizes(task)
+        if users != items or users == 0:
+            raise UnsupportedTaskError(
+                f"vector-dot needs user and item vectors of one size after the side features; "
+                f"this task's observations carry {users} and {items} (a retriever without "
+                "vectors, such as 'pop' or 'itemknn', gives none)"
+            )
+
+    def scores(self, task: RerankTask, requests: np.ndarray) -> np.ndarray:
+        """``<user vector, item vector>`` of every candidate, ``[B, N]``."""
+        self.check_task(task)
+        requests = np.asarray(requests, dtype=np.int64)
+        user_side, item_side = task.pool.user_features.shape[1], task.pool.item_features.shape[1]
+        users = task.user_table[task.pool.request_user[requests], user_side:]
+        items = task.item_table[task.candidates_np[requests], item_side:]
+        return np.einsum("bd,bnd->bn", users.astype(np.float64), items.astype(np.float64))
+
+
+def _observed_vector_sizes(task: RerankTask) -> tuple[int, int]:
+    """Columns of the user and item tables after the side features."""
+    return (
+        task.user_table.shape[1] - task.pool.user_features.shape[1],
+        task.item_table.shape[1] - task.pool.item_features.shape[1],
+    )
 
 
 class RandomAgent(Agent):

@@ -7,6 +7,12 @@ list lets each score depend on the other candidates. Trained on the *logged*
 positives of the training requests with PRM's list-wise loss (softmax cross-entropy
 over the candidates, the positives as targets); it never sees a simulator. The
 list is the top L by score.
+
+``labels="simulator"`` (registered as ``prm-sim``) trains the same model on the
+training simulator's click probabilities instead: each candidate's target is its
+expected clicks alone in slot 1, normalised over the request's candidates (a
+soft-label list-wise loss, ListNet's). It is the supervised reranker on the
+objective the comparison tables rank by; ``prm`` is the one on the logs'.
 """
 
 from __future__ import annotations
@@ -22,12 +28,17 @@ from agents.base import ScoringAgent, TrainableAgent, complete_by_scores
 from agents.common.config import AgentConfig
 from agents.common.distributed import DataParallel
 from agents.common.nn import CandidateSetEncoder, input_dims, request_inputs
+from agents.common.scorers import SimulatorScorer, slot_one_values
 from agents.common.telemetry import TrainingLogger
 from agents.common.training import gradient_step, minibatches, training_mode
 from agents.metrics import log_metrics
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
+from simulators.data.errors import ConfigError
 from simulators.progress import progress_bar
+
+#: What PRM is trained on (:attr:`PRMConfig.labels`).
+PRM_LABELS = ("logs", "simulator")
 
 
 class PRMModel(nn.Module):
@@ -70,6 +81,8 @@ class PRMConfig(AgentConfig):
         patience: Stop after this many epochs without a better validation loss.
         train_requests: Train on this many training requests (a random subset of those
             with a logged positive, for tests and quick runs); ``None``: all.
+        labels: ``"logs"`` (the logged positives) or ``"simulator"`` (the training
+            simulator's click probability of each candidate alone in slot 1).
         seed: Initialisation and shuffling seed.
     """
 
@@ -83,6 +96,7 @@ class PRMConfig(AgentConfig):
     weight_decay: float = 1e-5
     patience: int = 3
     train_requests: int | None = None
+    labels: str = "logs"
     seed: int = 0
 
     QUICK: ClassVar[dict[str, Any]] = {"epochs": 2}
@@ -93,6 +107,11 @@ class PRMConfig(AgentConfig):
         self._at_least(
             1, "dim", "layers", "heads", "epochs", "batch_size", "patience", "train_requests"
         )
+        if self.labels not in PRM_LABELS:
+            raise ConfigError(
+                f"PRMConfig.labels must be one of {PRM_LABELS}, got {self.labels!r} ('logs': "
+                "logged positives; 'simulator': the training simulator's click probabilities)"
+            )
 
 
 class PRM(TrainableAgent, ScoringAgent):
@@ -110,6 +129,8 @@ class PRM(TrainableAgent, ScoringAgent):
     def __init__(self, config: PRMConfig | None = None, **overrides: Any) -> None:
         super().__init__()
         self.settings: PRMConfig = self._settings_from(config, overrides)
+        if self.settings.labels == "simulator":
+            self.name, self.curve = "prm-sim", ("epoch", "valid_reward")
 
     def _build_info(self, task: RerankTask) -> dict[str, Any]:
         user_dim, item_dim = input_dims(task)
@@ -136,7 +157,7 @@ class PRM(TrainableAgent, ScoringAgent):
     def _train(
         self, task: RerankTask, *, logger: TrainingLogger, parallel: DataParallel, progress: bool
     ) -> None:
-        """Train on the logged positives of the training requests; early stopping on valid."""
+        """Train on the training requests' labels; early stopping on the validation loss."""
         cfg = self.settings
         model = self.modules["model"].to(task.device)
         generator = np.random.default_rng(cfg.seed)
@@ -144,6 +165,7 @@ class PRM(TrainableAgent, ScoringAgent):
         if cfg.train_requests is not None and cfg.train_requests < len(train):
             subset = np.random.default_rng(cfg.seed + 2).permutation(len(train))
             train = np.sort(train[subset[: cfg.train_requests]])
+        train_labels = self._labels(task, train)  # once: simulated labels cost a pass
         optimiser = torch.optim.Adam(
             model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
@@ -153,19 +175,21 @@ class PRM(TrainableAgent, ScoringAgent):
             losses = []
             with training_mode(model), isolated_torch_rng(cfg.seed + epoch):  # dropout
                 for rows in minibatches(train, cfg.batch_size, generator):
-                    positives = torch.as_tensor(task.logged_positives(rows), device=task.device)
-                    loss = self._loss(model(request_inputs(task, rows)), positives.float()).mean()
+                    targets = torch.as_tensor(
+                        train_labels[np.searchsorted(train, rows)], device=task.device
+                    )
+                    loss = self._loss(model(request_inputs(task, rows)), targets.float()).mean()
                     norm = gradient_step(optimiser, loss, list(model.parameters()))
                     losses.append(loss.item())
                     logger.log("model", loss=losses[-1], grad_norm=norm)
-            valid_loss, valid_ndcg = self._validate(task, valid)
+            valid_loss, valid_metric = self._validate(task, valid)
             logger.log(
                 "model_valid",
                 step=epoch + 1,
                 epoch=epoch + 1,
                 train_loss=float(np.mean(losses)),
                 valid_loss=valid_loss,
-                valid_ndcg=valid_ndcg,
+                **{self.curve[1]: valid_metric},
             )
             bar.update()
             bar.set_postfix(valid_loss=f"{valid_loss:.4f}")
@@ -180,25 +204,46 @@ class PRM(TrainableAgent, ScoringAgent):
         if best_state is not None:
             model.load_state_dict(best_state)
 
-    @staticmethod
-    def _scorable(task: RerankTask, split: str) -> np.ndarray:
-        """Requests of ``split`` whose candidates hold a logged positive."""
+    def _scorable(self, task: RerankTask, split: str) -> np.ndarray:
+        """Requests of ``split`` it learns from.
+
+        Those with a logged positive among the candidates (logged labels), or all
+        (simulated labels).
+        """
         requests = task.requests(split)
+        if self.settings.labels == "simulator":
+            return requests
         return requests[task.logged_positives(requests).any(axis=1)]
+
+    def _labels(self, task: RerankTask, requests: np.ndarray) -> np.ndarray:
+        """Targets ``[B, N]``: logged positives, or simulated clicks of each candidate alone."""
+        if self.settings.labels == "logs":
+            return task.logged_positives(requests)
+        scorer = SimulatorScorer("train")
+        return np.concatenate(
+            [
+                slot_one_values(task, requests[start : start + 1024], scorer)
+                for start in range(0, len(requests), 1024)
+            ]
+        )
 
     @torch.no_grad()
     def _validate(self, task: RerankTask, requests: np.ndarray) -> tuple[float, float]:
+        """Validation loss, and NDCG@L on the logs (or the training reward) of its lists."""
         model = self.modules["model"].eval()
-        losses, ndcgs = [], []
+        losses, metrics = [], []
         for start in range(0, len(requests), 1024):
             rows = requests[start : start + 1024]
-            positives = task.logged_positives(rows)
+            labels = self._labels(task, rows)
             logits = model(request_inputs(task, rows))
-            positives_t = torch.as_tensor(positives, device=logits.device).float()
-            losses.append(self._loss(logits, positives_t).cpu().numpy())
+            labels_t = torch.as_tensor(labels, device=logits.device).float()
+            losses.append(self._loss(logits, labels_t).cpu().numpy())
             lists = complete_by_scores(logits.cpu().numpy(), task.slate_length, None)
-            ndcgs.append(log_metrics(lists, positives)["ndcg"])
-        return float(np.concatenate(losses).mean()), float(np.nanmean(np.concatenate(ndcgs)))
+            if self.settings.labels == "simulator":
+                metrics.append(task.expected_reward(rows, lists, "train").cpu().numpy())
+            else:
+                metrics.append(log_metrics(lists, labels)["ndcg"])
+        return float(np.concatenate(losses).mean()), float(np.nanmean(np.concatenate(metrics)))
 
     @torch.no_grad()
     def scores(self, task: RerankTask, requests: np.ndarray) -> np.ndarray:

@@ -148,11 +148,20 @@ def _from_preset(cls: type[Agent], budget: str, seed: int, kwargs: dict[str, Any
 register("initial-order", "agents.baselines:InitialOrder", "the upstream ranker's top L")
 register("random", "agents.baselines:RandomAgent", "uniformly random lists")
 register(
+    "vector-dot", "agents.baselines:VectorDotProduct",
+    "a probe: sort by the dot product of the observation's user and item vectors (no training)",
+)
+register(
     "pointwise-greedy", "agents.baselines:PointwiseGreedy",
     "sort by a pointwise click model fitted on the logs",
 )
 register(
     "prm", "agents.prm:PRM", "Transformer over the candidate list, trained on logged positives"
+)
+register(
+    "prm-sim", "agents.prm:PRM",
+    "PRM trained on the training simulator's click probabilities (the tables' objective)",
+    kwargs={"labels": "simulator"},
 )
 register(
     "seq2slate", "agents.seq2slate:Seq2Slate", "pointer network, REINFORCE on the list reward",

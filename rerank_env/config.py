@@ -30,6 +30,9 @@ from simulators.factory import MODEL_KINDS
 
 #: What a request offers: the first N of the initial ranking, or the GR2 protocol's K.
 PROTOCOLS = ("rerank", "gr2")
+#: What the observations' vectors are: the upstream retriever's (default) or the
+#: training simulator's own (a named ablation: they hand agents the reward model).
+REPRESENTATIONS = ("retriever", "privileged")
 #: Environment keyword arguments that shape episodes, not the task.
 EPISODE_FIELDS = ("reward_mode", "click_mode", "split", "features", "render_mode")
 
@@ -41,7 +44,7 @@ class ColdStartConfig:
     The withheld items are removed from every request of ``splits`` (candidates,
     histories, logged slates; see :meth:`~simulators.request_pool.RequestPool.withholding`),
     from the semantic-ID tokenizer's fit and from the agents' feature table (their
-    learned vectors are replaced by a ridge prediction from content, as for any item
+    observed vectors are replaced by a ridge prediction from content, as for any item
     without training interactions). The simulators, fitted beforehand on every
     item, still score them, and test requests still hold them.
 
@@ -105,8 +108,12 @@ class TaskConfig:
             initial ranking).
         slate_length: L, items placed per episode.
         composition: How examination and list effects sit on top of the learned
-            simulator: an :class:`~simulators.composed.AssumedComposition` (default;
-            ``"assumed"`` is one with the bundle's default strengths: the DCG
+            simulator: ``None`` (default) is the dataset's default, ``"fitted"`` in
+            the synthetic world (its logs identify the effects) and an
+            :class:`~simulators.composed.AssumedComposition` elsewhere (ML-100K's
+            rating logs support almost no list effect, so the effects there are
+            assumed). An :class:`~simulators.composed.AssumedComposition`
+            (``"assumed"`` is one with the bundle's default strengths: the DCG
             examination curve and diminishing returns of strength 2), ``"fitted"``
             (both simulators' examination, redundancy strength and
             complementarity fitted on the training logs on top of each ensemble
@@ -114,11 +121,17 @@ class TaskConfig:
             the task's ``description`` records the values) or ``"none"`` (the
             learned simulator alone). A dict of ``AssumedComposition`` fields is
             read as one.
-        held_out: How the held-out evaluation simulator is kept apart from the
-            training one: ``"seed"`` (default: the same logs, another seed),
-            ``"sessions"`` (fitted on the other half of every user's sessions) or
-            ``"users"`` (on the other half of the users); not ``"seed"`` fits a
-            bundle that way, so the embedded bundle is not used.
+        held_out: How the held-out evaluation simulator (the judge) is kept apart
+            from the training one: ``"sessions"`` (fitted on the other half of every
+            user's sessions: the default, and the embedded bundle's), ``"seed"``
+            (the same logs, another seed) or ``"users"`` (the other half of the
+            users). ``None`` (default) is ``"sessions"``, or with ``bundle=...``
+            whatever that bundle was built with.
+        representations: The vectors the observations carry beside side features:
+            ``"retriever"`` (default: the upstream retriever's own user and item
+            vectors, what a deployed reranker has) or ``"privileged"`` (the training
+            simulator's first member's learned vectors: an ablation that hands
+            agents the reward model's parameters).
         weight_decay_per_epoch: Fit the simulators with AdamW's decoupled weight
             decay of this much per pass over the logs
             (``BundleConfig.weight_decay_per_epoch``) instead of the bundles' Adam
@@ -151,8 +164,9 @@ class TaskConfig:
     simulator: str = "transformer"
     num_candidates: int = 50
     slate_length: int = 6
-    composition: CompositionSetting = AssumedComposition()
-    held_out: str = "seed"
+    composition: CompositionSetting | None = None
+    held_out: str | None = None
+    representations: str = "retriever"
     weight_decay_per_epoch: float | None = None
     pipeline: PipelineConfig | None = None
     synthetic: SyntheticConfig | None = None
@@ -165,6 +179,9 @@ class TaskConfig:
         self._check_sizes()
         self._check_sources()
         self._check_configs()
+        if self.composition is None:
+            default = "fitted" if self.dataset == "synthetic" else AssumedComposition()
+            object.__setattr__(self, "composition", default)
         object.__setattr__(self, "composition", composition_from(self.composition))
         object.__setattr__(self, "device", str(self.device))
         for name in ("data_dir", "bundle"):  # resolved: the working directory may change
@@ -210,15 +227,21 @@ class TaskConfig:
             raise ConfigError(
                 f"data_dir {str(self.data_dir)!r} does not exist; pass the dataset folder"
             )
-        if self.held_out not in HELD_OUT_SPLITS:
+        if self.held_out is not None and self.held_out not in HELD_OUT_SPLITS:
             raise ConfigError(
                 f"held_out must be one of {HELD_OUT_SPLITS}, got {self.held_out!r} ('sessions': "
                 "the held-out simulator fitted on the other half of every user's sessions)"
             )
-        if self.held_out != "seed" and self.bundle is not None:
+        if self.held_out is not None and self.bundle is not None:
             raise ConfigError(
                 f"held_out={self.held_out!r} fits a bundle that way; bundle=... is already "
                 "fitted (its manifest's bundle_config says how): drop one of them"
+            )
+        if self.representations not in REPRESENTATIONS:
+            raise ConfigError(
+                f"representations must be one of {REPRESENTATIONS}, got "
+                f"{self.representations!r} ('retriever': the upstream retriever's vectors; "
+                "'privileged': the training simulator's, an ablation)"
             )
         decay = self.weight_decay_per_epoch
         if decay is not None and (self.bundle is not None or not decay >= 0):
@@ -281,7 +304,7 @@ class TaskConfig:
             pipeline=self.pipeline,
             synthetic=self.synthetic,
             device=self.device,
-            held_out=self.held_out,
+            held_out=self.held_out or "sessions",
             weight_decay_per_epoch=self.weight_decay_per_epoch,
         )
 

@@ -150,9 +150,9 @@ class SlateRerankEnv(gym.Env):
     A ``Dict`` of fixed-shape arrays:
 
     * ``user``: float32 ``[Du + d]``, side features (gender, age, occupation
-      one-hot) then the learned user vector;
+      one-hot) then the upstream retriever's user vector (ALS factors);
     * ``candidates``: float32 ``[N, Di + d]``, genres and standardised year then the
-      learned item vector, in the upstream ranker's order;
+      retriever's item vector, in the upstream ranker's order;
     * ``initial_scores``: float32 ``[N]``, the upstream ranker's scores;
     * ``slate``: int64 ``[L]``, candidate positions placed so far, ``-1`` if empty;
     * ``step``: ``Discrete(L + 1)``, slots filled;
@@ -162,6 +162,9 @@ class SlateRerankEnv(gym.Env):
     ``candidates`` the item indices (int64 ``[N]``);
     the feature tables are ``env.unwrapped.task.user_table`` and ``task.item_table``,
     to gather on the agent's side (cheaper for large vector environments).
+    No observation carries a simulator's parameters; ``representations="privileged"``
+    puts the training simulator's learned vectors in place of the retriever's (an
+    ablation).
 
     ## Rewards
 
@@ -181,7 +184,8 @@ class SlateRerankEnv(gym.Env):
     ``info`` holds ``request``, ``slate_items`` (item indices so far),
     ``click_probs`` (``p_0..p_t``) and, when sampled, ``clicks``. At the last step it
     adds ``list_reward``, ``eval_reward`` (expected clicks under the *held-out*
-    simulator, another ensemble member: report this, never the training reward) and,
+    simulator, fitted on the other half of every user's sessions: report this, never
+    the training reward) and,
     with ``dataset="synthetic"``, ``true_reward`` (the true user model).
 
     ## Starting State
@@ -211,9 +215,11 @@ class SlateRerankEnv(gym.Env):
         click_mode="expected",    # or "sampled"
         split="train",            # or "valid", "test"
         features="dense",         # or "indices"
-        composition="assumed",    # "fitted": list effects fitted on the logs; "none";
-                                  # AssumedComposition(position_bias=1, diversity_strength=2)
-        held_out="seed",          # or "sessions", "users": a more independent judge
+        composition=None,         # the dataset's: "fitted" (synthetic) or "assumed";
+                                  # "none"; AssumedComposition(position_bias=1, ...)
+        held_out=None,            # "sessions" (judge on the other half of the sessions),
+                                  # "seed", "users"
+        representations="retriever",  # or "privileged": the simulator's vectors
         weight_decay_per_epoch=None,  # e.g. 50: AdamW-fitted simulators
         bundle=None,              # a folder from `rerank-env simulator bundle`
         cold_start=None,          # ColdStartConfig(fraction, seed): withheld items

@@ -43,8 +43,10 @@ class RerankTask:
         pool: The request pool.
         simulators: ``"train"`` (the reward), ``"eval"`` (held-out ensemble member)
             and, in the synthetic world, ``"true"`` (the true user model).
-        user_vectors: Learned user representations ``[U, d]`` (observation features).
-        item_vectors: Learned item representations ``[I, d]``.
+        user_vectors: User vectors ``[U, d]`` the observations carry after the side
+            features (the retriever's, or with ``representations="privileged"`` the
+            training simulator's).
+        item_vectors: Item vectors ``[I, d]``, likewise.
         num_candidates: N: the first N candidates of each request are offered.
         slate_length: L: items to place.
         device: Where simulators run.
@@ -103,7 +105,7 @@ class RerankTask:
         self.histories = torch.as_tensor(
             pool.history(every, SIMULATOR_HISTORY)[0], device=self.device
         )
-        # Observation tables: side features then learned vectors.
+        # Observation tables: side features, then the retriever's (or privileged) vectors.
         self.user_table = np.concatenate(
             [pool.user_features, user_vectors.detach().cpu().numpy()], axis=1
         ).astype(np.float32)
@@ -132,18 +134,20 @@ class RerankTask:
     def tokenizer(self) -> SemanticIds:
         """Every item's semantic ID under :attr:`semantic_id_config` (fitted on first use).
 
-        The input is the item side features next to this task's learned item
-        vectors; the tokenizer is fitted on items with training interactions only
+        The input is the item side features next to this task's observation item
+        vectors (the retriever's, or the simulator's with
+        ``representations="privileged"``); the tokenizer is fitted on items with
+        training interactions only
         (:meth:`~simulators.request_pool.RequestPool.semantic_id_inputs`). The bundle's
-        saved IDs are used when they were fitted on this simulator's vectors with
-        this config; otherwise they are fitted once and kept in the user cache.
+        saved IDs are used when they were fitted on the same vectors with this
+        config; otherwise they are fitted once and kept in the user cache.
         In cold start (:class:`ColdStartConfig`) withheld items are not fitted on
         and get their codes from content alone.
         """
         stored = self._stored_semantic_ids() if self._stored_semantic_ids else None
         if stored is not None and self.cold_start is None:
             ids, entry = stored
-            if entry["kind"] == self.description.get("simulator") and (
+            if entry["kind"] == _vector_source(self.description) and (
                 ids.config == self.semantic_id_config
             ):
                 return _read_only(ids)
@@ -367,6 +371,13 @@ class RerankTask:
         )
 
 
+def _vector_source(description: dict[str, Any]) -> str | None:
+    """Whose item vectors a task's observations carry: ``"retriever"`` or a simulator kind."""
+    if description.get("representations") == "privileged":
+        return description.get("simulator")
+    return description.get("representations")
+
+
 def _read_only(ids: SemanticIds) -> SemanticIds:
     """``ids`` with its code arrays made read-only (a task's are shared)."""
     for array in (ids.codes, ids.raw_codes):
@@ -407,7 +418,7 @@ def make_task(
     simulators = {"train": train, "eval": held_out}
     if source.true_simulator is not None:
         simulators["true"] = source.true_simulator
-    user_vectors, item_vectors = bundle.representations(config.simulator)
+    user_vectors, item_vectors = observation_vectors(source, config)
     task = RerankTask(
         bundle.pool,
         simulators,
@@ -435,6 +446,25 @@ def make_task(
     return view
 
 
+def observation_vectors(
+    source: LoadedSource, config: TaskConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(user [U, d], item [I, d])`` vectors the observations carry after side features.
+
+    ``representations="retriever"``: the upstream retriever's own vectors (ALS user
+    and item factors, fitted on training interactions apart from every simulator).
+    ``"privileged"``: the training simulator's first member's learned vectors, whose
+    dot product is its attractiveness logit (an ablation).
+    """
+    if config.representations == "privileged":
+        return source.bundle.representations(config.simulator)
+    pool = source.bundle.pool
+    return (
+        torch.as_tensor(pool.retriever_user_factors),
+        torch.as_tensor(pool.retriever_item_factors),
+    )
+
+
 def _description(config: TaskConfig, source: LoadedSource) -> dict[str, Any]:
     """What a task was built from, as plain values (recorded beside results)."""
     bundle = source.bundle
@@ -453,6 +483,7 @@ def _description(config: TaskConfig, source: LoadedSource) -> dict[str, Any]:
             else None
         ),
         "held_out": bundle.manifest["bundle_config"].get("held_out", "seed"),
+        "representations": config.representations,
         "weight_decay_per_epoch": bundle.manifest["bundle_config"].get("weight_decay_per_epoch"),
         "data_checksum": bundle.manifest["data_checksum"],
         "cold_start": None if config.cold_start is None else dataclasses.asdict(config.cold_start),
@@ -464,4 +495,4 @@ def clear_task_cache() -> None:
     clear_source_cache()
 
 
-__all__ = ["SPLITS", "RerankTask", "clear_task_cache", "make_task"]
+__all__ = ["SPLITS", "RerankTask", "clear_task_cache", "make_task", "observation_vectors"]

@@ -9,7 +9,7 @@ A bundle is what an environment needs to run with no raw data: for one dataset,
 * ``<kind>.pt``: one simulator checkpoint per model kind (an ensemble whose last
   member is held out for evaluation), in the format of :mod:`simulators.checkpoint`;
 * ``semantic_ids.npz`` (optional): every item's semantic ID, fitted on the training
-  items with the default simulator's learned item vectors (:func:`add_semantic_ids`;
+  items with the upstream retriever's item vectors (:func:`add_semantic_ids`;
   tasks fit and cache them when a bundle has none or another config is asked for);
 * ``manifest.json``: format version, the pipeline and bundle configs, the raw
   data's checksum, each file's SHA-256, and each simulator's metrics.
@@ -62,12 +62,14 @@ from simulators.factory import MODEL_KINDS, SimulatorSpec, build_simulator, eval
 from simulators.progress import progress_bar
 from simulators.request_pool import RequestPool
 
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2
 #: History items simulators are fitted, evaluated and served with (``logged_slates``).
 SIMULATOR_HISTORY = 50
 DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent / "bundles" / "ml-100k"
 _POOL_FILE, _MANIFEST_FILE = "requests.npz", "manifest.json"
 _SEMANTIC_IDS_FILE = "semantic_ids.npz"
+#: The ``kind`` of semantic IDs fitted on the retriever's item vectors.
+RETRIEVER_VECTORS = "retriever"
 
 
 #: How a bundle's held-out member is made independent (:attr:`BundleConfig.held_out`).
@@ -108,12 +110,12 @@ class BundleConfig:
             in the manifest (``fitted_composition``), so ``composition="fitted"``
             needs no fit on first use.
         held_out: How the held-out member differs from the training members:
-            ``"seed"`` (default: all fitted on every training slate, each with its
-            own seed), ``"sessions"`` or ``"users"``: the training members on one
+            ``"sessions"`` (default) or ``"users"``: the training members on one
             half of the logged slates and the held-out member on the other
             (:func:`~simulators.training.disjoint_halves`, split seeded by
             ``seed``), a judge that shares no slate with the training simulator
-            (docs/simulators.md measures which is most honest).
+            (docs/simulators.md measures which is most honest: the session halves);
+            ``"seed"``: all fitted on every training slate, each with its own seed.
     """
 
     kinds: tuple[str, ...] = ("transformer", "pbm", "dcm", "cascade")
@@ -130,7 +132,7 @@ class BundleConfig:
     diversity_strength: float = 2.0
     headroom_requests: int = 200
     fit_composition: bool = False
-    held_out: str = "seed"
+    held_out: str = "sessions"
 
     def __post_init__(self) -> None:
         if self.held_out not in HELD_OUT_SPLITS:
@@ -288,8 +290,8 @@ class SimulatorBundle:
     def stored_semantic_ids(self) -> tuple[SemanticIds, dict[str, Any]] | None:
         """``(semantic IDs, their manifest entry)`` saved in the bundle, or ``None``.
 
-        The entry says which simulator ``kind``'s item vectors they were fitted on
-        and holds their ``config`` and ``report``.
+        The entry says whose item vectors they were fitted on (``kind``: ``"retriever"``
+        or a simulator kind) and holds their ``config`` and ``report``.
         """
         entry = self.manifest.get("semantic_ids")
         if entry is None:
@@ -419,7 +421,7 @@ def build_bundle(
             entry = bundle.fitted_composition(default_kind, progress=progress)
             manifest["fitted_composition"] = {default_kind: entry}
         if semantic_ids is not None:
-            _save_semantic_ids(bundle, semantic_ids, default_kind)  # writes the manifest
+            _save_semantic_ids(bundle, semantic_ids, RETRIEVER_VECTORS)  # writes the manifest
         else:
             _write_manifest(staging, manifest)
         replace_folder(staging, out)
@@ -429,13 +431,15 @@ def build_bundle(
 
 
 def add_semantic_ids(
-    folder: str | Path, config: SemanticIdConfig | None = None, kind: str | None = None
+    folder: str | Path, config: SemanticIdConfig | None = None, kind: str = "retriever"
 ) -> dict[str, Any]:
     """Fit every item's semantic ID and save it in the bundle at ``folder``.
 
-    The tokenizer reads the item side features and ``kind``'s learned item vectors
-    (default: the bundle's default simulator), fits on the training items only
-    (:meth:`RequestPool.semantic_id_inputs`), and writes ``semantic_ids.npz`` and a
+    The tokenizer reads the item side features and the item vectors of ``kind``:
+    ``"retriever"`` (default: the upstream retriever's, what observations carry by
+    default) or a simulator kind of the bundle (its first member's learned vectors,
+    for ``representations="privileged"``). It fits on the training items only
+    (:meth:`RequestPool.semantic_id_inputs`) and writes ``semantic_ids.npz`` and a
     ``semantic_ids`` manifest entry (kind, config, input checksum, report), replacing
     any earlier ones. The simulators are untouched.
 
@@ -443,14 +447,21 @@ def add_semantic_ids(
         The manifest entry.
     """
     bundle = load_bundle(folder)
-    kind = kind or bundle.manifest.get("default_simulator", {}).get("kind", bundle.kinds[0])
     return _save_semantic_ids(bundle, config or SemanticIdConfig(), kind)
 
 
 def _save_semantic_ids(bundle: SimulatorBundle, config: SemanticIdConfig, kind: str) -> dict:
     """Fit, write ``semantic_ids.npz`` and the manifest (with the entry); returns the entry."""
-    _, item_vectors = bundle.representations(kind)
-    features, fit_rows = bundle.pool.semantic_id_inputs(item_vectors.numpy())
+    if kind != RETRIEVER_VECTORS and kind not in bundle.kinds:
+        raise ValueError(
+            f"semantic IDs are fitted on {RETRIEVER_VECTORS!r} item vectors or on a simulator "
+            f"kind of the bundle {bundle.kinds}, got {kind!r}"
+        )
+    if kind == RETRIEVER_VECTORS:
+        item_vectors = bundle.pool.retriever_item_factors
+    else:
+        item_vectors = bundle.representations(kind)[1].numpy()
+    features, fit_rows = bundle.pool.semantic_id_inputs(item_vectors)
     ids = fit_semantic_ids(features, fit_rows, config)
     report = semantic_id_report(ids, features, bundle.pool.genres())
     checksum = input_checksum(features, fit_rows)

@@ -161,13 +161,13 @@ def _embedded_fits(source: BundleSource) -> bool:
         source.dataset != "ml-100k"
         or source.data_dir is not None
         or source.pipeline is not None
-        or source.held_out != "seed"
         or source.weight_decay_per_epoch is not None
     ):
         return False
     manifest = json.loads((DEFAULT_BUNDLE_DIR / "manifest.json").read_text())
     return (
-        source.slate_length <= manifest["pool"]["slate_length"]
+        manifest["bundle_config"].get("held_out", "seed") == source.held_out
+        and source.slate_length <= manifest["pool"]["slate_length"]
         and source.num_candidates <= manifest["pool"]["num_candidates"]
         and source.simulator in manifest["simulators"]
     )

@@ -3,8 +3,9 @@
 A :class:`RequestPool` is the part of processed data a bundle ships
 (``requests.npz``): each request's user, candidates in the initial ranker's order
 with its scores, recent history, the logged slate with binary click labels and the
-split, the GR2 requests, and user and item side features. No rating values and no
-timestamps. It also builds cold-start variants (:meth:`RequestPool.withholding`).
+split, the GR2 requests, user and item side features, and the upstream retriever's
+user and item vectors. No rating values and no timestamps. It also builds cold-start
+variants (:meth:`RequestPool.withholding`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ class RequestPool:
         user_features: float32 ``[U, Du]``.
         item_features: float32 ``[I, Di]``.
         item_titles: str ``[I]``.
+        retriever_user_factors: The upstream retriever's user vectors, float32
+            ``[U, F]`` (ALS user factors fitted on the training interactions;
+            ``F = 0`` for retrievers without vectors): what a deployed reranker may
+            read of the stage before it.
+        retriever_item_factors: Its item vectors, float32 ``[I, F]``.
     """
 
     dataset: str
@@ -66,6 +72,8 @@ class RequestPool:
     user_features: np.ndarray
     item_features: np.ndarray
     item_titles: np.ndarray
+    retriever_user_factors: np.ndarray
+    retriever_item_factors: np.ndarray
 
     @classmethod
     def from_data(cls, data: RerankData, history_length: int = 50) -> RequestPool:
@@ -88,6 +96,8 @@ class RequestPool:
             user_features=data.user_features.astype(np.float32),
             item_features=data.item_features.astype(np.float32),
             item_titles=np.asarray(data.item_titles, dtype=str),
+            retriever_user_factors=data.retriever_user_factors.astype(np.float32),
+            retriever_item_factors=data.retriever_item_factors.astype(np.float32),
         )
 
     @property

@@ -78,7 +78,10 @@ def test_training_and_held_out_simulators_differ_but_agree_on_average(bundle) ->
     with torch.no_grad():
         a, b = train.expected_reward(batch), held_out.expected_reward(batch)
     assert not torch.allclose(a, b)
-    assert np.corrcoef(a.numpy(), b.numpy())[0, 1] > 0.8
+    # Fitted on disjoint halves of the sessions, they agree less than two seeds on the
+    # same logs would (0.77 measured), but they agree.
+    assert bundle.manifest["bundle_config"]["held_out"] == "sessions"
+    assert np.corrcoef(a.numpy(), b.numpy())[0, 1] > 0.7
     # The composition defaults come from the manifest; overriding them changes rewards.
     flat, _ = bundle.simulators(composition=AssumedComposition(0.0, 0.0))
     with torch.no_grad():
@@ -139,9 +142,9 @@ def test_retrained_small_bundle_matches_the_manifest(bundle, raw_data, data_root
     ours = retrained.manifest["default_simulator"]["test_diagnostics"]["headroom"]
     theirs = shipped["default_simulator"]["test_diagnostics"]["headroom"]
     assert ours == pytest.approx(theirs, abs=0.01)
-    # The bundle saves semantic IDs of the default simulator's item vectors.
+    # The bundle saves semantic IDs of the retriever's item vectors (what agents observe).
     ids, entry = retrained.stored_semantic_ids()
-    assert entry["kind"] == "transformer" and entry["report"]["uniqueness"] == 1.0
+    assert entry["kind"] == "retriever" and entry["report"]["uniqueness"] == 1.0
     assert ids.codes.shape == (retrained.pool.n_items, 3)
     assert not list(tmp_path.glob(".bundle.*")), "staging folders must be cleaned up"
 
@@ -164,7 +167,7 @@ def test_other_format_version_is_refused(tmp_path) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["format_version"] = 99
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match="format version 99; this rerank-env reads version 1"):
+    with pytest.raises(CheckpointError, match="format version 99; this rerank-env reads version 2"):
         load_bundle(folder)
 
 

@@ -96,7 +96,10 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path, agent) -> No
     for a, b in zip(one, two, strict=True):
         assert a["stage"] == b["stage"]
         for column in STAGES[agent][a["stage"]]:
-            assert float(b[column]) == pytest.approx(float(a[column]), rel=1e-5, abs=1e-7), (
+            # Float32 sums in another order drift apart over the updates: 1.5e-5
+            # relative after three PPO steps measured (the approximate KL, a mean of
+            # differences of nearly equal log-probabilities, most).
+            assert float(b[column]) == pytest.approx(float(a[column]), rel=1e-4, abs=1e-7), (
                 a["stage"],
                 a.get("step"),
                 column,

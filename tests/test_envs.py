@@ -143,7 +143,9 @@ def test_make_without_import_and_offline_default() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env_vars, check=True
     )
-    assert "(50, 52)" in out.stdout and "ml-100k / transformer simulator" in out.stdout
+    # 19 content columns (genres, year), then the retriever's 64 ALS factors, then
+    # the initial score.
+    assert "(50, 84)" in out.stdout and "ml-100k / transformer simulator" in out.stdout
 
 
 def test_seeded_runs_are_identical_and_seeds_matter() -> None:

@@ -167,12 +167,18 @@ def test_the_composition_optimizer_gives_each_part_its_step() -> None:
         composition_optimizer(composed, mode="before")
 
 
-def test_a_held_out_member_on_the_other_half_of_the_logs(monkeypatch) -> None:
+def test_a_held_out_member_on_the_other_half_of_the_logs(monkeypatch, tmp_path) -> None:
     from rerank_env import make_task
     from simulators import training
     from simulators.composition_fit import member_rows
+    from simulators.data.synthetic_config import SyntheticConfig
 
-    task = make_task(dataset="synthetic", simulator="pbm", progress=False)
+    # A cache of its own: the default bundle must be fitted here, not found.
+    monkeypatch.setenv("RERANK_ENV_CACHE", str(tmp_path))
+    small = SyntheticConfig(n_users=120, n_items=200, sessions_per_user=12, seed=3)
+    task = make_task(
+        dataset="synthetic", synthetic=small, simulator="pbm", held_out="seed", progress=False
+    )
     assert member_rows(task.pool, "seed", 3) == [None] * 3
     rows = member_rows(task.pool, "sessions", 3, seed=1)
     assert rows[0] is rows[1]  # the training members share a half
@@ -187,8 +193,8 @@ def test_a_held_out_member_on_the_other_half_of_the_logs(monkeypatch) -> None:
         return original(model, data, **options)
 
     monkeypatch.setattr(training, "fit_simulator", recording)
-    halves = make_task(dataset="synthetic", simulator="pbm", held_out="sessions", progress=False)
-    assert halves.description["held_out"] == "sessions"
+    halves = make_task(dataset="synthetic", synthetic=small, simulator="pbm", progress=False)
+    assert halves.description["held_out"] == "sessions"  # the default
     expected = member_rows(halves.pool, "sessions", 2)
     assert len(seen) == 2
     for fitted_on, rows in zip(seen, expected, strict=True):

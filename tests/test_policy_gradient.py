@@ -105,16 +105,16 @@ def test_every_estimator_spends_the_budget_and_beats_the_initial_order(task) -> 
         .mean()
         .item()
     )
-    budget = {"simulator_calls": 4096, "batch_size": 32, "group_size": 4, "curve_points": 2}
+    budget = {"simulator_calls": 8192, "batch_size": 32, "group_size": 4, "curve_points": 2}
     for fields in (
         {},
         {"credit": "dense", "clicks": "sampled"},
         {"estimator": "ppo", "credit": "dense", "ppo_epochs": 2, "minibatch_size": 64},
     ):
         agent = PolicyGradient(PolicyGradientConfig.tiny(**budget, **fields)).fit(task)
-        assert agent.simulator_calls == 4096, agent.name
+        assert agent.simulator_calls == 8192, agent.name
         curve = [row for row in agent.history if row["stage"] == "curve"]
-        assert [row["simulator_calls"] for row in curve] == [0, 2048, 4096]
+        assert [row["simulator_calls"] for row in curve] == [0, 4096, 8192]
         assert _held_out(agent, task, requests) > initial + 0.2, (agent.name, initial)
     assert {"value_loss", "clip_fraction", "approx_kl"} <= set(agent.history[-2])
 

@@ -168,3 +168,12 @@ class ClickModelScorer(ListScorer):
 
     def __repr__(self) -> str:
         return f"ClickModelScorer({type(self.model).__name__})"
+
+
+def slot_one_values(task: RerankTask, requests: np.ndarray, scorer: ListScorer) -> np.ndarray:
+    """The scorer's value of each candidate alone in slot 1, ``[B, N]``."""
+    batch, k = len(requests), task.num_candidates
+    score = scorer.prefix_scorer(task, requests)
+    rows = torch.arange(batch, device=task.device).repeat_interleave(k)
+    slots = torch.arange(k, device=task.device).repeat(batch)[:, None]
+    return score(rows, slots).reshape(batch, k).cpu().numpy()

@@ -74,7 +74,7 @@ def mid_training_corpus(
         vocab: The student's vocabulary.
         facts: The task's item facts in that vocabulary.
         pool: The training requests used.
-        slot_one: :func:`~agents.gr2.teacher.slot_one_values` of ``pool``.
+        slot_one: :func:`~agents.common.scorers.slot_one_values` of ``pool``.
         captioned: The items of the captioning tasks (:func:`caption_split`).
 
     Returns:

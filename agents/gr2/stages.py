@@ -29,7 +29,7 @@ import torch
 
 from agents.common.losses import group_relative_advantages
 from agents.common.ppo import PolicyEvaluation, ppo_update
-from agents.common.scorers import ListScorer
+from agents.common.scorers import ListScorer, slot_one_values
 from agents.common.telemetry import TrainingLogger
 from agents.common.training import gradient_step, minibatches, training_mode
 from agents.gr2 import language as lang
@@ -51,7 +51,7 @@ from agents.gr2.rewards import (
     overlong_penalty,
     rank_reward,
 )
-from agents.gr2.teacher import TeacherRankings, slot_one_values, teach
+from agents.gr2.teacher import TeacherRankings, teach
 from rerank_env.task import RerankTask
 from simulators.base import isolated_torch_rng
 from simulators.metrics import ndcg_at_k, recall_at_k, target_ranks

@@ -25,7 +25,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from agents.common.scorers import ListScorer
+from agents.common.scorers import ListScorer, slot_one_values
 from rerank_env.task import RerankTask
 from simulators.search import beam_search_slots
 
@@ -50,15 +50,6 @@ class TeacherRankings:
     def acceptance_rate(self) -> float:
         """Share of offered requests with a kept ranking."""
         return len(self.requests) / max(self.offered, 1)
-
-
-def slot_one_values(task: RerankTask, requests: np.ndarray, scorer: ListScorer) -> np.ndarray:
-    """The scorer's value of each candidate alone in slot 1, ``[B, K]``."""
-    batch, k = len(requests), task.num_candidates
-    score = scorer.prefix_scorer(task, requests)
-    rows = torch.arange(batch, device=task.device).repeat_interleave(k)
-    slots = torch.arange(k, device=task.device).repeat(batch)[:, None]
-    return score(rows, slots).reshape(batch, k).cpu().numpy()
 
 
 def teach(
@@ -86,7 +77,8 @@ def teach(
         temperature: Temperature of the first pick.
         attempts: Samples per request (rejection).
         beam_width: Beam width of the rest of the ranking.
-        values: :func:`slot_one_values` of ``requests`` if already computed.
+        values: :func:`~agents.common.scorers.slot_one_values` of ``requests`` if
+            already computed.
 
     Raises:
         ValueError: Unknown ``mode``.

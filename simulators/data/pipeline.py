@@ -62,7 +62,7 @@ from simulators.progress import progress_bar
 # splits, retrieval, top_k, candidates, features) changes its output for an
 # unchanged config: the cache key includes it, so old cache files are not reused.
 # tests/test_pipeline.py holds a golden digest that fails until it is bumped.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,6 +110,8 @@ class RerankData:
         gr2_injected: Whether the target had to be injected, bool ``[Q]``.
         retriever_item_factors: ALS item factors, float32 ``[I, F]`` (``[I, 0]`` for
             other retrievers), reusable as item embeddings.
+        retriever_user_factors: ALS user factors, float32 ``[U, F]`` (``[U, 0]`` for
+            other retrievers), fitted on the training interactions like the items'.
         stats: Summary numbers (see :meth:`summary`).
     """
 
@@ -142,6 +144,7 @@ class RerankData:
     gr2_target_pos: np.ndarray
     gr2_injected: np.ndarray
     retriever_item_factors: np.ndarray
+    retriever_user_factors: np.ndarray
     stats: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -373,6 +376,7 @@ def build_rerank_data(
         gr2_target_pos=gr2["target_pos"],
         gr2_injected=gr2["injected"],
         retriever_item_factors=retriever.item_representations(n_items),
+        retriever_user_factors=retriever.user_representations(n_users),
     )
     stats = compute_stats(data, retrieved_positive=requests["retrieved_positive"])
     stats["dropped_requests_too_few_items"] = int((~enough).sum())

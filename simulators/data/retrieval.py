@@ -90,6 +90,13 @@ class Retriever(Protocol):
         What a downstream reranker may read of the retriever (ALS: its item factors).
         """
 
+    def user_representations(self, n_users: int) -> np.ndarray:
+        """The retriever's own user vectors, float32 ``[n_users, d]`` (``d = 0``: none).
+
+        Fitted on the training interactions only (ALS: its user factors; a user with
+        none has a zero vector).
+        """
+
 
 class ImplicitALS:
     """Implicit-feedback matrix factorisation by alternating least squares.
@@ -121,9 +128,15 @@ class ImplicitALS:
         self.iterations = iterations
         self.seed = seed
         self.item_factors: np.ndarray | None = None
+        self.user_factors: np.ndarray | None = None
 
     def fit(self, user: np.ndarray, item: np.ndarray, n_users: int, n_items: int) -> None:
-        """Fit user and item factors; keeps ``item_factors`` (float32 ``[items, factors]``)."""
+        """Fit user and item factors (float32 ``item_factors`` and ``user_factors``).
+
+        ``user_factors`` are solved once more against the final item factors, so each
+        is the user's least-squares fit to them (what :meth:`fold_in_prefixes` gives
+        for the user's whole training history).
+        """
         rng = np.random.default_rng(self.seed)
         by_user = sp.csr_matrix(
             (np.ones(len(user), dtype=np.float64), (user, item)), shape=(n_users, n_items)
@@ -134,6 +147,7 @@ class ImplicitALS:
             user_factors = self._solve(item_factors, by_user)
             item_factors = self._solve(user_factors, by_item)
         self.item_factors = item_factors.astype(np.float32)
+        self.user_factors = self._solve(item_factors, by_user).astype(np.float32)
 
     def _solve(self, fixed: np.ndarray, rows: sp.csr_matrix) -> np.ndarray:
         # Closed-form least squares for every row given the other side's factors.
@@ -229,6 +243,16 @@ class ImplicitALS:
         if self.item_factors is None:
             raise RuntimeError("ImplicitALS.item_representations() before fit()")
         return self.item_factors
+
+    def user_representations(self, n_users: int) -> np.ndarray:
+        """The fitted user factors, float32 ``[n_users, factors]``.
+
+        Raises:
+            RuntimeError: Before :meth:`fit`.
+        """
+        if self.user_factors is None:
+            raise RuntimeError("ImplicitALS.user_representations() before fit()")
+        return self.user_factors
 
     def top_k(
         self,
@@ -346,6 +370,10 @@ class _ScoresEveryItem:
     def item_representations(self, n_items: int) -> np.ndarray:
         """No item vectors: float32 ``[n_items, 0]``."""
         return np.zeros((n_items, 0), dtype=np.float32)
+
+    def user_representations(self, n_users: int) -> np.ndarray:
+        """No user vectors: float32 ``[n_users, 0]``."""
+        return np.zeros((n_users, 0), dtype=np.float32)
 
     def top_k(
         self,
