@@ -82,10 +82,12 @@ METRICS: dict[str, str] = {
 #: per run, so their intervals are over seeds only.
 REQUEST_METRICS: dict[str, str] = {
     **dict.fromkeys(
-        ("reward_eval", "reward_train", "reward_true", "pct_beam", "pct_oracle", "hr@1%"),
+        (
+            *("reward_eval", "reward_train", "reward_true", "pct_beam", "pct_oracle"),
+            *("hr@1%", "hr@5%", "hit", "ndcg", "precision", "f1", "diversity"),
+        ),
         "test",
     ),
-    **dict.fromkeys(("hr@5%", "hit", "ndcg", "precision", "f1", "diversity"), "test"),
     **dict.fromkeys(("gr2_recall@1", "gr2_recall@5", "gr2_ndcg@5"), "gr2"),
 }
 

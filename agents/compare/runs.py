@@ -14,6 +14,7 @@ import math
 import shutil
 import sys
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -495,7 +496,7 @@ class RunStore(TrialStore):
         npz = self.npz_path(key)
         try:
             record["per_request"] = RequestValues.load(npz)
-        except (ValueError, OSError) as err:
+        except (ValueError, OSError, zipfile.BadZipFile) as err:
             raise ConfigError(f"--resume: {err}; re-run with --overwrite") from None
         return record
 
