@@ -5,8 +5,11 @@ the reference lists (beam search against the training simulator, pointwise greed
 and the exact oracle where ``P(N, L)`` is small), random permutations for HR@k%,
 and the GR2-protocol requests. :func:`evaluate_agent` ranks the requests with one
 agent (validated by :func:`~agents.base.checked_rank`) and returns one row of
-metrics; :func:`summarise` averages rows over seeds with bootstrap confidence
-intervals; :func:`results_markdown` / :func:`write_csv` write them.
+metrics and, in :class:`RequestValues`, the per-request values behind them;
+:func:`summarise` averages rows over seeds with 95% intervals (a two-way bootstrap
+over seeds and requests where the per-request values are given,
+:mod:`agents.intervals`), :func:`paired_table` compares every agent with a reference
+on the same requests, and :func:`results_markdown` / :func:`write_csv` write them.
 
 Metrics (one frozen evaluator kept apart from the training reward, as the
 papers' protocol asks):
@@ -35,7 +38,7 @@ import csv
 import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,8 +49,10 @@ import scipy.stats
 from agents.base import Agent, UnsupportedTaskError, checked_rank, validated_lists
 from agents.baselines import BeamSearchAgent, OracleAgent, PointwiseGreedy
 from agents.common.training import preserved_global_rng
+from agents.intervals import hierarchical_interval, paired_difference
 from agents.metrics import coverage, intra_list_diversity, log_metrics, permutation_percentile
 from rerank_env.task import RerankTask
+from simulators._io import atomic_write
 from simulators.metrics import ndcg_at_k, recall_at_k, target_ranks
 
 #: Metric columns in table order, with the header each gets in markdown.
@@ -70,6 +75,98 @@ METRICS: dict[str, str] = {
     "coverage": "coverage",
     "latency_ms": "ms / request",
 }
+
+#: The metrics :func:`evaluate_agent` keeps per request, and the request set each is
+#: measured on: ``"test"`` (the evaluation's test requests) or ``"gr2"`` (its
+#: GR2-protocol requests). The others (``coverage``, ``latency_ms``) have one value
+#: per run, so their intervals are over seeds only.
+REQUEST_METRICS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            *("reward_eval", "reward_train", "reward_true", "pct_beam", "pct_oracle"),
+            *("hr@1%", "hr@5%", "hit", "ndcg", "precision", "f1", "diversity"),
+        ),
+        "test",
+    ),
+    **dict.fromkeys(("gr2_recall@1", "gr2_recall@5", "gr2_ndcg@5"), "gr2"),
+}
+
+#: Version of the files :meth:`RequestValues.save` writes.
+REQUEST_VALUES_FORMAT = 1
+
+#: What the tables say of their intervals.
+TWO_WAY_INTERVAL = "95% two-way bootstrap over seeds and requests"
+SEEDS_INTERVAL = "95% bootstrap over seeds only"
+
+
+@dataclass(frozen=True)
+class RequestValues:
+    """One run's per-request metric values and the requests they were measured on.
+
+    The rows of :func:`summarise`'s two-way intervals and of :func:`paired_table`.
+
+    Attributes:
+        values: Metric name -> float ``[requests]`` on its request set (see
+            :data:`REQUEST_METRICS`; other names are on ``"test"``), NaN where the
+            metric is undefined for a request (no logged positive, say).
+        requests: Request set (``"test"``, ``"gr2"``) -> request indices ``[requests]``.
+    """
+
+    values: dict[str, np.ndarray]
+    requests: dict[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        for metric, values in self.values.items():
+            group = self.request_set(metric)
+            if group not in self.requests:
+                raise ValueError(
+                    f"per-request values of {metric!r} need the {group!r} request indices; "
+                    f"requests has {sorted(self.requests)}"
+                )
+            if np.shape(values) != np.shape(self.requests[group]):
+                raise ValueError(
+                    f"{metric!r} has values of shape {np.shape(values)} for "
+                    f"{len(self.requests[group])} {group!r} requests: give one value per request"
+                )
+
+    @staticmethod
+    def request_set(metric: str) -> str:
+        """The request set ``metric`` is measured on (``"test"`` unless listed otherwise)."""
+        return REQUEST_METRICS.get(metric, "test")
+
+    def save(self, path: str | Path) -> Path:
+        """Write an ``.npz`` file atomically (a crash leaves no partial file); returns it.
+
+        It holds ``format`` (:data:`REQUEST_VALUES_FORMAT`), ``requests.<set>`` and
+        ``values.<metric>``.
+        """
+        arrays = {"format": np.array(REQUEST_VALUES_FORMAT)}
+        arrays |= {f"requests.{name}": np.asarray(v) for name, v in self.requests.items()}
+        arrays |= {f"values.{name}": np.asarray(v) for name, v in self.values.items()}
+        path = Path(path)
+        atomic_write(path, lambda out: np.savez_compressed(out, **arrays))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RequestValues:
+        """Read a file :meth:`save` wrote.
+
+        Raises:
+            ValueError: The file is of another format version (or not such a file).
+        """
+        with np.load(Path(path)) as stored:
+            version = int(stored["format"]) if "format" in stored.files else None
+            if version != REQUEST_VALUES_FORMAT:
+                raise ValueError(
+                    f"{path} holds per-request values in format {version!r}; this version "
+                    f"reads format {REQUEST_VALUES_FORMAT}: evaluate the run again"
+                )
+            parts: dict[str, dict[str, np.ndarray]] = {"requests": {}, "values": {}}
+            for key in stored.files:
+                kind, _, name = key.partition(".")
+                if kind in parts:
+                    parts[kind][name] = stored[key]
+        return cls(values=parts["values"], requests=parts["requests"])
 
 
 @dataclass
@@ -176,11 +273,14 @@ class AgentEvaluation:
         position_clicks: Mean held-out click probability per slot ``[L]`` (the
             per-position credit profile).
         lists: The agent's lists ``[B, L]``.
+        per_request: The per-request values behind ``metrics`` (those of
+            :data:`REQUEST_METRICS` the task defines) and the requests.
     """
 
     metrics: dict[str, float]
     position_clicks: np.ndarray
     lists: np.ndarray
+    per_request: RequestValues
 
 
 def _timed_rank(
@@ -200,64 +300,96 @@ def _timed_rank(
 
 def gr2_metrics(agent: Agent, evaluation: EvaluationSet) -> dict[str, float]:
     """Recall@1/5 and NDCG@5 of the held-out next item (NaN if the agent cannot rank)."""
-    missing = {"gr2_recall@1": math.nan, "gr2_recall@5": math.nan, "gr2_ndcg@5": math.nan}
+    return gr2_metrics_of(gr2_request_values(agent, evaluation))
+
+
+def gr2_request_values(agent: Agent, evaluation: EvaluationSet) -> dict[str, np.ndarray] | None:
+    """:func:`gr2_metrics` per GR2 request ``[Q]``, or ``None`` where they are NaN."""
     if evaluation.gr2_task is None or not len(evaluation.gr2_requests):
-        return missing
+        return None
     if isinstance(agent, OracleAgent):
-        return missing  # 30,240 lists per request; it maximises clicks, not the target
+        return None  # 30,240 lists per request; it maximises clicks, not the target
     task, requests = evaluation.gr2_task, evaluation.gr2_requests
     try:
         lists = checked_rank(agent, task, requests)
     except UnsupportedTaskError:
-        return missing  # the agent is tied to the main task's candidate count
+        return None  # the agent is tied to the main task's candidate count
     rank = target_ranks(lists, task.pool.gr2_target_pos[requests])
     return {
-        "gr2_recall@1": float(recall_at_k(rank, 1).mean()),
-        "gr2_recall@5": float(recall_at_k(rank, 5).mean()),
-        "gr2_ndcg@5": float(ndcg_at_k(rank, 5).mean()),
+        "gr2_recall@1": recall_at_k(rank, 1),
+        "gr2_recall@5": recall_at_k(rank, 5),
+        "gr2_ndcg@5": ndcg_at_k(rank, 5),
     }
 
 
 def evaluate_agent(
     agent: Agent, evaluation: EvaluationSet, *, batch_size: int = 256
 ) -> AgentEvaluation:
-    """Rank the evaluation requests with ``agent`` and compute every metric."""
+    """Rank the evaluation requests with ``agent`` and compute every metric.
+
+    The metrics are means over the requests; :attr:`AgentEvaluation.per_request`
+    keeps the values they are means of.
+    """
     task, requests = evaluation.task, evaluation.requests
     lists, seconds = _timed_rank(agent, task, requests, batch_size)
     clicks = task.click_probs(requests, lists, "eval").cpu().numpy()
-    reward_eval = clicks.sum(axis=1)
-    reward_train = task.expected_reward(requests, lists, "train").cpu().numpy()
-    reward_true = (
-        task.expected_reward(requests, lists, "true").cpu().numpy().mean()
-        if task.has_simulator("true")
-        else math.nan
-    )
-    percentile = permutation_percentile(reward_eval, evaluation.permutation_values)
-    logs = log_metrics(lists, task.logged_positives(requests))
     items = np.take_along_axis(task.candidates_np[requests], lists, axis=1)
+    values = _test_request_values(evaluation, lists, clicks, items)
+    gr2 = gr2_request_values(agent, evaluation)
+    reward_eval = values["reward_eval"]
     metrics = {
         "reward_eval": float(reward_eval.mean()),
-        "reward_train": float(reward_train.mean()),
-        "reward_true": float(reward_true),
+        "reward_train": float(values["reward_train"].mean()),
+        "reward_true": float(values["reward_true"].mean()) if "reward_true" in values else math.nan,
         "pct_beam": float(100 * reward_eval.mean() / evaluation.beam_reward.mean()),
         "pct_oracle": (
             math.nan
             if evaluation.oracle_reward is None
             else float(100 * reward_eval.mean() / evaluation.oracle_reward.mean())
         ),
-        "hr@1%": float((percentile >= 0.99).mean()),
-        "hr@5%": float((percentile >= 0.95).mean()),
-        **{name: float(np.nanmean(values)) for name, values in logs.items()},
-        **gr2_metrics(agent, evaluation),
-        "diversity": (
-            float(intra_list_diversity(items, task.pool.item_features).mean())
-            if lists.shape[1] > 1
-            else math.nan
-        ),
+        "hr@1%": float(values["hr@1%"].mean()),
+        "hr@5%": float(values["hr@5%"].mean()),
+        **{name: float(np.nanmean(values[name])) for name in ("hit", "ndcg", "precision", "f1")},
+        **gr2_metrics_of(gr2),
+        "diversity": float(values["diversity"].mean()) if "diversity" in values else math.nan,
         "coverage": coverage(items, task.candidates_np[requests]),
         "latency_ms": 1000 * seconds,
     }
-    return AgentEvaluation(metrics, clicks.mean(axis=0), lists)
+    request_sets = {"test": requests, "gr2": evaluation.gr2_requests}
+    per_request = RequestValues({**values, **(gr2 or {})}, request_sets)
+    return AgentEvaluation(metrics, clicks.mean(axis=0), lists, per_request)
+
+
+def gr2_metrics_of(values: dict[str, np.ndarray] | None) -> dict[str, float]:
+    """The means of :func:`gr2_request_values`' values (NaN for ``None``)."""
+    if values is None:
+        return {"gr2_recall@1": math.nan, "gr2_recall@5": math.nan, "gr2_ndcg@5": math.nan}
+    return {name: float(per_request.mean()) for name, per_request in values.items()}
+
+
+def _test_request_values(
+    evaluation: EvaluationSet, lists: np.ndarray, clicks: np.ndarray, items: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The per-request values of ``lists`` on the test requests (:data:`REQUEST_METRICS`)."""
+    task, requests = evaluation.task, evaluation.requests
+    reward_eval = clicks.sum(axis=1)
+    values = {
+        "reward_eval": reward_eval,
+        "reward_train": task.expected_reward(requests, lists, "train").cpu().numpy(),
+    }
+    if task.has_simulator("true"):
+        values["reward_true"] = task.expected_reward(requests, lists, "true").cpu().numpy()
+    # % of a reference: the reference's mean is held fixed (the reference is not an agent)
+    values["pct_beam"] = 100 * reward_eval / evaluation.beam_reward.mean()
+    if evaluation.oracle_reward is not None:
+        values["pct_oracle"] = 100 * reward_eval / evaluation.oracle_reward.mean()
+    percentile = permutation_percentile(reward_eval, evaluation.permutation_values)
+    values["hr@1%"] = (percentile >= 0.99).astype(np.float64)
+    values["hr@5%"] = (percentile >= 0.95).astype(np.float64)
+    values |= log_metrics(lists, task.logged_positives(requests))
+    if lists.shape[1] > 1:
+        values["diversity"] = intra_list_diversity(items, task.pool.item_features)
+    return values
 
 
 def reward_and_latency(agent: Agent, task: RerankTask, requests: np.ndarray) -> dict[str, float]:
@@ -333,28 +465,222 @@ def confidence_interval(
 
 
 def summarise(
-    rows: list[dict[str, Any]], metrics: Sequence[str] | None = None
+    rows: list[dict[str, Any]],
+    metrics: Sequence[str] | None = None,
+    per_request: Mapping[str, Sequence[RequestValues]] | None = None,
+    *,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Per agent: the mean over seeds of every metric with its 95% bootstrap CI.
+    """Per agent: the mean over seeds of every metric with its 95% interval.
+
+    With ``per_request``, a metric an agent has per-request values of gets the
+    two-way bootstrap over seeds and requests
+    (:func:`~agents.intervals.hierarchical_interval` on its ``[runs, requests]``
+    matrix): the test requests are a sample too. Otherwise (per-run metrics such as
+    latency, or callers with per-seed rows only) the interval is a percentile
+    bootstrap over the seeds' values, which treats the requests as fixed.
 
     Args:
         rows: One dict per (agent, seed) with ``"agent"``, ``"seed"`` and metrics.
         metrics: Metrics to summarise (default: :data:`METRICS`).
+        per_request: Agent -> the :class:`RequestValues` of its distinct runs, all
+            on the same requests (an agent without randomness, run once and counted
+            for every seed, has one).
+        seed: Seed of the two-way bootstrap.
 
     Returns:
-        One dict per agent (first-seen order): ``agent``, ``seeds`` and, per metric
-        ``m``, ``m``, ``m_low``, ``m_high``.
+        One dict per agent (first-seen order): ``agent``, ``seeds`` (rows),
+        ``runs`` (the rows the intervals rest on), ``requests`` (test requests in
+        its two-way intervals; 0 for a seeds-only interval) and, per metric ``m``,
+        ``m``, ``m_low``, ``m_high``. The means are the means of the rows.
+
+    Raises:
+        ValueError: ``per_request`` names an agent without rows, or an agent's runs
+            were evaluated on different requests.
     """
     agents = list(dict.fromkeys(row["agent"] for row in rows))
+    per_request = per_request or {}
+    if unknown := sorted(set(per_request) - set(agents)):
+        raise ValueError(f"per_request has values of {unknown}, which have no rows: {agents}")
     summary = []
     for agent in agents:
         mine = [row for row in rows if row["agent"] == agent]
-        entry: dict[str, Any] = {"agent": agent, "seeds": len(mine)}
+        runs = per_request.get(agent) or []
+        entry: dict[str, Any] = {
+            "agent": agent,
+            "seeds": len(mine),
+            "runs": len(runs) or len(mine),
+            "requests": len(runs[0].requests["test"]) if runs else 0,
+        }
         for metric in METRICS if metrics is None else metrics:
             mean, low, high = confidence_interval(np.array([row[metric] for row in mine]))
+            matrix = request_matrix(runs, metric, agent) if runs else None
+            if matrix is not None:
+                interval = hierarchical_interval(matrix, seed=seed)
+                low, high = interval.low, interval.high
             entry.update({metric: mean, f"{metric}_low": low, f"{metric}_high": high})
         summary.append(entry)
     return summary
+
+
+def request_matrix(
+    runs: Sequence[RequestValues], metric: str, agent: str = "the agent"
+) -> np.ndarray | None:
+    """``metric``'s values of ``runs`` as a ``[runs, requests]`` matrix.
+
+    Returns:
+        The matrix, or ``None`` where the runs have no per-request values of
+        ``metric`` (a per-run metric, or one undefined for this agent).
+
+    Raises:
+        ValueError: Some runs have the metric and others not, or the runs were
+            evaluated on different requests.
+    """
+    have = [metric in run.values for run in runs]
+    if not any(have):
+        return None
+    if not all(have):
+        raise ValueError(
+            f"{sum(have)} of the {len(runs)} runs of {agent!r} have per-request values of "
+            f"{metric!r}: evaluate every run of an agent with the same evaluate_agent"
+        )
+    group = RequestValues.request_set(metric)
+    first = runs[0].requests[group]
+    for index, run in enumerate(runs[1:], start=1):
+        if not np.array_equal(run.requests[group], first):
+            raise ValueError(
+                f"run {index} of {agent!r} was evaluated on other {group!r} requests than run "
+                f"0 ({len(run.requests[group])} vs {len(first)}): a [seeds, requests] interval "
+                "needs every run on the same requests; evaluate them on one EvaluationSet"
+            )
+    return np.stack([np.asarray(run.values[metric], dtype=float) for run in runs])
+
+
+#: The reference agent of :func:`paired_table` when it is compared (else the first agent).
+DEFAULT_REFERENCE = "pointwise-greedy"
+
+#: The metrics of :func:`paired_table`: held-out reward and, where defined, true reward.
+PAIRED_METRICS = ("reward_eval", "reward_true")
+
+
+def reference_agent(agents: Sequence[str], reference: str | None = None) -> str:
+    """The agent :func:`paired_table` compares the others with.
+
+    Args:
+        agents: The agents' names, in table order.
+        reference: The name asked for; ``None``: :data:`DEFAULT_REFERENCE` when it
+            is among ``agents``, else the first agent.
+
+    Raises:
+        ValueError: ``reference`` is not one of ``agents`` (the message lists them).
+    """
+    if not agents:
+        raise ValueError("no agents: a paired table needs a reference agent and another")
+    if reference is None:
+        return DEFAULT_REFERENCE if DEFAULT_REFERENCE in agents else agents[0]
+    if reference not in agents:
+        raise ValueError(
+            f"unknown reference agent {reference!r}; valid: {', '.join(map(repr, agents))} "
+            "(the agents of this comparison)"
+        )
+    return reference
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
+    """``P(X > Y)``: a run of X beats a run of Y (ties count half), on one task.
+
+    This is rliable's ``metrics.probability_of_improvement`` for a single task,
+    the Mann-Whitney ``U`` of the runs' scores over ``len(x) * len(y)``; it is
+    computed here because ``compare`` must run without the optional ``stats`` extra
+    that brings rliable, and a single task needs no more than this count
+    (``tests/test_compare_stats.py`` checks the two agree). For its stratified
+    bootstrap interval see :func:`improvement_probability`, which needs two runs
+    of each method.
+
+    Args:
+        x: Per-run scores of X ``[runs_x]`` (e.g. each seed's mean reward).
+        y: Per-run scores of Y ``[runs_y]``.
+
+    Raises:
+        ValueError: An empty or NaN score.
+    """
+    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    if not len(x) or not len(y) or np.isnan(x).any() or np.isnan(y).any():
+        raise ValueError(
+            f"probability_of_improvement needs at least one score per method and no NaN, "
+            f"got x={x.tolist()} and y={y.tolist()}"
+        )
+    greater = (x[:, None] > y[None, :]).mean()
+    ties = (x[:, None] == y[None, :]).mean()
+    return float(greater + 0.5 * ties)
+
+
+def paired_table(
+    per_request: Mapping[str, Sequence[RequestValues]],
+    reference: str,
+    metrics: Sequence[str] = PAIRED_METRICS,
+    *,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Every agent against ``reference`` on the same requests, per metric.
+
+    The difference of means has the paired two-way interval of
+    :func:`~agents.intervals.paired_difference` (one request draw for both agents,
+    each agent's seeds drawn on their own) and its minimum detectable difference
+    at 80% power and a two-sided 5% level; ``p_improvement`` is
+    :func:`probability_of_improvement` of the runs' means.
+
+    Args:
+        per_request: Agent -> the :class:`RequestValues` of its distinct runs.
+        reference: The agent the others are compared with (see :func:`reference_agent`).
+        metrics: Metrics compared, where both agents have per-request values of them.
+        seed: Seed of the bootstrap.
+
+    Returns:
+        One dict per (metric, agent): ``agent``, ``reference``, ``metric``,
+        ``difference``, ``low``, ``high``, ``se``, ``mde``, ``power``,
+        ``separated`` (the interval excludes 0), ``p_improvement``, ``runs``,
+        ``reference_runs``, ``requests``.
+
+    Raises:
+        ValueError: ``reference`` has no per-request values, or an agent was
+            evaluated on other requests than the reference.
+    """
+    reference_agent(list(per_request), reference)
+    table = []
+    for metric in metrics:
+        base = request_matrix(per_request[reference], metric, reference)
+        if base is None:
+            continue
+        group = RequestValues.request_set(metric)
+        shared = per_request[reference][0].requests[group]
+        for agent, runs in per_request.items():
+            values = request_matrix(runs, metric, agent) if agent != reference else None
+            if values is None:
+                continue
+            if not np.array_equal(runs[0].requests[group], shared):
+                raise ValueError(
+                    f"{agent!r} and the reference {reference!r} were evaluated on other "
+                    f"{group!r} requests: a paired difference needs both on the same requests"
+                )
+            difference = paired_difference(values, base, seed=seed)
+            table.append(
+                {
+                    "agent": agent,
+                    "reference": reference,
+                    "metric": metric,
+                    "difference": difference.mean,
+                    **{k: getattr(difference, k) for k in ("low", "high", "se", "mde", "power")},
+                    "separated": difference.separated,
+                    "p_improvement": probability_of_improvement(
+                        np.nanmean(values, axis=1), np.nanmean(base, axis=1)
+                    ),
+                    "runs": values.shape[0],
+                    "reference_runs": base.shape[0],
+                    "requests": values.shape[1],
+                }
+            )
+    return table
 
 
 def _cell(entry: dict[str, Any], metric: str) -> str:
@@ -367,10 +693,50 @@ def _cell(entry: dict[str, Any], metric: str) -> str:
     return f"{mean:.{digits}f} ± {(high - low) / 2:.{digits}f}"
 
 
+def interval_note(summary: list[dict[str, Any]], shown: Sequence[str] = tuple(METRICS)) -> str:
+    """What the intervals of :func:`summarise`'s entries are, for a table's note.
+
+    Args:
+        summary: :func:`summarise`'s entries (their ``requests`` says which interval).
+        shown: The metrics in the table.
+    """
+    two_way = [entry["agent"] for entry in summary if entry.get("requests", 0) > 0]
+    seeds_only = [entry["agent"] for entry in summary if not entry.get("requests", 0) > 0]
+    notes = []
+    if two_way:
+        per_run = [METRICS.get(m, m) for m in shown if m not in REQUEST_METRICS]
+        notes.append(
+            f"Mean ± half the width of its interval, a {TWO_WAY_INTERVAL} (the seeds and "
+            "the test requests resampled together: Owen's pigeonhole bootstrap, "
+            "agents.intervals)"
+            + (f"; {', '.join(per_run)}: one value per run, over seeds only" if per_run else "")
+            + ". An agent without randomness runs once and counts as one seed (runs column)."
+        )
+    if seeds_only:
+        whom = f" ({', '.join(seeds_only)})" if two_way else ""
+        notes.append(
+            f"Mean over seeds ± half the width of its interval, a {SEEDS_INTERVAL}{whom}: "
+            "without per-request values the test requests are treated as fixed, so "
+            "request-sampling error is not counted and with a few seeds such intervals "
+            "under-cover."
+        )
+    return " ".join([*notes, "No ±: the interval is a point."])
+
+
 def results_markdown(
-    summary: list[dict[str, Any]], evaluation: EvaluationSet, title: str = "Results"
+    summary: list[dict[str, Any]],
+    evaluation: EvaluationSet,
+    title: str = "Results",
+    paired: list[dict[str, Any]] | None = None,
 ) -> str:
-    """A markdown table (mean ± half the 95% CI width) with the headroom line."""
+    """A markdown table (mean ± half the 95% interval) with the headroom line.
+
+    Args:
+        summary: :func:`summarise`'s entries.
+        evaluation: The evaluation set they were measured on.
+        title: The heading.
+        paired: :func:`paired_table`'s rows, written as a second table (none: no table).
+    """
     shown = [m for m in METRICS if any(not math.isnan(entry[m]) for entry in summary)]
     lines = [
         f"# {title}",
@@ -380,16 +746,44 @@ def results_markdown(
         "",
         evaluation.headroom_line(),
         "",
-        "Mean over seeds ± half the width of its 95% percentile-bootstrap interval over "
-        "seeds (no ± : identical across seeds). With 5 seeds such intervals are narrow "
-        "(they under-cover); read them as the spread across training runs.",
+        interval_note(summary, shown),
         "",
-        "| agent | seeds | " + " | ".join(METRICS[m] for m in shown) + " |",
-        "|---|---:|" + "---:|" * len(shown),
+        "| agent | seeds | runs | " + " | ".join(METRICS[m] for m in shown) + " |",
+        "|---|---:|---:|" + "---:|" * len(shown),
     ]
     for entry in summary:
         cells = " | ".join(_cell(entry, m) for m in shown)
-        lines.append(f"| {entry['agent']} | {entry['seeds']} | {cells} |")
+        runs = entry.get("runs", entry["seeds"])
+        lines.append(f"| {entry['agent']} | {entry['seeds']} | {runs} | {cells} |")
+    text = "\n".join(lines) + "\n"
+    return text + ("\n" + paired_markdown(paired) if paired else "")
+
+
+def paired_markdown(paired: list[dict[str, Any]]) -> str:
+    """:func:`paired_table`'s rows as a markdown section."""
+    reference = paired[0]["reference"]
+    lines = [
+        f"## Paired differences against {reference}",
+        "",
+        f"Each agent minus {reference} on the same {paired[0]['requests']} test requests: "
+        "the mean difference and its 95% interval (two-way bootstrap, the requests drawn "
+        "once for both agents, each agent's seeds on their own), the minimum detectable "
+        "difference (MDE) at 80% power and a two-sided 5% level (a true difference smaller "
+        "than it could not have been seen by this run), whether the interval excludes 0, "
+        f"and P(X > ref), the probability that a run of the agent beats a run of {reference} "
+        "(runs' mean rewards; ties count half; rliable's probability of improvement).",
+        "",
+        "| agent | metric | difference | 95% interval | MDE (80% power) | excludes 0 "
+        "| P(X > ref) | runs |",
+        "|---|---|---:|---:|---:|:---:|---:|---:|",
+    ]
+    for row in paired:
+        lines.append(
+            f"| {row['agent']} | {METRICS.get(row['metric'], row['metric'])} "
+            f"| {row['difference']:+.4f} | [{row['low']:+.4f}, {row['high']:+.4f}] "
+            f"| {row['mde']:.4f} | {'yes' if row['separated'] else 'no'} "
+            f"| {row['p_improvement']:.2f} | {row['runs']} vs {row['reference_runs']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -430,6 +824,43 @@ def compact_table(summary: list[dict[str, Any]]) -> str:
                 digits = {"pct_beam": 1, "latency_ms": 2, "fit_s": 0, "seeds": 0}.get(metric, 3)
                 cells.append(f"{value:.{digits}f}")
         rows.append(cells)
+    return aligned_table(header, rows)
+
+
+def compact_paired_table(paired: list[dict[str, Any]]) -> str:
+    """:func:`paired_table`'s rows as a plain-text table for a terminal."""
+    header = [
+        ("", "agent"),
+        ("", "metric"),
+        ("", "difference"),
+        ("95%", "interval"),
+        ("MDE", "80%"),
+        ("excludes", "0"),
+        ("P(X >", "ref)"),
+    ]
+    names = {"reward_eval": "held-out", "reward_true": "true"}
+    rows = [
+        [
+            str(row["agent"]),
+            names.get(row["metric"], row["metric"]),
+            f"{row['difference']:+.3f}",
+            f"[{row['low']:+.3f}, {row['high']:+.3f}]",
+            f"{row['mde']:.3f}",
+            "yes" if row["separated"] else "no",
+            f"{row['p_improvement']:.2f}",
+        ]
+        for row in paired
+    ]
+    return aligned_table(header, rows)
+
+
+def aligned_table(header: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]]) -> str:
+    """Plain-text columns: two header lines, the first column left-aligned, others right.
+
+    Args:
+        header: Each column's two header lines.
+        rows: The cells, one list per row.
+    """
     widths = [
         max(len(text) for text in [*header[i], *(row[i] for row in rows)])
         for i in range(len(header))

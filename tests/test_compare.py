@@ -56,6 +56,20 @@ def test_evaluation_references_and_metrics(evaluation) -> None:
     assert f"{100 * expected:+.1f}%" in evaluation.headroom_line()
 
 
+def test_evaluate_agent_keeps_the_per_request_values_behind_its_means(evaluation) -> None:
+    result = evaluate_agent(RandomAgent(1), evaluation)
+    values, requests = result.per_request.values, result.per_request.requests
+    np.testing.assert_array_equal(requests["test"], evaluation.requests)
+    np.testing.assert_array_equal(requests["gr2"], evaluation.gr2_requests)
+    for metric in ("reward_eval", "reward_train", "hr@1%", "ndcg", "hit", "gr2_recall@5"):
+        assert float(np.nanmean(values[metric])) == pytest.approx(result.metrics[metric])
+    assert len(values["gr2_ndcg@5"]) == len(evaluation.gr2_requests)
+    assert np.isnan(values["ndcg"]).any()  # requests without a logged positive: undefined
+    assert float(values["reward_eval"].mean()) == result.metrics["reward_eval"]  # the same sum
+    # No true model on ML-100K; coverage and latency are one value per run.
+    assert not {"reward_true", "coverage", "latency_ms"} & set(values)
+
+
 def test_gr2_metrics_of_the_initial_order_are_the_pre_rankers(evaluation) -> None:
     """The GR2 view's initial order is the pre-ranker: recall@1 = share of targets first."""
     gr2 = evaluation.gr2_task

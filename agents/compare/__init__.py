@@ -7,8 +7,12 @@ environment's task and evaluated on its held-out test requests
 oracle) are evaluated once and count for every seed. The run folder
 ``<out>/<name>/`` receives:
 
-* ``results.md`` / ``results.csv``: mean over seeds with 95% bootstrap CIs, and the
-  environment's headroom (beam search vs pointwise greedy);
+* ``results.md`` / ``results.csv``: mean over seeds with 95% intervals, a two-way
+  bootstrap over seeds and requests (:mod:`agents.intervals`), and the
+  environment's headroom (beam search vs pointwise greedy); ``results.md`` also has
+  the paired table: every agent's difference from a reference agent
+  (``--reference``) on the same requests, its interval, its minimum detectable
+  difference and the probability of improvement; ``results.json`` holds both tables;
 * ``per_seed.csv``, ``curves.csv`` (every trainer's training log: losses, entropy,
   gradient norm, reward, simulator calls, and the learning-curve points),
   ``position_clicks.csv``;
@@ -17,8 +21,9 @@ oracle) are evaluated once and count for every seed. The run folder
 * ``config.json`` (the command, versions, task, data checksum);
 * ``logs/<agent>/seed<k>/``: each run's ``curves.csv`` and, when the ``tensorboard``
   package is installed, its TensorBoard events (``tensorboard --logdir runs/<name>/logs``).
-* ``runs/<agent>/seed<k>.json`` (``seed-all.json`` for an agent without randomness),
-  written as each run ends, and ``spec.json`` (the settings they were measured under):
+* ``runs/<agent>/seed<k>.json`` (``seed-all.json`` for an agent without randomness)
+  and its per-request values ``seed<k>.npz``, written as each run ends, and
+  ``spec.json`` (the settings they were measured under):
   ``--resume`` reads them back, so an interrupted comparison continues where it
   stopped, and agents can be run in parts (``--agents a,b`` then ``--agents a,b,c,d
   --resume``) and tabulated together. It refuses a folder made with other settings.

@@ -115,6 +115,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device of task and agents (cuda)")
     add_backend_arguments(parser)
+    _add_output_arguments(parser)
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of what ``compare`` shows: ``--reference``, ``--quiet``, ``--full-table``."""
+    parser.add_argument(
+        "--reference",
+        metavar="NAME",
+        help="the agent of the paired table: every other agent's difference from it on the "
+        "same requests, with its interval and minimum detectable difference (default: "
+        "pointwise-greedy when it is compared, else the first agent)",
+    )
     parser.add_argument(
         "--quiet",
         action="store_true",
@@ -158,6 +170,7 @@ def compare_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "progress": not args.quiet,
         "backend": args.backend,
         "ray_options": ray_options_from(args),
+        "reference": args.reference,
     }
 
 

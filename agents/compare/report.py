@@ -13,9 +13,16 @@ import numpy as np
 
 from agents.common.telemetry import write_rows_csv
 from agents.evaluation import (
+    SEEDS_INTERVAL,
+    TWO_WAY_INTERVAL,
     EvaluationSet,
+    RequestValues,
+    compact_paired_table,
     compact_table,
+    interval_note,
+    paired_table,
     read_csv,
+    reference_agent,
     results_markdown,
     summarise,
     write_csv,
@@ -31,31 +38,59 @@ class Gathered:
         curves: Every trainer's training-log rows.
         profiles: Held-out click probability per slot, per (agent, seed).
         curve_keys: Each trained agent's learning-curve ``(x, y)`` keys.
+        per_request: Each agent's per-request values, one per distinct run (an
+            agent run once for every seed has one).
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     curves: list[dict[str, Any]] = field(default_factory=list)
     profiles: list[dict[str, Any]] = field(default_factory=list)
     curve_keys: dict[str, tuple[str, str]] = field(default_factory=dict)
+    per_request: dict[str, list[RequestValues]] = field(default_factory=dict)
 
 
 def write_results(
-    folder: Path, gathered: Gathered, evaluation: EvaluationSet, *, title: str
+    folder: Path,
+    gathered: Gathered,
+    evaluation: EvaluationSet,
+    *,
+    title: str,
+    reference: str | None = None,
 ) -> list[dict[str, Any]]:
     """Write the tables and figures of a comparison into ``folder``.
 
-    ``results.md`` and ``results.csv`` (mean and interval per agent), ``per_seed.csv``,
-    ``curves.csv``, ``position_clicks.csv`` and the figures (:func:`plot_results`).
+    ``results.md`` and ``results.csv`` (mean and interval per agent: two-way over
+    seeds and requests where the runs' per-request values are gathered), the paired
+    table against ``reference`` (in ``results.md``), ``results.json`` (both tables
+    and what their intervals are), ``per_seed.csv``, ``curves.csv``,
+    ``position_clicks.csv`` and the figures (:func:`plot_results`).
+
+    Args:
+        folder: The run folder.
+        gathered: The comparison's rows.
+        evaluation: The evaluation set they were measured on.
+        title: The heading of ``results.md``.
+        reference: The paired table's reference agent
+            (:func:`~agents.evaluation.reference_agent`'s default when ``None``).
 
     Returns:
         The summary rows.
     """
-    summary = summarise(gathered.rows)
+    summary = summarise(gathered.rows, per_request=gathered.per_request)
     for entry in summary:
         times = [row["fit_s"] for row in gathered.rows if row["agent"] == entry["agent"]]
         entry["fit_s"] = float(np.mean(times))
-    (folder / "results.md").write_text(results_markdown(summary, evaluation, title))
+    reference = reference_agent([entry["agent"] for entry in summary], reference)
+    paired = paired_table(gathered.per_request, reference) if gathered.per_request else []
+    (folder / "results.md").write_text(results_markdown(summary, evaluation, title, paired))
     write_csv(folder / "results.csv", summary)
+    results = {
+        "interval": interval_note(summary),
+        "reference": reference,
+        "summary": summary,
+        "paired": paired,
+    }
+    (folder / "results.json").write_text(json.dumps(_finite(results), indent=1) + "\n")
     write_csv(folder / "per_seed.csv", gathered.rows)
     curves = gathered.curves or [{"agent": "", "seed": "", "stage": ""}]
     write_rows_csv(folder / "curves.csv", curves)
@@ -88,16 +123,18 @@ def results_text(folder: str | Path, full: bool = False, width: int = 100) -> st
             f"rerank-env compare: {config['env_id']}, {config['requests']} test requests, "
             f"{config['seeds']} seed(s)"
         )
+        two_way = all(entry["requests"] > 0 for entry in summary)
         legend = (
-            "held-out reward: mean ± half its 95% bootstrap interval over seeds; every metric "
-            "with its interval: results.md, or --full-table"
+            "held-out reward: mean ± half its interval, a "
+            f"{TWO_WAY_INTERVAL if two_way else SEEDS_INTERVAL}; every metric with its "
+            "interval: results.md, or --full-table"
         )
         body = (
             f"{prose(title)}\n{prose(config['headroom_line'])}\n\n{compact_table(summary)}"
-            f"{prose(legend)}\n"
+            f"{prose(legend)}\n{_paired_text(folder, prose)}"
         )
     notes = [
-        f"wrote {folder} in {config['wall_s']:.0f} s: results.md, results.csv, "
+        f"wrote {folder} in {config['wall_s']:.0f} s: results.md, results.csv, results.json, "
         "learning_curves.png, pareto.png, credit_profile.png"
     ]
     if not config["tensorboard"]:
@@ -106,6 +143,32 @@ def results_text(folder: str | Path, full: bool = False, width: int = 100) -> st
             "to get them; curves.csv holds the same"
         )
     return body + "\n" + "\n".join(map(prose, notes))
+
+
+def _paired_text(folder: Path, prose: Any) -> str:
+    """The paired table of ``results.json`` for the terminal ("" without one)."""
+    results = json.loads((folder / "results.json").read_text())
+    paired = results["paired"]
+    if not paired:
+        return ""
+    legend = (
+        f"difference from {results['reference']} on the same {paired[0]['requests']} requests, "
+        "its 95% paired interval (two-way bootstrap), the minimum detectable difference at "
+        "80% power, whether the interval excludes 0, and the probability that a run beats "
+        f"a run of {results['reference']}"
+    )
+    return f"\n{compact_paired_table(paired)}{prose(legend)}\n"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN floats as ``None`` (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
 
 
 def learning_curves(
@@ -194,7 +257,8 @@ def plot_results(
     axis.set_xscale("log")
     axis.set_xlabel("inference latency, ms per request (batched, log scale)")
     axis.set_ylabel("expected clicks, held-out simulator")
-    axis.set_title("Reward vs latency (95% CI over seeds)")
+    over = "seeds and requests" if all(e.get("requests", 0) > 0 for e in summary) else "seeds"
+    axis.set_title(f"Reward vs latency (95% interval over {over})")
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(folder / "pareto.png", dpi=120)

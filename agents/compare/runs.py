@@ -14,6 +14,7 @@ import math
 import shutil
 import sys
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,13 @@ from agents.common.trials import (
 )
 from agents.compare.presets import QUICK_AGENTS
 from agents.compare.report import Gathered, write_results
-from agents.evaluation import EvaluationSet, evaluate_agent, make_evaluation_set
+from agents.evaluation import (
+    EvaluationSet,
+    RequestValues,
+    evaluate_agent,
+    make_evaluation_set,
+    reference_agent,
+)
 from agents.registry import make_agent
 from rerank_env.task import RerankTask
 from simulators._io import atomic_write
@@ -44,8 +51,9 @@ from simulators.data.cache import package_version
 from simulators.data.errors import ConfigError
 from simulators.progress import LogProgress, log_line, progress_bar
 
-#: Version of the per-run records (``runs/<agent>/seed<k>.json``) that ``--resume`` reads.
-_RECORD_FORMAT = 1
+#: Version of the per-run records that ``--resume`` reads: ``runs/<agent>/seed<k>.json``
+#: and, since version 2, the per-request values beside it (``seed<k>.npz``).
+_RECORD_FORMAT = 2
 
 
 def _deterministic(agent: Any) -> bool:
@@ -108,6 +116,7 @@ def run_compare(
     progress: bool = True,
     backend: str = "local",
     ray_options: RayOptions | None = None,
+    reference: str | None = None,
 ) -> Path:
     """Train and evaluate ``agents`` over ``seeds`` seeds; returns the run folder.
 
@@ -140,16 +149,22 @@ def run_compare(
             (agent, seed) run a Ray task; :mod:`agents.common.trials`). Same seeds,
             same results table, but for the wall-clock columns (fit time, latency).
         ray_options: The Ray backend's cluster address, CPUs per run and retries.
+        reference: The agent of the paired table (each agent's difference from it on
+            the same requests): an agent's name or the name it was given by in
+            ``agents``; default ``"pointwise-greedy"`` when it is compared, else the
+            first agent.
     """
     factories = _checked_arguments(agents, budget, seeds, backend, resume, overwrite)
     name = name or f"{env_id}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     folder = _run_folder(Path(out) / name, resume, overwrite)
     started = time.perf_counter()
     task = command_task(env_id, env_kwargs, device)
-    _check_agents(task, env_id, agents, factories)
+    reference = _reference(agents, _check_agents(task, env_id, agents, factories), reference)
     spec = _run_spec(env_id, env_kwargs, requests, permutations, beam_width, budget, task)
+    store = RunStore(folder / "runs")
     if resume:
         _check_spec(folder, spec)
+        store.check()  # before the references are built: a missing file fails at once
     elif overwrite and (folder / "runs").exists():
         shutil.rmtree(folder / "runs")  # --overwrite starts again: no stale run records
     folder.mkdir(parents=True, exist_ok=True)
@@ -164,11 +179,10 @@ def run_compare(
         task, requests=requests, permutations=permutations, beam_width=beam_width, progress=progress
     )
     plan, trials = _plan(agents, factories, seeds, budget, folder, progress and backend == "local")
-    records, fresh = _run_planned(
-        trials, TrialStore(folder / "runs"), (task, evaluation), backend, ray_options, progress
-    )
+    records, fresh = _run_planned(trials, store, (task, evaluation), backend, ray_options, progress)
     gathered = _gather(plan, records, fresh, progress)
-    write_results(folder, gathered, evaluation, title=f"rerank-env compare: {env_id}")
+    title = f"rerank-env compare: {env_id}"
+    write_results(folder, gathered, evaluation, title=title, reference=reference)
     config = {
         "command": sys.argv,
         "env_id": env_id,
@@ -179,6 +193,7 @@ def run_compare(
         "permutations": permutations,
         "beam_width": beam_width,
         "budget": budget,
+        "reference": reference,
         "task": task.summary(),
         "task_description": task.description,
         "headroom": evaluation.headroom,
@@ -237,8 +252,8 @@ def _run_folder(folder: Path, resume: bool, overwrite: bool) -> Path:
 
 def _check_agents(
     task: RerankTask, env_id: str, agents: Sequence[str | Agent], factories: list[Any]
-) -> None:
-    """Refuse an agent the task does not suit, and two agents of one name."""
+) -> list[str]:
+    """The agents' names, once no agent is one the task does not suit, nor two of one name."""
     names: dict[str, str] = {}
     for item, make in zip(agents, factories, strict=True):
         candidate = make(0)  # e.g. the oracle on a task too large to enumerate
@@ -255,6 +270,17 @@ def _check_agents(
                 "different configs (or drop one)"
             )
         names[candidate.name] = label
+    return list(names)
+
+
+def _reference(agents: Sequence[str | Agent], names: list[str], reference: str | None) -> str:
+    """The paired table's reference agent by name (``reference`` may be an item of ``agents``)."""
+    pairs = zip(agents, names, strict=True)
+    aliases = {item: name for item, name in pairs if isinstance(item, str)}
+    try:
+        return reference_agent(names, aliases.get(reference, reference))
+    except ValueError as err:
+        raise ConfigError(f"--reference: {err}") from None
 
 
 def _plan(
@@ -339,9 +365,10 @@ def _gather(
         row = {**record["row"], "seed": seed}
         if record.get("curve_key") is not None:
             gathered.curve_keys[row["agent"]] = tuple(record["curve_key"])
-        if first:  # an agent run once for all seeds counts its logs once
+        if first:  # an agent run once for all seeds counts its logs (and requests) once
             gathered.profiles += record["profiles"]
             gathered.curves += record["curves"]
+            gathered.per_request.setdefault(row["agent"], []).append(record["per_request"])
         gathered.rows.append(row)
     return gathered
 
@@ -396,7 +423,8 @@ def _check_spec(folder: Path, spec: dict[str, Any]) -> None:
     if stored.get("format") != _RECORD_FORMAT:
         raise ConfigError(
             f"--resume: {folder} was written in record format {stored.get('format')!r}, this "
-            f"version reads {_RECORD_FORMAT}; start a new run folder"
+            f"version reads {_RECORD_FORMAT}: re-run it with --overwrite instead of --resume "
+            "(its stored runs are dropped), or start a new run folder"
         )
     for key in _SPEC_KEYS:
         if stored.get(key) != spec[key]:
@@ -441,6 +469,60 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda out: out.write(text.encode()))
 
 
+class RunStore(TrialStore):
+    """``compare``'s run records: ``<key>.json`` and the per-request values ``<key>.npz``.
+
+    A record's ``"per_request"`` (:class:`~agents.evaluation.RequestValues`) is
+    written beside its JSON, first and atomically (:meth:`RequestValues.save`), and
+    the JSON names the file (``"per_request_file"``); the JSON is written last, so a
+    record is complete once its JSON exists.
+    """
+
+    def npz_path(self, key: str) -> Path:
+        """The per-request values file of ``key``."""
+        return self.path(key).with_suffix(".npz")
+
+    def read(self, key: str) -> dict[str, Any] | None:
+        """The stored record of ``key`` with its per-request values, or ``None``.
+
+        Raises:
+            ConfigError: The record's per-request values are missing or unreadable
+                (a run folder of an older version).
+        """
+        record = super().read(key)
+        if record is None:
+            return None
+        self._check_values(self.path(key))
+        npz = self.npz_path(key)
+        try:
+            record["per_request"] = RequestValues.load(npz)
+        except (ValueError, OSError, zipfile.BadZipFile) as err:
+            raise ConfigError(f"--resume: {err}; re-run with --overwrite") from None
+        return record
+
+    def check(self) -> None:
+        """Refuse a store whose records lack their per-request values (see :meth:`read`)."""
+        if self.folder.exists():
+            for path in sorted(self.folder.rglob("*.json")):
+                self._check_values(path)
+
+    @staticmethod
+    def _check_values(path: Path) -> None:
+        npz = path.with_suffix(".npz")
+        if not npz.exists():
+            raise ConfigError(
+                f"--resume: {path} has no per-request values ({npz} is missing; run folders "
+                "of older versions lack them): re-run with --overwrite to run the comparison "
+                "again"
+            )
+
+    def write(self, key: str, record: dict[str, Any]) -> None:
+        """Store ``record``'s per-request values, then the rest of it as JSON."""
+        record["per_request"].save(self.npz_path(key))
+        plain = {name: value for name, value in record.items() if name != "per_request"}
+        super().write(key, {**plain, "per_request_file": self.npz_path(key).name})
+
+
 def _run_one(
     agent: Agent,
     seed: int,
@@ -477,4 +559,5 @@ def _run_one(
         ],
         "curve_key": getattr(agent, "curve", None),
         "tensorboard": writer is not None,
+        "per_request": result.per_request,  # stored as <key>.npz by RunStore
     }
