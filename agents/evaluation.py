@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import math
 import time
 import warnings
@@ -49,7 +50,7 @@ import scipy.stats
 from agents.base import Agent, UnsupportedTaskError, checked_rank, validated_lists
 from agents.baselines import BeamSearchAgent, OracleAgent, PointwiseGreedy
 from agents.common.training import preserved_global_rng
-from agents.intervals import hierarchical_interval, paired_difference
+from agents.intervals import hierarchical_interval, paired_difference, ranking_agreement
 from agents.metrics import coverage, intra_list_diversity, log_metrics, permutation_percentile
 from rerank_env.task import RerankTask
 from simulators._io import atomic_write
@@ -199,6 +200,34 @@ class EvaluationSet:
     def headroom(self) -> float:
         """Beam search over pointwise greedy, held-out reward, minus 1 (room to win)."""
         return float(self.beam_reward.mean() / self.pointwise_reward.mean() - 1.0)
+
+    def judge_line(self) -> str:
+        """Which judge the held-out reward column is, and what is assumed, in one sentence."""
+        description = self.task.description
+        held_out = description["held_out"]
+        judge = {
+            "sessions": "a simulator fitted on the other half of each user's sessions, which "
+            "the training simulator never saw",
+            "seed": "a simulator of another seed fitted on the same logs as the training "
+            "simulator (it shares their errors)",
+        }.get(held_out, f"the held-out simulators ({held_out!r})")
+        composition = description["composition"]
+        if composition == "fitted":
+            lists = "its list effects (position bias, diversity) fitted from the logs"
+        else:
+            settings = ", ".join(f"{key} {value}" for key, value in composition.items())
+            lists = f"its list effects assumed, not fitted ({settings})"
+            if description["dataset"].startswith("ml-"):
+                lists += ": MovieLens logs support almost no list effect"
+        line = f"Held-out reward (the headline column) is expected clicks under {judge}; {lists}."
+        if self.task.has_simulator("true"):
+            line += " True reward: the synthetic world's own user model."
+        if description["representations"] == "privileged":
+            line += (
+                " Agents observe the training simulator's own vectors (the privileged "
+                "ablation, not the benchmark)."
+            )
+        return line
 
     def headroom_line(self) -> str:
         """One sentence on the headroom, for every results table."""
@@ -728,14 +757,17 @@ def results_markdown(
     evaluation: EvaluationSet,
     title: str = "Results",
     paired: list[dict[str, Any]] | None = None,
+    agreement: Mapping[str, Any] | None = None,
 ) -> str:
-    """A markdown table (mean ± half the 95% interval) with the headroom line.
+    """A markdown table (mean ± half the 95% interval) with the judge and headroom lines.
 
     Args:
         summary: :func:`summarise`'s entries.
         evaluation: The evaluation set they were measured on.
         title: The heading.
         paired: :func:`paired_table`'s rows, written as a second table (none: no table).
+        agreement: :func:`agreement_entry`'s figure, a line under the table (none: no
+            line).
     """
     shown = [m for m in METRICS if any(not math.isnan(entry[m]) for entry in summary)]
     lines = [
@@ -743,6 +775,8 @@ def results_markdown(
         "",
         f"Task: {evaluation.task.summary()}. {len(evaluation.requests)} test requests; "
         f"GR2 protocol: {len(evaluation.gr2_requests)} test requests.",
+        "",
+        evaluation.judge_line(),
         "",
         evaluation.headroom_line(),
         "",
@@ -755,8 +789,44 @@ def results_markdown(
         cells = " | ".join(_cell(entry, m) for m in shown)
         runs = entry.get("runs", entry["seeds"])
         lines.append(f"| {entry['agent']} | {entry['seeds']} | {runs} | {cells} |")
+    if agreement is not None:
+        lines += ["", agreement_line(agreement)]
     text = "\n".join(lines) + "\n"
     return text + ("\n" + paired_markdown(paired) if paired else "")
+
+
+def agreement_entry(
+    per_request: Mapping[str, Sequence[RequestValues]], *, seed: int = 0
+) -> dict[str, Any] | None:
+    """The agent-ranking agreement of a comparison with a true reward, as a plain dict.
+
+    Kendall's tau between the agents' mean held-out and mean true rewards with its
+    two-way bootstrap interval (:func:`~agents.intervals.ranking_agreement`): how far
+    the held-out judge ranks the agents as the true user model does.
+
+    Returns:
+        ``tau``, ``low``, ``high``, ``agents``, ``requests``; ``None`` where fewer
+        than three agents have per-request true rewards (no synthetic world).
+    """
+    held_out, true = {}, {}
+    for agent, runs in per_request.items():
+        truth = request_matrix(runs, "reward_true", agent) if runs else None
+        if truth is not None:
+            held_out[agent] = request_matrix(runs, "reward_eval", agent)
+            true[agent] = truth
+    if len(true) < 3:
+        return None
+    return dataclasses.asdict(ranking_agreement(held_out, true, seed=seed))
+
+
+def agreement_line(agreement: Mapping[str, Any]) -> str:
+    """:func:`agreement_entry`'s figure as one sentence."""
+    return (
+        f"Agent-ranking agreement (Kendall's tau between the {agreement['agents']} agents' mean "
+        f"held-out and mean true rewards): {agreement['tau']:.3f} "
+        f"[{agreement['low']:.3f}, {agreement['high']:.3f}], 95% interval over seeds and "
+        f"{agreement['requests']} requests."
+    )
 
 
 def paired_markdown(paired: list[dict[str, Any]]) -> str:
@@ -801,13 +871,21 @@ COMPACT_COLUMNS: dict[str, tuple[str, str]] = {
 def compact_table(summary: list[dict[str, Any]]) -> str:
     """:func:`summarise`'s entries as a plain-text table for a terminal.
 
-    The held-out reward keeps its ± (half the 95% interval); the other columns are
-    means (``results.md`` has every metric with its interval). Headers take two
-    lines so that the values set the widths: with the README's agents the table is
-    78 columns wide. A ``seeds`` column is shown only where agents have different
-    seed counts. Agent names are never cut.
+    The held-out reward (and the true reward, in the synthetic world) keeps its ±
+    (half the 95% interval); the other columns are means (``results.md`` has every
+    metric with its interval). Headers take two lines so that the values set the
+    widths: with the README's agents the table is 78 columns wide. A ``seeds``
+    column is shown only where agents have different seed counts. Agent names are
+    never cut.
     """
     columns = dict(COMPACT_COLUMNS)
+    if any(not math.isnan(entry.get("reward_true", math.nan)) for entry in summary):
+        # The synthetic world: true reward beside held-out, both with their ±.
+        columns = {
+            "reward_eval": columns.pop("reward_eval"),
+            "reward_true": ("true", "reward"),
+            **columns,
+        }
     if len({entry["seeds"] for entry in summary}) > 1:
         columns = {"seeds": ("", "seeds"), **columns}
     header = [("", "agent"), *columns.values()]
@@ -816,7 +894,7 @@ def compact_table(summary: list[dict[str, Any]]) -> str:
         cells = [str(entry["agent"])]
         for metric in columns:
             value = entry.get(metric, math.nan)
-            if metric == "reward_eval":
+            if metric in ("reward_eval", "reward_true"):
                 cells.append(_cell(entry, metric))
             elif value is None or math.isnan(value):
                 cells.append("-")

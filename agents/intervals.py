@@ -33,6 +33,7 @@ numerator and denominator alike.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,6 +182,96 @@ def paired_difference(
     )
 
 
+@dataclass(frozen=True)
+class RankingAgreement:
+    """Kendall's tau between two judges' rankings of the same agents, with its interval.
+
+    Attributes:
+        tau: Tau-b between the agents' mean scores under judge X and under judge Y.
+        low: Lower end of the percentile interval.
+        high: Upper end.
+        agents: Agents ranked.
+        requests: Requests the means are over.
+    """
+
+    tau: float
+    low: float
+    high: float
+    agents: int
+    requests: int
+
+
+def ranking_agreement(
+    x: Mapping[str, np.ndarray],
+    y: Mapping[str, np.ndarray],
+    *,
+    confidence: float = 0.95,
+    reps: int = 2000,
+    seed: int = 0,
+) -> RankingAgreement:
+    """How well judge X ranks the agents as judge Y does: Kendall's tau-b with an interval.
+
+    The benchmark's validity figure in the synthetic world, where X is the held-out
+    simulator and Y the true user model: the tau between the agents' mean held-out
+    and mean true rewards. Each bootstrap replicate draws one set of requests for
+    every agent and each agent's seeds on its own (as :func:`paired_difference`),
+    and weighs both judges' values of a run alike (they score the same lists).
+
+    Args:
+        x: Agent -> per-request values under judge X, ``[seeds, requests]``.
+        y: Agent -> values under judge Y, the same shape as ``x``'s for each agent.
+        confidence: Coverage of the percentile interval.
+        reps: Bootstrap replicates.
+        seed: Seed of the resampling.
+
+    Raises:
+        ValueError: Fewer than three agents, different agents in ``x`` and ``y``,
+            shapes that differ, or agents evaluated on different numbers of requests.
+    """
+    if set(x) != set(y):
+        raise ValueError(f"x and y must score the same agents, got {sorted(x)} and {sorted(y)}")
+    agents = list(x)
+    if len(agents) < 3:
+        raise ValueError(
+            f"a ranking agreement needs at least 3 agents, got {len(agents)} ({agents}): "
+            "with two, tau is +1 or -1 and says nothing about the judge"
+        )
+    xs = {agent: _matrix(f"x[{agent!r}]", x[agent]) for agent in agents}
+    ys = {agent: _matrix(f"y[{agent!r}]", y[agent]) for agent in agents}
+    requests = {matrix.shape[1] for matrix in xs.values()}
+    if len(requests) > 1 or any(xs[a].shape != ys[a].shape for a in agents):
+        shapes = {agent: (xs[agent].shape, ys[agent].shape) for agent in agents}
+        raise ValueError(
+            f"every agent needs x and y values of one shape on the same requests, got {shapes}"
+        )
+    generator = np.random.default_rng(seed)
+    request_counts = _counts(generator, requests.pop(), reps)
+    means_x, means_y = np.empty((reps, len(agents))), np.empty((reps, len(agents)))
+    for index, agent in enumerate(agents):
+        seed_counts = _counts(generator, xs[agent].shape[0], reps)
+        means_x[:, index] = _replicate_means(xs[agent], seed_counts, request_counts)
+        means_y[:, index] = _replicate_means(ys[agent], seed_counts, request_counts)
+    replicates = np.array([_tau(a, b) for a, b in zip(means_x, means_y, strict=True)])
+    spread = _percentiles(replicates, confidence)
+    return RankingAgreement(
+        tau=_tau(
+            np.array([np.nanmean(xs[a]) for a in agents]),
+            np.array([np.nanmean(ys[a]) for a in agents]),
+        ),
+        low=spread["low"],
+        high=spread["high"],
+        agents=len(agents),
+        requests=xs[agents[0]].shape[1],
+    )
+
+
+def _tau(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's tau-b of two score vectors (NaN where either has a NaN or is constant)."""
+    if np.isnan(x).any() or np.isnan(y).any():
+        return math.nan
+    return float(scipy.stats.kendalltau(x, y).statistic)
+
+
 def _matrix(name: str, values: np.ndarray) -> np.ndarray:
     matrix = np.asarray(values, dtype=float)
     if matrix.ndim != 2 or 0 in matrix.shape:
@@ -232,7 +323,9 @@ def _percentiles(replicates: np.ndarray, confidence: float) -> dict[str, float]:
 __all__ = [
     "Interval",
     "PairedDifference",
+    "RankingAgreement",
     "hierarchical_interval",
     "minimum_detectable_difference",
     "paired_difference",
+    "ranking_agreement",
 ]

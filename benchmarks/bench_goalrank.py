@@ -5,13 +5,14 @@ Usage::
     python benchmarks/bench_goalrank.py groups [--seeds 5]
     python benchmarks/bench_goalrank.py scaling [--seeds 5]
     python benchmarks/bench_goalrank.py matched [--seeds 5]
-    python benchmarks/bench_goalrank.py temperature --split valid [--seeds 1]
+    python benchmarks/bench_goalrank.py temperature [--seeds 1]   # validation requests
     python benchmarks/bench_goalrank.py agreement [--seeds 5]
 
 Common options: ``--env SlateRerank-v0``, ``--requests 500`` (evaluation requests),
 ``--iterations 300``, ``--reward-model learned|simulator``, ``--out runs/bench-goalrank``,
 ``--split test|valid`` (``valid`` evaluates on the last validation requests, apart from
-the learning curve's first ones: use it to choose settings, not to report them).
+the learning curve's first ones; the studies that choose a setting, ``temperature``,
+run on it and refuse ``test``).
 A study writes its CSV after every run and stores each run's record in
 ``<out>/runs/<study>/`` (``--resume`` reuses them); ``--backend ray`` runs every
 (configuration, seed) as a Ray task (``--address`` for a cluster; see
@@ -71,6 +72,8 @@ from rerank_env.task import RerankTask  # noqa: E402
 GROUP_SIZES = (4, 8, 16, 32, 64)
 TEMPERATURES = (1.0, 0.3, 0.1, 0.03)
 MATCHED_SIZES = (8, 16, 32)
+#: Studies that choose a setting: they run on validation requests and refuse the test split.
+TUNING_STUDIES = ("temperature",)
 
 
 def configurations(args: argparse.Namespace, seed: int) -> dict[str, tuple[Any, Agent]]:
@@ -165,7 +168,13 @@ def main() -> None:
     )
     add_backend_arguments(parser)
     parser.add_argument("--out", default="runs/bench-goalrank")
-    parser.add_argument("--split", default="test", choices=["test", "valid"])
+    parser.add_argument(
+        "--split",
+        default=None,
+        choices=["test", "valid"],
+        help="requests evaluated (default: valid for the temperature study, which chooses "
+        "a setting, test for the others, which report)",
+    )
     parser.add_argument(
         "--matched-calls",
         action="store_true",
@@ -181,6 +190,13 @@ def main() -> None:
         "about 2.5 min, 2M about 6 min and 10M one to two hours: see docs/benchmarks.md)",
     )
     args = parser.parse_args()
+    if args.split is None:
+        args.split = "valid" if args.study in TUNING_STUDIES else "test"
+    if args.study in TUNING_STUDIES and args.split == "test":
+        parser.error(
+            f"the {args.study} study chooses a setting, and settings are chosen on validation "
+            "requests only (the test split is read only to report): run it with --split valid"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.from_csv:

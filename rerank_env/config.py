@@ -179,10 +179,8 @@ class TaskConfig:
         self._check_sizes()
         self._check_sources()
         self._check_configs()
-        if self.composition is None:
-            default = "fitted" if self.dataset == "synthetic" else AssumedComposition()
-            object.__setattr__(self, "composition", default)
-        object.__setattr__(self, "composition", composition_from(self.composition))
+        if self.composition is not None:
+            object.__setattr__(self, "composition", composition_from(self.composition))
         object.__setattr__(self, "device", str(self.device))
         for name in ("data_dir", "bundle"):  # resolved: the working directory may change
             value = getattr(self, name)
@@ -291,6 +289,17 @@ class TaskConfig:
                 f"unknown TaskConfig field(s) {unknown}; valid: {list(self.fields())}"
             )
         return dataclasses.replace(self, **changes)
+
+    def resolved_composition(self) -> CompositionSetting:
+        """The composition the task is built with: ``composition``, or the dataset's default.
+
+        ``None`` stays ``None`` in the config (so that ``replace(dataset=...)`` picks
+        the new dataset's default) and resolves here: ``"fitted"`` in the synthetic
+        world, :class:`~simulators.composed.AssumedComposition` elsewhere.
+        """
+        if self.composition is not None:
+            return self.composition
+        return "fitted" if self.dataset == "synthetic" else AssumedComposition()
 
     def bundle_source(self) -> BundleSource:
         """What decides the bundle (and true simulator) this task is built from."""

@@ -367,7 +367,9 @@ class RerankTask:
         return (
             f"{d.get('dataset')} / {d.get('simulator')} simulator / N = {self.num_candidates}, "
             f"L = {self.slate_length} / {self.n_requests} requests "
-            f"({', '.join(f'{s} {len(self.requests(s))}' for s in SPLITS)})"
+            f"({', '.join(f'{s} {len(self.requests(s))}' for s in SPLITS)}"
+            + (f", judge's logs {reserved}" if (reserved := len(self.pool.reserved)) else "")
+            + ")"
         )
 
 
@@ -414,13 +416,14 @@ def make_task(
         config = config.replace(**fields)
     source = load_source(config.bundle_source(), progress=progress)
     bundle = source.bundle
-    train, held_out = bundle.simulators(config.simulator, composition=config.composition)
+    train, held_out = bundle.simulators(config.simulator, composition=config.resolved_composition())
     simulators = {"train": train, "eval": held_out}
     if source.true_simulator is not None:
         simulators["true"] = source.true_simulator
     user_vectors, item_vectors = observation_vectors(source, config)
     task = RerankTask(
-        bundle.pool,
+        # The held-out judge's logs are in no split: no agent trains on its judge's data.
+        bundle.pool.reserve(bundle.judge_requests()),
         simulators,
         user_vectors,
         item_vectors,
@@ -468,7 +471,7 @@ def observation_vectors(
 def _description(config: TaskConfig, source: LoadedSource) -> dict[str, Any]:
     """What a task was built from, as plain values (recorded beside results)."""
     bundle = source.bundle
-    composition = config.composition
+    composition = config.resolved_composition()
     if isinstance(composition, AssumedComposition):
         composition = dataclasses.asdict(bundle.assumed_composition(composition))
     return {
@@ -479,10 +482,11 @@ def _description(config: TaskConfig, source: LoadedSource) -> dict[str, Any]:
         "composition": composition,
         "fitted_composition": (
             fitted_summary(bundle.fitted_composition(config.simulator))
-            if config.composition == "fitted"
+            if composition == "fitted"
             else None
         ),
         "held_out": bundle.manifest["bundle_config"].get("held_out", "seed"),
+        "judge_logs": len(bundle.judge_requests()),
         "representations": config.representations,
         "weight_decay_per_epoch": bundle.manifest["bundle_config"].get("weight_decay_per_epoch"),
         "data_checksum": bundle.manifest["data_checksum"],

@@ -228,6 +228,24 @@ class SimulatorBundle:
         )
         return composed_train, composed_train.with_base(held_out)
 
+    def judge_requests(self) -> np.ndarray:
+        """Requests whose logs only the held-out member was fitted on (sorted).
+
+        With ``held_out="sessions"`` or ``"users"`` the held-out member is fitted on
+        one of :func:`~simulators.training.disjoint_halves` and the training members
+        on the other: these are the first half's requests (training and validation
+        logs). A task reserves them (:meth:`RequestPool.reserve`) so that no agent
+        trains on its judge's data. Empty with ``held_out="seed"``, whose held-out
+        member shares every log with the training members.
+        """
+        config = self.manifest["bundle_config"]
+        rows = member_rows(self.pool, config.get("held_out", "seed"), 2, config["seed"])[-1]
+        if rows is None:
+            return np.empty(0, dtype=np.int64)
+        return np.sort(
+            np.concatenate([self.pool.split_indices(split)[rows[split]] for split in rows])
+        )
+
     def assumed_composition(self, composition: AssumedComposition) -> AssumedComposition:
         """``composition`` with the bundle's defaults in place of its ``None`` fields."""
         defaults = self.manifest["bundle_config"]

@@ -23,6 +23,9 @@ from simulators.data.pipeline import RerankData
 from simulators.data.semantic_ids import items_with_interactions, semantic_id_features
 from simulators.data.splits import SPLITS, split_code
 
+#: ``request_split`` of a request in no split: its logs are kept for the held-out judge.
+RESERVED = -1
+
 
 @dataclass(frozen=True)
 class RequestPool:
@@ -36,7 +39,9 @@ class RequestPool:
     Attributes:
         dataset: Dataset name, e.g. ``"ml-100k"``.
         request_user: User index of each request, int64 ``[R]``.
-        request_split: 0 train, 1 valid, 2 test, int8 ``[R]``.
+        request_split: 0 train, 1 valid, 2 test, int8 ``[R]``; :data:`RESERVED`
+            (-1) for a request in no split, whose logs are kept for the held-out
+            judge (:meth:`reserve`).
         candidates: Candidate item indices in the initial ranker's order, int64 ``[R, N]``.
         candidate_scores: The initial ranker's score of each candidate, float32 ``[R, N]``.
         histories: Most recent history items before the request, left-aligned, ``-1``
@@ -124,6 +129,41 @@ class RequestPool:
     def slate_length(self) -> int:
         """Length of the logged slates, L."""
         return self.logged_items.shape[1]
+
+    def reserve(self, requests: np.ndarray) -> RequestPool:
+        """A copy in which ``requests`` belong to no split (their logs kept for the judge).
+
+        A task's pool reserves the logged slates the held-out judge was fitted on
+        (:meth:`~simulators.bundle.SimulatorBundle.judge_requests`), so that no agent
+        trains on them: an agent fitted on its judge's data is scored by a model
+        that shares its errors.
+
+        Args:
+            requests: Request indices of the ``train`` and ``valid`` splits.
+
+        Raises:
+            ValueError: An index out of range, or a test request (the test split is
+                what every agent is scored on; reserving it would change the table).
+        """
+        requests = np.asarray(requests, dtype=np.int64)
+        if len(requests) and (requests.min() < 0 or requests.max() >= self.n_requests):
+            raise ValueError(
+                f"requests to reserve must be indices in [0, {self.n_requests}), got "
+                f"{requests.min()}..{requests.max()}"
+            )
+        if (self.request_split[requests] == split_code("test")).any():
+            raise ValueError(
+                "test requests cannot be reserved for the judge: the judge is fitted on "
+                "training and validation logs only"
+            )
+        split = self.request_split.copy()
+        split[requests] = RESERVED
+        return dataclasses.replace(self, request_split=split)
+
+    @property
+    def reserved(self) -> np.ndarray:
+        """Indices of the requests in no split (:meth:`reserve`)."""
+        return np.flatnonzero(self.request_split == RESERVED)
 
     def split_indices(self, split: str) -> np.ndarray:
         """Request indices of ``"train"``, ``"valid"`` or ``"test"``."""

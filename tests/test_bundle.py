@@ -90,6 +90,44 @@ def test_training_and_held_out_simulators_differ_but_agree_on_average(bundle) ->
     assert users.shape == (bundle.pool.n_users, 32) and items.shape == (bundle.pool.n_items, 32)
 
 
+def test_the_judges_logs_are_in_no_split_of_a_task(bundle) -> None:
+    from rerank_env.task import make_task
+    from simulators.training import disjoint_halves
+
+    reserved = bundle.judge_requests()
+    _, judges = disjoint_halves(
+        bundle.pool, by="sessions", seed=bundle.manifest["bundle_config"]["seed"]
+    )
+    expected = np.concatenate(
+        [bundle.pool.split_indices(split)[rows] for split, rows in judges.items()]
+    )
+    np.testing.assert_array_equal(reserved, np.sort(expected))
+    task = make_task(progress=False)
+    np.testing.assert_array_equal(task.pool.reserved, reserved)
+    for split in ("train", "valid"):
+        seen = task.requests(split)
+        every = bundle.pool.split_indices(split)
+        assert not np.isin(seen, reserved).any()
+        np.testing.assert_array_equal(
+            np.sort(np.concatenate([seen, every[np.isin(every, reserved)]])), every
+        )
+    np.testing.assert_array_equal(task.requests("test"), bundle.pool.split_indices("test"))
+    assert (
+        task.description["judge_logs"]
+        == len(reserved)
+        > 0.4
+        * len(
+            np.concatenate([bundle.pool.split_indices("train"), bundle.pool.split_indices("valid")])
+        )
+    )
+    assert f"judge's logs {len(reserved)}" in task.summary()
+    # Test requests are what every agent is scored on: never reserved.
+    with pytest.raises(ValueError, match="test requests cannot be reserved"):
+        bundle.pool.reserve(bundle.pool.split_indices("test")[:3])
+    with pytest.raises(ValueError, match=r"indices in \[0, 16118\), got -1..-1"):
+        bundle.pool.reserve(np.array([-1]))
+
+
 def test_default_simulator_has_the_target_headroom(bundle) -> None:
     diagnostics = bundle.manifest["default_simulator"]["test_diagnostics"]
     assert diagnostics["headroom"] >= 0.05

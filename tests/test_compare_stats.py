@@ -13,6 +13,9 @@ from agents.evaluation import (
     REQUEST_VALUES_FORMAT,
     TWO_WAY_INTERVAL,
     RequestValues,
+    agreement_entry,
+    agreement_line,
+    compact_table,
     paired_table,
     probability_of_improvement,
     reference_agent,
@@ -158,6 +161,34 @@ def test_paired_table_has_the_difference_its_interval_and_the_mde() -> None:
     assert tiny["low"] < 0 < tiny["high"] and 0 <= tiny["p_improvement"] <= 1
 
 
+def test_agreement_ranks_agents_by_both_judges_and_needs_a_true_reward() -> None:
+    generator = np.random.default_rng(7)
+    shared = generator.normal(0, 1.0, 200)
+    per_request = {
+        name: _runs(generator, 3, 200, shift=shift, shared=shared, true=True)
+        for name, shift in (("a", 0.0), ("b", 0.2), ("c", 0.4), ("d", 0.6))
+    }
+    # The true reward of d falls below b's: one discordant pair of six.
+    for run in per_request["d"]:
+        run.values["reward_true"] = run.values["reward_eval"] - 0.5
+    agreement = agreement_entry(per_request)
+    assert agreement["tau"] == pytest.approx(1 - 2 * 2 / 6)  # d passes b and c: 2 discordant
+    assert (agreement["agents"], agreement["requests"]) == (4, 200)
+    assert agreement["low"] <= agreement["tau"] <= agreement["high"]
+    assert agreement_line(agreement).startswith(
+        "Agent-ranking agreement (Kendall's tau between the 4 agents' mean held-out and mean "
+        "true rewards): 0.333 ["
+    )
+    # Without true rewards (ML-100K) there is no figure, and no true column.
+    for runs in per_request.values():
+        for run in runs:
+            del run.values["reward_true"]
+    assert agreement_entry(per_request) is None
+    rows = [row for agent, runs in per_request.items() for row in _rows(agent, runs)]
+    summary = summarise(rows, ("reward_eval",), per_request=per_request)
+    assert "true" not in compact_table(summary)
+
+
 def test_probability_of_improvement_is_rliables() -> None:
     metrics = pytest.importorskip("rliable.metrics")
     generator = np.random.default_rng(7)
@@ -238,6 +269,14 @@ def test_compare_stores_per_request_values_and_writes_the_paired_table(tmp_path,
     assert (
         TWO_WAY_INTERVAL in markdown and "## Paired differences against initial-order" in markdown
     )
+    # Which judge the headline column is, and that ML-100K's list effects are assumed.
+    judge = (
+        "Held-out reward (the headline column) is expected clicks under a simulator fitted on "
+        "the other half of each user's sessions, which the training simulator never saw; its "
+        "list effects assumed, not fitted (position_bias 1.0, diversity_strength 2.0): "
+        "MovieLens logs support almost no list effect."
+    )
+    assert judge in markdown and results["judge"] == judge and results["agreement"] is None
     assert "| initial-order | 2 | 1 |" in markdown
 
     # --reference names an agent of the comparison; an unknown one is refused before any work.

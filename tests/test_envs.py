@@ -428,7 +428,11 @@ def test_task_config_normalises_what_it_is_given(tmp_path) -> None:
     from rerank_env import AssumedComposition, TaskConfig
     from simulators.data.synthetic_config import SyntheticConfig
 
-    assert TaskConfig(composition="assumed") == TaskConfig()
+    assert TaskConfig(composition="assumed").composition == AssumedComposition()
+    # The default composition is the dataset's, also after a change of dataset.
+    assert TaskConfig().resolved_composition() == AssumedComposition()
+    assert TaskConfig().replace(dataset="synthetic").resolved_composition() == "fitted"
+    assert TaskConfig(dataset="synthetic", composition="none").resolved_composition() == "none"
     assert TaskConfig(composition={"position_bias": 0.5}).composition == AssumedComposition(0.5)
     assert TaskConfig(dataset="synthetic", slate_length=5).synthetic == SyntheticConfig(
         slate_length=5

@@ -195,7 +195,12 @@ def test_a_held_out_member_on_the_other_half_of_the_logs(monkeypatch, tmp_path) 
     monkeypatch.setattr(training, "fit_simulator", recording)
     halves = make_task(dataset="synthetic", synthetic=small, simulator="pbm", progress=False)
     assert halves.description["held_out"] == "sessions"  # the default
-    expected = member_rows(halves.pool, "sessions", 2)
+    from simulators.bundle import load_bundle
+
+    # The bundle's pool holds every log; the task's reserves the judge's half.
+    bundle = load_bundle(halves.description["bundle"])
+    expected = member_rows(bundle.pool, "sessions", 2)
+    np.testing.assert_array_equal(halves.pool.reserved, bundle.judge_requests())
     assert len(seen) == 2
     for fitted_on, rows in zip(seen, expected, strict=True):
         assert np.array_equal(fitted_on, rows["train"])

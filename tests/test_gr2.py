@@ -348,8 +348,8 @@ def test_branching_between_stages_gives_the_runs_of_separate_fits(trained, gr2_t
 
 def test_a_tiny_dapo_run_raises_its_mean_reward(gr2_task) -> None:
     """DAPO alone from an untrained student: it rambles to the reasoning limit (the
-    overlong penalty) and ranks at random; a dozen iterations must lift the reward."""
-    agent = GR2(TINY.replace(dapo_iterations=12, learning_rate=3e-3, eval_every=100))
+    overlong penalty) and ranks at random; sixteen iterations must lift the reward."""
+    agent = GR2(TINY.replace(dapo_iterations=16, learning_rate=3e-3, eval_every=100))
     agent.setup(gr2_task).reinforce(gr2_task)
     dapo = [row for row in agent.history if row["stage"] == "dapo"]
     first = np.mean([row["reward"] for row in dapo[:3]])

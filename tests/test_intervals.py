@@ -11,6 +11,7 @@ from agents.intervals import (
     hierarchical_interval,
     minimum_detectable_difference,
     paired_difference,
+    ranking_agreement,
 )
 
 
@@ -107,3 +108,41 @@ def test_malformed_inputs_are_refused_with_the_shape() -> None:
         hierarchical_interval(np.zeros((2, 3)), reps=1)
     with pytest.raises(ValueError, match="confidence must be in"):
         hierarchical_interval(np.ones((2, 3)), confidence=95)
+
+
+def test_ranking_agreement_is_one_for_a_faithful_judge_and_falls_for_a_noisy_one() -> None:
+    generator = np.random.default_rng(1)
+    # Six agents 0.1 apart; the true reward is the held-out reward plus request noise.
+    held_out = {
+        f"agent{k}": 2.0 + 0.1 * k + _world(generator, 5, 400, seed_sd=0.02, request_sd=0.5)
+        for k in range(6)
+    }
+    faithful = {agent: values + 0.3 for agent, values in held_out.items()}
+    agreement = ranking_agreement(held_out, faithful)
+    assert agreement.tau == pytest.approx(1.0)
+    assert agreement.low == pytest.approx(1.0) and agreement.high == pytest.approx(1.0)
+    assert (agreement.agents, agreement.requests) == (6, 400)
+    # A judge that swaps the two best agents' order: tau = 1 - 2 * 1 / 15.
+    swapped = dict(faithful)
+    swapped["agent4"], swapped["agent5"] = faithful["agent5"], faithful["agent4"]
+    agreement = ranking_agreement(held_out, swapped)
+    assert agreement.tau == pytest.approx(1 - 2 / 15)
+    assert agreement.low <= agreement.tau <= agreement.high
+    # Agents too close to order: the interval is wide, and says so.
+    close = {agent: values - 0.1 * k for k, (agent, values) in enumerate(held_out.items())}
+    noisy = {
+        agent: values + generator.normal(0, 1, values.shape) for agent, values in close.items()
+    }
+    agreement = ranking_agreement(close, noisy)
+    assert agreement.high - agreement.low > 0.5
+
+
+def test_ranking_agreement_refuses_what_it_cannot_rank() -> None:
+    values = {f"a{k}": np.ones((2, 10)) * k for k in range(3)}
+    with pytest.raises(ValueError, match="at least 3 agents, got 2"):
+        two = {"a": values["a0"], "b": values["a1"]}
+        ranking_agreement(two, two)
+    with pytest.raises(ValueError, match="the same agents"):
+        ranking_agreement(values, {**values, "extra": values["a0"]})
+    with pytest.raises(ValueError, match="one shape on the same requests"):
+        ranking_agreement(values, {**values, "a2": np.ones((2, 9))})

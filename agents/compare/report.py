@@ -17,6 +17,8 @@ from agents.evaluation import (
     TWO_WAY_INTERVAL,
     EvaluationSet,
     RequestValues,
+    agreement_entry,
+    agreement_line,
     compact_paired_table,
     compact_table,
     interval_note,
@@ -61,9 +63,11 @@ def write_results(
 
     ``results.md`` and ``results.csv`` (mean and interval per agent: two-way over
     seeds and requests where the runs' per-request values are gathered), the paired
-    table against ``reference`` (in ``results.md``), ``results.json`` (both tables
-    and what their intervals are), ``per_seed.csv``, ``curves.csv``,
-    ``position_clicks.csv`` and the figures (:func:`plot_results`).
+    table against ``reference`` (in ``results.md``), the agent-ranking agreement
+    where there is a true reward (:func:`~agents.evaluation.agreement_entry`),
+    ``results.json`` (the tables, the judge and what their intervals are),
+    ``per_seed.csv``, ``curves.csv``, ``position_clicks.csv`` and the figures
+    (:func:`plot_results`).
 
     Args:
         folder: The run folder.
@@ -82,13 +86,18 @@ def write_results(
         entry["fit_s"] = float(np.mean(times))
     reference = reference_agent([entry["agent"] for entry in summary], reference)
     paired = paired_table(gathered.per_request, reference) if gathered.per_request else []
-    (folder / "results.md").write_text(results_markdown(summary, evaluation, title, paired))
+    agreement = agreement_entry(gathered.per_request)
+    (folder / "results.md").write_text(
+        results_markdown(summary, evaluation, title, paired, agreement)
+    )
     write_csv(folder / "results.csv", summary)
     results = {
         "interval": interval_note(summary),
+        "judge": evaluation.judge_line(),
         "reference": reference,
         "summary": summary,
         "paired": paired,
+        "agreement": agreement,
     }
     (folder / "results.json").write_text(json.dumps(_finite(results), indent=1) + "\n")
     write_csv(folder / "per_seed.csv", gathered.rows)
@@ -129,9 +138,13 @@ def results_text(folder: str | Path, full: bool = False, width: int = 100) -> st
             f"{TWO_WAY_INTERVAL if two_way else SEEDS_INTERVAL}; every metric with its "
             "interval: results.md, or --full-table"
         )
+        results = json.loads((folder / "results.json").read_text())
+        agreement = results.get("agreement")
+        agreement_text = f"{prose(agreement_line(agreement))}\n" if agreement else ""
         body = (
-            f"{prose(title)}\n{prose(config['headroom_line'])}\n\n{compact_table(summary)}"
-            f"{prose(legend)}\n{_paired_text(folder, prose)}"
+            f"{prose(title)}\n{prose(results['judge'])}\n{prose(config['headroom_line'])}\n\n"
+            f"{compact_table(summary)}{prose(legend)}\n{agreement_text}"
+            f"{_paired_text(folder, prose)}"
         )
     notes = [
         f"wrote {folder} in {config['wall_s']:.0f} s: results.md, results.csv, results.json, "
