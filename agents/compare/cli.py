@@ -80,7 +80,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seeds", type=int, default=5, help="seeds per agent")
     parser.add_argument(
-        "--requests", type=int, help="test requests evaluated (default: 500; 200 with --quick)"
+        "--requests", type=int, help="test requests evaluated (default: 500)"
     )
     parser.add_argument(
         "--permutations", type=int, default=200, help="random lists per request for HR@k%%"
@@ -91,7 +91,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="the agents' quick training budgets and 200 requests (the README's main job); "
+        help="the agents' quick training budgets (the README's main job); "
         "without --agents or --preset it runs the quick preset. --preset quick alone runs "
         "the same agents at their full budgets",
     )
@@ -158,7 +158,7 @@ def compare_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "env_kwargs": parse_env_kwargs(args.env_kwarg),
         "agents": agents,
         "seeds": args.seeds,
-        "requests": args.requests if args.requests is not None else 200 if args.quick else 500,
+        "requests": args.requests if args.requests is not None else 500,
         "permutations": args.permutations,
         "beam_width": args.beam_width,
         "budget": args.budget or ("quick" if args.quick else "full"),
