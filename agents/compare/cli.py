@@ -79,9 +79,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="a named agent set, listed above with its time (default: full, or quick with --quick)",
     )
     parser.add_argument("--seeds", type=int, default=5, help="seeds per agent")
-    parser.add_argument(
-        "--requests", type=int, help="test requests evaluated (default: 500)"
-    )
+    parser.add_argument("--requests", type=int, help="test requests evaluated (default: 500)")
     parser.add_argument(
         "--permutations", type=int, default=200, help="random lists per request for HR@k%%"
     )
