@@ -233,8 +233,8 @@ class SimulatorBundle:
 
         With ``held_out="sessions"`` or ``"users"`` the held-out member is fitted on
         one of :func:`~simulators.training.disjoint_halves` and the training members
-        on the other: these are the first half's requests (training and validation
-        logs). A task reserves them (:meth:`RequestPool.reserve`) so that no agent
+        on the other: these are the held-out member's half (its training and
+        validation logs). A task reserves them (:meth:`RequestPool.reserve`) so that no agent
         trains on its judge's data. Empty with ``held_out="seed"``, whose held-out
         member shares every log with the training members.
         """

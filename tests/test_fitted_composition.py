@@ -180,6 +180,7 @@ def test_a_held_out_member_on_the_other_half_of_the_logs(monkeypatch, tmp_path) 
         dataset="synthetic", synthetic=small, simulator="pbm", held_out="seed", progress=False
     )
     assert member_rows(task.pool, "seed", 3) == [None] * 3
+    assert len(task.pool.reserved) == 0  # a same-logs judge reserves nothing
     rows = member_rows(task.pool, "sessions", 3, seed=1)
     assert rows[0] is rows[1]  # the training members share a half
     for split in ("train", "valid"):
