@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.evaluation import probability_of_improvement
 from agents.intervals import hierarchical_interval
 from agents.registry import make_agent
 from rerank_env import make_task
@@ -58,7 +59,8 @@ def measures(task, agent, requests: np.ndarray) -> dict[str, np.ndarray]:
     chosen = np.take_along_axis(candidates, lists, axis=1)
     logged = task.pool.logged_items[requests]
     clicked = task.pool.logged_clicks[requests] & (logged >= 0)
-    in_candidates = (logged[:, :, None] == candidates[:, None, :]).any(axis=2) & (logged >= 0)
+    matches = logged[:, :, None] == candidates[:, None, :]  # [B, L, N]
+    in_candidates = matches.any(axis=2) & (logged >= 0)
     in_list = (logged[:, :, None] == chosen[:, None, :]).any(axis=2)
 
     def share(mask: np.ndarray) -> np.ndarray:
@@ -67,16 +69,13 @@ def measures(task, agent, requests: np.ndarray) -> dict[str, np.ndarray]:
             return np.where(total > 0, (mask & in_list).sum(axis=1) / total, np.nan)
 
     scores = _scores(task, agent, requests)
-    position = (logged[:, :, None] == candidates[:, None, :]).argmax(axis=2)
-    logged_scores = np.take_along_axis(scores, position, axis=1)
+    logged_scores = np.take_along_axis(scores, matches.argmax(axis=2), axis=1)
     auc = np.full(len(requests), np.nan)
     for row in range(len(requests)):
-        pos = logged_scores[row, clicked[row] & in_candidates[row]]
-        neg = logged_scores[row, ~clicked[row] & in_candidates[row]]
-        if len(pos) and len(neg):
-            auc[row] = (pos[:, None] > neg[None, :]).mean() + 0.5 * (
-                pos[:, None] == neg[None, :]
-            ).mean()
+        liked = logged_scores[row, clicked[row] & in_candidates[row]]
+        disliked = logged_scores[row, ~clicked[row] & in_candidates[row]]
+        if len(liked) and len(disliked):  # the AUC is P(liked > disliked), ties half
+            auc[row] = probability_of_improvement(liked, disliked)
     return {
         "rated@L": share(in_candidates),
         "clicked@L": share(in_candidates & clicked),

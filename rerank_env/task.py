@@ -421,16 +421,17 @@ def make_task(
     if source.true_simulator is not None:
         simulators["true"] = source.true_simulator
     user_vectors, item_vectors = observation_vectors(source, config)
+    judge_requests = bundle.judge_requests()
     task = RerankTask(
         # The held-out judge's logs are in no split: no agent trains on its judge's data.
-        bundle.pool.reserve(bundle.judge_requests()),
+        bundle.pool.reserve(judge_requests),
         simulators,
         user_vectors,
         item_vectors,
         num_candidates=config.num_candidates,
         slate_length=config.slate_length,
         device=config.device,
-        description=_description(config, source),
+        description=_description(config, source, judge_logs=len(judge_requests)),
         config=config,
         semantic_id_config=config.semantic_ids,
         stored_semantic_ids=bundle.stored_semantic_ids,
@@ -468,8 +469,11 @@ def observation_vectors(
     )
 
 
-def _description(config: TaskConfig, source: LoadedSource) -> dict[str, Any]:
-    """What a task was built from, as plain values (recorded beside results)."""
+def _description(config: TaskConfig, source: LoadedSource, *, judge_logs: int) -> dict[str, Any]:
+    """What a task was built from, as plain values (recorded beside results).
+
+    ``judge_logs`` is the number of requests reserved for the held-out judge.
+    """
     bundle = source.bundle
     composition = config.resolved_composition()
     if isinstance(composition, AssumedComposition):
@@ -486,7 +490,7 @@ def _description(config: TaskConfig, source: LoadedSource) -> dict[str, Any]:
             else None
         ),
         "held_out": bundle.manifest["bundle_config"].get("held_out", "seed"),
-        "judge_logs": len(bundle.judge_requests()),
+        "judge_logs": judge_logs,
         "representations": config.representations,
         "weight_decay_per_epoch": bundle.manifest["bundle_config"].get("weight_decay_per_epoch"),
         "data_checksum": bundle.manifest["data_checksum"],

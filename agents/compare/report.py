@@ -144,7 +144,7 @@ def results_text(folder: str | Path, full: bool = False, width: int = 100) -> st
         body = (
             f"{prose(title)}\n{prose(results['judge'])}\n{prose(config['headroom_line'])}\n\n"
             f"{compact_table(summary)}{prose(legend)}\n{agreement_text}"
-            f"{_paired_text(folder, prose)}"
+            f"{_paired_text(results, prose)}"
         )
     notes = [
         f"wrote {folder} in {config['wall_s']:.0f} s: results.md, results.csv, results.json, "
@@ -158,9 +158,8 @@ def results_text(folder: str | Path, full: bool = False, width: int = 100) -> st
     return body + "\n" + "\n".join(map(prose, notes))
 
 
-def _paired_text(folder: Path, prose: Any) -> str:
-    """The paired table of ``results.json`` for the terminal ("" without one)."""
-    results = json.loads((folder / "results.json").read_text())
+def _paired_text(results: dict[str, Any], prose: Any) -> str:
+    """The paired table of ``results.json``'s contents for the terminal ("" without one)."""
     paired = results["paired"]
     if not paired:
         return ""
