@@ -1,17 +1,20 @@
-"""Wall time of ``rerank-env compare`` on the local backend and on Ray with 1..k workers.
+"""Wall time of ``rerank-env compare`` on the local backend, in worker processes and on Ray.
 
 Usage::
 
     python benchmarks/bench_backends.py [--agents prm,seq2slate,gen-eval] [--seeds 4]
-        [--budget quick] [--requests 200] [--workers 1 2] [--out runs/bench-backends]
+        [--budget quick] [--requests 200] [--workers 1 2] [--backends processes ray]
+        [--out runs/bench-backends]
 
 Runs the same comparison (same agents, seeds, budgets, evaluation set) once on the
 local backend (one run after another, every core's torch threads for each) and once
-on a local Ray per ``--workers`` value (``num_cpus`` = workers, one CPU and one torch
-thread per run), each into a fresh run folder, and prints a table of wall time,
-speed-up over local, and whether the held-out rewards equal the local run's (they do
+per ``--workers`` value on each of ``--backends``: ``processes`` (that many forked
+worker processes) and ``ray`` (a local Ray with ``num_cpus`` = workers), both with
+one torch thread per run, each into a fresh run folder. Prints a table of wall time,
+speed-up over local, and whether the held-out rewards equal the last run's (they do
 when the threads per run match; see :mod:`agents.common.trials`). The task and the
-evaluation set's references are built in every run, so the times include them.
+evaluation set's references are built in every run, so the times include them. The
+README's main job is ``--agents`` of the quick preset, ``--seeds 5 --requests 500``.
 """
 
 from __future__ import annotations
@@ -40,9 +43,12 @@ def main() -> None:
     parser.add_argument("--budget", default="quick", choices=("tiny", "quick", "full"))
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--backends", nargs="+", choices=("processes", "ray"), default=["processes", "ray"]
+    )
     parser.add_argument("--out", default="runs/bench-backends")
     args = parser.parse_args()
-    ray = require_ray()
+    ray = require_ray() if "ray" in args.backends else None
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     settings = {
@@ -63,7 +69,15 @@ def main() -> None:
             time.perf_counter() - start,
         )
     )
-    for workers in args.workers:
+    for workers in args.workers if "processes" in args.backends else ():
+        start = time.perf_counter()
+        folder = run_compare(
+            name=f"processes-{workers}", backend="processes", workers=workers, **settings
+        )
+        runs.append(
+            (f"processes, {workers} worker(s), 1 thread each", folder, time.perf_counter() - start)
+        )
+    for workers in args.workers if ray is not None else ():
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
         try:
             start = time.perf_counter()
@@ -81,7 +95,7 @@ def main() -> None:
     base = runs[0][2]
     reference = _rewards(runs[-1][1])
     print(f"\n{args.agents} x {args.seeds} seeds, budget {args.budget}, {args.requests} requests")
-    print("| backend | wall s | speed-up vs local | rewards = last Ray run's |")
+    print("| backend | wall s | speed-up vs local | rewards = the last run's |")
     print("|---|---:|---:|---|")
     for label, folder, seconds in runs:
         same = "yes" if _rewards(folder) == reference else "no"

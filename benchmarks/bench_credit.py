@@ -274,6 +274,7 @@ def run(args: argparse.Namespace) -> None:
             shared=(task,),
             backend=args.backend,
             ray_options=ray_options_from(args),
+            workers=args.workers,
             on_finish=report_run,
             progress=False,
         )

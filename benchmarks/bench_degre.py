@@ -262,6 +262,7 @@ def run_study(
         shared=(task, requests),
         backend=args.backend,
         ray_options=ray_options_from(args),
+        workers=args.workers,
     )
     return list(records.values())
 

@@ -173,6 +173,7 @@ def main() -> None:
         shared=(task, requests),
         backend=args.backend,
         ray_options=ray_options_from(args),
+        workers=args.workers,
     )
     rows = [record["row"] for record in records.values()]
     write_csv(args.out / "heads.csv", rows)

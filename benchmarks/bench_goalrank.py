@@ -242,6 +242,7 @@ def main() -> None:
         shared=(task, requests),
         backend=args.backend,
         ray_options=ray_options_from(args),
+        workers=args.workers,
         on_finish=collect,
     )
     rows = list(records.values())  # every trial, in order (stored ones too)

@@ -164,6 +164,7 @@ def main() -> None:
         shared=(task, splits),
         backend=args.backend,
         ray_options=ray_options_from(args),
+        workers=args.workers,
         on_finish=collect,
     )
     rows = [pre_ranker] + [row for record in records.values() for row in record["rows"]]

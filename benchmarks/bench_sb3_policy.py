@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/bench_sb3_policy.py [--seeds 5] [--checkpoints 8192 16384]
+    python benchmarks/bench_sb3_policy.py --study tune [--seeds 1]   # choose the settings
 
 Trains ``SB3Agent("MaskablePPO")`` with the registered ``maskable-ppo`` settings
 (dense reward, 4 environments, ``n_steps`` 256, batch 128, learning rate 1e-3) under
@@ -16,8 +17,17 @@ the quick budget (8,192 steps) or twice it. Prints the table (mean [95% bootstra
 CI] over seeds, paired differences), writes ``sb3_policy.csv`` after every run and
 plots held-out reward against training steps.
 
-Options: ``--env SlateRerank-v0``, ``--requests 500``, ``--out runs/bench-sb3-policy``,
-``--from-csv`` (summarise earlier runs' rows), ``--first-seed``.
+``--study tune`` chooses ``maskable-ppo``'s settings: it trains SlatePolicy under each
+setting of :data:`TUNING_GRID` (policy size and PPO's update schedule) to each
+checkpoint and evaluates the held-out reward of its greedy lists on validation
+requests. It runs on the validation split only and refuses ``--split test``: the
+test split is read only to report. It writes ``sb3_tune.csv`` after every run.
+
+Options: ``--env SlateRerank-v0``, ``--requests 500``, ``--split test|valid``
+(``test`` for the comparison, ``valid`` for ``tune``), ``--policies`` (the
+comparison's policies, e.g. only ``SlatePolicy`` for a long learning curve),
+``--out runs/bench-sb3-policy``, ``--from-csv`` (summarise earlier runs' rows),
+``--first-seed``.
 """
 
 from __future__ import annotations
@@ -49,14 +59,41 @@ from rerank_env.task import RerankTask  # noqa: E402
 
 POLICIES = ("SlatePolicy", "MultiInputPolicy")
 
+#: The settings ``--study tune`` compares, by label: SlatePolicy's size and PPO's
+#: update schedule (``n_steps`` per environment, batch, epochs, learning rate, entropy
+#: bonus); every run uses 4 environments, dense reward and ``gamma`` 1.
+TUNING_GRID: dict[str, dict[str, Any]] = {
+    label: {
+        "n_steps": n_steps,
+        "batch_size": batch,
+        "n_epochs": epochs,
+        "learning_rate": lr,
+        "ent_coef": entropy,
+        "policy_kwargs": {"features_extractor_kwargs": {"dim": dim, "encoder_layers": layers}},
+    }
+    for label, (dim, layers, n_steps, batch, epochs, lr, entropy) in {
+        "d32-l1 64/64/5 lr2e-3 ent0.01": (32, 1, 64, 64, 5, 2e-3, 0.01),
+        "d32-l1 64/64/5 lr1e-3 ent0.01": (32, 1, 64, 64, 5, 1e-3, 0.01),
+        "d32-l1 64/64/5 lr4e-3 ent0.01": (32, 1, 64, 64, 5, 4e-3, 0.01),
+        "d32-l1 64/64/5 lr2e-3 ent0": (32, 1, 64, 64, 5, 2e-3, 0.0),
+        "d32-l1 64/64/10 lr1e-3 ent0.01": (32, 1, 64, 64, 10, 1e-3, 0.01),
+        "d32-l1 32/64/5 lr2e-3 ent0.01": (32, 1, 32, 64, 5, 2e-3, 0.01),
+        "d32-l1 256/128/10 lr1e-3 ent0": (32, 1, 256, 128, 10, 1e-3, 0.0),
+        "d64-l2 64/64/5 lr2e-3 ent0.01": (64, 2, 64, 64, 5, 2e-3, 0.01),
+    }.items()
+}
+
 
 def ppo_runs(
-    task: RerankTask, requests: np.ndarray, seed: int, checkpoints: list[int]
+    task: RerankTask,
+    requests: np.ndarray,
+    seed: int,
+    checkpoints: list[int],
+    variants: dict[str, dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """One seed of every policy, evaluated at every checkpoint."""
+    """One seed of every variant (label -> SB3Agent settings), evaluated at every checkpoint."""
     rows = []
-    for policy in POLICIES:
-        settings = {**registered()["maskable-ppo"].kwargs, "policy": policy}
+    for policy, settings in variants.items():
         agent = SB3Agent(total_timesteps=checkpoints[0], seed=seed, **settings)
         start = time.perf_counter()
         agent.fit(task)
@@ -113,9 +150,25 @@ def references(task: RerankTask, requests: np.ndarray, seed: int) -> list[dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--env", default="SlateRerank-v0")
+    parser.add_argument(
+        "--study",
+        choices=("policies", "tune"),
+        default="policies",
+        help="policies: SlatePolicy against MultiInputPolicy (reports on test); tune: "
+        "choose SlatePolicy's settings on validation requests",
+    )
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--requests", type=int, default=500, help="test requests evaluated")
+    parser.add_argument("--requests", type=int, default=500, help="requests evaluated")
+    parser.add_argument(
+        "--split",
+        choices=("test", "valid"),
+        default=None,
+        help="requests evaluated (default: test for policies, valid for tune)",
+    )
+    parser.add_argument(
+        "--policies", nargs="+", choices=POLICIES, default=list(POLICIES), metavar="POLICY"
+    )
     parser.add_argument("--checkpoints", type=int, nargs="+", default=[8192, 16384])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-sb3-policy"))
     parser.add_argument(
@@ -127,20 +180,39 @@ def main() -> None:
         help="train nothing: summarise these CSVs of earlier runs",
     )
     args = parser.parse_args()
+    if args.split is None:
+        args.split = "valid" if args.study == "tune" else "test"
+    if args.study == "tune" and args.split == "test":
+        parser.error(
+            "--study tune chooses settings, which is done on validation requests only (the "
+            "test split is read only to report): run it with --split valid"
+        )
     if sorted(args.checkpoints) != args.checkpoints or args.checkpoints[0] < 1:
         parser.error(f"--checkpoints must be positive and increasing, got {args.checkpoints}")
     args.out.mkdir(parents=True, exist_ok=True)
+    csv = args.out / ("sb3_tune.csv" if args.study == "tune" else "sb3_policy.csv")
     if args.from_csv:
         report(read_csv(args.from_csv, ("agent", "policy")), args)
         return
     task = command_task(args.env, {})
-    requests = task.requests("test")[: args.requests]
+    requests = task.requests(args.split)[: args.requests]
     print(f"task: {task.summary()}", flush=True)
+    print(f"evaluated on {len(requests)} {args.split} requests", flush=True)
+    registered_settings = registered()["maskable-ppo"].kwargs
+    if args.study == "tune":
+        variants = {
+            label: {**registered_settings, "algorithm_kwargs": settings}
+            for label, settings in TUNING_GRID.items()
+        }
+    else:
+        variants = {policy: {**registered_settings, "policy": policy} for policy in args.policies}
     rows: list[dict[str, Any]] = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         rows += references(task, requests, seed)
-        rows += ppo_runs(task, requests, seed, args.checkpoints)
-        write_csv(args.out / "sb3_policy.csv", rows)  # a stopped run keeps its rows
+        write_csv(csv, rows)
+        for label, settings in variants.items():
+            rows += ppo_runs(task, requests, seed, args.checkpoints, {label: settings})
+            write_csv(csv, rows)  # a stopped run keeps its rows
     report(rows, args)
 
 
@@ -148,7 +220,11 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     """The table, the paired differences against pointwise greedy, and the figure."""
     summary = summarise(rows, ["reward_eval", "latency_ms", "fit_s"])
     seeds = len({row["seed"] for row in rows})
-    print(f"\nMaskablePPO policies on {args.env}, {seeds} seeds (mean [95% CI])")
+    what = "settings of SlatePolicy" if args.study == "tune" else "policies"
+    print(
+        f"\nMaskablePPO {what} on {args.env}, {seeds} seeds, held-out reward on "
+        f"{args.split} requests (mean [95% CI])"
+    )
     print("| agent | held-out reward | ms / request | fit s |\n|---|---|---:|---:|")
     for entry in summary:
         print(
@@ -158,8 +234,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         )
     greedy = {row["seed"]: row["reward_eval"] for row in rows if row["agent"] == "pointwise-greedy"}
     print("\npaired difference to pointwise greedy (same seed):")
+    policy_of = {row["agent"]: row["policy"] for row in rows}
     for entry in summary:
-        if entry["agent"].split(" ")[0] not in POLICIES:
+        if not policy_of[entry["agent"]]:  # a reference
             continue
         gaps = np.array(
             [
@@ -183,9 +260,11 @@ def plot(
     figure, axis = plt.subplots(figsize=(6, 4))
     by_agent = {entry["agent"]: entry for entry in summary}
     steps = {row["agent"]: row["timesteps"] for row in rows}
-    for marker, policy in zip("os", POLICIES, strict=True):
+    policy_of = {row["agent"]: row["policy"] for row in rows}
+    labels = list(dict.fromkeys(row["policy"] for row in rows if row["policy"]))
+    for marker, policy in zip("osv^<>dp*hx", labels, strict=False):
         entries = sorted(
-            (e for a, e in by_agent.items() if a.split(" ")[0] == policy),
+            (e for a, e in by_agent.items() if policy_of[a] == policy),
             key=lambda e: steps[e["agent"]],
         )
         xs = [steps[e["agent"]] for e in entries]
@@ -199,13 +278,15 @@ def plot(
         if name in by_agent:
             axis.axhline(by_agent[name]["reward_eval"], linestyle=style, color="grey", label=name)
     axis.set_xlabel("training steps (slot decisions)")
-    axis.set_ylabel("held-out reward (expected clicks)")
     seeds = max(entry["seeds"] for entry in summary)
+    axis.set_ylabel(f"held-out reward, {args.split} requests (expected clicks)")
+    axis.set_xscale("log", base=2)
     axis.set_title(f"MaskablePPO on {args.env} ({seeds} seeds, 95% CI)")
-    axis.legend(loc="best", fontsize="small")
+    axis.legend(loc="best", fontsize="x-small")
     figure.tight_layout()
-    figure.savefig(args.out / "sb3_policy.png", dpi=120)
-    print(f"\nwrote {args.out / 'sb3_policy.png'}")
+    path = args.out / ("sb3_tune.png" if args.study == "tune" else "sb3_policy.png")
+    figure.savefig(path, dpi=120)
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

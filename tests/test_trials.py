@@ -1,4 +1,4 @@
-"""Trials here and on Ray: stored once, retried when a worker dies, same results."""
+"""Trials here, in worker processes and on Ray: stored once, retried, same results."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import pytest
 
 from agents.common.trials import RayOptions, Trial, TrialError, TrialStore, run_trials
 from simulators.data.errors import ConfigError
-
-ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
 
 
 def _square(offset: int, value: int, log: str) -> dict:
@@ -44,6 +42,7 @@ def _attempts(log: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray with 2 CPUs, shared by this module's tests."""
+    ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
     # Workers cannot import this test module: its trial functions travel by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -84,6 +83,74 @@ def test_trial_errors_are_clear(tmp_path) -> None:
         RayOptions(max_retries=-1)
     with pytest.raises(ConfigError, match="cpus_per_trial must be > 0"):
         RayOptions(cpus_per_trial=0)
+
+
+def _torch_trial(offset: int, seed: int) -> dict:
+    """A trial whose result depends on its seed and on torch's float arithmetic."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    weights = torch.randn(64, 64, generator=generator)
+    return {
+        "seed": seed,
+        "value": float((weights @ weights.T).sum()) + offset,
+        "threads": torch.get_num_threads(),
+        "pid": os.getpid(),
+    }
+
+
+def test_processes_give_the_records_of_one_thread_runs_here(tmp_path) -> None:
+    import torch
+
+    trials = [Trial(f"t/seed{seed}", _torch_trial, (seed,)) for seed in range(6)]
+    started, finished = [], []
+    records = run_trials(
+        trials,
+        TrialStore(tmp_path / "processes"),
+        shared=(5,),
+        backend="processes",
+        workers=2,
+        on_start=lambda t: started.append(t.key),
+        on_finish=lambda t, r: finished.append(t.key),
+        progress=False,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = run_trials(trials, TrialStore(tmp_path / "local"), shared=(5,))
+    finally:
+        torch.set_num_threads(threads)
+    assert [records[t.key]["value"] for t in trials] == [local[t.key]["value"] for t in trials]
+    assert {record["threads"] for record in records.values()} == {1}
+    assert {record["pid"] for record in records.values()}.isdisjoint({os.getpid()})
+    assert started == [t.key for t in trials] and sorted(finished) == sorted(started)
+    assert TrialStore(tmp_path / "processes").read("t/seed3")["value"] == local["t/seed3"]["value"]
+    assert torch.get_num_threads() == threads  # the caller's thread count is left alone
+
+
+def test_processes_report_a_raising_trial_after_storing_the_others(tmp_path) -> None:
+    store, log = TrialStore(tmp_path), tmp_path / "log"
+    trials = _trials(_square, log, [0, 1]) + [Trial("sq/seed2", _raises, (2, str(log)))]
+    with pytest.raises(
+        TrialError, match=r"(?s)1 trial\(s\) failed: sq/seed2.*ValueError: trial 2 is"
+    ):
+        run_trials(trials, store, shared=(0,), backend="processes", workers=2, progress=False)
+    assert store.read("sq/seed1") == {"value": 1, "square": 1} and store.read("sq/seed2") is None
+    with pytest.raises(ConfigError, match="workers must be >= 1, got 0"):
+        run_trials(trials, store, backend="processes", workers=0)
+
+
+def test_processes_refuse_a_cuda_task(tmp_path) -> None:
+    class OnCuda:
+        device = "cuda:0"
+
+    with pytest.raises(ConfigError, match="CUDA cannot be used in a forked process"):
+        run_trials(
+            _trials(_square, tmp_path / "log"),
+            TrialStore(tmp_path),
+            shared=(OnCuda(),),
+            backend="processes",
+        )
 
 
 def test_ray_missing_names_the_extra(tmp_path, monkeypatch) -> None:
@@ -142,8 +209,11 @@ def test_a_raising_trial_is_reported_after_the_others_are_stored(tmp_path, local
     assert store.read("sq/seed2") is None  # not retried (it would raise again), not stored
 
 
-def test_compare_on_ray_gives_the_local_table(tmp_path, local_ray) -> None:
-    """Same seeds, one torch thread per run both ways: the same table but for wall clocks."""
+def _compare_against_local(tmp_path: Path, name: str, **backend) -> Path:
+    """Run a tiny compare on ``backend`` and locally on one torch thread; the same tables.
+
+    Same seeds, one torch thread per run both ways: the same table but for wall clocks.
+    """
     import csv
 
     import torch
@@ -166,18 +236,27 @@ def test_compare_on_ray_gives_the_local_table(tmp_path, local_ray) -> None:
         local = run_compare(name="local", **settings)
     finally:
         torch.set_num_threads(threads)
-    on_ray = run_compare(
-        name="ray", backend="ray", ray_options=RayOptions(cpus_per_trial=1), **settings
-    )
+    elsewhere = run_compare(name=name, **backend, **settings)
     clocks = {"fit_s", "latency_ms", "fit_s_low", "fit_s_high"}
 
     def table(folder: Path, name: str) -> list[dict]:
         rows = list(csv.DictReader((folder / name).open()))
         return [{k: v for k, v in row.items() if not k.startswith(tuple(clocks))} for row in rows]
 
-    for name in ("per_seed.csv", "results.csv"):
-        assert table(on_ray, name) == table(local, name), name
+    for table_name in ("per_seed.csv", "results.csv"):
+        assert table(elsewhere, table_name) == table(local, table_name), table_name
     assert len(table(local, "per_seed.csv")) == 4 * 2
-    # Ray's records sit where --resume reads them.
-    stored = sorted(p.relative_to(on_ray / "runs").as_posix() for p in (on_ray / "runs").rglob("*"))
+    # The records sit where --resume reads them.
+    stored = sorted(
+        p.relative_to(elsewhere / "runs").as_posix() for p in (elsewhere / "runs").rglob("*")
+    )
     assert "prm/seed1.json" in stored and "initial-order/seed-all.json" in stored
+    return elsewhere
+
+
+def test_compare_on_ray_gives_the_local_table(tmp_path, local_ray) -> None:
+    _compare_against_local(tmp_path, "ray", backend="ray", ray_options=RayOptions(cpus_per_trial=1))
+
+
+def test_compare_in_processes_gives_the_local_table(tmp_path) -> None:
+    _compare_against_local(tmp_path, "processes", backend="processes", workers=2)

@@ -4,9 +4,18 @@ A *trial* is one (agent, seed, config) run: a picklable top-level function and i
 arguments that return a JSON-able record. :func:`run_trials` runs every trial whose
 record its :class:`TrialStore` lacks and writes each record atomically as it arrives,
 so a stopped or crashed run loses no finished trial and a re-run (``--resume``)
-counts none twice. Two backends:
+counts none twice. Three backends:
 
 * ``"local"``: one trial after another in this process, in the given order;
+* ``"processes"``: the trials spread over ``workers`` processes of this machine
+  (a :class:`concurrent.futures.ProcessPoolExecutor` whose workers are forked, so
+  the shared objects are inherited rather than copied), each trial on one torch
+  thread. Small models train faster as several one-thread runs side by side than as
+  one run over several threads, and a trial's result does not depend on the number
+  of workers. A trial that raises does not stop the others; a worker that dies (out
+  of memory) fails the trials still running, and both are named by
+  :class:`TrialError` once the rest are stored. POSIX only (it forks), and not with
+  a CUDA task (CUDA cannot be used in a forked child);
 * ``"ray"``: every trial a Ray task (``pip install -e ".[ray]"``) on a local Ray
   started here or on a cluster (``address``), the shared objects (task, evaluation
   set) put in Ray's object store once. A task whose worker dies (killed, out of
@@ -24,9 +33,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import re
 import shutil
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +51,7 @@ from simulators.data.errors import ConfigError
 from simulators.progress import progress_bar
 
 #: The backends :func:`run_trials` knows.
-BACKENDS = ("local", "ray")
+BACKENDS = ("local", "processes", "ray")
 
 
 @dataclass(frozen=True)
@@ -141,6 +153,7 @@ def run_trials(
     on_start: Callable[[Trial], None] | None = None,
     on_finish: Callable[[Trial, dict[str, Any]], None] | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the trials ``store`` holds no record of; return every trial's record.
 
@@ -149,19 +162,25 @@ def run_trials(
         store: Where records are read and written.
         shared: Objects every trial receives first (``function(*shared, ...)``),
             sent to Ray's object store once rather than with each trial.
-        backend: ``"local"`` or ``"ray"`` (see the module docstring).
+        backend: ``"local"``, ``"processes"`` or ``"ray"`` (see the module docstring).
         ray_options: The Ray backend's settings (default :class:`RayOptions`).
-        on_start: Called before a trial runs (local backend) or is submitted (Ray).
+        on_start: Called before a trial runs (local backend) or is submitted (the
+            others).
         on_finish: Called with each record as it is stored.
-        progress: A bar over the trials to run (Ray backend; the local backend's
-            trials show their own).
+        progress: A bar over the trials to run (processes and Ray backends; the local
+            backend's trials show their own).
+        workers: The processes backend's worker processes (``None``: one per CPU this
+            process may use, :func:`available_cpus`).
 
     Raises:
-        ConfigError: An unknown backend, repeated keys, or Ray not installed.
+        ConfigError: An unknown backend, repeated keys, Ray not installed, ``workers``
+            below 1, or the processes backend where it cannot fork.
         TrialError: A trial raised (the others were stored first).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     keys = [trial.key for trial in trials]
     if len(set(keys)) != len(keys):
         repeated = sorted({key for key in keys if keys.count(key) > 1})
@@ -174,6 +193,8 @@ def run_trials(
                 on_start(trial)
             record = trial.function(*shared, *trial.arguments)
             _finish(trial, record, store, records, on_finish)
+    elif backend == "processes" and pending:
+        _run_in_processes(pending, store, records, shared, workers, on_start, on_finish, progress)
     elif pending:
         _run_on_ray(
             pending,
@@ -204,6 +225,98 @@ def _finish(
     records[trial.key] = record
     if on_finish is not None:
         on_finish(trial, record)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+#: The shared objects of the processes backend, set in each worker by its initializer.
+_SHARED: tuple[Any, ...] = ()
+
+
+def _adopt_shared(shared: tuple[Any, ...]) -> None:
+    """Worker initializer: keep the (inherited, not pickled) shared objects."""
+    global _SHARED  # noqa: PLW0603  (one per worker process, set once)
+    _SHARED = shared
+    torch.set_num_threads(1)  # before any torch work in the fork: no OpenMP pool to inherit
+
+
+def _call_with_shared(
+    function: Callable[..., dict[str, Any]], arguments: tuple[Any, ...]
+) -> dict[str, Any]:
+    """A trial inside a worker process, on one torch thread."""
+    return function(*_SHARED, *arguments)
+
+
+def _run_in_processes(
+    pending: list[Trial],
+    store: TrialStore,
+    records: dict[str, dict[str, Any]],
+    shared: Sequence[Any],
+    workers: int | None,
+    on_start: Callable[[Trial], None] | None,
+    on_finish: Callable[[Trial, dict[str, Any]], None] | None,
+    progress: bool,
+) -> None:
+    if "fork" not in multiprocessing.get_all_start_methods():
+        raise ConfigError(
+            "the processes backend forks its workers, which this platform cannot do: use "
+            "backend 'local' (or 'ray')"
+        )
+    if any(_on_cuda(value) for value in shared):
+        raise ConfigError(
+            "the processes backend forks its workers, and CUDA cannot be used in a forked "
+            "process: run a CUDA task with backend 'local' (or 'ray')"
+        )
+    count = min(workers or available_cpus(), len(pending))
+    failures: list[tuple[Trial, BaseException]] = []
+    bar = progress_bar(len(pending), f"trials on {count} processes", progress)
+    with ProcessPoolExecutor(
+        max_workers=count,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_adopt_shared,
+        initargs=(tuple(shared),),
+    ) as pool:
+        running: dict[Future, Trial] = {}
+        for trial in pending:
+            if on_start is not None:
+                on_start(trial)
+            running[pool.submit(_call_with_shared, trial.function, trial.arguments)] = trial
+        while running:
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                trial = running.pop(future)
+                try:
+                    record = future.result()
+                except Exception as err:  # noqa: BLE001  (named in TrialError below)
+                    failures.append((trial, err))
+                else:
+                    _finish(trial, record, store, records, on_finish)
+                bar.update()
+    bar.close()
+    _raise_failures(failures)
+
+
+def _on_cuda(value: Any) -> bool:
+    """Whether ``value`` (a task, an evaluation set) says it lives on a CUDA device."""
+    device = getattr(value, "device", None)
+    return device is not None and torch.device(device).type == "cuda"
+
+
+def _raise_failures(failures: list[tuple[Trial, BaseException]]) -> None:
+    """:class:`TrialError` naming every failed trial and the first error, if any failed."""
+    if failures:
+        names = ", ".join(trial.key for trial, _ in failures)
+        first = failures[0][1]
+        raise TrialError(
+            f"{len(failures)} trial(s) failed: {names}; every other trial finished and is "
+            f"stored (run again to retry only these). First error:\n"
+            + re.sub(r"\x1b\[[0-9;]*m", "", f"{type(first).__name__}: {first}")  # Ray's colours
+        )
 
 
 def _run_on_ray(
@@ -251,13 +364,7 @@ def _run_on_ray(
             _finish(trial, record, store, records, on_finish)
         bar.update()
     bar.close()
-    if failures:
-        names = ", ".join(trial.key for trial, _ in failures)
-        raise TrialError(
-            f"{len(failures)} trial(s) failed: {names}; every other trial finished and is "
-            f"stored (run again to retry only these). First error:\n"
-            + re.sub(r"\x1b\[[0-9;]*m", "", str(failures[0][1]))  # Ray's colour codes
-        )
+    _raise_failures(failures)
 
 
 def _call(function: Callable[..., dict[str, Any]], threads: int, *arguments: Any) -> dict[str, Any]:
@@ -277,19 +384,35 @@ def require_ray() -> Any:
     return ray
 
 
-def add_backend_arguments(parser: argparse.ArgumentParser, unit: str = "run") -> None:
-    """``--backend``, ``--address``, ``--ray-cpus``, ``--cpus-per-run``, ``--max-retries``.
+def add_backend_arguments(
+    parser: argparse.ArgumentParser,
+    unit: str = "run",
+    default_backend: str | None = "local",
+    default_help: str | None = None,
+) -> None:
+    """``--backend``, ``--workers``, ``--address``, ``--ray-cpus``, ``--cpus-per-run``, ...
 
-    Shared by ``rerank-env compare`` and the benchmark studies; read them back with
-    :func:`ray_options_from`. ``unit`` names a trial in the help (``"run"``).
+    (and ``--max-retries``). Shared by ``rerank-env compare`` and the benchmark
+    studies; read them back with ``args.backend``, ``args.workers`` and
+    :func:`ray_options_from`. ``unit`` names a trial in the help (``"run"``);
+    ``default_backend`` may be ``None`` for a command that chooses it (say how in
+    ``default_help``).
     """
+    default_help = default_help or default_backend
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
-        default="local",
-        help=f"local: one {unit} after another here; ray: each a Ray task on a local Ray or "
-        f'the cluster at --address (pip install -e ".[ray]"). Each {unit}\'s record is '
-        "stored as it finishes; --resume skips stored ones",
+        default=default_backend,
+        help=f"local: one {unit} after another here; processes: the {unit}s spread over "
+        f"--workers processes here, each on one torch thread; ray: each a Ray task on a "
+        f'local Ray or the cluster at --address (pip install -e ".[ray]"). Each {unit}\'s '
+        f"record is stored as it finishes; --resume skips stored ones (default: "
+        f"{default_help})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help=f"processes: worker processes (default: one per CPU, here {available_cpus()})",
     )
     parser.add_argument(
         "--address",

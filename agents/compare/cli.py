@@ -112,7 +112,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="continue the run folder --name: reuse its stored (agent, seed) runs, run the rest",
     )
     parser.add_argument("--device", default="cpu", help="torch device of task and agents (cuda)")
-    add_backend_arguments(parser)
+    add_backend_arguments(
+        parser,
+        default_backend=None,
+        default_help="processes, or local with a CUDA --device, which forked workers cannot use",
+    )
     _add_output_arguments(parser)
 
 
@@ -166,8 +170,9 @@ def compare_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "resume": args.resume,
         "device": args.device,
         "progress": not args.quiet,
-        "backend": args.backend,
+        "backend": args.backend or ("local" if args.device.startswith("cuda") else "processes"),
         "ray_options": ray_options_from(args),
+        "workers": args.workers,
         "reference": args.reference,
     }
 

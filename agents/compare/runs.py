@@ -117,6 +117,7 @@ def run_compare(
     backend: str = "local",
     ray_options: RayOptions | None = None,
     reference: str | None = None,
+    workers: int | None = None,
 ) -> Path:
     """Train and evaluate ``agents`` over ``seeds`` seeds; returns the run folder.
 
@@ -145,14 +146,18 @@ def run_compare(
             file) timestamped lines as each run starts and ends and at least every
             10 s while an agent trains. The results are never printed here (see
             :func:`results_text`); ``False`` is silent.
-        backend: ``"local"`` (one run after another here) or ``"ray"`` (every
-            (agent, seed) run a Ray task; :mod:`agents.common.trials`). Same seeds,
-            same results table, but for the wall-clock columns (fit time, latency).
+        backend: ``"local"`` (one run after another here), ``"processes"`` (the runs
+            spread over ``workers`` processes here, each on one torch thread) or
+            ``"ray"`` (every (agent, seed) run a Ray task; :mod:`agents.common.trials`).
+            Same seeds, same results table up to the float rounding of the torch
+            thread count (one per run but on the local backend), and the wall-clock
+            columns (fit time, latency).
         ray_options: The Ray backend's cluster address, CPUs per run and retries.
         reference: The agent of the paired table (each agent's difference from it on
             the same requests): an agent's name or the name it was given by in
             ``agents``; default ``"pointwise-greedy"`` when it is compared, else the
             first agent.
+        workers: The processes backend's worker processes (``None``: one per CPU).
     """
     factories = _checked_arguments(agents, budget, seeds, backend, resume, overwrite)
     name = name or f"{env_id}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -179,7 +184,9 @@ def run_compare(
         task, requests=requests, permutations=permutations, beam_width=beam_width, progress=progress
     )
     plan, trials = _plan(agents, factories, seeds, budget, folder, progress and backend == "local")
-    records, fresh = _run_planned(trials, store, (task, evaluation), backend, ray_options, progress)
+    records, fresh = _run_planned(
+        trials, store, (task, evaluation), backend, ray_options, progress, workers
+    )
     gathered = _gather(plan, records, fresh, progress)
     title = f"rerank-env compare: {env_id}"
     write_results(folder, gathered, evaluation, title=title, reference=reference)
@@ -318,6 +325,7 @@ def _run_planned(
     backend: str,
     ray_options: RayOptions | None,
     progress: bool,
+    workers: int | None = None,
 ) -> tuple[dict[str, dict[str, Any]], set[str]]:
     """``(records by key, keys run now)``: the stored records and the runs that were missing."""
     fresh: set[str] = set()
@@ -328,7 +336,7 @@ def _run_planned(
         seed, label = trial.arguments[2], trial.key.rsplit("/", 1)[0]
         if backend == "local" and not lines_only:  # log lines name the run themselves
             bar.set_description(f"seed {seed} {label}")
-        log_line(f"seed {seed} {label}: started", progress and (lines_only or backend == "ray"))
+        log_line(f"seed {seed} {label}: started", progress and (lines_only or backend != "local"))
 
     def collect(trial: Trial, record: dict[str, Any]) -> None:
         fresh.add(trial.key)
@@ -344,6 +352,7 @@ def _run_planned(
         on_start=announce,
         on_finish=collect,
         progress=progress,
+        workers=workers,
     )
     bar.close()
     return records, fresh
