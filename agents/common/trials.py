@@ -282,21 +282,25 @@ def _run_in_processes(
         initargs=(tuple(shared),),
     ) as pool:
         running: dict[Future, Trial] = {}
-        for trial in pending:
-            if on_start is not None:
-                on_start(trial)
-            running[pool.submit(_call_with_shared, trial.function, trial.arguments)] = trial
-        while running:
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for future in done:
-                trial = running.pop(future)
-                try:
-                    record = future.result()
-                except Exception as err:  # noqa: BLE001  (named in TrialError below)
-                    failures.append((trial, err))
-                else:
-                    _finish(trial, record, store, records, on_finish)
-                bar.update()
+        try:
+            for trial in pending:
+                if on_start is not None:
+                    on_start(trial)
+                running[pool.submit(_call_with_shared, trial.function, trial.arguments)] = trial
+            while running:
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    trial = running.pop(future)
+                    try:
+                        record = future.result()
+                    except Exception as err:  # noqa: BLE001  (named in TrialError below)
+                        failures.append((trial, err))
+                    else:
+                        _finish(trial, record, store, records, on_finish)
+                    bar.update()
+        except BaseException:  # Ctrl-C or a bad record: start no queued trial
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     bar.close()
     _raise_failures(failures)
 

@@ -68,7 +68,7 @@ PRESET_ENVS = {"gr2": "SlateRerankGR2-v0"}
 
 #: Wall time of each preset for 5 seeds on 2 cores (docs/benchmarks.md), for --help.
 PRESET_TIMES = {
-    "quick": "with --quick, the README's main job: about 4 min, 500 requests",
+    "quick": "with --quick, the README's main job: about 3 min, 500 requests",
     "full": "about 25 min",
     "degre": "about 76 min, 500 requests",
     "goalrank": "about 19 min, 500 requests",
