@@ -194,6 +194,8 @@ def test_piped_compare_logs_progress_before_it_ends_and_quiet_keeps_the_results(
         "slate_length=4",
         "--agents",
         "initial-order,seq2slate,beam-4",
+        "--backend",
+        "local",  # the trainers' own lines come from runs in this process
         "--budget",
         "tiny",
         "--seeds",

@@ -69,7 +69,7 @@ PRESET_ENVS = {"gr2": "SlateRerankGR2-v0"}
 #: Wall time of each preset for 5 seeds on 2 cores (docs/benchmarks.md), for --help.
 PRESET_TIMES = {
     "quick": "with --quick, the README's main job: about 3 min, 500 requests",
-    "full": "about 25 min",
+    "full": "about 35 min, 500 requests",
     "degre": "about 76 min, 500 requests",
     "goalrank": "about 19 min, 500 requests",
     "glorank": "about 5 h, 500 requests; GloRank's fits dominate",

@@ -336,7 +336,9 @@ def _run_planned(
         seed, label = trial.arguments[2], trial.key.rsplit("/", 1)[0]
         if backend == "local" and not lines_only:  # log lines name the run themselves
             bar.set_description(f"seed {seed} {label}")
-        log_line(f"seed {seed} {label}: started", progress and (lines_only or backend != "local"))
+        # Elsewhere a run is handed over (queued), not started: its result line says when
+        # it ended, and the backend's bar counts the runs.
+        log_line(f"seed {seed} {label}: started", progress and lines_only and backend == "local")
 
     def collect(trial: Trial, record: dict[str, Any]) -> None:
         fresh.add(trial.key)
