@@ -6,8 +6,8 @@ Usage::
     python benchmarks/bench_sb3_policy.py --study tune [--seeds 1]   # choose the settings
 
 Trains ``SB3Agent("MaskablePPO")`` with the registered ``maskable-ppo`` settings
-(dense reward, 4 environments, ``n_steps`` 256, batch 128, learning rate 1e-3) under
-each policy, and evaluates the held-out reward of its greedy lists on the first
+(:mod:`agents.registry`: dense reward, 4 environments, the PPO settings ``--study
+tune`` chose) under each policy, and evaluates the held-out reward of its greedy lists on the first
 ``--requests`` test requests at each checkpoint: the run continues from one
 checkpoint to the next (the learning rate is constant, so the 16,384-step row is
 the 8,192-step run trained on). Pointwise greedy (the ``--quick`` budget's 5
