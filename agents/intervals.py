@@ -33,7 +33,7 @@ numerator and denominator alike.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +59,10 @@ class Interval:
     se: float
     seeds: int
     requests: int
+
+    def text(self, digits: int = 3) -> str:
+        """``"mean [low, high]"`` rounded to ``digits`` decimals, for tables."""
+        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,22 @@ def hierarchical_interval(
         seeds=matrix.shape[0],
         requests=matrix.shape[1],
     )
+
+
+def run_intervals(
+    runs: Sequence[Mapping[str, np.ndarray]], measures: Sequence[str]
+) -> dict[str, Interval]:
+    """Each measure's two-way interval over ``runs``.
+
+    Args:
+        runs: One mapping per seed: measure -> per-request values, the same requests
+            in every run.
+        measures: The measures to summarise (keys of every run).
+    """
+    return {
+        measure: hierarchical_interval(np.stack([run[measure] for run in runs]))
+        for measure in measures
+    }
 
 
 def paired_difference(
@@ -328,4 +348,5 @@ __all__ = [
     "minimum_detectable_difference",
     "paired_difference",
     "ranking_agreement",
+    "run_intervals",
 ]

@@ -55,7 +55,7 @@ import torch  # noqa: E402
 
 from agents.base import Agent, TrainableAgent  # noqa: E402
 from agents.baselines import InitialOrder, PointwiseGreedy  # noqa: E402
-from agents.common.commands import command_task  # noqa: E402
+from agents.common.commands import command_task, evaluation_split  # noqa: E402
 from agents.common.trials import (  # noqa: E402
     Trial,
     TrialStore,
@@ -190,13 +190,9 @@ def main() -> None:
         "about 2.5 min, 2M about 6 min and 10M one to two hours: see docs/benchmarks.md)",
     )
     args = parser.parse_args()
-    if args.split is None:
-        args.split = "valid" if args.study in TUNING_STUDIES else "test"
-    if args.study in TUNING_STUDIES and args.split == "test":
-        parser.error(
-            f"the {args.study} study chooses a setting, and settings are chosen on validation "
-            "requests only (the test split is read only to report): run it with --split valid"
-        )
+    args.split = evaluation_split(
+        parser, args.split, chooses=args.study in TUNING_STUDIES, what=f"the {args.study} study"
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.from_csv:

@@ -19,7 +19,8 @@ with a 95% two-way bootstrap interval (seeds and requests):
 * ``popularity``: the mean log count of the list's items in the agents' training
   logs, and the correlation of the judge's per-list error with it.
 
-It chooses nothing, so it reads the test requests the comparisons report on.
+The agents default to the README job's (``compare --quick``). It chooses
+nothing, so it reads the test requests the comparisons report on.
 Records go to ``--out`` as each agent finishes (``<agent>.json``).
 """
 
@@ -34,21 +35,12 @@ import numpy as np
 
 from agents.base import TrainableAgent
 from agents.common.commands import command_task
-from agents.intervals import hierarchical_interval
+from agents.compare.presets import QUICK_AGENTS
+from agents.intervals import run_intervals
 from agents.registry import make_agent
 from rerank_env import RerankTask
 from rerank_env.task import SimulatorRole
 
-AGENTS = (
-    "initial-order",
-    "random",
-    "pointwise-greedy",
-    "prm",
-    "prm-sim",
-    "seq2slate",
-    "gen-eval",
-    "beam-8",
-)
 MEASURES = ("held-out", "true", "train", "judge error", "train error", "slot-1 error", "popularity")
 
 
@@ -83,7 +75,7 @@ def measures(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--env", default="SlateRerankSynthetic-v0")
-    parser.add_argument("--agents", default=",".join(AGENTS))
+    parser.add_argument("--agents", default=",".join(QUICK_AGENTS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget", default="quick", choices=["tiny", "quick", "full"])
     parser.add_argument("--requests", type=int, default=500, help="test requests")
@@ -109,12 +101,10 @@ def main() -> None:
                 break  # deterministic: one run counts for every seed
             lists = np.asarray(agent.rank(task, requests))
             runs.append(measures(task, lists, requests, popularity))
+        intervals = run_intervals(runs, MEASURES)
         record = {"agent": name, "seeds": len(runs), "requests": len(requests)}
-        cells = []
-        for measure in MEASURES:
-            interval = hierarchical_interval(np.stack([run[measure] for run in runs]))
-            record[measure] = [interval.mean, interval.low, interval.high]
-            cells.append(f"{interval.mean:.3f} [{interval.low:.3f}, {interval.high:.3f}]")
+        record.update({m: [i.mean, i.low, i.high] for m, i in intervals.items()})
+        cells = [interval.text() for interval in intervals.values()]
         errors = np.concatenate([run["judge error"] for run in runs])
         pops = np.concatenate([run["popularity"] for run in runs])
         record["corr_error_popularity"] = float(np.corrcoef(errors, pops)[0, 1])

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.evaluation import probability_of_improvement
-from agents.intervals import hierarchical_interval
+from agents.intervals import run_intervals
 from agents.registry import make_agent
 from rerank_env import make_task
 
@@ -106,11 +106,10 @@ def main() -> None:
             if hasattr(agent, "fit"):
                 agent.fit(task, progress=False)
             runs.append(measures(task, agent, requests))
-        cells, record = [], {"agent": name, "seeds": len(runs), "requests": len(requests)}
-        for measure in names:
-            interval = hierarchical_interval(np.stack([run[measure] for run in runs]))
-            record[measure] = [interval.mean, interval.low, interval.high]
-            cells.append(f"{interval.mean:.3f} [{interval.low:.3f}, {interval.high:.3f}]")
+        intervals = run_intervals(runs, names)
+        record = {"agent": name, "seeds": len(runs), "requests": len(requests)}
+        record.update({m: [i.mean, i.low, i.high] for m, i in intervals.items()})
+        cells = [interval.text() for interval in intervals.values()]
         record["seconds"] = time.perf_counter() - start
         (args.out / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)

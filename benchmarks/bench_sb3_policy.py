@@ -45,7 +45,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from agents.base import TrainableAgent  # noqa: E402
 from agents.baselines import InitialOrder  # noqa: E402
-from agents.common.commands import command_task  # noqa: E402
+from agents.common.commands import command_task, evaluation_split  # noqa: E402
 from agents.evaluation import (  # noqa: E402
     confidence_interval,
     read_csv,
@@ -180,13 +180,9 @@ def main() -> None:
         help="train nothing: summarise these CSVs of earlier runs",
     )
     args = parser.parse_args()
-    if args.split is None:
-        args.split = "valid" if args.study == "tune" else "test"
-    if args.study == "tune" and args.split == "test":
-        parser.error(
-            "--study tune chooses settings, which is done on validation requests only (the "
-            "test split is read only to report): run it with --split valid"
-        )
+    args.split = evaluation_split(
+        parser, args.split, chooses=args.study == "tune", what="--study tune"
+    )
     if sorted(args.checkpoints) != args.checkpoints or args.checkpoints[0] < 1:
         parser.error(f"--checkpoints must be positive and increasing, got {args.checkpoints}")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -28,3 +28,16 @@ def test_tuning_studies_refuse_the_test_split(script: str, arguments: list[str])
     )
     assert result.returncode == 2, result.stderr
     assert "validation requests only" in result.stderr and "--split valid" in result.stderr
+
+
+def test_evaluation_split_defaults_by_what_the_study_does() -> None:
+    import argparse
+
+    from agents.common.commands import evaluation_split
+
+    parser = argparse.ArgumentParser()
+    assert evaluation_split(parser, None, chooses=True, what="a study") == "valid"
+    assert evaluation_split(parser, None, chooses=False, what="a study") == "test"
+    assert evaluation_split(parser, "valid", chooses=False, what="a study") == "valid"
+    with pytest.raises(SystemExit):
+        evaluation_split(parser, "test", chooses=True, what="a study")

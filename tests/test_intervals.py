@@ -12,6 +12,7 @@ from agents.intervals import (
     minimum_detectable_difference,
     paired_difference,
     ranking_agreement,
+    run_intervals,
 )
 
 
@@ -146,3 +147,13 @@ def test_ranking_agreement_refuses_what_it_cannot_rank() -> None:
         ranking_agreement(values, {**values, "extra": values["a0"]})
     with pytest.raises(ValueError, match="one shape on the same requests"):
         ranking_agreement(values, {**values, "a2": np.ones((2, 9))})
+
+
+def test_run_intervals_summarise_each_measure_over_seeds_and_requests() -> None:
+    runs = [{"a": np.array([1.0, 2.0, 3.0]), "b": np.zeros(3)} for _ in range(2)]
+    intervals = run_intervals(runs, ["a", "b"])
+    assert list(intervals) == ["a", "b"]
+    assert intervals["a"] == hierarchical_interval(np.stack([run["a"] for run in runs]))
+    assert intervals["a"].seeds == 2 and intervals["a"].requests == 3
+    assert intervals["b"].text() == "0.000 [0.000, 0.000]"
+    assert intervals["a"].text(1) == f"2.0 [{intervals['a'].low:.1f}, {intervals['a'].high:.1f}]"

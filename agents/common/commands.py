@@ -55,6 +55,25 @@ def parse_env_kwargs(items: Sequence[str], option: str = "--env-kwarg") -> dict[
     return kwargs
 
 
+def evaluation_split(
+    parser: argparse.ArgumentParser, split: str | None, *, chooses: bool, what: str
+) -> str:
+    """The split a benchmark study evaluates on: ``split``, or ``valid`` / ``test`` by default.
+
+    A study that chooses a setting (``chooses``) runs on validation requests and is
+    refused the test split, which is read only to report; the others default to
+    ``test``. ``what`` names the study in the error (e.g. ``"the temperature study"``).
+    """
+    if split is None:
+        return "valid" if chooses else "test"
+    if chooses and split == "test":
+        parser.error(
+            f"{what} chooses a setting, and settings are chosen on validation requests only "
+            "(the test split is read only to report): run it with --split valid"
+        )
+    return split
+
+
 def run_handler(args: argparse.Namespace) -> int:
     """``args.handler(args)``; expected user errors print one line and return 2.
 
