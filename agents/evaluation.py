@@ -805,7 +805,8 @@ def agreement_entry(
     the held-out judge ranks the agents as the true user model does.
 
     Returns:
-        ``tau``, ``low``, ``high``, ``agents``, ``requests``; ``None`` where fewer
+        ``tau``, ``low``, ``high``, ``agents``, ``requests``, ``resolved_pairs``,
+        ``resolved_agreement``; ``None`` where fewer
         than three agents have per-request true rewards (no synthetic world).
     """
     held_out, true = {}, {}
@@ -821,12 +822,21 @@ def agreement_entry(
 
 def agreement_line(agreement: Mapping[str, Any]) -> str:
     """:func:`agreement_entry`'s figure as one sentence."""
-    return (
+    line = (
         f"Agent-ranking agreement (Kendall's tau between the {agreement['agents']} agents' mean "
         f"held-out and mean true rewards): {agreement['tau']:.3f} "
         f"[{agreement['low']:.3f}, {agreement['high']:.3f}], 95% interval over seeds and "
         f"{agreement['requests']} requests."
     )
+    resolved = agreement.get("resolved_pairs")
+    if resolved:
+        agreeing = round(agreement["resolved_agreement"] * resolved)
+        line += (
+            f" Of the {resolved} pairs of agents the true reward separates (the 95% interval "
+            f"of their paired difference excludes 0), the held-out judge orders {agreeing} "
+            f"as the truth does ({agreement['resolved_agreement']:.0%})."
+        )
+    return line
 
 
 def paired_markdown(paired: list[dict[str, Any]]) -> str:

@@ -212,6 +212,12 @@ class RankingAgreement:
         high: Upper end.
         agents: Agents ranked.
         requests: Requests the means are over.
+        resolved_pairs: Pairs of agents that judge Y separates: the interval of their
+            paired difference under Y (:func:`paired_difference`) excludes 0.
+        resolved_agreement: Share of :attr:`resolved_pairs` that judge X orders as Y
+            does (NaN where Y separates no pair). Unlike tau, it does not count the
+            pairs too close for the run to order, whose order under either judge is
+            noise.
     """
 
     tau: float
@@ -219,6 +225,8 @@ class RankingAgreement:
     high: float
     agents: int
     requests: int
+    resolved_pairs: int
+    resolved_agreement: float
 
 
 def ranking_agreement(
@@ -230,6 +238,9 @@ def ranking_agreement(
     seed: int = 0,
 ) -> RankingAgreement:
     """How well judge X ranks the agents as judge Y does: Kendall's tau-b with an interval.
+
+    Also the share of the agent pairs that Y separates (their paired difference's
+    interval under Y excludes 0) that X orders the same way.
 
     The benchmark's validity figure in the synthetic world, where X is the held-out
     simulator and Y the true user model: the tau between the agents' mean held-out
@@ -273,15 +284,27 @@ def ranking_agreement(
         means_y[:, index] = _replicate_means(ys[agent], seed_counts, request_counts)
     replicates = np.array([_tau(a, b) for a, b in zip(means_x, means_y, strict=True)])
     spread = _percentiles(replicates, confidence)
+    mean_x = {agent: float(np.nanmean(xs[agent])) for agent in agents}
+    resolved = agreeing = 0
+    for index, first in enumerate(agents):
+        for second in agents[index + 1 :]:
+            under_y = paired_difference(
+                ys[first], ys[second], confidence=confidence, reps=reps, seed=seed
+            )
+            if under_y.low > 0 or under_y.high < 0:
+                resolved += 1
+                agreeing += (mean_x[first] - mean_x[second]) * under_y.mean > 0
     return RankingAgreement(
         tau=_tau(
-            np.array([np.nanmean(xs[a]) for a in agents]),
+            np.array(list(mean_x.values())),
             np.array([np.nanmean(ys[a]) for a in agents]),
         ),
         low=spread["low"],
         high=spread["high"],
         agents=len(agents),
         requests=xs[agents[0]].shape[1],
+        resolved_pairs=resolved,
+        resolved_agreement=agreeing / resolved if resolved else math.nan,
     )
 
 

@@ -129,6 +129,10 @@ def test_ranking_agreement_is_one_for_a_faithful_judge_and_falls_for_a_noisy_one
     agreement = ranking_agreement(held_out, swapped)
     assert agreement.tau == pytest.approx(1 - 2 / 15)
     assert agreement.low <= agreement.tau <= agreement.high
+    # The truth separates every pair but agent1 / agent2 (drawn 0.04 apart), and the
+    # judge orders all of them but the swapped one as it does.
+    assert agreement.resolved_pairs == 14
+    assert agreement.resolved_agreement == pytest.approx(13 / 14)
     # Agents too close to order: the interval is wide, and says so.
     close = {agent: values - 0.1 * k for k, (agent, values) in enumerate(held_out.items())}
     noisy = {
@@ -136,6 +140,11 @@ def test_ranking_agreement_is_one_for_a_faithful_judge_and_falls_for_a_noisy_one
     }
     agreement = ranking_agreement(close, noisy)
     assert agreement.high - agreement.low > 0.5
+    # Six agents with one true mean: the truth separates only the few pairs a 5% test
+    # separates by chance (2 of 15 here), against 14 above.
+    tied = {agent: values - 0.1 * k for k, (agent, values) in enumerate(held_out.items())}
+    agreement = ranking_agreement(held_out, tied)
+    assert agreement.resolved_pairs <= 3
 
 
 def test_ranking_agreement_refuses_what_it_cannot_rank() -> None:
