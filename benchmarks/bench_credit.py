@@ -87,6 +87,9 @@ CANDIDATES = (20, 50, 100)
 POOL = 100
 #: Logged sessions per user per world: L = 20 halves them (a user meets an item once).
 SESSIONS = {6: 25, 10: 25, 20: 12}
+#: Share of each user's sessions that are validation: two per user in every world, so
+#: the judge's half of the sessions (``held_out="sessions"``) has validation slates.
+VALID_FRACTION = {6: 0.1, 10: 0.1, 20: 0.2}
 
 ARMS: dict[str, dict[str, Any]] = {
     "reinforce-sparse": {},
@@ -147,7 +150,9 @@ def world_task(n: int, length: int, *, progress: bool = False) -> RerankTask:
         dataset="synthetic",
         num_candidates=n,
         slate_length=length,
-        pipeline=PipelineConfig(num_candidates=POOL, slate_length=length),
+        pipeline=PipelineConfig(
+            num_candidates=POOL, slate_length=length, valid_fraction=VALID_FRACTION[length]
+        ),
         synthetic=SyntheticConfig(slate_length=length, sessions_per_user=SESSIONS[length]),
         progress=progress,
     )

@@ -18,6 +18,7 @@ from simulators._io import atomic_write
 from simulators.base import ClickSimulator
 from simulators.composed import ComposedSimulator, dcg_examination
 from simulators.data.cache import package_version
+from simulators.data.errors import ConfigError
 from simulators.data.paths import cache_dir
 from simulators.data.pipeline import RerankData
 from simulators.request_pool import RequestPool
@@ -207,10 +208,28 @@ def member_rows(
     (:attr:`simulators.bundle.BundleConfig.held_out`) the training members get one
     of :func:`~simulators.training.disjoint_halves` (seeded by ``seed``) and the
     last, held-out, member the other.
+
+    Raises:
+        ConfigError: A half without training or validation slates (a model fitted
+            on it could not learn or choose its epoch).
     """
     if held_out == "seed":
         return [None] * members
     first, second = disjoint_halves(pool, by=held_out, seed=seed)
+    for name, half in (("training members'", first), ("held-out member's", second)):
+        empty = [split for split, rows in half.items() if len(rows) == 0]
+        if empty:
+            hint = (
+                "each user needs at least 2 validation slates to deal one to each half: "
+                "raise PipelineConfig.valid_fraction (or sessions per user)"
+                if held_out == "sessions"
+                else "the logs need at least 2 users with slates in every split"
+            )
+            raise ConfigError(
+                f"held_out={held_out!r} leaves the {name} half with no {' or '.join(empty)} "
+                f"slates (of {len(pool.split_indices(empty[0]))} logged): {hint}, or use "
+                "another held_out"
+            )
     return [first] * (members - 1) + [second]
 
 

@@ -107,7 +107,8 @@ def fit_simulator(
             (docs/benchmarks.md, "Weight decay that scales with the data").
 
     Raises:
-        ValueError: ``weight_decay_per_epoch`` negative or given with ``optimizer``.
+        ValueError: ``weight_decay_per_epoch`` negative or given with ``optimizer``, or
+            no training or no validation slates.
     """
     if weight_decay_per_epoch is not None and (weight_decay_per_epoch < 0 or optimizer is not None):
         raise ValueError(
@@ -123,6 +124,13 @@ def fit_simulator(
     if valid_rows is not None:
         picked = torch.as_tensor(valid_rows, dtype=torch.long, device=device)
         valid, valid_clicks = _rows(valid, picked), valid_clicks[picked]
+    for split, slates in (("train", train), ("valid", valid)):
+        if len(slates.users) == 0:
+            raise ValueError(
+                f"fit_simulator got no {split} slates ({split}_rows picked none): a model "
+                "needs training slates to learn from and validation slates to choose its "
+                "epoch by; pass rows that select some"
+            )
     if weight_decay_per_epoch is not None:
         steps_per_epoch = math.ceil(len(train.users) / batch_size)
         optimizer = torch.optim.AdamW(

@@ -158,7 +158,7 @@ CHECK_ENV_EXEMPT = {
 CHECK_ENV_KWARGS = {
     # The default world costs minutes to generate and fit on two cores.
     "SlateRerankSynthetic-v0": {
-        "synthetic": SyntheticConfig(n_users=120, n_items=200, sessions_per_user=12, seed=3)
+        "synthetic": SyntheticConfig(n_users=120, n_items=200, sessions_per_user=20, seed=3)
     },
 }
 

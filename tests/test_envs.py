@@ -126,7 +126,7 @@ def test_sb3_make_vec_env_works_unchanged() -> None:
 def test_synthetic_variant_reports_true_reward() -> None:
     # The small world test_clients' check_env runs on (the default one costs about a
     # minute to generate and fit): fitted once per run in the shared cache.
-    small = SyntheticConfig(n_users=120, n_items=200, sessions_per_user=12, seed=3)
+    small = SyntheticConfig(n_users=120, n_items=200, sessions_per_user=20, seed=3)
     env = gym.make("SlateRerankSynthetic-v0", synthetic=small)
     steps = _random_episode(env, np.random.default_rng(0), seed=1)
     info = steps[-1][2]
@@ -482,7 +482,7 @@ def test_ml1m_format_dataset_from_a_user_path(tmp_path) -> None:
 
     # A small world written in the ML-1M format stands in for the real ML-1M files.
     folder = SyntheticWorld(
-        SyntheticConfig(n_users=120, n_items=200, sessions_per_user=12, seed=3)
+        SyntheticConfig(n_users=120, n_items=200, sessions_per_user=20, seed=3)
     ).write_logs(tmp_path / "ml-1m")
     env = gym.make(
         "SlateRerank-v0", dataset="ml-1m", data_dir=folder, simulator="pbm", progress=False

@@ -191,6 +191,25 @@ def test_disjoint_halves_share_no_slate(world, by: str) -> None:
         disjoint_halves(data, by="items")
 
 
+def test_halves_that_leave_a_member_without_validation_slates_are_refused(world) -> None:
+    from simulators.composition_fit import member_rows
+    from simulators.data.errors import ConfigError
+
+    # 8 sessions a user leave one validation slate each: dealt by sessions, every
+    # one goes to the first half, and the judge could not choose its epoch.
+    data = world[3]
+    users = data.request_user[data.split_indices("valid")]
+    assert np.bincount(users).max() == 1
+    with pytest.raises(ConfigError, match="held-out member's half with no valid slates"):
+        member_rows(data, "sessions", 2)
+    first, second = member_rows(data, "users", 2)  # whole users split: both halves
+    assert len(first["valid"]) > 0 and len(second["valid"]) > 0
+    users, items = torch.as_tensor(data.user_features), torch.as_tensor(data.item_features)
+    model = build_simulator(SimulatorSpec.for_data(data, "pointwise", dim=4), users, items)
+    with pytest.raises(ValueError, match="no valid slates"):
+        fit_simulator(model, data, epochs=1, valid_rows=np.empty(0, dtype=np.int64))
+
+
 def test_a_fit_on_one_half_only_sees_that_half(world) -> None:
     # valid_rows select the epoch on the half's own validation slates: a model fitted
     # on half the users is judged on those users, and its fit differs from the other's.

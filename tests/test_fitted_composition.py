@@ -175,7 +175,8 @@ def test_a_held_out_member_on_the_other_half_of_the_logs(monkeypatch, tmp_path) 
 
     # A cache of its own: the default bundle must be fitted here, not found.
     monkeypatch.setenv("RERANK_ENV_CACHE", str(tmp_path))
-    small = SyntheticConfig(n_users=120, n_items=200, sessions_per_user=12, seed=3)
+    # 20 sessions a user: two validation slates each, one for each half.
+    small = SyntheticConfig(n_users=120, n_items=200, sessions_per_user=20, seed=3)
     task = make_task(
         dataset="synthetic", synthetic=small, simulator="pbm", held_out="seed", progress=False
     )

@@ -276,7 +276,7 @@ def test_bad_candidate_options_are_refused() -> None:
 def test_synthetic_world_reports_true_reward_in_the_token_space() -> None:
     from simulators.data.synthetic_config import SyntheticConfig
 
-    small = SyntheticConfig(n_users=120, n_items=200, sessions_per_user=12, seed=3)
+    small = SyntheticConfig(n_users=120, n_items=200, sessions_per_user=20, seed=3)
     env = gym.make(
         "SlateRerankGlobal-v0",
         dataset="synthetic",

@@ -15,7 +15,7 @@ from simulators.data.synthetic_config import SyntheticConfig
 from simulators.data.synthetic_world import SyntheticWorld, TrueClickModel, true_simulator_for
 from simulators.training import logged_slates, roc_auc
 
-SMALL = SyntheticConfig(n_users=120, n_items=200, sessions_per_user=12, seed=3)
+SMALL = SyntheticConfig(n_users=120, n_items=200, sessions_per_user=20, seed=3)
 
 
 @pytest.fixture(scope="module")
