@@ -240,11 +240,14 @@ def test_bundle_config_checks_its_held_out_split() -> None:
 def test_a_bundle_built_with_its_composition_records_it(tmp_path, monkeypatch) -> None:
     from simulators import composition_fit as composition_fit_module
     from simulators.bundle import BundleConfig, build_bundle, load_bundle
-    from simulators.data import load_rerank_data
+    from simulators.data import PipelineConfig, load_rerank_data
     from simulators.data.synthetic_config import SyntheticConfig
 
     world = SyntheticConfig(n_users=80, n_items=150, sessions_per_user=8, seed=5)
-    data = load_rerank_data("synthetic", synthetic=world, progress=False)
+    # Two validation sessions a user: one for each half of the default held-out split.
+    data = load_rerank_data(
+        "synthetic", config=PipelineConfig(valid_fraction=0.25), synthetic=world, progress=False
+    )
     config = BundleConfig(kinds=("pbm",), epochs=2, fit_composition=True, headroom_requests=20)
     folder = build_bundle(
         data,
