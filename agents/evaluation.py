@@ -806,8 +806,8 @@ def agreement_entry(
 
     Returns:
         ``tau``, ``low``, ``high``, ``agents``, ``requests``, ``resolved_pairs``,
-        ``resolved_agreement``; ``None`` where fewer
-        than three agents have per-request true rewards (no synthetic world).
+        ``resolved_agreement``; ``None`` where fewer than three agents have
+        per-request true rewards (no synthetic world).
     """
     held_out, true = {}, {}
     for agent, runs in per_request.items():

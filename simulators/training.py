@@ -124,12 +124,12 @@ def fit_simulator(
     if valid_rows is not None:
         picked = torch.as_tensor(valid_rows, dtype=torch.long, device=device)
         valid, valid_clicks = _rows(valid, picked), valid_clicks[picked]
-    for split, slates in (("train", train), ("valid", valid)):
+    for split, slates, rows in (("train", train, train_rows), ("valid", valid, valid_rows)):
         if len(slates.users) == 0:
+            source = f"{split}_rows selects none" if rows is not None else "the data has none"
             raise ValueError(
-                f"fit_simulator got no {split} slates ({split}_rows picked none): a model "
-                "needs training slates to learn from and validation slates to choose its "
-                "epoch by; pass rows that select some"
+                f"fit_simulator got no {split} slates ({source}): a model needs training "
+                "slates to learn from and validation slates to choose its epoch by"
             )
     if weight_decay_per_epoch is not None:
         steps_per_epoch = math.ceil(len(train.users) / batch_size)
