@@ -425,19 +425,34 @@ def reward_and_latency(agent: Agent, task: RerankTask, requests: np.ndarray) -> 
     """Held-out and training-simulator reward of ``agent``'s lists, and ms per request.
 
     The light-weight measurement of the benchmark studies (``evaluate_agent`` gives
-    every metric); latency is one batched ``rank`` call over ``requests``.
+    every metric); latency is one batched ``rank`` call over ``requests``. The means
+    of :func:`rewards_per_request`.
+    """
+    values, latency = rewards_per_request(agent, task, requests)
+    return {name: float(per_request.mean()) for name, per_request in values.items()} | {
+        "latency_ms": latency
+    }
+
+
+def rewards_per_request(
+    agent: Agent, task: RerankTask, requests: np.ndarray
+) -> tuple[dict[str, np.ndarray], float]:
+    """Each judge's expected reward of ``agent``'s list for each request, and ms per request.
+
+    Returns:
+        ``reward_eval`` and ``reward_train`` (and ``reward_true`` where the task knows
+        its true user model), float ``[requests]`` in the order of ``requests``, and the
+        latency of one batched ``rank`` call over ``requests`` in ms per request.
     """
     start = time.perf_counter()
     lists = checked_rank(agent, task, requests)
     latency = (time.perf_counter() - start) * 1000 / len(requests)
+    roles = ("eval", "train", "true") if task.has_simulator("true") else ("eval", "train")
     values = {
-        "reward_eval": task.expected_reward(requests, lists, "eval").mean().item(),
-        "reward_train": task.expected_reward(requests, lists, "train").mean().item(),
-        "latency_ms": latency,
+        f"reward_{role}": task.expected_reward(requests, lists, role).cpu().numpy()
+        for role in roles
     }
-    if task.has_simulator("true"):
-        values["reward_true"] = task.expected_reward(requests, lists, "true").mean().item()
-    return values
+    return values, latency
 
 
 def order_agreement(

@@ -13,15 +13,18 @@ of the retriever's 100), at the same number of training-simulator calls for ever
 arm of a cell. Before training, each run measures its estimator's gradient per slot
 at the initial weights over independent batches (variance, signal, SNR); after, the
 reward of its greedy lists on test requests under the true user model, the
-held-out and the training simulators. Every run is one JSON file
-(``<out>/runs/N<n>_L<l>/<arm>/seed<k>.json``, written atomically): an interrupted
-study continues where it stopped, and a stored run is never measured twice.
+held-out and the training simulators, per test request. Every run is one JSON file
+(``<out>/runs/N<n>_L<l>/<arm>/seed<k>.json``) and its per-request rewards beside it
+(``seed<k>.npz``), written atomically: an interrupted study continues where it
+stopped, and a stored run is never measured twice.
 ``--backend ray`` runs a cell's (arm, seed) runs as Ray tasks (``--address`` for a
 cluster, ``--cpus-per-run`` each; :mod:`agents.common.trials`).
 
-``report`` reads the runs and writes ``report_<metric>.md`` (per cell: mean [95% bootstrap
-CI] per arm, rliable's IQM with a stratified bootstrap interval, the winner, and
-P(dense > sparse)), ``runs.csv``, ``slots.csv`` and the figures: learning curves,
+``report`` reads the runs and writes ``report_<metric>.md`` (per cell: each arm's mean
+with a 95% bootstrap interval over seeds and test requests together, rliable's IQM
+over seeds with a stratified bootstrap interval, the winner, and the paired
+differences dense - sparse with their two-way interval, minimum detectable difference
+at 80% power and P(dense > sparse)), ``runs.csv``, ``slots.csv`` and the figures: learning curves,
 gradient variance and SNR per slot, the per-position credit profile, and the SNR
 ratio against the reward gap across cells. ``--metric`` picks the reward:
 ``reward_eval`` (held-out simulator, the default, as everywhere in the suite),
@@ -60,20 +63,21 @@ from matplotlib.figure import Figure
 
 from agents.common.trials import (
     Trial,
-    TrialStore,
     add_backend_arguments,
     ray_options_from,
     run_trials,
 )
+from agents.compare.runs import RunStore
 from agents.degre import DeGRe
 from agents.degre.mining import mining_calls_per_request
 from agents.evaluation import (
-    confidence_interval,
+    RequestValues,
     improvement_probability,
     iqm_intervals,
-    reward_and_latency,
+    rewards_per_request,
     write_csv,
 )
+from agents.intervals import hierarchical_interval, paired_difference
 from agents.policy_gradient import PolicyGradient, PolicyGradientConfig
 from rerank_env.task import RerankTask, make_task
 from simulators._io import atomic_write
@@ -104,6 +108,10 @@ ARMS: dict[str, dict[str, Any]] = {
 #: The estimators whose gradients are measured per slot (DeGRe's is a supervised
 #: loss on mined labels, not an estimate of the reward's gradient).
 GRADIENT_ARMS = [arm for arm in ARMS if not arm.startswith("degre")]
+#: Version of a study folder's records: 2 stores each run's per-request rewards.
+RECORD_FORMAT = 2
+#: What to do with a study folder whose records this version cannot read.
+REMEDY = "start the study in a new --out folder (records of older versions are not reused)"
 
 
 @dataclass(frozen=True)
@@ -218,7 +226,9 @@ def run_one(task: RerankTask, arm: str, seed: int, budget: Budget) -> dict[str, 
     record["fit_s"] = time.perf_counter() - start
     record["simulator_calls"] = agent.simulator_calls
     requests = task.requests("test")[: budget.test_requests]
-    record.update(reward_and_latency(agent, task, requests))
+    values, record["latency_ms"] = rewards_per_request(agent, task, requests)
+    record.update({name: float(per_request.mean()) for name, per_request in values.items()})
+    record["per_request"] = RequestValues(values, {"test": requests})
     record["curve"] = [
         {"simulator_calls": row["simulator_calls"], "valid_reward": row["valid_reward"]}
         for row in agent.history
@@ -239,13 +249,13 @@ def run(args: argparse.Namespace) -> None:
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
         raise SystemExit(f"unknown arm(s) {unknown}; valid: {list(ARMS)}")
-    spec = {"budget": args.budget, **vars(budget)}
+    spec = {"format": RECORD_FORMAT, "budget": args.budget, **vars(budget)}
     _check_spec(out, spec)
     # Cell by cell, seed by seed: an interrupted study has whole seeds of every arm.
     # Each (arm, seed) is a trial (agents.common.trials), run here or on Ray
     # (--backend ray) and stored as it ends; stored ones are never run again.
     for n, length in cells:
-        store = TrialStore(_cell_dir(out, (n, length)))
+        store = RunStore(_cell_dir(out, (n, length)), remedy=REMEDY)
         trials = [
             Trial(f"{arm}/seed{seed}", run_one, (arm, seed, budget))
             for seed in range(args.seeds)
@@ -305,19 +315,30 @@ def _write_reference(out: Path, task: RerankTask, budget: Budget) -> None:
 
 def report(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    records = [json.loads(p.read_text()) for p in sorted(out.glob("runs/*/*/seed*.json"))]
+    records = [_read_record(path) for path in sorted(out.glob("runs/*/*/seed*.json"))]
     if not records:
         raise SystemExit(f"no runs under {out / 'runs'}; run the study first")
     cells = sorted({(r["N"], r["L"]) for r in records}, key=lambda c: (c[1], c[0]))
     arms = [arm for arm in ARMS if any(r["arm"] == arm for r in records)]
-    lines = [f"Runs: {len(records)}; metric: {args.metric} on the test requests.", ""]
+    lines = [
+        f"Runs: {len(records)}; metric: {args.metric} on the test requests. Means carry a "
+        "95% bootstrap interval over seeds and test requests together; IQM and P(X > Y) "
+        "are rliable's, over seeds; paired differences resample one set of requests for "
+        "both arms, with the minimum detectable difference (MDE) at 80% power.",
+        "",
+    ]
     rows_csv, slot_rows, winners = [], [], []
     for n, length in cells:
         mine = [r for r in records if (r["N"], r["L"]) == (n, length)]
-        scores = {
-            arm: np.array([r[args.metric] for r in mine if r["arm"] == arm])
+        by_seed = {
+            arm: sorted((r for r in mine if r["arm"] == arm), key=lambda r: r["seed"])
             for arm in arms
-            if sum(r["arm"] == arm for r in mine) >= 2
+        }
+        scores = {arm: np.array([r[args.metric] for r in runs]) for arm, runs in by_seed.items()}
+        scores = {arm: values for arm, values in scores.items() if len(values) >= 2}
+        matrices = {
+            arm: np.stack([r["per_request"].values[args.metric] for r in by_seed[arm]])
+            for arm in scores
         }
         if not scores:
             continue
@@ -332,16 +353,17 @@ def report(args: argparse.Namespace) -> None:
         lines += [
             f"### N = {n}, L = {length} (initial order: {start:.4f})",
             "",
-            "| arm | seeds | mean [95% CI] | IQM [95% stratified CI] | calls | fit s |",
+            "| arm | seeds | mean [95% CI, seeds x requests] | IQM [95% stratified CI] | "
+            "calls | fit s |",
             "|---|---:|---|---|---:|---:|",
         ]
         for arm, values in scores.items():
-            mean, low, high = confidence_interval(values)
+            interval = hierarchical_interval(matrices[arm])
             fit = np.mean([r["fit_s"] for r in mine if r["arm"] == arm])
             calls = np.mean([r["simulator_calls"] for r in mine if r["arm"] == arm])
             q, q_low, q_high = iqm[arm]
             lines.append(
-                f"| {arm} | {len(values)} | {mean:.4f} [{low:.4f}, {high:.4f}] | "
+                f"| {arm} | {len(values)} | {interval.text(4)} | "
                 f"{q:.4f} [{q_low:.4f}, {q_high:.4f}] | {calls:,.0f} | {fit:.0f} |"
             )
         best = max(scores, key=lambda a: scores[a].mean())
@@ -355,10 +377,11 @@ def report(args: argparse.Namespace) -> None:
         for dense, sparse in pairs:
             if dense in scores and sparse in scores:
                 p, p_low, p_high = improvement_probability(scores[dense], scores[sparse])
-                gap = scores[dense].mean() - scores[sparse].mean()
+                gap = paired_difference(matrices[dense], matrices[sparse])
                 lines.append(
-                    f"- P({dense} > {sparse}) = {p:.2f} [{p_low:.2f}, {p_high:.2f}]; mean "
-                    f"difference {gap:+.4f}"
+                    f"- {dense} - {sparse}: {gap.mean:+.4f} [{gap.low:+.4f}, {gap.high:+.4f}] "
+                    f"(MDE {gap.mde:.4f}); P({dense} > {sparse}) = {p:.2f} "
+                    f"[{p_low:.2f}, {p_high:.2f}]"
                 )
                 entry[f"{dense} - {sparse}"] = gap
                 entry[f"P({dense} > {sparse})"] = p
@@ -366,7 +389,11 @@ def report(args: argparse.Namespace) -> None:
         lines.append("")
         for r in mine:
             rows_csv.append(
-                {k: v for k, v in r.items() if k not in ("config", "curve", "gradient")}
+                {
+                    k: v
+                    for k, v in r.items()
+                    if k not in ("config", "curve", "gradient", "per_request", "per_request_file")
+                }
             )
             per_slot = {k: v for k, v in r.get("gradient", {}).items() if k != "whole"}
             for t, values in enumerate(zip(*per_slot.values(), strict=True)):
@@ -387,6 +414,19 @@ def report(args: argparse.Namespace) -> None:
     print(f"\nwrote {out / f'report_{args.metric}.md'} and figures in {out}")
 
 
+def _read_record(path: Path) -> dict[str, Any]:
+    """A stored run with its per-request rewards (``per_request``)."""
+    record = json.loads(path.read_text())
+    npz = path.with_suffix(".npz")
+    if not npz.exists():
+        raise SystemExit(
+            f"{path} has no per-request rewards ({npz} is missing; records of older versions "
+            f"lack them): {REMEDY}"
+        )
+    record["per_request"] = RequestValues.load(npz)
+    return record
+
+
 def _winner_table(winners: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| N | L | best arm | reinforce: dense - sparse | P(dense > sparse) | "
@@ -396,7 +436,10 @@ def _winner_table(winners: list[dict[str, Any]]) -> list[str]:
     for w in winners:
 
         def cell(key: str, w: dict[str, Any] = w) -> str:
-            return f"{w[key]:+.4f}" if key in w else "-"
+            if key not in w:
+                return "-"
+            gap = w[key]
+            return f"{gap.mean:+.4f} [{gap.low:+.4f}, {gap.high:+.4f}]"
 
         p = w.get("P(reinforce-dense > reinforce-sparse)")
         lines.append(
@@ -540,8 +583,8 @@ def _check_spec(out: Path, spec: dict[str, Any]) -> None:
         stored = json.loads(path.read_text())
         if stored != spec:
             raise SystemExit(
-                f"{out} holds runs of budget {stored}, this command has {spec}: use another "
-                "--out or the same --budget"
+                f"{out} holds runs measured under {stored}, this command has {spec}: use "
+                "another --out, or the same --budget with this version's records"
             )
     else:
         atomic_write(path, lambda handle: handle.write(json.dumps(spec, indent=1).encode()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
+import re
 import sys
 from pathlib import Path
 
@@ -204,18 +204,28 @@ def test_credit_study_runs_spend_equal_calls_and_report(small_task, tmp_path) ->
                 assert len(record["gradient"]["variance"]) == small_task.slate_length
             else:  # mining spends whole requests (and, rarely, an initial order's extensions)
                 assert abs(record["simulator_calls"] - budget.simulator_calls) < 0.05 * 2048
-            path = bench._record_path(folder, (10, 4), arm, seed)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record))
+            values = record["per_request"].values["reward_eval"]
+            assert values.shape == (budget.test_requests,)
+            assert record["reward_eval"] == pytest.approx(values.mean())
+            bench.RunStore(bench._cell_dir(folder, (10, 4))).write(f"{arm}/seed{seed}", record)
+            assert bench._record_path(folder, (10, 4), arm, seed).with_suffix(".npz").exists()
     bench.report(argparse.Namespace(out=str(folder), metric="reward_eval"))
     text = (folder / "report_reward_eval.md").read_text()
     assert "| 10 | 4 |" in text and "P(reinforce-dense > reinforce-sparse)" in text
+    # Two-way intervals: each arm's mean and each paired difference carry one, with an MDE.
+    assert "mean [95% CI, seeds x requests]" in text
+    assert re.search(r"- reinforce-dense - reinforce-sparse: [+-]\d\.\d{4} \[[+-]\d", text)
+    assert re.search(r"\(MDE 0\.\d{4}\)", text)
     for figure in (
         "credit_curves.png",
         "credit_gradients.png",
         "credit_gap_vs_snr_reward_eval.png",
     ):
         assert (folder / figure).stat().st_size > 10_000
+    # A run stored without its per-request rewards (an older record) is refused by name.
+    bench._record_path(folder, (10, 4), "degre-greedy", 1).with_suffix(".npz").unlink()
+    with pytest.raises(SystemExit, match=r"degre-greedy/seed1.json has no per-request rewards"):
+        bench.report(argparse.Namespace(out=str(folder), metric="reward_eval"))
 
 
 def test_rliable_aggregates_are_seeded_and_leave_global_state_alone() -> None:

@@ -481,13 +481,29 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 class RunStore(TrialStore):
-    """``compare``'s run records: ``<key>.json`` and the per-request values ``<key>.npz``.
+    """Run records: ``<key>.json`` and the per-request values ``<key>.npz``.
 
     A record's ``"per_request"`` (:class:`~agents.evaluation.RequestValues`) is
     written beside its JSON, first and atomically (:meth:`RequestValues.save`), and
     the JSON names the file (``"per_request_file"``); the JSON is written last, so a
-    record is complete once its JSON exists.
+    record is complete once its JSON exists. ``compare`` and the benchmark studies
+    that report two-way intervals store their runs this way.
+
+    Args:
+        folder: Records lie at ``folder/<key>.json`` and ``folder/<key>.npz``.
+        fresh: Delete the records an earlier run left in ``folder`` first.
+        remedy: What the errors about unreadable records tell the user to do.
     """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        fresh: bool = False,
+        remedy: str = "re-run with --overwrite (not --resume) to run the comparison again",
+    ) -> None:
+        super().__init__(folder, fresh=fresh)
+        self.remedy = remedy
 
     def npz_path(self, key: str) -> Path:
         """The per-request values file of ``key``."""
@@ -508,7 +524,7 @@ class RunStore(TrialStore):
         try:
             record["per_request"] = RequestValues.load(npz)
         except (ValueError, OSError, zipfile.BadZipFile) as err:
-            raise ConfigError(f"--resume: {err}; re-run with --overwrite") from None
+            raise ConfigError(f"{err}; {self.remedy}") from None
         return record
 
     def check(self) -> None:
@@ -517,14 +533,12 @@ class RunStore(TrialStore):
             for path in sorted(self.folder.rglob("*.json")):
                 self._check_values(path)
 
-    @staticmethod
-    def _check_values(path: Path) -> None:
+    def _check_values(self, path: Path) -> None:
         npz = path.with_suffix(".npz")
         if not npz.exists():
             raise ConfigError(
-                f"--resume: {path} has no per-request values ({npz} is missing; run folders "
-                "of older versions lack them): re-run with --overwrite to run the comparison "
-                "again"
+                f"{path} has no per-request values ({npz} is missing; records of older "
+                f"versions lack them): {self.remedy}"
             )
 
     def write(self, key: str, record: dict[str, Any]) -> None:
