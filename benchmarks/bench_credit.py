@@ -81,6 +81,7 @@ from agents.intervals import hierarchical_interval, paired_difference
 from agents.policy_gradient import PolicyGradient, PolicyGradientConfig
 from rerank_env.task import RerankTask, make_task
 from simulators._io import atomic_write
+from simulators.data.errors import ConfigError
 from simulators.data.pipeline_config import PipelineConfig
 from simulators.data.synthetic_config import SyntheticConfig
 from simulators.progress import progress_bar
@@ -416,14 +417,11 @@ def report(args: argparse.Namespace) -> None:
 
 def _read_record(path: Path) -> dict[str, Any]:
     """A stored run with its per-request rewards (``per_request``)."""
-    record = json.loads(path.read_text())
-    npz = path.with_suffix(".npz")
-    if not npz.exists():
-        raise SystemExit(
-            f"{path} has no per-request rewards ({npz} is missing; records of older versions "
-            f"lack them): {REMEDY}"
-        )
-    record["per_request"] = RequestValues.load(npz)
+    try:
+        record = RunStore(path.parent, remedy=REMEDY).read(path.stem)
+    except ConfigError as err:
+        raise SystemExit(str(err)) from None
+    assert record is not None  # path was listed by a glob of the records
     return record
 
 

@@ -224,7 +224,7 @@ def test_credit_study_runs_spend_equal_calls_and_report(small_task, tmp_path) ->
         assert (folder / figure).stat().st_size > 10_000
     # A run stored without its per-request rewards (an older record) is refused by name.
     bench._record_path(folder, (10, 4), "degre-greedy", 1).with_suffix(".npz").unlink()
-    with pytest.raises(SystemExit, match=r"degre-greedy/seed1.json has no per-request rewards"):
+    with pytest.raises(SystemExit, match=r"degre-greedy/seed1.json has no per-request values"):
         bench.report(argparse.Namespace(out=str(folder), metric="reward_eval"))
 
 
