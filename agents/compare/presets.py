@@ -70,8 +70,8 @@ PRESET_ENVS = {"gr2": "SlateRerankGR2-v0"}
 PRESET_TIMES = {
     "quick": "with --quick, the README's main job: about 3 min, 500 requests",
     "full": "about 35 min, 500 requests",
-    "degre": "about 76 min, 500 requests",
-    "goalrank": "about 19 min, 500 requests",
-    "glorank": "about 5 h, 500 requests; GloRank's fits dominate",
+    "degre": "about 40 min, 500 requests",
+    "goalrank": "about 13 min, 500 requests",
+    "glorank": "about 72 min, 500 requests; GloRank's fits dominate",
     "gr2": "not timed yet; GR2 alone takes about 17 min a seed with --quick",
 }
