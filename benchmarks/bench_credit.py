@@ -335,12 +335,13 @@ def report(args: argparse.Namespace) -> None:
             arm: sorted((r for r in mine if r["arm"] == arm), key=lambda r: r["seed"])
             for arm in arms
         }
-        scores = {arm: np.array([r[args.metric] for r in runs]) for arm, runs in by_seed.items()}
-        scores = {arm: values for arm, values in scores.items() if len(values) >= 2}
+        # [seeds, requests] per arm with two runs or more; a run's score is its row mean.
         matrices = {
-            arm: np.stack([r["per_request"].values[args.metric] for r in by_seed[arm]])
-            for arm in scores
+            arm: np.stack([r["per_request"].values[args.metric] for r in runs])
+            for arm, runs in by_seed.items()
+            if len(runs) >= 2
         }
+        scores = {arm: matrix.mean(axis=1) for arm, matrix in matrices.items()}
         if not scores:
             continue
         iqm = iqm_intervals(scores, seed=0)
